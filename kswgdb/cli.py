@@ -1,0 +1,96 @@
+"""The ``kswgdb`` command: parse arguments, call the engine, render, pick the exit code.
+
+Exit codes are decided here and only here: 0 no hit, 1 hit(s) (so CI can gate on
+it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 130 Ctrl-C.
+Every error reaches the user as one line: ``kswgdb: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from kswgdb import __version__
+from kswgdb.errors import BadInput, KswError
+
+EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BadInput(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kswgdb", description=(
+        "Catch silent kernel stack corruption at the instant of the write, from outside "
+        "a QEMU guest: KStackWatch through the gdbstub."))
+    parser.add_argument("--version", action="version", version=f"kswgdb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="boot an image and watch stack slots")
+    run.add_argument("image", nargs="?", default=None,
+                     help="image name or description file (default: the bundled kswtest)")
+    run.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    run.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
+                     help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
+    _machine_options(run)
+    run.add_argument("--json", action="store_true", help="print JSONL events instead of panels")
+    run.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
+                     help="freeze: stop the guest at the first hit, dump a vmcore, show how "
+                          "to attach gdb")
+    run.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
+    run.add_argument("--slots", type=int, default=None,
+                     help="watchpoint slots under TCG (KVM always has 4)")
+    run.add_argument("--gdb-backtrace", action="store_true",
+                     help="unwind hits with gdb (DWARF CFI) instead of the frame-pointer walk")
+
+    boot = sub.add_parser("boot", help="boot an image without watching; show its console")
+    boot.add_argument("image", nargs="?", default=None)
+    boot.add_argument("--scenario", type=int, default=None)
+    _machine_options(boot)
+
+    disasm = sub.add_parser("disasm", help="disassemble a function, mark canary and "
+                                           "initialising stores, suggest fo")
+    disasm.add_argument("func")
+    disasm.add_argument("--image", default=None)
+    disasm.add_argument("--var", default=None, help="suggest an offset for this local instead")
+
+    symbols = sub.add_parser("symbols", help="list functions of an image's kernel")
+    symbols.add_argument("pattern", nargs="?", default="")
+    symbols.add_argument("--image", default=None)
+
+    sub.add_parser("accel", help="say which accelerator 'auto' picks here, and why")
+
+    sub.add_parser("demo", help="scenario 3 of the test kernel, caught (what `make demo` runs)")
+    return parser
+
+
+def _machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    p.add_argument("--cmdline", default="", help="extra kernel command-line words")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kswgdb.qemu import reaper
+
+    reaper.install()
+    try:
+        args = build_parser().parse_args(argv)
+        from kswgdb import commands
+
+        return commands.dispatch(args)
+    except KswError as exc:
+        print(f"kswgdb: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kswgdb: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,163 @@
+"""The subcommands behind ``kswgdb``: each parses nothing and prints what it is given.
+
+Kept apart from `kswgdb.cli` (argument parsing) so the TUI and tests can call
+the same functions, and apart from the engine so the engine never imports the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from kswgdb import image as image_mod
+from kswgdb.errors import BadInput
+from kswgdb.render.hit import render_hit
+from kswgdb.render.summary import render_summary
+from kswgdb.watch.hits import Hit
+from kswgdb.watch.scenarios import scenario_watch
+from kswgdb.watch.session import RunOptions, RunReport, WatchSession
+
+EXIT_OK, EXIT_HIT = 0, 1
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
+        "accel": cmd_accel, "demo": cmd_demo,
+    }[args.command]
+    return handler(args)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def default_log_path() -> Path:
+    return Path.cwd() / f"kswgdb-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    options = RunOptions(
+        image=args.image, scenario=args.scenario, watches=args.watch, accel=args.accel,
+        timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit,
+        log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
+    )
+    return run_and_render(options, json_out=args.json)
+
+
+def run_and_render(options: RunOptions, json_out: bool = False) -> int:
+    out = Console(highlight=False)
+    err = _stderr()
+
+    def on_hit(hit: Hit) -> None:
+        if not json_out:
+            out.print(render_hit(hit))
+
+    session = WatchSession(options, on_hit=on_hit, on_status=lambda m: err.print(f"[dim]{m}"),
+                           log_echo=sys.stdout if json_out else None)
+    session.prepare()
+    for resolved in session.resolved:
+        err.print(f"[dim]watch {resolved.config.text or resolved.config.canonical()}: "
+                  f"{resolved.describe()}")
+        for warning in resolved.warnings:
+            err.print(f"[yellow]warning: {warning}")
+    with err.status("booting the guest and arming watches...", spinner="dots") \
+            if not json_out and err.is_terminal else _null():
+        report = session.run()
+    _render_report(report, options, out if not json_out else err)
+    return EXIT_HIT if report.hits else EXIT_OK
+
+
+def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
+    out.print(render_summary(report.summary))
+    ending = report.result.reason
+    if report.guest_exit is not None:
+        ending = f"guest ended: {report.guest_exit}"
+    elif ending == "deadline":
+        ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
+    out.print(f"[dim]{ending}; {report.seconds:.2f}s; {report.packets} packets, "
+              f"{report.steps} steps; accelerator {report.accel.accel}")
+    if report.verdict:
+        out.print(f"[dim]guest: {report.verdict}")
+    if options.log_path:
+        out.print(f"[dim]event log: {options.log_path}")
+    if report.vmcore is not None:
+        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}\n"
+                  f"  inspect: crash <vmlinux> {report.vmcore}   or   "
+                  f"gdb {report.watches[0].function.name and options.image or ''}")
+    hits = len(report.hits)
+    out.print(f"[bold {'red' if hits else 'green'}]{hits} hit(s)")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from kswgdb.qemu.machine import Machine
+
+    img = image_mod.load(args.image)
+    out = Console(highlight=False)
+    with Machine(img, accel=args.accel, scenario=args.scenario, extra_cmdline=args.cmdline,
+                 paused=False) as machine:
+        _stderr().print(f"[dim]accelerator: {machine.accel_decision.accel} "
+                        f"({machine.accel_decision.reason})")
+        ended = machine.wait_exit(args.timeout)
+        for line in machine.console.lines():
+            out.print(line, markup=False)
+        out.print(f"[dim]guest ended: {ended}")
+        if ended.kind == "timeout":
+            return 3
+    return EXIT_OK
+
+
+def cmd_disasm(args: argparse.Namespace) -> int:
+    from kswgdb.render.disasm import render_disasm
+    from kswgdb.symbols.listing import build_listing
+    from kswgdb.symbols.program import Program
+
+    img = image_mod.load(args.image)
+    program = Program.load(img.symbols)
+    Console(highlight=False).print(render_disasm(build_listing(program, args.func, var=args.var)))
+    return EXIT_OK
+
+
+def cmd_symbols(args: argparse.Namespace) -> int:
+    from kswgdb.symbols.program import Program
+
+    img = image_mod.load(args.image)
+    program = Program.load(img.symbols)
+    out = Console(highlight=False)
+    names = [n for n in program.symtab.names("func") if args.pattern in n]
+    if not names:
+        raise BadInput(f"no function matches {args.pattern!r} in {img.symbols}")
+    for name in sorted(names):
+        sym = program.symtab.function(name)
+        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False)
+    return EXIT_OK
+
+
+def cmd_accel(args: argparse.Namespace) -> int:
+    from kswgdb.qemu.accel import decide
+
+    decision = decide("auto")
+    Console(highlight=False).print(f"{decision.accel}: {decision.reason}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    img = image_mod.load(None)
+    watch = scenario_watch(img, 3)
+    _stderr().print(f"[bold]kswgdb demo[/]: scenario 3 (silent corruption) of {img.name}, "
+                    f"watching with: [bold]{watch}")
+    options = RunOptions(image=None, scenario=3, watches=[watch], log_path=default_log_path())
+    run_and_render(options)
+    return EXIT_OK

@@ -1,0 +1,110 @@
+"""Guest image descriptions: the TOML files under ``images/``.
+
+An image is more than a kernel file: the machine type, memory, vCPU count and the
+kernel command line all decide whether a scenario reproduces, so they travel
+together in one small file next to the kernel. Paths inside are relative to the
+TOML file, so an image directory can be copied anywhere.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kswgdb.errors import BadInput
+
+#: The directory of bundled images, next to the package in a source checkout.
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+DEFAULT_IMAGE = "kswtest"
+
+_KNOWN_KEYS = {
+    "name", "description", "kernel", "symbols", "initrd", "cmdline", "memory",
+    "cpus", "machine", "bios", "guest", "scenario_param", "scenarios", "modules_dir",
+}
+
+
+@dataclass(frozen=True)
+class Image:
+    """One bootable guest, as described by its TOML file."""
+
+    name: str
+    path: Path                  # the TOML file itself
+    kernel: Path                # what QEMU's -kernel loads
+    symbols: Path               # the ELF with symbols and DWARF (may equal kernel)
+    cmdline: str = ""
+    initrd: Path | None = None
+    memory: str = "128M"
+    cpus: int = 2
+    machine: str = "q35"
+    bios: str | None = None     # "qboot", a path, or None for QEMU's default
+    guest: str = "kswtest"      # which guest-knowledge flavour applies: kswtest | linux
+    scenario_param: str = "scenario"
+    description: str = ""
+    scenarios: dict[str, dict] = field(default_factory=dict)
+
+    def cmdline_for(self, scenario: int | None, extra: str = "") -> str:
+        """The kernel command line with ``scenario=N`` (and extra words) appended."""
+        words = [self.cmdline] if self.cmdline else []
+        if scenario is not None:
+            words.append(f"{self.scenario_param}={scenario}")
+        if extra:
+            words.append(extra)
+        return " ".join(words)
+
+
+def resolve(spec: str | Path | None) -> Path:
+    """Find an image description from a name (``kswtest``), a TOML path or a directory."""
+    if spec is None:
+        spec = DEFAULT_IMAGE
+    path = Path(spec)
+    candidates = [path]
+    if path.suffix != ".toml":
+        candidates += [path / "image.toml", path.with_suffix(".toml"), IMAGES_DIR / f"{spec}.toml"]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    raise BadInput(f"image not found: {spec} (looked for {', '.join(map(str, candidates))})")
+
+
+def load(spec: str | Path | None = None) -> Image:
+    """Load and check an image description; every path it names must exist."""
+    toml_path = resolve(spec)
+    try:
+        data = tomllib.loads(toml_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"image description {toml_path}: {exc}") from exc
+    unknown = set(data) - _KNOWN_KEYS
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise BadInput(f"image description {toml_path}: unknown key(s) {names}")
+    if "kernel" not in data:
+        raise BadInput(f"image description {toml_path}: 'kernel' is required")
+    base = toml_path.parent
+
+    def _path(key: str) -> Path | None:
+        if key not in data:
+            return None
+        p = (base / data[key]).resolve()
+        if not p.exists():
+            raise BadInput(f"image {toml_path.stem}: {key} file missing: {p}")
+        return p
+
+    kernel = _path("kernel")
+    assert kernel is not None
+    return Image(
+        name=data.get("name", toml_path.stem),
+        path=toml_path,
+        kernel=kernel,
+        symbols=_path("symbols") or kernel,
+        initrd=_path("initrd"),
+        cmdline=data.get("cmdline", ""),
+        memory=str(data.get("memory", "128M")),
+        cpus=int(data.get("cpus", 2)),
+        machine=data.get("machine", "q35"),
+        bios=data.get("bios"),
+        guest=data.get("guest", "kswtest"),
+        scenario_param=data.get("scenario_param", "scenario"),
+        description=data.get("description", ""),
+        scenarios={str(k): v for k, v in data.get("scenarios", {}).items()},
+    )

@@ -1,0 +1,23 @@
+"""The QEMU machine layer: launch a guest, wire its sockets, stop it for sure.
+
+One module per job: `argv` (the command line), `rundir` (private 0700 directory),
+`reaper` (no child outlives us), `console` (serial log and line waits), `qmp`
+(sync QMP client and events), `exitstatus` (how a guest ended), `accel` and
+`probe` (KVM only where a watchpoint provably fires), `pvh` (tiny bootable ELFs),
+and `machine`, which puts them together.
+"""
+
+from kswgdb.qemu.accel import AccelDecision, decide
+from kswgdb.qemu.errors import MachineError, MachineStartError, MachineTimeout
+from kswgdb.qemu.exitstatus import GuestExit
+from kswgdb.qemu.machine import Machine
+
+__all__ = [
+    "AccelDecision",
+    "GuestExit",
+    "Machine",
+    "MachineError",
+    "MachineStartError",
+    "MachineTimeout",
+    "decide",
+]

@@ -1,0 +1,96 @@
+"""How a guest ended, decided from QEMU's exit status and its last QMP events.
+
+The test kernel reports through ``isa-debug-exit``: a write of ``code`` to port
+0xf4 makes QEMU call ``exit((code << 1) | 1)`` at once — no QMP event, the sockets
+just close. Everything else that ends a guest goes through QEMU's shutdown path
+and leaves a SHUTDOWN event whose ``reason`` tells the cases apart:
+
+=================  ===========================  =================================
+QEMU status        SHUTDOWN reason              kind
+=================  ===========================  =================================
+odd, no event      —                            ``debug-exit`` (code = status >> 1)
+0                  guest-reset                  ``triple-fault`` (under -no-reboot a
+                                                triple fault or guest reset exits)
+0                  guest-shutdown               ``shutdown`` (ACPI power-off etc.)
+0                  guest-panic                  ``panic``
+0                  host-* (qmp-quit, signal...) ``killed``
+< 0 (signal)       any                          ``killed``
+other              —                            ``crashed`` (QEMU failed by itself)
+=================  ===========================  =================================
+
+Plus two states where QEMU did *not* exit: ``timeout`` (still running after the
+wait) and ``crashed`` with QEMU alive but stopped in ``internal-error``.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ExitKind = Literal["debug-exit", "triple-fault", "shutdown", "panic", "timeout", "killed",
+                   "crashed"]
+
+
+@dataclass(frozen=True)
+class GuestExit:
+    """The end of one guest run.
+
+    ``code`` is the guest's isa-debug-exit code (``debug-exit`` only); ``status`` is
+    QEMU's exit status (negative: killed by that signal; None: still running);
+    ``reason`` is the SHUTDOWN reason or a short description; ``lines`` the last
+    serial console lines.
+    """
+
+    kind: ExitKind
+    status: int | None = None
+    code: int | None = None
+    reason: str = ""
+    lines: tuple[str, ...] = field(default=(), compare=False)
+
+    def __str__(self) -> str:
+        parts = [self.kind]
+        if self.code is not None:
+            parts.append(f"code={self.code:#x}")
+        if self.status is not None:
+            parts.append(f"status={self.status}")
+        if self.reason:
+            parts.append(f"reason={self.reason}")
+        return " ".join(parts)
+
+
+def debug_exit_status(code: int) -> int:
+    """QEMU's exit status for an isa-debug-exit write of ``code``."""
+    return ((code << 1) | 1) & 0xFF
+
+
+def decode_exit(
+    status: int,
+    shutdown: dict[str, Any] | None = None,
+    lines: Sequence[str] = (),
+) -> GuestExit:
+    """Classify a finished QEMU from its exit status and last SHUTDOWN event (if any)."""
+    tail = tuple(lines)
+    reason = str((shutdown or {}).get("data", {}).get("reason", "")) if shutdown else ""
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return GuestExit("killed", status=status, reason=reason or f"QEMU killed by {name}",
+                         lines=tail)
+    if shutdown is not None:
+        if reason == "guest-reset":
+            return GuestExit("triple-fault", status=status, reason=reason, lines=tail)
+        if reason == "guest-shutdown":
+            return GuestExit("shutdown", status=status, reason=reason, lines=tail)
+        if reason == "guest-panic":
+            return GuestExit("panic", status=status, reason=reason, lines=tail)
+        return GuestExit("killed", status=status, reason=reason or "host", lines=tail)
+    if status & 1:
+        return GuestExit("debug-exit", status=status, code=status >> 1,
+                         reason="isa-debug-exit", lines=tail)
+    return GuestExit("crashed", status=status,
+                     reason=f"QEMU exited with status {status} and no SHUTDOWN event",
+                     lines=tail)

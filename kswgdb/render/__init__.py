@@ -1,0 +1,1 @@
+"""Rich renderables: each module returns something to print, never prints itself."""

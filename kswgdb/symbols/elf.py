@@ -1,0 +1,344 @@
+"""The kernel ELF's symbol table: names <-> addresses, and bytes by address.
+
+Every report kswgdb prints names code the way the kernel does (``name+0x1c/0x80``,
+what ``%pS`` prints), and every config names a function, so this table is the
+first thing loaded. A distribution vmlinux has ~150k symbols in a 590 MB file:
+the table is parsed with `struct` straight from the section bytes (pyelftools'
+per-symbol objects are too slow for that) and cached in ``~/.cache/kswgdb/``
+keyed by path, size and mtime, so the second run starts at once.
+
+Bytes are served from the file's allocated sections, so a function can be
+disassembled without a live guest (and later compared with guest memory).
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import hashlib
+import mmap
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kswgdb.errors import BadInput
+
+Kind = Literal["func", "object"]
+Bind = Literal["global", "local", "weak"]
+
+_EM_X86_64 = 62
+_SHT_SYMTAB, _SHT_NOBITS, _SHT_NOTE = 2, 8, 7
+_SHF_ALLOC = 0x2
+_STT = {1: "object", 2: "func"}
+_STB = {0: "local", 1: "global", 2: "weak"}
+_BIND_RANK = {"global": 0, "weak": 1, "local": 2}
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    """One function or data object from .symtab."""
+
+    name: str
+    addr: int
+    size: int
+    kind: Kind
+    bind: Bind
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+    def __contains__(self, addr: int) -> bool:
+        return self.addr <= addr < self.addr + max(self.size, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Symbolized:
+    """An address as symbol+offset; `str()` is the kernel's ``%pS`` format."""
+
+    name: str
+    offset: int
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.name}+{self.offset:#x}/{self.size:#x}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    """An allocated section with file contents: where its bytes sit in the file."""
+
+    name: str
+    addr: int
+    size: int
+    file_offset: int
+
+
+@dataclass
+class SymbolTable:
+    """Functions and objects of one ELF64 x86-64 file, searchable both ways."""
+
+    path: Path
+    elf_type: str
+    build_id: str | None
+    symbols: list[Symbol]          # functions and objects, sorted by address
+    regions: list[_Region]         # allocated sections with bytes, sorted by address
+
+    def __post_init__(self) -> None:
+        self._starts = [s.addr for s in self.symbols]
+        self._by_name: dict[str, list[Symbol]] = {}
+        for sym in self.symbols:
+            self._by_name.setdefault(sym.name, []).append(sym)
+        self._region_starts = [r.addr for r in self.regions]
+        self._map: mmap.mmap | None = None
+
+    # -- loading -----------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, cache: bool = True) -> SymbolTable:
+        """Read the table from ``path``, through the on-disk cache when it is fresh."""
+        path = Path(path).resolve()
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+        key = (_CACHE_VERSION, str(path), st.st_size, st.st_mtime_ns)
+        cached = _cache_read(path, key) if cache else None
+        if cached is not None:
+            return cached
+        table = _parse(path)
+        if cache:
+            _cache_write(path, key, table)
+        return table
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "elf_type": self.elf_type, "build_id": self.build_id,
+                "symbols": self.symbols, "regions": self.regions}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    # -- by name -----------------------------------------------------------------
+
+    def lookup_all(self, name: str) -> list[Symbol]:
+        """Every symbol of that name (local statics may repeat), best first."""
+        return sorted(self._by_name.get(name, []), key=lambda s: (_BIND_RANK[s.bind], s.addr))
+
+    def lookup(self, name: str, kind: Kind | None = None) -> Symbol:
+        """The one symbol meant by ``name``: the global one if several exist."""
+        found = [s for s in self.lookup_all(name) if kind is None or s.kind == kind]
+        what = "function" if kind == "func" else "object" if kind == "object" else "symbol"
+        if not found:
+            hint = self._suggest(name, kind)
+            raise BadInput(f"no {what} named {name!r} in {self.path.name}{hint}")
+        if len(found) > 1 and found[0].bind == "local":
+            where = ", ".join(f"{s.addr:#x}" for s in found)
+            raise BadInput(f"{name!r} is ambiguous: {len(found)} local symbols at {where}")
+        return found[0]
+
+    def function(self, name: str) -> Symbol:
+        """The function called ``name``; the message suggests close names if none."""
+        return self.lookup(name, "func")
+
+    def address_of(self, name: str) -> int:
+        """Address of a global variable or function (e.g. ``__stack_chk_guard``)."""
+        return self.lookup(name).addr
+
+    def names(self, kind: Kind | None = None) -> list[str]:
+        return sorted({s.name for s in self.symbols if kind is None or s.kind == kind})
+
+    def _suggest(self, name: str, kind: Kind | None) -> str:
+        close = difflib.get_close_matches(name, self.names(kind), n=3, cutoff=0.6)
+        return f" (did you mean {', '.join(close)}?)" if close else ""
+
+    # -- by address --------------------------------------------------------------
+
+    def containing(self, addr: int, kind: Kind | None = None) -> Symbol | None:
+        """The sized symbol whose [start, start+size) holds ``addr``, preferring functions."""
+        i = bisect.bisect_right(self._starts, addr)
+        best: Symbol | None = None
+        # Aliases share a start and objects can nest: look back over a few candidates.
+        for j in range(i - 1, max(i - 64, 0) - 1, -1):
+            sym = self.symbols[j]
+            if (kind is None or sym.kind == kind) and sym.addr <= addr < sym.end:
+                rank = (sym.kind != "func", _BIND_RANK[sym.bind])
+                if best is None or rank < (best.kind != "func", _BIND_RANK[best.bind]):
+                    best = sym
+            if best is not None and sym.addr < best.addr:
+                break
+        return best
+
+    def symbolize(self, addr: int) -> Symbolized | None:
+        """``addr`` as name+offset/size, like the kernel prints it; None if unknown."""
+        sym = self.containing(addr)
+        if sym is None:
+            sym = self._nearest_unsized(addr)
+            if sym is None:
+                return None
+            i = bisect.bisect_right(self._starts, addr)
+            size = (self._starts[i] if i < len(self._starts) else addr + 1) - sym.addr
+            return Symbolized(sym.name, addr - sym.addr, size)
+        return Symbolized(sym.name, addr - sym.addr, sym.size)
+
+    def _nearest_unsized(self, addr: int) -> Symbol | None:
+        """A zero-size label just before ``addr`` (assembly entry points have no size)."""
+        i = bisect.bisect_right(self._starts, addr)
+        if i == 0:
+            return None
+        sym = self.symbols[i - 1]
+        if sym.size == 0 and self._region_index(addr) == self._region_index(sym.addr) is not None:
+            return sym
+        return None
+
+    # -- bytes -------------------------------------------------------------------
+
+    def read_bytes(self, addr: int, n: int) -> bytes:
+        """``n`` bytes at ``addr`` from the file's loaded image (text, rodata, data)."""
+        i = self._region_index(addr)
+        if i is None:
+            raise BadInput(f"{addr:#x} is not in a loaded section of {self.path.name}")
+        region = self.regions[i]
+        if addr + n > region.addr + region.size:
+            raise BadInput(f"{addr:#x}+{n} runs past the end of {region.name}")
+        if self._map is None:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        start = region.file_offset + (addr - region.addr)
+        return bytes(self._map[start:start + n])
+
+    def _region_index(self, addr: int) -> int | None:
+        i = bisect.bisect_right(self._region_starts, addr) - 1
+        if i >= 0 and addr < self.regions[i].addr + self.regions[i].size:
+            return i
+        return None
+
+
+# -- parsing -----------------------------------------------------------------------
+
+def _parse(path: Path) -> SymbolTable:
+    """Check the header, then pull symbols, sections and the build-id out of the file."""
+    try:
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except ValueError:
+        raise BadInput(f"{path} is not an ELF file (it is empty)") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return _parse_mapped(path, data)
+    except (struct.error, IndexError, ValueError):
+        raise BadInput(f"{path} is a malformed ELF file (truncated headers)") from None
+    finally:
+        data.close()
+
+
+def _parse_mapped(path: Path, data: mmap.mmap) -> SymbolTable:
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        raise BadInput(f"{path} is not an ELF file")
+    if data[4] != 2 or data[5] != 1:
+        raise BadInput(f"{path} has the wrong architecture: need ELF64 little-endian x86-64")
+    e_type, e_machine = struct.unpack_from("<HH", data, 16)
+    if e_machine != _EM_X86_64:
+        raise BadInput(f"{path} has the wrong architecture (e_machine {e_machine}, need x86-64)")
+    if e_type == 1:
+        raise BadInput(f"{path} is a relocatable object (.o/.ko): link it first")
+    e_shoff, = struct.unpack_from("<Q", data, 0x28)
+    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if e_shoff == 0 or e_shnum == 0:
+        raise BadInput(f"{path} has no section headers, so no symbols")
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
+                for i in range(e_shnum)]
+    shstr = sections[e_shstrndx]
+
+    def sec_name(sh: tuple) -> str:
+        start = shstr[4] + sh[0]
+        return data[start:data.find(b"\0", start)].decode("utf-8", "replace")
+
+    regions = sorted(
+        (_Region(sec_name(sh), sh[3], sh[5], sh[4]) for sh in sections
+         if sh[2] & _SHF_ALLOC and sh[1] != _SHT_NOBITS and sh[5] and sh[3]),
+        key=lambda r: r.addr,
+    )
+    symtab = next((sh for sh in sections if sh[1] == _SHT_SYMTAB), None)
+    if symtab is None:
+        raise BadInput(f"{path} has no symbols (.symtab missing: stripped?)")
+    strtab = sections[symtab[6]]
+    symbols = _read_symbols(data, symtab, strtab)
+    if not symbols:
+        raise BadInput(f"{path} has no function or object symbols")
+    build_id = next((bid for sh in sections if sh[1] == _SHT_NOTE
+                     for bid in [_build_id(data[sh[4]:sh[4] + sh[5]])] if bid), None)
+    elf_type = {2: "exec", 3: "dyn"}.get(e_type, str(e_type))
+    return SymbolTable(path, elf_type, build_id, symbols, regions)
+
+
+def _read_symbols(data: mmap.mmap, symtab: tuple, strtab: tuple) -> list[Symbol]:
+    raw = data[symtab[4]:symtab[4] + symtab[5]]
+    strings = data[strtab[4]:strtab[4] + strtab[5]]
+    out: list[Symbol] = []
+    for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack(
+            "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
+        kind = _STT.get(st_info & 0xF)
+        bind = _STB.get(st_info >> 4)
+        if kind is None or bind is None or st_shndx == 0 or not st_name:
+            continue
+        name = strings[st_name:strings.find(b"\0", st_name)].decode("utf-8", "replace")
+        out.append(Symbol(name, st_value, st_size, kind, bind))  # type: ignore[arg-type]
+    out.sort(key=lambda s: (s.addr, s.kind != "func", _BIND_RANK[s.bind], s.name))
+    return out
+
+
+def _build_id(note: bytes) -> str | None:
+    """The NT_GNU_BUILD_ID descriptor, as hex, from one SHT_NOTE section."""
+    pos = 0
+    while pos + 12 <= len(note):
+        namesz, descsz, ntype = struct.unpack_from("<III", note, pos)
+        name_end = pos + 12 + ((namesz + 3) & ~3)
+        desc = note[name_end:name_end + descsz]
+        if ntype == 3 and note[pos + 12:pos + 12 + namesz].rstrip(b"\0") == b"GNU":
+            return desc.hex()
+        pos = name_end + ((descsz + 3) & ~3)
+    return None
+
+
+# -- cache -------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """``$KSWGDB_CACHE_DIR``, else ``$XDG_CACHE_HOME/kswgdb``, else ``~/.cache/kswgdb``."""
+    if os.environ.get("KSWGDB_CACHE_DIR"):
+        return Path(os.environ["KSWGDB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "kswgdb"
+
+
+def _cache_file(path: Path) -> Path:
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    return cache_dir() / f"symtab-{path.name}-{digest}.pickle"
+
+
+def _cache_read(path: Path, key: tuple) -> SymbolTable | None:
+    """The cached table if its key matches; any problem just means 'parse again'."""
+    try:
+        with open(_cache_file(path), "rb") as f:
+            stored_key, table = pickle.load(f)
+    except Exception:
+        return None
+    return table if stored_key == key and isinstance(table, SymbolTable) else None
+
+
+def _cache_write(path: Path, key: tuple, table: SymbolTable) -> None:
+    """Write atomically; a read-only home must not stop the tool."""
+    target = _cache_file(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            pickle.dump((key, table), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+    except OSError:
+        pass

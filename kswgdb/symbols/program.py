@@ -1,0 +1,109 @@
+"""One kernel ELF with everything kswgdb knows about it statically.
+
+The engine, the CLI and the report renderers all ask the same questions of the
+same file (what is at this address, which line, where is this local, what is
+``task.stack``); this bundles the symbol table (always), and the DWARF, line
+table, type index and decoded functions (each loaded on first use, since a
+config in offset mode needs no DWARF at all).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from kswgdb.errors import BadInput
+from kswgdb.symbols.disasm import Disassembler, Instruction
+from kswgdb.symbols.dwarf import DwarfInfo
+from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable
+from kswgdb.symbols.lines import LineTable, SourceLine
+from kswgdb.symbols.locals import FrameVar, find_local, frame_variables
+from kswgdb.symbols.prologue import FunctionAnalysis, analyze
+from kswgdb.symbols.types import TypeIndex
+
+
+class Program:
+    """Symbols, DWARF and code of one ELF; every part is loaded on first use."""
+
+    def __init__(self, symtab: SymbolTable, dwarf: DwarfInfo | None = None) -> None:
+        self.symtab = symtab
+        self._dwarf = dwarf
+        self._analyses: dict[int, FunctionAnalysis] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, cache: bool = True) -> Program:
+        return cls(SymbolTable.load(path, cache=cache))
+
+    @property
+    def path(self) -> Path:
+        return self.symtab.path
+
+    # -- parts -------------------------------------------------------------------
+
+    @property
+    def dwarf(self) -> DwarfInfo:
+        """The DWARF; `BadInput` if the file has none."""
+        if self._dwarf is None:
+            self._dwarf = DwarfInfo.open(self.symtab.path)
+        return self._dwarf
+
+    @cached_property
+    def has_dwarf(self) -> bool:
+        try:
+            self.dwarf  # noqa: B018 -- opening is the check
+        except BadInput:
+            return False
+        return True
+
+    @cached_property
+    def lines(self) -> LineTable | None:
+        return LineTable(self.dwarf) if self.has_dwarf else None
+
+    @cached_property
+    def types(self) -> TypeIndex:
+        return TypeIndex(self.dwarf, self.symtab)
+
+    @cached_property
+    def disasm(self) -> Disassembler:
+        return Disassembler(self.symtab)
+
+    # -- questions ---------------------------------------------------------------
+
+    def function(self, name: str) -> Symbol:
+        return self.symtab.function(name)
+
+    def symbolize(self, addr: int) -> Symbolized | None:
+        return self.symtab.symbolize(addr)
+
+    def source_line(self, addr: int) -> SourceLine | None:
+        return self.lines.lookup(addr) if self.lines is not None else None
+
+    def analyze(self, func: str | Symbol) -> FunctionAnalysis:
+        """Decoded code, frame states and canary of a function (cached)."""
+        sym = self.symtab.function(func) if isinstance(func, str) else func
+        if sym.addr not in self._analyses:
+            self._analyses[sym.addr] = analyze(self.disasm, sym)
+        return self._analyses[sym.addr]
+
+    def writer_of(self, pc: int) -> Instruction | None:
+        """The instruction that made a write watchpoint stop with PC = ``pc``."""
+        return self.disasm.likely_writer(pc)
+
+    def local(self, func: str, name: str, pc: int) -> FrameVar:
+        return find_local(self.dwarf, func, name, pc)
+
+    def locals_at(self, pc: int) -> list[FrameVar]:
+        return frame_variables(self.dwarf, pc) if self.has_dwarf else []
+
+    def member_offset(self, type_name: str, member: str) -> int:
+        return self.types.member_offset(type_name, member)
+
+    def type_size(self, type_name: str) -> int:
+        return self.types.type_size(type_name)
+
+    def global_address(self, name: str) -> int:
+        """A global's address: the symbol table first (no DWARF needed), then DWARF."""
+        if self.symtab.lookup_all(name):
+            return self.symtab.lookup(name).addr
+        return self.types.global_address(name)

@@ -1,0 +1,420 @@
+"""The KStackWatch state machine, driven by stops of the guest.
+
+Per call of a watched function the engine sees two stops: the probe at
+``fn+fo`` (post-handler semantics: the instruction there has run) and the
+return to the caller. At the probe it identifies the task, computes the frame's
+CFA and the watched slot, checks a canary slot against the live guard, takes a
+slot from the pool and installs a write watchpoint plus a return breakpoint. At
+the return it gives both back. A watchpoint stop in between is a hit: it is
+recorded, logged, then handed to the caller for rendering.
+
+The engine never talks to QEMU, gdb or the terminal itself: it is given a
+``Target`` (the wire), a ``Symbolizer`` (the kernel's symbols) and callbacks, so
+it can be driven by a fake in unit tests exactly as by the real stub.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kswgdb.watch import guest
+from kswgdb.watch.frames import ArmedWatch, Frame, TaskFrames
+from kswgdb.watch.guest import GuestLayout
+from kswgdb.watch.hits import BacktraceFrame, EventLog, Hit, SourceLine, TaskInfo, Writer
+from kswgdb.watch.slots import SlotPool
+from kswgdb.watch.spec import ArmSpec
+from kswgdb.watch.target import Registers, Stop, Target
+
+MAX_BACKTRACE = 32
+
+
+class Symbolizer(Protocol):
+    """The kernel's symbols, as the engine needs them to describe a hit."""
+
+    def symbol(self, addr: int) -> str:
+        """``name+0xoff/0xsize`` or ``0x...`` when no symbol covers it."""
+
+    def function(self, addr: int) -> str | None: ...
+
+    def source(self, addr: int) -> SourceLine | None: ...
+
+    def writer(self, pc: int, regs: Registers) -> tuple[int, str, tuple[tuple[int, str], ...]]:
+        """The storing instruction for a watch stop at ``pc``: (address, text, context)."""
+
+
+@dataclass
+class WatchStats:
+    """Counts for one watch config; ``calls`` always equals the sum of outcomes."""
+
+    calls: int = 0            # probe reached by a new call
+    armed: int = 0
+    skipped_depth: int = 0    # not at the configured depth
+    refused_pool: int = 0     # no free slot: the call ran unwatched
+    refused_check: int = 0    # no canary found where expected nor by the scan
+    refused_stub: int = 0     # the stub would not insert the watchpoint
+    reentries: int = 0        # probe fired again for a live call (a loop)
+    returns: int = 0
+    stale: int = 0            # frames found dead without their return being seen
+    hits: int = 0
+    found_by_scan: int = 0    # canary located by the upward scan, not the prologue
+
+    @property
+    def not_armed(self) -> int:
+        return self.skipped_depth + self.refused_pool + self.refused_check + self.refused_stub
+
+
+@dataclass
+class EngineResult:
+    """Why the engine loop ended and what it saw."""
+
+    reason: str               # "exit" | "freeze" | "deadline" | "stopped"
+    exit_status: int | None = None
+    hits: list[Hit] = field(default_factory=list)
+
+
+class Engine:
+    """Arms and disarms watches on a target as its stops arrive."""
+
+    def __init__(
+        self,
+        target: Target,
+        specs: list[ArmSpec],
+        layout: GuestLayout,
+        symbolizer: Symbolizer,
+        pool: SlotPool,
+        log: EventLog | None = None,
+        on_hit: Callable[[Hit], None] | None = None,
+        freeze_on_hit: bool = False,
+        exit_hook_addr: int | None = None,
+        backtracer: Callable[[Stop, Registers], list[BacktraceFrame] | None] | None = None,
+    ) -> None:
+        self.target = target
+        self.specs = specs
+        self.layout = layout
+        self.sym = symbolizer
+        self.pool = pool
+        self.log = log
+        self.on_hit = on_hit
+        self.freeze_on_hit = freeze_on_hit
+        self.exit_hook_addr = exit_hook_addr
+        self.backtracer = backtracer
+        self.stats = [WatchStats() for _ in specs]
+        self.frames = TaskFrames()
+        self.hits: list[Hit] = []
+        self.unexpected_stops = 0
+        self._probes: dict[int, list[int]] = {}
+        for index, spec in enumerate(specs):
+            self._probes.setdefault(spec.probe_addr, []).append(index)
+        self._return_bps: dict[int, int] = {}     # address -> live frames using it
+        self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
+        self._read = target.read
+
+    # ---------------------------------------------------------------- set-up
+    def install(self) -> None:
+        """Insert the probe breakpoints (and the task-exit hook) before the guest runs."""
+        for addr in self._probes:
+            self.target.set_breakpoint(addr)
+        if self.exit_hook_addr is not None and self.exit_hook_addr not in self._probes:
+            self.target.set_breakpoint(self.exit_hook_addr)
+
+    # ------------------------------------------------------------ main loop
+    def run(
+        self,
+        deadline: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        poll: float = 0.25,
+    ) -> EngineResult:
+        """Resume the guest and handle stops until it exits, freezes or time runs out."""
+        self.target.resume()
+        while True:
+            timeout = poll
+            if deadline is not None:
+                timeout = max(0.0, min(poll, deadline - time.monotonic()))
+            stop = self.target.wait_stop(timeout)
+            if stop is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return EngineResult("deadline", hits=self.hits)
+                if should_stop is not None and should_stop():
+                    return EngineResult("stopped", hits=self.hits)
+                continue
+            verdict = self.handle(stop)
+            if verdict == "exit":
+                return EngineResult("exit", exit_status=stop.exit_status, hits=self.hits)
+            if verdict == "freeze":
+                return EngineResult("freeze", hits=self.hits)
+            self.target.resume()
+
+    def handle(self, stop: Stop) -> str:
+        """React to one stop; returns "continue", "freeze" or "exit"."""
+        if stop.kind == "exit":
+            return "exit"
+        if stop.kind == "watch" and stop.watch_addr is not None:
+            return self._on_watch(stop)
+        if stop.kind == "break":
+            handled = False
+            if stop.pc in self._probes:
+                self._on_probe(stop)
+                handled = True
+            if stop.pc in self._return_bps:
+                self._on_return(stop)
+                handled = True
+            if stop.pc == self.exit_hook_addr:
+                self._on_task_exit(stop)
+                handled = True
+            if handled:
+                return "continue"
+        self.unexpected_stops += 1
+        return "continue"
+
+    # ---------------------------------------------------------------- probe
+    def _on_probe(self, stop: Stop) -> None:
+        """One pipelined batch of reads serves every config sharing this probe."""
+        regs = self.target.registers(stop.thread)
+        sp, fp = regs.sp, regs.fp
+        reads: list[tuple[int, int]] = []
+        current_at = guest.current_task_address(self.layout, regs)
+        if current_at is not None:
+            reads.append((current_at, 8))
+        plans = []
+        for index in self._probes[stop.pc]:
+            spec = self.specs[index]
+            cfa = spec.cfa(sp, fp)
+            slot = spec.slot_address(sp, fp)
+            first = len(reads)
+            reads += [(cfa - 8, 8), (slot, spec.length)]
+            if spec.mode == "canary" and spec.guard is not None:
+                reads.append((guest.canary_address(spec.guard, regs), 8))
+            plans.append((index, cfa, slot, first))
+        data = self.target.read_many(reads)
+        task = guest.current_task_from(self.layout, regs, data[0] if current_at else None)
+        for index, cfa, slot, first in plans:
+            self._probe_one(index, task, sp, cfa, slot, data[first:first + 3])
+
+    def _probe_one(
+        self, index: int, task: int, sp: int, cfa: int, slot: int, data: list[bytes],
+    ) -> None:
+        spec, stats = self.specs[index], self.stats[index]
+        for stale in self.frames.stale_below(task, cfa):
+            self._drop_frame(stale, counted=True)
+        if self.frames.find(task, index, cfa) is not None:
+            stats.reentries += 1
+            return
+        return_addr = int.from_bytes(data[0], "little")
+        stats.calls += 1
+        depth = self.frames.depth_at(task, index, cfa)
+        frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
+        self.frames.push(frame)
+        self._hold_return(return_addr)
+        if depth != spec.depth:
+            stats.skipped_depth += 1
+            return
+        old = data[1]
+        if spec.mode == "canary" and len(data) > 2:
+            expected = data[2]
+            if old != expected:
+                found = self._scan_for_canary(spec, sp, cfa, expected)
+                if found is None:
+                    stats.refused_check += 1
+                    return
+                slot, old = found, expected
+                stats.found_by_scan += 1
+        if not self.pool.take():
+            stats.refused_pool += 1
+            return
+        try:
+            self.target.set_watchpoint(slot, spec.length)
+        except Exception:  # noqa: BLE001 - the stub refusing is counted, never fatal
+            self.pool.give()
+            stats.refused_stub += 1
+            return
+        frame.watch = ArmedWatch(
+            addr=slot, length=spec.length, old_value=old, spec_index=index,
+            owner_task=task, owner_name="", depth=depth, armed_at=time.time(),
+        )
+        stats.armed += 1
+
+    def _scan_for_canary(self, spec: ArmSpec, sp: int, cfa: int, expected: bytes) -> int | None:
+        """KStackWatch's fallback: the first word equal to the guard, upward from SP."""
+        limit = min(spec.scan_words * 8, max(8, cfa - sp))
+        window = self._read(sp, limit)
+        for off in range(0, len(window) - 7, 8):
+            if window[off:off + 8] == expected:
+                return sp + off
+        return None
+
+    # --------------------------------------------------------------- return
+    def _on_return(self, stop: Stop) -> None:
+        regs = self.target.registers(stop.thread)
+        task = guest.current_task(self.layout, regs, self._read)
+        for frame in self.frames.returning(task, regs.sp, stop.pc):
+            self.stats[frame.spec_index].returns += 1
+            self._drop_frame(frame, counted=False)
+
+    def _on_task_exit(self, stop: Stop) -> None:
+        regs = self.target.registers(stop.thread)
+        task = guest.current_task(self.layout, regs, self._read)
+        for frame in self.frames.of_task(task):
+            self._drop_frame(frame, counted=True)
+
+    def _drop_frame(self, frame: Frame, counted: bool) -> None:
+        """Disarm a frame's watch and release its return breakpoint."""
+        if counted:
+            self.stats[frame.spec_index].stale += 1
+        if frame.watch is not None:
+            self.target.clear_watchpoint(frame.watch.addr, frame.watch.length)
+            self.pool.give()
+            self._last_writer.pop(id(frame.watch), None)
+            frame.watch = None
+        self.frames.remove(frame)
+        self._release_return(frame.return_addr)
+
+    def _hold_return(self, addr: int) -> None:
+        count = self._return_bps.get(addr, 0)
+        if count == 0 and addr not in self._probes and addr != self.exit_hook_addr:
+            self.target.set_breakpoint(addr)
+        self._return_bps[addr] = count + 1
+
+    def _release_return(self, addr: int) -> None:
+        count = self._return_bps.get(addr, 0) - 1
+        if count > 0:
+            self._return_bps[addr] = count
+            return
+        self._return_bps.pop(addr, None)
+        if addr not in self._probes and addr != self.exit_hook_addr:
+            self.target.clear_breakpoint(addr)
+
+    # ------------------------------------------------------------------ hit
+    def _on_watch(self, stop: Stop) -> str:
+        addr = stop.watch_addr
+        assert addr is not None
+        owners = [
+            f for f in self.frames.all()
+            if f.watch is not None and f.watch.addr <= addr < f.watch.addr + f.watch.length
+        ]
+        if not owners:
+            self.unexpected_stops += 1
+            return "continue"
+        regs = self.target.registers(stop.thread)
+        writer_task = guest.current_task(self.layout, regs, self._read)
+        verdict = "continue"
+        for frame in owners:
+            watch = frame.watch
+            assert watch is not None
+            if writer_task == watch.owner_task and regs.sp > watch.addr + watch.length - 1:
+                # The owner's SP is above the slot: its frame is dead and we missed
+                # the return (KStackWatch's exit-trampoline false positive). Drop it.
+                self._drop_frame(frame, counted=True)
+                continue
+            if self._record_hit(stop, regs, frame, watch, writer_task):
+                verdict = "freeze"
+        return verdict
+
+    def _record_hit(
+        self, stop: Stop, regs: Registers, frame: Frame, watch: ArmedWatch, writer_task: int,
+    ) -> bool:
+        spec, stats = self.specs[frame.spec_index], self.stats[frame.spec_index]
+        new = self._read(watch.addr, watch.length)
+        insn_addr, text, context = self.sym.writer(stop.pc, regs)
+        previous = self._last_writer.get(id(watch))
+        self._last_writer[id(watch)] = insn_addr
+        if previous == insn_addr and text.startswith("rep"):
+            # A `rep stos`/`rep movs` traps once per element: one catch per
+            # instruction per armed call, the repeats only counted.
+            if self.log is not None:
+                self.log.write("hit-repeat", seq=self.hits[-1].seq, insn=hex(insn_addr))
+            watch.old_value = new
+            return False
+        backtrace = None
+        if self.backtracer is not None:
+            backtrace = self.backtracer(stop, regs)
+        if backtrace is None:
+            backtrace = self._fp_backtrace(regs, insn_addr)
+        irq = any(
+            (self.sym.function(f.pc) or "") in self.layout.irq_functions for f in backtrace
+        )
+        hit = Hit(
+            seq=len(self.hits) + 1,
+            wall_time=time.time(),
+            guest_time=guest.guest_time(self.layout, self._read),
+            cpu=max(0, stop.thread - 1),
+            config=spec.text,
+            addr=watch.addr,
+            length=watch.length,
+            what=spec.what,
+            watched_func=spec.func,
+            depth=watch.depth,
+            old=watch.old_value.hex(),
+            new=new.hex(),
+            owner=guest.task_info(self.layout, watch.owner_task, self._read),
+            writer_task=guest.task_info(self.layout, writer_task, self._read),
+            writer=Writer(
+                pc_reported=stop.pc,
+                insn_addr=insn_addr,
+                symbol=self.sym.symbol(insn_addr),
+                function=self.sym.function(insn_addr) or "?",
+                disasm=text,
+                source=self.sym.source(insn_addr),
+                context=context,
+            ),
+            registers=dict(regs.values),
+            backtrace=tuple(backtrace),
+            interrupt=irq,
+        )
+        watch.old_value = new
+        watch.hits += 1
+        stats.hits += 1
+        self.hits.append(hit)
+        if self.log is not None:
+            self.log.write_hit(hit)
+        if self.on_hit is not None:
+            self.on_hit(hit)
+        return spec.panic or self.freeze_on_hit
+
+    def _fp_backtrace(self, regs: Registers, pc: int) -> list[BacktraceFrame]:
+        """Walk the frame-pointer chain within the current stack."""
+        frames = [self._frame(0, pc)]
+        base = guest.stack_base(self.layout, regs.sp)
+        top = base + self.layout.thread_size
+        fp = regs.fp
+        while len(frames) < MAX_BACKTRACE and base <= fp < top - 16 and fp % 8 == 0:
+            raw = self._read(fp, 16)
+            next_fp = int.from_bytes(raw[:8], "little")
+            ret = int.from_bytes(raw[8:], "little")
+            if ret == 0:
+                break
+            # A return address points after the call: symbolize the call itself.
+            frames.append(self._frame(len(frames), ret - 1, shown_pc=ret))
+            if next_fp <= fp:
+                break
+            fp = next_fp
+        return frames
+
+    def _frame(self, level: int, addr: int, shown_pc: int | None = None) -> BacktraceFrame:
+        pc = addr if shown_pc is None else shown_pc
+        return BacktraceFrame(
+            level=level, pc=pc, symbol=self.sym.symbol(pc), source=self.sym.source(addr),
+        )
+
+    # -------------------------------------------------------------- summary
+    def live_watches(self) -> int:
+        return sum(1 for f in self.frames.all() if f.watch is not None)
+
+    def summary(self) -> list[dict]:
+        """Per-config counts, for the log and the final table."""
+        out = []
+        for spec, stats in zip(self.specs, self.stats, strict=True):
+            out.append({
+                "config": spec.text, "func": spec.func, "mode": spec.mode,
+                "calls": stats.calls, "armed": stats.armed, "not_armed": stats.not_armed,
+                "skipped_depth": stats.skipped_depth, "refused_pool": stats.refused_pool,
+                "refused_check": stats.refused_check, "refused_stub": stats.refused_stub,
+                "reentries": stats.reentries, "returns": stats.returns, "stale": stats.stale,
+                "hits": stats.hits, "found_by_scan": stats.found_by_scan,
+            })
+        return out
+
+
+__all__ = ["Engine", "EngineResult", "Symbolizer", "TaskInfo", "WatchStats"]

@@ -1,0 +1,134 @@
+"""Hit records and the JSONL event log they are appended to.
+
+A hit is the one piece of evidence a user may have waited a week for, so it is
+written to the log (flushed and fsynced) *before* anything tries to render it:
+a crash in rendering, a Ctrl-C or a dying QEMU cannot lose it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class BacktraceFrame:
+    level: int
+    pc: int
+    symbol: str            # "name+0xoff/0xsize" or "0x..." when unknown
+    source: SourceLine | None = None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A guest task as the kernel names it (``task`` is its identity: struct address)."""
+
+    task: int
+    pid: int | None = None
+    name: str = "?"
+
+    def __str__(self) -> str:
+        pid = f"/{self.pid}" if self.pid is not None else ""
+        return f"{self.name}{pid}"
+
+
+@dataclass(frozen=True)
+class Writer:
+    """The instruction that performed the write (x86 traps *after* the store)."""
+
+    pc_reported: int       # where the vCPU stopped
+    insn_addr: int         # the store itself
+    symbol: str            # "s3_corrupter+0x1c/0x60"
+    function: str          # "s3_corrupter"
+    disasm: str            # "mov qword ptr [rax], rdx"
+    source: SourceLine | None = None
+    context: tuple[tuple[int, str], ...] = ()   # nearby instructions, for rendering
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One caught write into a watched stack slot."""
+
+    seq: int
+    wall_time: float
+    guest_time: int | None
+    cpu: int
+    config: str
+    addr: int
+    length: int
+    what: str              # "canary of s3_victim", "local mark of s2_recurse", "sp+0x10 of f"
+    watched_func: str
+    depth: int
+    old: str               # hex, guest byte order as read
+    new: str
+    owner: TaskInfo
+    writer_task: TaskInfo
+    writer: Writer
+    registers: dict[str, int] = field(default_factory=dict)
+    backtrace: tuple[BacktraceFrame, ...] = ()
+    interrupt: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["event"] = "hit"
+        data["addr"] = hex(self.addr)
+        data["registers"] = {k: hex(v) for k, v in self.registers.items()}
+        data["writer"]["pc_reported"] = hex(self.writer.pc_reported)
+        data["writer"]["insn_addr"] = hex(self.writer.insn_addr)
+        data["writer"]["context"] = [[hex(a), t] for a, t in self.writer.context]
+        for frame in data["backtrace"]:
+            frame["pc"] = hex(frame["pc"])
+        return data
+
+
+class EventLog:
+    """An append-only JSONL file (mode 0600): one event per line, hits fsynced."""
+
+    def __init__(self, path: Path | None, echo: IO[str] | None = None) -> None:
+        self.path = path
+        self._echo = echo
+        self._fh: IO[str] | None = None
+        if path is not None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
+
+    def write(self, event: str, sync: bool = False, **data: Any) -> None:
+        line = json.dumps({"event": event, **data}, sort_keys=False, default=_jsonable)
+        self._emit(line, sync)
+
+    def write_hit(self, hit: Hit) -> None:
+        self._emit(json.dumps(hit.to_json(), default=_jsonable), sync=True)
+
+    def _emit(self, line: str, sync: bool) -> None:
+        for fh in (self._fh, self._echo):
+            if fh is None:
+                continue
+            fh.write(line + "\n")
+            fh.flush()
+        if sync and self._fh is not None:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)

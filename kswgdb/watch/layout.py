@@ -1,0 +1,69 @@
+"""Build the engine's `GuestLayout` from the kernel's own debug info.
+
+Offsets are never typed by hand: they come from the DWARF of the image being
+debugged, so a rebuilt test kernel or another Linux version keeps working. Each
+flavour names the kernel concepts it needs; what a kernel lacks is left out and
+the engine falls back (a task identified by its stack instead of by `current`).
+"""
+
+from __future__ import annotations
+
+from kswgdb.errors import KswError
+from kswgdb.symbols.program import Program
+from kswgdb.watch.guest import GuestLayout
+from kswgdb.watch.spec import GuardSource
+
+#: Linux x86-64: the per-CPU stack canary lives at %gs:0x28 (fixed_percpu_data).
+LINUX_CANARY_GS_OFFSET = 0x28
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except (KswError, KeyError, LookupError, ValueError):
+        return None
+
+
+def layout_for(program: Program, flavour: str) -> GuestLayout:
+    """The layout of ``flavour`` ("kswtest", "linux" or anything else: generic)."""
+    if flavour == "kswtest":
+        return _kswtest(program)
+    if flavour == "linux":
+        return _linux(program)
+    return GuestLayout(flavour="generic")
+
+
+def _kswtest(p: Program) -> GuestLayout:
+    guard = _try(p.global_address, "__stack_chk_guard")
+    return GuestLayout(
+        flavour="kswtest",
+        current_gs_offset=_try(p.member_offset, "percpu", "current"),
+        task_pid_offset=_try(p.member_offset, "task", "pid"),
+        task_comm_offset=_try(p.member_offset, "task", "comm"),
+        guard=GuardSource("global", addr=guard) if guard is not None else None,
+        exit_function="task_exit",
+        ticks_addr=_try(p.global_address, "jiffies"),
+        irq_functions=("timer_interrupt", "interrupt_dispatch"),
+    )
+
+
+def _linux(p: Program) -> GuestLayout:
+    # v6.2+ keeps current in pcpu_hot; older kernels in the per-CPU current_task.
+    # Either way the symbol's value is an offset from the per-CPU (GS) base.
+    current = _try(p.global_address, "current_task")
+    if current is None:
+        hot = _try(p.global_address, "pcpu_hot")
+        member = _try(p.member_offset, "pcpu_hot", "current_task")
+        if hot is not None and member is not None:
+            current = hot + member
+    return GuestLayout(
+        flavour="linux",
+        current_gs_offset=current,
+        task_pid_offset=_try(p.member_offset, "task_struct", "pid"),
+        task_comm_offset=_try(p.member_offset, "task_struct", "comm"),
+        guard=GuardSource("gs", offset=LINUX_CANARY_GS_OFFSET),
+        exit_function="do_exit",
+        ticks_addr=_try(p.global_address, "jiffies_64") or _try(p.global_address, "jiffies"),
+        irq_functions=("common_interrupt", "sysvec_apic_timer_interrupt",
+                       "__sysvec_apic_timer_interrupt", "handle_irq_event"),
+    )

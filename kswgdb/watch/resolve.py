@@ -1,0 +1,251 @@
+"""A parsed watch config checked against the kernel's symbols and code.
+
+Everything that can be known before the guest runs is checked here, so a bad
+config fails in milliseconds with a message instead of after a boot: the
+function exists, ``fo`` is inside it and on an instruction boundary, the canary
+or the named local really is where the watch will look. The result tells the
+engine exactly what to do at run time: where to stop, which register to read,
+and which bytes relative to it to watch.
+
+Arming semantics are KStackWatch's: its kprobe post-handler runs *after* the
+instruction at ``fn+fo`` has executed, and ``so`` is relative to SP at that
+moment. ``arm_addr`` is therefore the next instruction, where the machine state
+equals the post-handler's; the slot is given relative to RBP or RSP there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kswgdb.errors import BadInput
+from kswgdb.symbols.disasm import Instruction
+from kswgdb.symbols.dwarf import DwarfInfo
+from kswgdb.symbols.elf import Symbol, SymbolTable
+from kswgdb.symbols.frame import FrameState
+from kswgdb.symbols.locals import FrameVar
+from kswgdb.symbols.program import Program
+from kswgdb.symbols.prologue import CanarySlot, FrameSlot, FunctionAnalysis
+from kswgdb.watch.config import WatchConfig
+from kswgdb.watch.spec import ArmSpec, GuardSource
+
+_FLOW_WORDS = {"call": "a call", "jump": "a jump", "cjump": "a conditional jump",
+               "ret": "a return", "trap": "a trap"}
+
+
+@dataclass(frozen=True)
+class WatchSlot:
+    """The watched bytes: ``[base + offset, +length)`` with base read at ``arm_addr``."""
+
+    base: str            # "rbp" | "rsp"
+    offset: int
+    length: int
+
+    def address(self, base_value: int) -> int:
+        return (base_value + self.offset) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def __str__(self) -> str:
+        sign = "-" if self.offset < 0 else "+"
+        return f"[{self.base}{sign}{abs(self.offset):#x}]/{self.length}"
+
+
+@dataclass(frozen=True)
+class ResolvedWatch:
+    """What the engine needs to run one watch."""
+
+    config: WatchConfig
+    function: Symbol
+    probe_addr: int                 # fn+fo, the KStackWatch probe point
+    probe_insn: Instruction
+    arm_addr: int                   # next instruction: state == post-handler state
+    sp_delta: int | None            # RSP change done by probe_insn (None: unknown)
+    slot: WatchSlot                 # relative to RBP/RSP at arm_addr
+    cfa_offset: int | None          # the slot relative to the frame's CFA, if known
+    canary: CanarySlot | None
+    var: FrameVar | None
+    suggested_offset: int | None
+    returns: tuple[int, ...]        # addresses of the function's ret instructions
+    warnings: tuple[str, ...] = ()
+    frame_cfa: tuple[str, int] | None = None   # CFA = reg + off at arm_addr (rbp preferred)
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    def what(self) -> str:
+        """Human words for the watched bytes, as hit reports name them."""
+        name = self.function.name
+        if self.mode == "canary":
+            return f"canary of {name}"
+        if self.mode == "var":
+            return f"local {self.config.var} of {name}"
+        sign = "-" if self.config.sp_offset < 0 else "+"
+        return f"sp{sign}{abs(self.config.sp_offset):#x} of {name}"
+
+    def to_arm_spec(self) -> ArmSpec:
+        """The engine's view: numbers only (`kswgdb.watch.spec.ArmSpec`)."""
+        if self.frame_cfa is None:
+            raise BadInput(f"cannot follow {self.function.name}'s stack pointer to "
+                           f"fo={self.config.offset:#x}: pick an fo in the straight-line prologue")
+        guard = None
+        if self.canary is not None:
+            if self.canary.guard_kind == "global":
+                guard = GuardSource("global", addr=self.canary.guard_addr or 0)
+            else:           # %gs:0x28, or %gs:__stack_chk_guard (a per-CPU symbol)
+                ref = self.canary.guard_ref.split(":", 1)[1]
+                offset = int(ref, 16) if ref.startswith("0x") else self.canary.guard_addr or 0
+                guard = GuardSource(self.canary.guard_kind, offset=offset)
+        cfg = self.config
+        return ArmSpec(
+            text=cfg.text or cfg.canonical(), func=self.function.name,
+            func_addr=self.function.addr, func_size=self.function.size,
+            probe_addr=self.arm_addr, cfa_offset=self.frame_cfa[1], cfa_base=self.frame_cfa[0],
+            mode=self.mode, base=self.slot.base, offset=self.slot.offset, length=self.slot.length,
+            what=self.what(), depth=cfg.depth, max_watch=cfg.max_watch, panic=cfg.panic_hit,
+            guard=guard, canary_found_by="prologue" if self.canary is not None else "",
+        )
+
+    def describe(self) -> str:
+        """One line for reports: where the watch points and why."""
+        what = {"canary": "canary", "offset": "SP+so", "var": f"var {self.config.var}"}[self.mode]
+        return (f"{self.function.name}+{self.probe_addr - self.function.addr:#x}: "
+                f"{what} {self.slot}")
+
+
+def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
+                  dwarf: DwarfInfo | None = None) -> ResolvedWatch:
+    """Check ``cfg`` against the program and place its slot; `BadInput` if impossible."""
+    program = symbols if isinstance(symbols, Program) else Program(symbols, dwarf)
+    func = program.function(cfg.func)
+    if cfg.offset >= func.size:
+        raise BadInput(f"fo={cfg.offset:#x} is past the end of {func.name} (size {func.size:#x})")
+    analysis = program.analyze(func)
+    code = analysis.code
+    probe_addr = func.addr + cfg.offset
+    insn = code.at(probe_addr)
+    if insn is None:
+        inside = code.containing(probe_addr)
+        before, after = code.nearest_boundaries(probe_addr)
+        near = " and ".join(f"{b:#x}" for b in (before, after) if b is not None)
+        what = f" ({inside.text})" if inside is not None else ""
+        raise BadInput(f"fo={cfg.offset:#x} is not an instruction boundary of {func.name}: "
+                       f"it falls inside the instruction at {before:#x}{what}; "
+                       f"nearest boundaries {near}")
+    if insn.flow is not None:
+        hint = _suggestion_text(analysis, None)
+        raise BadInput(f"fo={cfg.offset:#x} is {_FLOW_WORDS[insn.flow]} ({insn.text}): watches arm "
+                       f"after the instruction at fo has run (KStackWatch's kprobe post-handler); "
+                       f"pick a straight-line instruction{hint}")
+    before_state = analysis.frame.state_before(probe_addr)
+    after_state = analysis.frame.state_after(probe_addr)
+    sp_delta = None
+    if before_state is not None and after_state is not None \
+            and before_state.sp is not None and after_state.sp is not None:
+        sp_delta = before_state.sp - after_state.sp
+    warnings: list[str] = []
+    canary = var = None
+    if cfg.mode == "canary":
+        canary, cfa, slot = _canary_slot(cfg, analysis, after_state, probe_addr)
+    elif cfg.mode == "offset":
+        slot = WatchSlot("rsp", cfg.sp_offset, cfg.watch_len)
+        cfa = None
+        if after_state is not None and after_state.sp is not None:
+            cfa = cfg.sp_offset - after_state.sp
+        if cfg.sp_offset < 0:
+            warnings.append(f"so={cfg.sp_offset:#x} watches below SP: callees and interrupts "
+                            "write there, not this frame")
+    else:
+        var, cfa, slot = _var_slot(cfg, program, analysis, after_state, insn.end)
+    suggested = None
+    if cfa is not None:
+        suggested = analysis.suggest_offset(canary or FrameSlot(cfa, slot.length))
+        warnings += _timing_warnings(cfg, analysis, FrameSlot(cfa, slot.length), probe_addr,
+                                     suggested)
+    returns = tuple(i.addr for i in code.instructions if i.flow == "ret")
+    frame_cfa = None
+    if after_state is not None:
+        frame_cfa = (("rbp", after_state.fp) if after_state.fp is not None else
+                     ("rsp", after_state.sp) if after_state.sp is not None else None)
+    return ResolvedWatch(cfg, func, probe_addr, insn, insn.end, sp_delta, slot, cfa, canary,
+                         var, suggested, returns, tuple(warnings), frame_cfa)
+
+
+def _canary_slot(cfg: WatchConfig, analysis: FunctionAnalysis, state: FrameState | None,
+                 probe_addr: int) -> tuple[CanarySlot, int | None, WatchSlot]:
+    func = analysis.symbol
+    canary = analysis.canary
+    if canary is None:
+        raise BadInput(f"{func.name} has no stack canary (no load of the stack-protector guard "
+                       "stored into its frame): watch SP+so with wl=1/2/4/8, or var=NAME")
+    if probe_addr < canary.store_addr:
+        raise BadInput(f"fo={cfg.offset:#x} arms before {func.name} stores its canary at "
+                       f"+{canary.store_addr - func.addr:#x}: use fo="
+                       f"{analysis.suggest_offset():#x}")
+    if canary.cfa_offset is None or state is None:
+        raise BadInput(f"cannot follow {func.name}'s stack pointer to fo={cfg.offset:#x}: "
+                       "watch SP+so with wl= instead")
+    placed = state.from_cfa(canary.cfa_offset)
+    if placed is None:
+        raise BadInput(f"neither RBP nor RSP is known relative to the frame at fo={cfg.offset:#x}"
+                       f" in {func.name}: pick an fo before any stack realignment")
+    return canary, canary.cfa_offset, WatchSlot(placed[0], placed[1], canary.length)
+
+
+def _var_slot(cfg: WatchConfig, program: Program, analysis: FunctionAnalysis,
+              state: FrameState | None, arm_pc: int) -> tuple[FrameVar, int | None, WatchSlot]:
+    func = analysis.symbol
+    ref = cfg.var
+    assert ref is not None
+    var = program.local(func.name, ref.name, arm_pc)
+    if var.count is not None and ref.index is None:
+        raise BadInput(f"{ref.name} is an array of {var.count} x {var.size} bytes: "
+                       f"name one element, e.g. var={ref.name}[{var.count - 1}]")
+    if ref.index is not None:
+        if var.count is None:
+            raise BadInput(f"var={ref}: {ref.name} is not an array ({var.type_name})")
+        if ref.index >= var.count:
+            raise BadInput(f"var={ref}: index out of range ({ref.name} has {var.count} elements)")
+    length = var.size
+    if length not in (1, 2, 4, 8):
+        raise BadInput(f"{ref} is {length} bytes ({var.type_name}); a watch covers 1, 2, 4 or 8"
+                       " bytes: name a smaller part, or use so=/wl=")
+    index_off = (ref.index or 0) * length
+    loc = var.location
+    if loc.cfa_offset is not None:
+        cfa = loc.cfa_offset + index_off
+    elif state is not None and loc.base is not None and loc.offset is not None:
+        cfa = state.cfa_offset(loc.base, loc.offset + index_off)
+    else:
+        cfa = None
+    placed = state.from_cfa(cfa) if state is not None and cfa is not None else None
+    if placed is None:
+        if loc.base in ("rbp", "rsp") and loc.offset is not None:
+            return var, cfa, WatchSlot(loc.base, loc.offset + index_off, length)
+        raise BadInput(f"cannot place {ref} relative to RBP or RSP at fo={cfg.offset:#x} in "
+                       f"{func.name}")
+    return var, cfa, WatchSlot(placed[0], placed[1], length)
+
+
+def _timing_warnings(cfg: WatchConfig, analysis: FunctionAnalysis, slot: FrameSlot,
+                     probe_addr: int, suggested: int | None) -> list[str]:
+    """Arming before the function's own initialising store means a certain false hit."""
+    out = []
+    func = analysis.symbol
+    late = [w for w in analysis.init_stores(slot) if w.insn.addr > probe_addr]
+    if late:
+        w = late[-1]
+        out.append(f"{func.name} itself writes the slot at +{w.insn.addr - func.addr:#x} "
+                   f"({w.insn.text}) after arming: expect a hit from it"
+                   + (f"; fo={suggested:#x} arms after it" if suggested is not None else ""))
+    region = analysis.frame.straight_line()
+    if region and probe_addr > region[-1].addr:
+        first = analysis.code.after(region[-1].addr)
+        if first is not None:
+            out.append(f"fo={cfg.offset:#x} is after {func.name}'s first branch or call "
+                       f"(+{first.addr - func.addr:#x}): writes before arming are not watched")
+    return out
+
+
+def _suggestion_text(analysis: FunctionAnalysis, slot: FrameSlot | None) -> str:
+    if analysis.canary is None and slot is None:
+        return ""
+    return f" (suggested: fo={analysis.suggest_offset(slot):#x})"

@@ -1,0 +1,32 @@
+"""Watch configs for the test kernel's scenarios, derived from the image, not typed.
+
+`images/kswtest.toml` says per scenario which function to watch and which slot
+(the canary or a named local); the arming offset comes from the symbol layer's
+suggestion (first instruction after the slot's last initialising store), so a
+rebuilt kernel with different offsets still gets a right config.
+"""
+
+from __future__ import annotations
+
+from kswgdb.errors import BadInput
+from kswgdb.image import Image
+from kswgdb.symbols.program import Program
+from kswgdb.symbols.prologue import FrameSlot
+
+
+def scenario_watch(image: Image, scenario: int, program: Program | None = None) -> str:
+    """A KStackWatch config string that watches what scenario ``scenario`` corrupts."""
+    table = image.scenarios.get(str(scenario))
+    if not table or not table.get("victim"):
+        raise BadInput(f"image {image.name} describes no victim for scenario {scenario}")
+    program = program or Program.load(image.symbols)
+    victim, target = table["victim"], table.get("target", "canary")
+    analysis = program.analyze(victim)
+    depth = int(table.get("depth", 0))
+    extra = f" dp={depth}" if depth else ""
+    if target == "canary":
+        return f"fn={victim} fo={analysis.suggest_offset():#x}{extra}"
+    func = program.function(victim)
+    var = program.local(victim, target, func.addr + analysis.suggest_offset())
+    slot = FrameSlot(var.cfa_offset, var.size)
+    return f"fn={victim} fo={analysis.suggest_offset(slot):#x} var={target}{extra}"

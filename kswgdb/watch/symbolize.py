@@ -1,0 +1,61 @@
+"""The engine's `Symbolizer`, answered from a `kswgdb.symbols.program.Program`.
+
+The engine describes a hit in the kernel's own terms (``s3_corrupter+0x1c/0x60``,
+``file:line``, the storing instruction); the symbol layer knows how. This adapter
+only converts between the two layers' types, so the engine can still be tested
+with a hand-made symbolizer and no ELF.
+"""
+
+from __future__ import annotations
+
+from kswgdb.symbols.disasm import Instruction
+from kswgdb.symbols.program import Program
+from kswgdb.watch.hits import SourceLine
+from kswgdb.watch.target import Registers
+
+#: Instructions shown on each side of the writer in a report.
+CONTEXT = 3
+
+
+class ProgramSymbolizer:
+    """`kswgdb.watch.engine.Symbolizer` over one kernel ELF."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+
+    def symbol(self, addr: int) -> str:
+        where = self.program.symbolize(addr)
+        return str(where) if where is not None else f"{addr:#x}"
+
+    def function(self, addr: int) -> str | None:
+        sym = self.program.symtab.containing(addr, "func")
+        return sym.name if sym is not None else None
+
+    def source(self, addr: int) -> SourceLine | None:
+        line = self.program.source_line(addr)
+        return SourceLine(line.file, line.line) if line is not None else None
+
+    def writer(self, pc: int, regs: Registers) -> tuple[int, str, tuple[tuple[int, str], ...]]:
+        """The store behind a watch stop at ``pc`` (x86 reports the next instruction).
+
+        At a function's first byte the write was the caller's ``call`` pushing the
+        return address; that is said in words, since memory is not at hand here.
+        """
+        insn = self.program.writer_of(pc)
+        if insn is None:
+            func = self.program.disasm.function_at(pc)
+            if func is not None and pc == func.start:
+                return pc, f"call {func.name} (the caller pushed its return address)", ()
+            if func is not None:
+                return pc, (f"(unknown: {pc:#x} is not an instruction boundary of {func.name}; "
+                            "does the symbol file match the guest?)"), ()
+            return pc, "(unknown: no instruction ends here)", ()
+        return insn.addr, insn.text, self._context(insn)
+
+    def _context(self, insn: Instruction) -> tuple[tuple[int, str], ...]:
+        func = self.program.disasm.function_at(insn.addr)
+        if func is None or not func.is_boundary(insn.addr):
+            return ((insn.addr, insn.text),)
+        i = func.index_of(insn.addr)
+        window = func.instructions[max(i - CONTEXT, 0):i + CONTEXT + 1]
+        return tuple((w.addr, w.text) for w in window)
