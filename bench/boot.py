@@ -89,7 +89,7 @@ def main() -> int:
             except MachineError as exc:
                 failed[cfg.label] = str(exc).splitlines()[0]
 
-    medians = {k: statistics.median(v) for k, v in times.items() if v}
+    medians = {k: statistics.median(v) for k, v in times.items() if v and k not in failed}
     if not medians:
         print("no configuration booted")
         return 1

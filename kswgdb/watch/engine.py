@@ -29,6 +29,9 @@ from kswgdb.watch.spec import ArmSpec
 from kswgdb.watch.target import Registers, Stop, Target
 
 MAX_BACKTRACE = 32
+#: The most a single push-like write puts on the stack: an x86-64 interrupt frame
+#: (SS, RSP, RFLAGS, CS, RIP and an error code).
+PUSH_FRAME_BYTES = 48
 
 
 class Symbolizer(Protocol):
@@ -60,6 +63,7 @@ class WatchStats:
     stale: int = 0            # frames found dead without their return being seen
     hits: int = 0
     found_by_scan: int = 0    # canary located by the upward scan, not the prologue
+    dead_frame_writes: int = 0  # the owner wrote into its own already-left frame
 
     @property
     def not_armed(self) -> int:
@@ -105,9 +109,13 @@ class Engine:
         self.frames = TaskFrames()
         self.hits: list[Hit] = []
         self.unexpected_stops = 0
+        self.spurious_watch_reports = 0
         self._probes: dict[int, list[int]] = {}
+        self._exits: dict[int, list[tuple[int, str, int]]] = {}
         for index, spec in enumerate(specs):
             self._probes.setdefault(spec.probe_addr, []).append(index)
+            for addr, base, offset in spec.exits:
+                self._exits.setdefault(addr, []).append((index, base, offset))
         self._return_bps: dict[int, int] = {}     # address -> live frames using it
         self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
         self._read = target.read
@@ -115,9 +123,10 @@ class Engine:
     # ---------------------------------------------------------------- set-up
     def install(self) -> None:
         """Insert the probe breakpoints (and the task-exit hook) before the guest runs."""
-        for addr in self._probes:
+        for addr in {*self._probes, *self._exits}:
             self.target.set_breakpoint(addr)
-        if self.exit_hook_addr is not None and self.exit_hook_addr not in self._probes:
+        if self.exit_hook_addr is not None and self.exit_hook_addr not in {
+                *self._probes, *self._exits}:
             self.target.set_breakpoint(self.exit_hook_addr)
 
     # ------------------------------------------------------------ main loop
@@ -151,12 +160,18 @@ class Engine:
         """React to one stop; returns "continue", "freeze" or "exit"."""
         if stop.kind == "exit":
             return "exit"
-        if stop.kind == "watch" and stop.watch_addr is not None:
-            return self._on_watch(stop)
+        verdict = "continue"
+        if stop.watch_addr is not None:
+            verdict = self._on_watch(stop)
+            if stop.kind != "break":
+                return verdict
         if stop.kind == "break":
             handled = False
             if stop.pc in self._probes:
                 self._on_probe(stop)
+                handled = True
+            if stop.pc in self._exits:
+                self._on_exit(stop)
                 handled = True
             if stop.pc in self._return_bps:
                 self._on_return(stop)
@@ -165,9 +180,9 @@ class Engine:
                 self._on_task_exit(stop)
                 handled = True
             if handled:
-                return "continue"
+                return verdict
         self.unexpected_stops += 1
-        return "continue"
+        return verdict
 
     # ---------------------------------------------------------------- probe
     def _on_probe(self, stop: Stop) -> None:
@@ -207,7 +222,9 @@ class Engine:
         depth = self.frames.depth_at(task, index, cfa)
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
         self.frames.push(frame)
-        self._hold_return(return_addr)
+        if not spec.exits:
+            frame.holds_return = True
+            self._hold_return(return_addr)
         if depth != spec.depth:
             stats.skipped_depth += 1
             return
@@ -253,6 +270,20 @@ class Engine:
             self.stats[frame.spec_index].returns += 1
             self._drop_frame(frame, counted=False)
 
+    def _on_exit(self, stop: Stop) -> None:
+        """A release point: the frame with this (task, CFA) is about to give up its slot."""
+        regs = self.target.registers(stop.thread)
+        task = guest.current_task(self.layout, regs, self._read)
+        for index, base, offset in self._exits[stop.pc]:
+            cfa = (regs.fp if base == "rbp" else regs.sp) + offset
+            frame = self.frames.find(task, index, cfa)
+            if frame is None:
+                continue            # a call that never reached the probe (early return)
+            for deeper in self.frames.stale_below(task, cfa):
+                self._drop_frame(deeper, counted=True)
+            self.stats[index].returns += 1
+            self._drop_frame(frame, counted=False)
+
     def _on_task_exit(self, stop: Stop) -> None:
         regs = self.target.registers(stop.thread)
         task = guest.current_task(self.layout, regs, self._read)
@@ -269,11 +300,12 @@ class Engine:
             self._last_writer.pop(id(frame.watch), None)
             frame.watch = None
         self.frames.remove(frame)
-        self._release_return(frame.return_addr)
+        if frame.holds_return:
+            self._release_return(frame.return_addr)
 
     def _hold_return(self, addr: int) -> None:
         count = self._return_bps.get(addr, 0)
-        if count == 0 and addr not in self._probes and addr != self.exit_hook_addr:
+        if count == 0 and not self._static_breakpoint(addr):
             self.target.set_breakpoint(addr)
         self._return_bps[addr] = count + 1
 
@@ -283,8 +315,12 @@ class Engine:
             self._return_bps[addr] = count
             return
         self._return_bps.pop(addr, None)
-        if addr not in self._probes and addr != self.exit_hook_addr:
+        if not self._static_breakpoint(addr):
             self.target.clear_breakpoint(addr)
+
+    def _static_breakpoint(self, addr: int) -> bool:
+        """Probe, release and task-exit breakpoints stay for the whole run."""
+        return addr in self._probes or addr in self._exits or addr == self.exit_hook_addr
 
     # ------------------------------------------------------------------ hit
     def _on_watch(self, stop: Stop) -> str:
@@ -303,14 +339,65 @@ class Engine:
         for frame in owners:
             watch = frame.watch
             assert watch is not None
-            if writer_task == watch.owner_task and regs.sp > watch.addr + watch.length - 1:
-                # The owner's SP is above the slot: its frame is dead and we missed
-                # the return (KStackWatch's exit-trampoline false positive). Drop it.
-                self._drop_frame(frame, counted=True)
+            if self._read(watch.addr, watch.length) == watch.old_value:
+                # The bytes are what they were when armed (or at the last hit):
+                # a late, duplicated report of a write already seen, not a new one.
+                self.spurious_watch_reports += 1
+                continue
+            if writer_task == watch.owner_task and (
+                    self._frame_is_dead(frame, regs) or self._pushed_over(watch, regs, stop.pc)):
+                # The owner itself writes into a frame it has already left: an
+                # interrupt taken between its `ret` and our return breakpoint
+                # pushes into the old frame (KStackWatch's exit-trampoline false
+                # positive). Not a corruption; the return stop follows.
+                self.stats[frame.spec_index].dead_frame_writes += 1
                 continue
             if self._record_hit(stop, regs, frame, watch, writer_task):
                 verdict = "freeze"
         return verdict
+
+    def _pushed_over(self, watch: ArmedWatch, regs: Registers, pc: int) -> bool:
+        """The owner pushed onto the slot: its SP was above it, so the frame is gone.
+
+        A live frame lies above SP and pushes write below SP, so a push by the
+        owner task landing on the slot proves the frame was already released
+        (an epilogue interrupted after `lea rsp`/`leave`, before `ret`).
+        """
+        if not regs.sp <= watch.addr < regs.sp + PUSH_FRAME_BYTES:
+            return False
+        is_push = getattr(self.sym, "stack_push", None)
+        return bool(is_push is not None and is_push(pc))
+
+    def _frame_is_dead(self, frame: Frame, regs: Registers) -> bool:
+        """Has the owner task, now running, already left ``frame``?
+
+        An SP above the slot proves it. Otherwise, with frame pointers, the
+        frame is live exactly when its saved-RBP slot (CFA-16) is on the
+        current RBP chain: interrupt entry and context-switch code keep the
+        interrupted RBP, so this also holds in the middle of their pushes.
+        """
+        watch = frame.watch
+        assert watch is not None
+        if regs.sp > watch.addr + watch.length - 1:
+            return True
+        if self.specs[frame.spec_index].cfa_base != "rbp":
+            return False
+        want = frame.cfa - 16
+        fp = regs.fp
+        base = guest.stack_base(self.layout, want)
+        if not base <= fp < base + self.layout.thread_size:
+            return False            # RBP is not on this stack: cannot tell, keep the hit
+        if fp > want:
+            return True
+        if fp == want:
+            return False
+        chain = self._read(fp, frame.cfa - fp)
+        while fp < want:
+            nxt = int.from_bytes(chain[fp - regs.fp:fp - regs.fp + 8], "little")
+            if nxt <= fp or nxt > want:
+                return True
+            fp = nxt
+        return fp != want
 
     def _record_hit(
         self, stop: Stop, regs: Registers, frame: Frame, watch: ArmedWatch, writer_task: int,
@@ -413,6 +500,7 @@ class Engine:
                 "refused_check": stats.refused_check, "refused_stub": stats.refused_stub,
                 "reentries": stats.reentries, "returns": stats.returns, "stale": stats.stale,
                 "hits": stats.hits, "found_by_scan": stats.found_by_scan,
+                "dead_frame_writes": stats.dead_frame_writes,
             })
         return out
 

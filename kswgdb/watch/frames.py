@@ -44,6 +44,7 @@ class Frame:
     return_addr: int
     depth: int
     watch: ArmedWatch | None = None
+    holds_return: bool = False      # disarmed by a return-address breakpoint
 
 
 @dataclass

@@ -66,6 +66,7 @@ class ResolvedWatch:
     returns: tuple[int, ...]        # addresses of the function's ret instructions
     warnings: tuple[str, ...] = ()
     frame_cfa: tuple[str, int] | None = None   # CFA = reg + off at arm_addr (rbp preferred)
+    analysis: FunctionAnalysis | None = None
 
     @property
     def mode(self) -> str:
@@ -95,6 +96,7 @@ class ResolvedWatch:
                 offset = int(ref, 16) if ref.startswith("0x") else self.canary.guard_addr or 0
                 guard = GuardSource(self.canary.guard_kind, offset=offset)
         cfg = self.config
+        exits = self.release_points()
         return ArmSpec(
             text=cfg.text or cfg.canonical(), func=self.function.name,
             func_addr=self.function.addr, func_size=self.function.size,
@@ -102,7 +104,36 @@ class ResolvedWatch:
             mode=self.mode, base=self.slot.base, offset=self.slot.offset, length=self.slot.length,
             what=self.what(), depth=cfg.depth, max_watch=cfg.max_watch, panic=cfg.panic_hit,
             guard=guard, canary_found_by="prologue" if self.canary is not None else "",
+            exits=exits,
         )
+
+    def release_points(self) -> tuple[tuple[int, str, int], ...]:
+        """Instructions after which SP lies above the slot, with the CFA rule before them.
+
+        Disarming there (instead of at the return address) closes the window in
+        which an interrupt taken in the epilogue pushes its frame onto a slot
+        that is still watched: a false positive, and under QEMU 7.2 TCG a lost
+        interrupt (the watchpoint fires in the middle of interrupt delivery).
+        """
+        if self.cfa_offset is None:
+            return ()
+        end = self.cfa_offset + self.slot.length      # slot end, relative to the CFA
+        frame = self.analysis.frame
+        points = []
+        for insn in self.analysis.code.instructions:
+            before = frame.state_before(insn.addr)
+            after = frame.state_after(insn.addr)
+            if before is None or before.sp is None:
+                continue
+            if -before.sp >= end:
+                continue                  # SP already above the slot here
+            released = insn.flow == "ret" or (after is not None and after.sp is not None
+                                              and -after.sp >= end)
+            if not released:
+                continue
+            rule = ("rbp", before.fp) if before.fp is not None else ("rsp", before.sp)
+            points.append((insn.addr, rule[0], rule[1]))
+        return tuple(points)
 
     def describe(self) -> str:
         """One line for reports: where the watch points and why."""
@@ -166,7 +197,7 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
         frame_cfa = (("rbp", after_state.fp) if after_state.fp is not None else
                      ("rsp", after_state.sp) if after_state.sp is not None else None)
     return ResolvedWatch(cfg, func, probe_addr, insn, insn.end, sp_delta, slot, cfa, canary,
-                         var, suggested, returns, tuple(warnings), frame_cfa)
+                         var, suggested, returns, tuple(warnings), frame_cfa, analysis)
 
 
 def _canary_slot(cfg: WatchConfig, analysis: FunctionAnalysis, state: FrameState | None,

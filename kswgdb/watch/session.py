@@ -64,6 +64,7 @@ class RunReport:
     packets: int = 0
     steps: int = 0
     unexpected_stops: int = 0
+    max_live_watches: int = 0
 
     @property
     def hits(self) -> list[Hit]:
@@ -163,7 +164,7 @@ class WatchSession:
             guest_exit=guest_exit, verdict=verdict, console_log=console,
             seconds=time.monotonic() - started, boot_seconds=boot, vmcore=vmcore,
             packets=target.packets_sent, steps=target.steps,
-            unexpected_stops=engine.unexpected_stops,
+            unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
         )
 
     def _freeze(self, machine: Machine) -> Path:

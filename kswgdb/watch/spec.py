@@ -53,6 +53,11 @@ class ArmSpec:
     canary_found_by: str = ""   # "prologue" or "scan" (canary mode)
     scan_words: int = 128       # the original's upward scan window
     cfa_base: str = "rsp"       # "rbp" when the frame pointer is set up at the probe
+    # Where the function releases the watched slot (the epilogue's `leave`,
+    # `lea rsp`, `add rsp`...), each with the CFA rule holding there: the watch
+    # is removed *before* SP moves above the slot, so no interrupt frame can be
+    # pushed onto a still-watched slot. Empty: disarm at the return address.
+    exits: tuple[tuple[int, str, int], ...] = ()
 
     def cfa(self, sp: int, fp: int) -> int:
         """The frame's CFA for a call whose registers at the probe are sp and fp."""

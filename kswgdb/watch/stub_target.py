@@ -134,7 +134,12 @@ class StubTarget:
         regs = self.registers(thread)
         self._stopped_thread, self._stopped_pc = thread, regs.pc
         if reply.watch_addr is not None:
-            return Stop("watch", thread=thread, pc=regs.pc, watch_addr=reply.watch_addr)
+            # QEMU 7.2 reports only the last vCPU of a simultaneous stop; another
+            # vCPU's watchpoint flag then rides on that vCPU's *next* stop, which
+            # may be one of our breakpoints. Keep both facts: losing the
+            # breakpoint would lose a probe or a return.
+            kind = "break" if regs.pc in self._breakpoints and not after_step else "watch"
+            return Stop(kind, thread=thread, pc=regs.pc, watch_addr=reply.watch_addr)
         if after_step:
             return None
         if regs.pc in self._breakpoints:

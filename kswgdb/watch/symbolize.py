@@ -15,6 +15,8 @@ from kswgdb.watch.target import Registers
 
 #: Instructions shown on each side of the writer in a report.
 CONTEXT = 3
+#: Instructions whose memory write is a push at the new stack pointer.
+PUSH_MNEMONICS = ("push", "call", "enter")
 
 
 class ProgramSymbolizer:
@@ -51,6 +53,34 @@ class ProgramSymbolizer:
                             "does the symbol file match the guest?)"), ()
             return pc, "(unknown: no instruction ends here)", ()
         return insn.addr, insn.text, self._context(insn)
+
+    def stack_push(self, pc: int) -> bool:
+        """Was the write that stopped at ``pc`` a push onto the stack?
+
+        True for ``push``/``call``/``enter``, and for writes no instruction
+        before ``pc`` explains (the CPU pushing an interrupt frame while
+        delivering an interrupt, the stop then lands on the handler's first
+        instruction). Inside a known function the exact instruction decides;
+        in assembly stubs without a sized symbol every decoding that ends at
+        ``pc`` is considered.
+        """
+        disasm = self.program.disasm
+        func = disasm.function_at(pc)
+        if func is not None and func.start < pc:
+            insn = func.ending_at(pc)
+            candidates = [insn] if insn is not None else []
+        else:
+            candidates = []
+            for start in range(pc - 15, pc):
+                try:
+                    insn = disasm.decode_one(start, pc - start)
+                except Exception:  # noqa: BLE001 - undecodable bytes are just not a candidate
+                    continue
+                if insn is not None and insn.end == pc:
+                    candidates.append(insn)
+        if any(c.mnemonic.startswith(PUSH_MNEMONICS) for c in candidates):
+            return True
+        return not any(c.writes_memory for c in candidates)
 
     def _context(self, insn: Instruction) -> tuple[tuple[int, str], ...]:
         func = self.program.disasm.function_at(insn.addr)

@@ -21,7 +21,9 @@ class Stop:
     ``kind`` is ``"break"`` (a breakpoint at ``pc``), ``"watch"`` (a write
     watchpoint at ``watch_addr`` fired; ``pc`` is after the store), ``"exit"``
     (the guest or QEMU ended; ``exit_status`` if known) or ``"other"`` (a stop
-    nobody asked for: an interrupt, a signal).
+    nobody asked for: an interrupt, a signal). A ``"break"`` may also carry a
+    ``watch_addr``: the stub attached a pending watchpoint report of that vCPU
+    to its breakpoint stop, and both must be handled.
     """
 
     kind: str

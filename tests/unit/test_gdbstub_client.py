@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from kswgdb.gdbstub import requests as rq
@@ -212,3 +215,21 @@ def test_error_text_keeps_the_exchange() -> None:
     assert "E22" in str(err) and "Z2,1,8" in str(err)
     long = StubError("x", sent="m" * 500, received="")
     assert len(str(long)) < 200
+
+
+def test_no_byte_reaches_a_running_guest() -> None:
+    """QEMU pauses a running guest on any byte: neither late acks nor close may send one."""
+    ours, peer = socket.socketpair()
+    peer.settimeout(5)
+    c = RemoteClient(Transport(ours), timeout=5)
+    peer.sendall(b"+$OK#9a")  # pretend: reply to an earlier request, ack owed
+    c.transport.recv_packet(5)
+    reply_and_resume = threading.Thread(target=lambda: peer.sendall(b"+$0102#c3+"))
+    reply_and_resume.start()
+    assert c.pipeline(["m0,2", "c"]) == ["0102"]
+    reply_and_resume.join()
+    assert peer.recv(100) == b"+$m0,2#fb$c#63"  # the owed ack went out before the resume
+    assert c.running
+    c.close()
+    assert peer.recv(100) == b""  # closed without a trailing '+'
+    peer.close()

@@ -49,7 +49,7 @@ def test_default_kswtest_like_image(tmp_path: Path, paths: RunPaths) -> None:
     argv = build_argv(_image(tmp_path), paths, QemuOptions(scenario=3))
     assert argv[0] == "qemu-system-x86_64"
     assert all(isinstance(a, str) for a in argv)
-    assert _value(argv, "-accel") == "tcg"
+    assert _value(argv, "-accel") == "tcg,thread=single"
     assert "-cpu" not in argv                       # QEMU's default model under TCG
     assert _value(argv, "-smp") == "2"
     assert _value(argv, "-m") == "128M"
