@@ -86,9 +86,9 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     if options.log_path:
         out.print(f"[dim]event log: {options.log_path}")
     if report.vmcore is not None:
-        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}\n"
-                  f"  inspect: crash <vmlinux> {report.vmcore}   or   "
-                  f"gdb {report.watches[0].function.name and options.image or ''}")
+        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True)
+        out.print(f"  inspect: gdb {report.symbols} {report.vmcore}   "
+                  f"(or: crash {report.symbols} {report.vmcore})", markup=False)
     hits = len(report.hits)
     out.print(f"[bold {'red' if hits else 'green'}]{hits} hit(s)")
 

@@ -7,6 +7,8 @@ change, the two tasks, the source line, the instruction in context, the stack.
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -47,7 +49,8 @@ def render_hit(hit: Hit) -> Panel:
     facts.add_row("owner", owner)
     facts.add_row("source", str(hit.writer.source) if hit.writer.source else "?")
     facts.add_row("config", hit.config)
-    when = f"{hit.wall_time:.6f}"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hit.wall_time))
+    when = f"{stamp}.{int(hit.wall_time % 1 * 1e6):06d}"
     if hit.guest_time is not None:
         when += f"  (guest ticks {hit.guest_time})"
     facts.add_row("time", when)

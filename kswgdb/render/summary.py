@@ -1,32 +1,34 @@
 """The end-of-run table: what was watched, how often, and what could not be.
 
 "Never silently lose a watch": every call that reached a probe is accounted
-for here, armed or not and why, so a user can trust a zero in the hits column.
+for, armed or not and why, so a user can trust a zero in the hits column.
+Kept narrow (one row per config, reasons folded into one cell) so it reads in
+an 80-column terminal and in CI logs.
 """
 
 from __future__ import annotations
 
 from rich.table import Table
 
-COLUMNS = (
-    ("calls", "calls"), ("armed", "armed"), ("not armed", "not_armed"),
-    ("depth skip", "skipped_depth"), ("no slot", "refused_pool"),
-    ("no canary", "refused_check"), ("stub refused", "refused_stub"),
-    ("loop re-fires", "reentries"), ("returns", "returns"), ("stale", "stale"),
-    ("hits", "hits"),
-)
+#: Why a call went unwatched, as the summary spells it.
+NOT_ARMED = (("skipped_depth", "depth"), ("refused_pool", "no slot"),
+             ("refused_check", "no canary"), ("refused_stub", "stub refused"))
 
 
 def render_summary(rows: list[dict], title: str = "watch summary") -> Table:
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("config", overflow="fold", max_width=40)
-    for header, _ in COLUMNS:
-        table.add_column(header, justify="right")
+    table.add_column("config", overflow="fold", ratio=3)
+    table.add_column("calls", justify="right")
+    table.add_column("armed", justify="right")
+    table.add_column("not armed (why)", overflow="fold", ratio=2)
+    table.add_column("returns", justify="right")
+    table.add_column("hits", justify="right")
     for row in rows:
-        cells = [str(row[key]) for _, key in COLUMNS]
-        if row["hits"]:
-            cells[-1] = f"[bold red]{cells[-1]}"
+        reasons = ", ".join(f"{row[key]} {word}" for key, word in NOT_ARMED if row[key])
+        not_armed = f"{row['not_armed']}" + (f" ({reasons})" if reasons else "")
         if row["not_armed"] - row["skipped_depth"]:
-            cells[2] = f"[yellow]{cells[2]}"
-        table.add_row(row["config"], *cells)
+            not_armed = f"[yellow]{not_armed}"
+        hits = f"[bold red]{row['hits']}" if row["hits"] else "0"
+        table.add_row(row["config"], str(row["calls"]), str(row["armed"]), not_armed,
+                      str(row["returns"]), hits)
     return table

@@ -65,6 +65,7 @@ class RunReport:
     steps: int = 0
     unexpected_stops: int = 0
     max_live_watches: int = 0
+    symbols: Path | None = None
 
     @property
     def hits(self) -> list[Hit]:
@@ -165,10 +166,12 @@ class WatchSession:
             seconds=time.monotonic() - started, boot_seconds=boot, vmcore=vmcore,
             packets=target.packets_sent, steps=target.steps,
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
+            symbols=self.image.symbols,
         )
 
     def _freeze(self, machine: Machine) -> Path:
         """Keep the moment: a vmcore through QMP while the guest is stopped."""
-        path = Path.cwd() / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
+        where = self.options.log_path.parent if self.options.log_path else Path.cwd()
+        path = where / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
         machine.qmp.dump_guest_memory(path)
         return path

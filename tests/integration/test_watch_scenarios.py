@@ -122,3 +122,34 @@ def test_clean_workload_has_no_false_positive_over_1000_armed_calls(img):
     assert stats["armed"] >= 1000, stats
     assert stats["returns"] == stats["calls"], stats
     assert "result=clean" in (report.verdict or "")
+
+
+def test_panic_hit_freezes_the_guest_and_keeps_a_vmcore(img, tmp_path):
+    watch = scenario_watch(img, 3) + " ph=1"
+    report = WatchSession(RunOptions(scenario=3, watches=[watch], accel="tcg", timeout=60,
+                                     log_path=tmp_path / "events.jsonl")).run()
+    assert report.result.reason == "freeze"
+    assert len(report.hits) == 1 and report.hits[0].writer.function == "s3_corrupt_write"
+    assert report.vmcore is not None and report.vmcore.parent == tmp_path
+    assert report.vmcore.stat().st_mode & 0o777 == 0o600
+    assert report.vmcore.read_bytes()[:4] == b"\x7fELF"
+    assert report.guest_exit is None        # stopped at the hit, never ran to its end
+
+
+def test_cli_run_exit_status_1_and_jsonl_events(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "kswgdb", "run", "--scenario", "3", "--json",
+         "--log", str(tmp_path / "ev.jsonl"), "--watch", "fn=s3_victim fo=0x23"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-500:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "summary" and "hit" in kinds
+    hit = next(e for e in events if e["event"] == "hit")
+    assert hit["writer"]["function"] == "s3_corrupt_write"
+    logged = (tmp_path / "ev.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event"] for x in logged] == kinds
