@@ -45,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
     run.add_argument("--slots", type=int, default=None,
                      help="watchpoint slots under TCG (KVM always has 4)")
-    run.add_argument("--gdb-backtrace", action="store_true",
-                     help="unwind hits with gdb (DWARF CFI) instead of the frame-pointer walk")
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)
