@@ -512,6 +512,44 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
         counters["g_reads"] += 1
         return orig_regs(self, thread, names)
 
+    kinds: dict[str, int] = {}
+    orig_send_packets = transport_mod.Transport.send_packets
+    orig_send_packet = transport_mod.Transport.send_packet
+
+    def count(payload: bytes) -> None:
+        text = payload.decode("latin-1")
+        key = "vCont;s" if text.startswith("vCont;s") else (
+            "vCont;c" if text.startswith("vCont;c") else re.match(r"[A-Za-z?]\d?", text).group(0))
+        kinds[key] = kinds.get(key, 0) + 1
+
+    def send_packets(self, payloads):
+        for p in payloads:
+            count(p)
+        return orig_send_packets(self, payloads)
+
+    def send_packet(self, payload):
+        count(payload)
+        return orig_send_packet(self, payload)
+
+    jit: dict[str, tuple[int, int]] = {}
+    stop_poll = threading.Event()
+
+    def poll_jit():
+        while not stop_poll.wait(0.2):
+            m = _LAST_MACHINE[0] if _LAST_MACHINE else None
+            if m is None or not m.running:
+                continue
+            with contextlib.suppress(Exception):
+                out = m.qmp.execute("human-monitor-command", {"command-line": "info jit"},
+                                    timeout=2)
+                found = re.search(r"TB flush count\s+(\d+)", out)
+                if found:
+                    jit["last"] = (int(found.group(1)), _RETURNS["count"])
+
+    transport_mod.Transport.send_packets = send_packets
+    transport_mod.Transport.send_packet = send_packet
+    poller = threading.Thread(target=poll_jit, daemon=True)
+    poller.start()
     client_mod.RemoteClient.pipeline = pipeline
     transport_mod.Transport._fill = fill
     client_mod.RemoteClient.wait_stop = wait_stop
@@ -528,6 +566,10 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
         transport_mod.Transport._fill = orig_fill
         client_mod.RemoteClient.wait_stop = orig_wait
         client_mod.RemoteClient.read_registers = orig_regs
+        transport_mod.Transport.send_packets = orig_send_packets
+        transport_mod.Transport.send_packet = orig_send_packet
+        stop_poll.set()
+        poller.join(5)
     n = max(run.calls, 1)
     print(f"\nprofile of one armed run: {run.calls} armed calls, wall {wall:.2f}s "
           f"(wedged={run.wedged}), kswgdb CPU {run.cpu_self:.2f}s, QEMU CPU {run.cpu_qemu:.2f}s")
@@ -539,6 +581,13 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
           f"{counters['wait_stop'] / n:.2f} stops; blocked in recv "
           f"{counters['recv_s'] / n * 1e6:.0f} us (of which waiting for stops "
           f"{counters['wait_stop_s'] / n * 1e6:.0f} us)")
+    print("packets sent per armed call: " + ", ".join(
+        f"{k} {v / n:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    if "last" in jit and jit["last"][1]:
+        flushes, returns = jit["last"]
+        print(f"QEMU TB cache flushes ('info jit', last poll): {flushes} after {returns} "
+              f"returns = {flushes / returns:.2f} per call (QEMU 7.2: every change of the "
+              "single-step flag and every resume after a Z0/z0 flushes the whole TB cache)")
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("tottime").print_stats(18)
@@ -577,7 +626,7 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
            for m in runs}
     med_ret = {m: _median([r.to_last_return for r in runs[m]]) for m in runs}
     alone = med.get("alone")
-    per_call = {}
+    net_v, net_r = {}, {}      # us per call over the guest alone: to verdict / to last return
     print()
     hdr = (f"{'mode':8} {'ok/reps':>7} {'wedged':>6} {'median s':>9} {'to last ret':>11} "
            f"{'calls':>6} {'us/call net':>11} {'hits':>5} {'dbg CPU us/call':>15} "
@@ -592,14 +641,12 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
         ok = [r for r in rs if not r.failed and not r.wedged]
         calls = _median([r.calls for r in rs]) or 0
         t = med[mode]
-        net = None
         if mode != "alone" and alone is not None and calls:
-            base = t if t is not None else None
-            if base is not None:
-                net = (base - alone) / calls * 1e6
-            elif med_ret[mode] is not None:
-                net = (med_ret[mode] - alone) / calls * 1e6   # wedged everywhere: approx
-        per_call[mode] = net
+            if t is not None:
+                net_v[mode] = (t - alone) / calls * 1e6
+            if med_ret[mode] is not None:
+                net_r[mode] = (med_ret[mode] - alone) / calls * 1e6
+        net = net_v.get(mode, net_r.get(mode))
         dbg_cpu = _median([r.cpu_self / r.calls for r in rs if r.calls]) if mode != "alone" \
             else None
         qemu_cpu = None
@@ -607,32 +654,31 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
             qemu_cpu = _median([(r.cpu_qemu - qemu_alone) / r.calls for r in rs if r.calls])
         hits = _median([r.hits for r in rs]) if mode != "alone" else None
         jif = _median([r.jiffies for r in ok])
-        net_txt = _fmt(net, ".0f") + ("~" if net is not None and t is None else "")
+        net_txt = _fmt(net, ".0f") + ("~" if net is not None and mode not in net_v else "")
         print(f"{mode:8} {len(ok):>3}/{len(rs):<3} {sum(r.wedged for r in rs):>6} "
               f"{_fmt(t):>9} {_fmt(med_ret[mode]):>11} {calls:>6.0f} {net_txt:>11} "
               f"{_fmt(hits, '.0f'):>5} {_fmt(dbg_cpu and dbg_cpu * 1e6, '.0f'):>15} "
               f"{_fmt(qemu_cpu and qemu_cpu * 1e6, '.0f'):>16} {_fmt(jif, '.0f'):>7}")
-    print("(~: no rep of this mode completed; estimated from the time to the last return)")
-    armed = runs.get("armed", [])
-    if armed:
-        pk = _median([r.packets / r.calls for r in armed if r.calls])
-        st = _median([r.steps / r.calls for r in armed if r.calls])
-        print(f"kswgdb armed: {_fmt(pk, '.2f')} packets and {_fmt(st, '.2f')} steps per armed "
-              "call (RunReport.packets/steps over summary armed)")
-    unarmed = runs.get("unarmed", [])
-    if unarmed:
-        pk = _median([r.packets / r.calls for r in unarmed if r.calls])
-        st = _median([r.steps / r.calls for r in unarmed if r.calls])
-        print(f"kswgdb unarmed: {_fmt(pk, '.2f')} packets and {_fmt(st, '.2f')} steps per call")
+    print("(~: no rep of this mode completed; from the time to the last return instead. "
+          "CPU columns: whole run incl. boot; QEMU net of the guest alone)")
+    for mode in ("armed", "unarmed"):
+        rs = runs.get(mode, [])
+        if rs:
+            pk = _median([r.packets / r.calls for r in rs if r.calls])
+            st = _median([r.steps / r.calls for r in rs if r.calls])
+            print(f"kswgdb {mode}: {_fmt(pk, '.2f')} packets and {_fmt(st, '.2f')} steps per "
+                  f"{'armed ' if mode == 'armed' else ''}call (RunReport.packets/steps)")
 
     def ratio(a, b):
-        x, y = per_call.get(a), per_call.get(b)
-        return None if x is None or y is None or y == 0 else x / y
+        for table, how in ((net_v, "start->verdict"), (net_r, "start->last return")):
+            x, y = table.get(a), table.get(b)
+            if x is not None and y:
+                return f"{x / y:.3f}  ({how})"
+        return "-"
 
-    print(f"ratio kswgdb armed / gdb baseline (per call, net): "
-          f"{_fmt(ratio('armed', 'gdb'), '.3f')}   (aim <= 0.3)")
-    print(f"ratio kswgdb unarmed / kswgdb armed (per call, net): "
-          f"{_fmt(ratio('unarmed', 'armed'), '.3f')}")
+    print(f"ratio kswgdb armed / gdb baseline, per call net: {ratio('armed', 'gdb')}"
+          "   aim <= 0.3")
+    print(f"ratio kswgdb unarmed / kswgdb armed, per call net: {ratio('unarmed', 'armed')}")
     for mode in MODES:
         for i, r in enumerate(runs.get(mode, [])):
             if r.failed or r.wedged:
