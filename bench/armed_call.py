@@ -30,6 +30,12 @@ forever. A watchdog polls ``info lapic`` over QMP; a run whose CPU 0 has vector
 *wedged*. Wedged runs have no verdict time; for them (and all debugged runs)
 the time to the last s3_victim return is also recorded ("to last ret").
 
+Where the time goes (see --profile, --experiments): QEMU 7.2's gdbstub flushes
+the whole TB cache at every breakpoint and single-step stop (gdb_vm_state_change
+calls tb_flush; removed upstream in 2025), never at a watchpoint stop; the guest
+then re-translates everything it runs. kswgdb has 4 such stops per armed call
+(probe, step off it, release point, step off it).
+
 gdb note: gdb 13 crashes (SIGSEGV) when a ``Breakpoint.stop()`` deletes
 breakpoints, which its manual forbids; so the baseline's return breakpoint
 returns True on the matching return and the script's ``continue`` loop deletes
@@ -527,8 +533,7 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
             count(p)
         return orig_send_packets(self, payloads)
 
-    def send_packet(self, payload):
-        count(payload)
+    def send_packet(self, payload):       # Transport.send_packet delegates to send_packets
         return orig_send_packet(self, payload)
 
     jit: dict[str, tuple[int, int]] = {}
@@ -586,8 +591,8 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
     if "last" in jit and jit["last"][1]:
         flushes, returns = jit["last"]
         print(f"QEMU TB cache flushes ('info jit', last poll): {flushes} after {returns} "
-              f"returns = {flushes / returns:.2f} per call (QEMU 7.2: every change of the "
-              "single-step flag and every resume after a Z0/z0 flushes the whole TB cache)")
+              f"returns = {flushes / returns:.2f} per call (QEMU 7.2's gdbstub flushes the whole "
+              "TB cache at every breakpoint or single-step stop, not at watchpoint stops)")
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("tottime").print_stats(18)
@@ -596,6 +601,139 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("cumulative").print_stats(r"watch/|gdbstub/", 22)
     print("\n".join(ln for ln in buf.getvalue().splitlines()[6:] if ln.strip()))
+
+
+# --------------------------------------------------------------------------
+# Experiments: what kswgdb would gain from three changes (bench-only monkeypatches)
+# --------------------------------------------------------------------------
+
+def _patch_no_g_after_step(st_mod):
+    """E1: a completed step without a watch flag needs no registers (kswgdb reads g)."""
+    orig = st_mod.StubTarget._convert
+
+    def convert(self, reply, after_step=False):
+        if after_step and reply.watch_addr is None and not reply.exited \
+                and reply.kind not in ("W", "X"):
+            self._regs.clear()
+            self._stopped_thread = self._stopped_pc = None
+            return None
+        return orig(self, reply, after_step)
+
+    st_mod.StubTarget._convert = convert
+    return lambda: setattr(st_mod.StubTarget, "_convert", orig)
+
+
+def _patch_queue_z2(st_mod, rq):
+    """E2: Z2 goes out with the resume (TCG never refuses one) instead of its own round trip."""
+    orig = st_mod.StubTarget.set_watchpoint
+
+    def set_watchpoint(self, addr, length):
+        self._queue.append(rq.insert_watchpoint(addr, length))
+
+    st_mod.StubTarget.set_watchpoint = set_watchpoint
+    return lambda: setattr(st_mod.StubTarget, "set_watchpoint", orig)
+
+
+def _patch_emulate(st_mod, rq, spec):
+    """E3: instead of single-stepping off the probe / release breakpoint (a stop, a g
+    read and two QEMU TB-cache flushes each), do the instruction's effect with M/P
+    packets sent with the resume. Hard-coded for s3_victim in this kernel: the probe
+    insn is `movq $imm32, disp8(%rbp)`, the release insn `add $imm8, %rsp`."""
+    import struct
+    elf = str(image_mod.load(None).symbols)
+    probe, release = spec.probe_addr, spec.exits[0][0] if spec.exits else None
+    code = subprocess.run(["objdump", "-d", "--no-show-raw-insn",
+                           f"--start-address={probe:#x}", f"--stop-address={probe + 16:#x}",
+                           elf], capture_output=True, text=True).stdout
+    m = re.search(rf"{probe:x}:\s+movq\s+\$0x([0-9a-f]+),(-?0x[0-9a-f]+)\(%rbp\)"
+                  r"\s*\n\s+([0-9a-f]+):", code)
+    code2 = subprocess.run(["objdump", "-d", "--no-show-raw-insn",
+                            f"--start-address={release:#x}", f"--stop-address={release + 8:#x}",
+                            elf], capture_output=True, text=True).stdout if release else ""
+    m2 = re.search(rf"{release:x}:\s+add\s+\$0x([0-9a-f]+),%rsp\s*\n\s+([0-9a-f]+):",
+                   code2) if release else None
+    if not (m and m2):
+        raise RuntimeError("E3 needs movq $imm,d(%rbp) at the probe and add $imm,%rsp "
+                           "at the release point")
+    imm, disp, probe_next = int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
+    add, release_next = int(m2.group(1), 16), int(m2.group(2), 16)
+
+    def packets(self, regs):
+        layout = self.client.layout
+        pc = regs.pc
+        if pc == probe:
+            value = struct.pack("<q", imm if imm < 0x80000000 else imm - (1 << 32))
+            return [f"M{regs.fp + disp:x},8:{value.hex()}",
+                    rq.write_register(layout["rip"].regnum, layout.encode("rip", probe_next))]
+        if pc == release:
+            return [rq.write_register(layout["rsp"].regnum,
+                                      layout.encode("rsp", regs.sp + add)),
+                    rq.write_register(layout["rip"].regnum,
+                                      layout.encode("rip", release_next))]
+        return None
+
+    orig_resume = st_mod.StubTarget.resume
+
+    def resume(self):
+        thread, pc = self._stopped_thread, self._stopped_pc
+        if self._pending is None and thread is not None and pc in (probe, release):
+            regs = self._regs.get(thread)
+            if regs is not None and self.client.g_thread == thread:
+                extra = packets(self, regs)
+                if extra:
+                    self._queue += extra
+                    self._stopped_pc = None          # nothing to step off any more
+        return orig_resume(self)
+
+    st_mod.StubTarget.resume = resume
+    return lambda: setattr(st_mod.StubTarget, "resume", orig_resume)
+
+
+def experiments(image, watch: str, spec, iters: int, timeout: float, reps: int) -> None:
+    from kswgdb.gdbstub import requests as rq
+    from kswgdb.watch import stub_target as st_mod
+    variants = {
+        "armed (as is)": [],
+        "E1 no g after step": [lambda: _patch_no_g_after_step(st_mod)],
+        "E1+E2 Z2 with resume": [lambda: _patch_no_g_after_step(st_mod),
+                                 lambda: _patch_queue_z2(st_mod, rq)],
+        "E1+E2+E3 emulate, no steps": [lambda: _patch_no_g_after_step(st_mod),
+                                       lambda: _patch_queue_z2(st_mod, rq),
+                                       lambda: _patch_emulate(st_mod, rq, spec)],
+    }
+    results: dict[str, list[Run]] = {v: [] for v in variants}
+    alone: list[Run] = []
+    for rep in range(reps):
+        alone.append(run_alone(image, iters, timeout))
+        for name, patches in variants.items():
+            undo = [p() for p in patches]
+            try:
+                r = run_kswgdb(image, watch, iters, timeout, "armed")
+            except Exception as exc:  # noqa: BLE001
+                r = Run("armed", failed=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            finally:
+                for u in reversed(undo):
+                    u()
+            results[name].append(r)
+            print(f"  exp rep {rep + 1} {name:28} {_fmt(r.seconds)} s, armed {r.calls}, "
+                  f"hits {r.hits}, packets {r.packets}, steps {r.steps}"
+                  + (" WEDGED" if r.wedged else "") + (f" FAILED {r.failed}" if r.failed else ""),
+                  flush=True)
+    t_alone = _median([r.seconds for r in alone])
+    print(f"\nexperiments (medians of {reps}; guest alone {_fmt(t_alone)} s):")
+    base = None
+    for name, rs in results.items():
+        t = _median([r.seconds for r in rs if not r.failed and not r.wedged])
+        calls = _median([r.calls for r in rs]) or 1
+        net = None if t is None or t_alone is None else (t - t_alone) / calls * 1e6
+        base = base if base is not None else net
+        rel = f"{net / base:.2f}x" if net is not None and base else "-"
+        cpu_k = _median([r.cpu_self / r.calls * 1e6 for r in rs if r.calls])
+        cpu_q = _median([r.cpu_qemu / r.calls * 1e6 for r in rs if r.calls])
+        print(f"  {name:28} {_fmt(t)} s  {_fmt(net, '.0f')} us/armed call  ({rel} of as-is); "
+              f"kswgdb CPU {_fmt(cpu_k, '.0f')} us/call, QEMU CPU {_fmt(cpu_q, '.0f')}"
+              f" us/call, hits {_median([r.hits for r in rs])}, "
+              f"steps/call {_median([r.steps / r.calls for r in rs if r.calls]):.2f}")
 
 
 # --------------------------------------------------------------------------
@@ -697,6 +835,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile one armed kswgdb run (after the timed reps)")
     ap.add_argument("--profile-only", action="store_true")
+    ap.add_argument("--experiments", action="store_true",
+                    help="only run the E1-E3 what-if variants of the armed mode")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -712,6 +852,9 @@ def main() -> int:
     print(f"scenario {SCENARIO}, iters={args.iters}, {args.reps} reps interleaved; "
           f"watch {watch!r} (probe {spec.probe_addr:#x}, slot {spec.base}{spec.offset:+#x}, "
           f"CFA {spec.cfa_base}{spec.cfa_offset:+#x}); unarmed adds ' dp=5'")
+    if args.experiments:
+        experiments(image, watch, spec, args.iters, args.timeout, min(args.reps, 3))
+        return 0
     if args.profile_only:
         profile_armed(image, watch, args.iters, args.timeout)
         return 0

@@ -42,7 +42,7 @@ DEBUG_EXIT_IOBASE = 0xF4
 #: other's watchpoint flag then rides on a later stop) and was seen to wedge the
 #: LAPIC timer under thousands of gdbstub steps. Round-robin TCG keeps every
 #: debug event ordered; on 2 cores it costs little, since a debugged guest is
-#: stopped most of the time anyway. Measured in bench/armed_call.py.
+#: stopped most of the time anyway. (Not yet benchmarked against multi-threaded TCG.)
 TCG_ACCEL = "tcg,thread=single"
 
 #: CPU model used under KVM. ``-cpu host`` alone fails on some hosts (the software
