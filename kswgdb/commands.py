@@ -7,6 +7,7 @@ the same functions, and apart from the engine so the engine never imports the UI
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         for warning in resolved.warnings:
             err.print(f"[yellow]warning: {warning}")
     with err.status("booting the guest and arming watches...", spinner="dots") \
-            if not json_out and err.is_terminal else _null():
+            if not json_out and err.is_terminal else contextlib.nullcontext():
         report = session.run()
     _render_report(report, options, out if not json_out else err)
     return EXIT_HIT if report.hits else EXIT_OK
@@ -91,14 +92,6 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
                   f"(or: crash {report.symbols} {report.vmcore})", markup=False)
     hits = len(report.hits)
     out.print(f"[bold {'red' if hits else 'green'}]{hits} hit(s)")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def cmd_boot(args: argparse.Namespace) -> int:

@@ -249,7 +249,7 @@ class Engine:
             return
         frame.watch = ArmedWatch(
             addr=slot, length=spec.length, old_value=old, spec_index=index,
-            owner_task=task, owner_name="", depth=depth, armed_at=time.time(),
+            owner_task=task, depth=depth, armed_at=time.time(),
         )
         stats.armed += 1
 
@@ -339,7 +339,8 @@ class Engine:
         for frame in owners:
             watch = frame.watch
             assert watch is not None
-            if self._read(watch.addr, watch.length) == watch.old_value:
+            new = self._read(watch.addr, watch.length)
+            if new == watch.old_value:
                 # The bytes are what they were when armed (or at the last hit):
                 # a late, duplicated report of a write already seen, not a new one.
                 self.spurious_watch_reports += 1
@@ -352,7 +353,7 @@ class Engine:
                 # positive). Not a corruption; the return stop follows.
                 self.stats[frame.spec_index].dead_frame_writes += 1
                 continue
-            if self._record_hit(stop, regs, frame, watch, writer_task):
+            if self._record_hit(stop, regs, frame, watch, writer_task, new):
                 verdict = "freeze"
         return verdict
 
@@ -401,9 +402,9 @@ class Engine:
 
     def _record_hit(
         self, stop: Stop, regs: Registers, frame: Frame, watch: ArmedWatch, writer_task: int,
+        new: bytes,
     ) -> bool:
         spec, stats = self.specs[frame.spec_index], self.stats[frame.spec_index]
-        new = self._read(watch.addr, watch.length)
         insn_addr, text, context = self.sym.writer(stop.pc, regs)
         previous = self._last_writer.get(id(watch))
         self._last_writer[id(watch)] = insn_addr

@@ -28,7 +28,6 @@ class ArmedWatch:
     old_value: bytes
     spec_index: int
     owner_task: int
-    owner_name: str
     depth: int
     armed_at: float
     hits: int = 0

@@ -59,7 +59,6 @@ class RunReport:
     verdict: str | None
     console_log: list[str]
     seconds: float
-    boot_seconds: float | None = None
     vmcore: Path | None = None
     packets: int = 0
     steps: int = 0
@@ -153,8 +152,6 @@ class WatchSession:
                 if result.reason == "exit":
                     guest_exit = machine.wait_exit(10.0)
                 console = machine.console.lines()
-                boot = machine.console_first_line_seconds() \
-                    if hasattr(machine, "console_first_line_seconds") else None
         finally:
             summary = engine.summary() if "engine" in locals() else []
             log.write("summary", watches=summary)
@@ -163,7 +160,7 @@ class WatchSession:
         return RunReport(
             accel=accel, watches=self.resolved, result=result, summary=summary,
             guest_exit=guest_exit, verdict=verdict, console_log=console,
-            seconds=time.monotonic() - started, boot_seconds=boot, vmcore=vmcore,
+            seconds=time.monotonic() - started, vmcore=vmcore,
             packets=target.packets_sent, steps=target.steps,
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
             symbols=self.image.symbols,
