@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kswgdb.errors import BadInput
-from kswgdb.watch.memmap import MemoryMap, MapRegion
+from kswgdb.watch.memmap import MapRegion, MemoryMap
 
 #: Largest span read through QEMU per sample (each read holds QEMU's global lock).
 MAX_QEMU_READ = 4096
