@@ -105,6 +105,7 @@ static inline void outb(u16 port, u8 v) { asm volatile("outb %0, %1" :: "a"(v), 
 static inline void outw(u16 port, u16 v) { asm volatile("outw %0, %1" :: "a"(v), "Nd"(port)); }
 static inline void outl(u16 port, u32 v) { asm volatile("outl %0, %1" :: "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 inl(u16 port) { u32 v; asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline void cpu_relax(void) { asm volatile("pause" ::: "memory"); }
 static inline void wrmsr(u32 msr, u64 v)
 {
@@ -202,6 +203,11 @@ extern unsigned long total_migrations;
 /* ---- scenarios.c ---- */
 void run_scenario(long n) __attribute__((noreturn));
 void s7_timer_hook(void);
+
+/* ---- physscen.c (scenarios 8-10: physical-memory polls) ---- */
+void scenario8(int n, const char *name);
+void scenario9(int n, const char *name);
+void scenario10(int n, const char *name);
 
 /* ---- boot.S ---- */
 extern char trampoline_start[], trampoline_end[];

@@ -577,6 +577,9 @@ static const struct {
 	{ "prologue-corruption", scenario5 },
 	{ "clean", scenario6 },
 	{ "irq-corruption", scenario7 },
+	{ "dma-corruption", scenario8 },
+	{ "cpu-phys-write", scenario9 },
+	{ "constant-changed", scenario10 },
 };
 #define NR_SCENARIOS ((long)(sizeof(scenarios) / sizeof(scenarios[0])))
 

@@ -52,6 +52,16 @@ class Image:
             words.append(extra)
         return " ".join(words)
 
+    def qemu_args_for(self, scenario: int | None) -> tuple[str, ...]:
+        """Extra QEMU arguments a scenario needs (its table's ``qemu_args``, e.g. a device)."""
+        if scenario is None:
+            return ()
+        args = self.scenarios.get(str(scenario), {}).get("qemu_args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise BadInput(f"image {self.name}: scenarios.{scenario}.qemu_args must be a "
+                           "list of strings")
+        return tuple(args)
+
 
 def resolve(spec: str | Path | None) -> Path:
     """Find an image description from a name (``kswtest``), a TOML path or a directory."""

@@ -143,6 +143,7 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
         argv += ["-gdb", "chardev:gdb0"]
     if opts.paused:
         argv.append("-S")
+    argv += list(image.qemu_args_for(opts.scenario))
     argv += list(opts.extra_args)
     return argv
 
