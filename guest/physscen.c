@@ -15,6 +15,10 @@
  */
 #include "kernel.h"
 
+/* Ticks (2 ms) each scenario runs on after its write, so an outside observer
+ * that saw the change still finds the guest alive to look at its vCPUs. */
+#define S_LINGER 50
+
 /* ------------------------------------------------------------ PCI + edu */
 #define PCI_ADDR 0xcf8
 #define PCI_DATA 0xcfc
@@ -116,6 +120,7 @@ static void s8_task(void *arg)
 	kprintf("KSWTEST corrupt writer=edu-dma addr=0x%lx task=%s len=8 pid=%d cpu=%d dma=1\n",
 		target, current_task()->comm, current_task()->pid, this_cpu()->cpu);
 	s8_status = READ_ONCE(s8_zero_page[S8_OFFSET / 8]) == S8_VALUE ? 1 : -4;
+	sleep_ticks(S_LINGER);
 }
 
 void scenario8(int n, const char *name)
@@ -142,6 +147,7 @@ static void s9_task(void *arg)
 	(void)arg;
 	sleep_ticks(20);
 	s9_poke(&s9_word);
+	sleep_ticks(S_LINGER);
 }
 
 void scenario9(int n, const char *name)
@@ -167,6 +173,7 @@ static void s10_task(void *arg)
 	(void)arg;
 	sleep_ticks(20);
 	s10_flip(&s10_constant, 17);
+	sleep_ticks(S_LINGER);
 }
 
 void scenario10(int n, const char *name)

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
     run.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
                      help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
+    run.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
+                     help="poll guest physical memory, e.g. 'pa=0x1136a8 len=8 to=0x33' "
+                          "(keys: pa len to from any mask region interval on-hit once; "
+                          "repeatable)")
     _machine_options(run)
     run.add_argument("--json", action="store_true", help="print JSONL events instead of panels")
     run.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",

@@ -17,6 +17,7 @@ from rich.console import Console
 from kswgdb import image as image_mod
 from kswgdb.errors import BadInput
 from kswgdb.render.hit import render_hit
+from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
 from kswgdb.render.summary import render_summary
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
@@ -46,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image=args.image, scenario=args.scenario, watches=args.watch, accel=args.accel,
         timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit,
         log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
+        polls=getattr(args, "poll", []),
     )
     return run_and_render(options, json_out=args.json)
 
@@ -60,6 +62,7 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
 
     session = WatchSession(options, on_hit=on_hit, on_status=lambda m: err.print(f"[dim]{m}"),
                            log_echo=sys.stdout if json_out else None)
+    session.on_poll_hit = lambda hit: None if json_out else out.print(render_poll_hit(hit))
     session.prepare()
     for resolved in session.resolved:
         err.print(f"[dim]watch {resolved.config.text or resolved.config.canonical()}: "
@@ -70,11 +73,14 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
             if not json_out and err.is_terminal else contextlib.nullcontext():
         report = session.run()
     _render_report(report, options, out if not json_out else err)
-    return EXIT_HIT if report.hits else EXIT_OK
+    return EXIT_HIT if report.hits or report.poll_hits else EXIT_OK
 
 
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
-    out.print(render_summary(report.summary))
+    if report.summary or not report.polls:
+        out.print(render_summary(report.summary))
+    if report.polls:
+        out.print(render_poll_summary(report.polls))
     ending = report.result.reason
     if report.guest_exit is not None:
         ending = f"guest ended: {report.guest_exit}"
@@ -90,7 +96,14 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
         out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True)
         out.print(f"  inspect: gdb {report.symbols} {report.vmcore}   "
                   f"(or: crash {report.symbols} {report.vmcore})", markup=False)
+    for core in report.poll_vmcores:
+        if core != report.vmcore:
+            out.print(f"[dim]poll vmcore: {core}", markup=True)
     hits = len(report.hits)
+    if report.polls:
+        out.print(f"[bold {'red' if hits + len(report.poll_hits) else 'green'}]{hits} watch "
+                  f"hit(s), {len(report.poll_hits)} poll hit(s)")
+        return
     out.print(f"[bold {'red' if hits else 'green'}]{hits} hit(s)")
 
 

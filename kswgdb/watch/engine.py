@@ -154,6 +154,8 @@ class Engine:
                 return EngineResult("exit", exit_status=stop.exit_status, hits=self.hits)
             if verdict == "freeze":
                 return EngineResult("freeze", hits=self.hits)
+            if should_stop is not None and should_stop():
+                return EngineResult("stopped", hits=self.hits)   # e.g. a poll froze the guest
             self.target.resume()
 
     def handle(self, stop: Stop) -> str:

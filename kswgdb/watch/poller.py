@@ -207,7 +207,7 @@ class Poller:
         if poll.samples:
             poll.gaps.append(at - poll.prev_at)
         poll.samples += 1
-        poll.next_due = max(poll.next_due + poll.spec.interval, at)
+        poll.next_due = at + poll.spec.interval
         hit = self._evaluate(poll, cur, at)
         poll.prev, poll.prev_at = cur, at
         if hit is not None:

@@ -25,6 +25,9 @@ from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
+from kswgdb.watch.physrun import PhysWatch
+from kswgdb.watch.pollconfig import PollSpec, parse_polls
+from kswgdb.watch.poller import PollHit, PollStatus
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.spec import ArmSpec
@@ -45,6 +48,7 @@ class RunOptions:
     on_hit: str = "continue"           # "continue" | "freeze"
     log_path: Path | None = None
     slots: int | None = None
+    polls: list[str] = field(default_factory=list)   # --poll strings (physical memory)
 
 
 @dataclass
@@ -65,6 +69,9 @@ class RunReport:
     unexpected_stops: int = 0
     max_live_watches: int = 0
     symbols: Path | None = None
+    poll_hits: list[PollHit] = field(default_factory=list)
+    polls: list[PollStatus] = field(default_factory=list)
+    poll_vmcores: list[Path] = field(default_factory=list)
 
     @property
     def hits(self) -> list[Hit]:
@@ -89,13 +96,19 @@ class WatchSession:
         self.program: Program | None = None
         self.resolved: list[ResolvedWatch] = []
         self.specs: list[ArmSpec] = []
+        self.poll_specs: list[PollSpec] = []
+        self.on_poll_hit: Callable[[PollHit], None] | None = None
+        #: The running poller's owner, while `run` runs (the TUI adds polls through it).
+        self.phys: PhysWatch | None = None
 
     # ----------------------------------------------------------- prepare
     def prepare(self) -> None:
         """Check every input; raise `BadInput` before anything is started."""
         opts = self.options
-        if not opts.watches:
-            raise BadInput("no --watch given: nothing to watch (try `kswgdb disasm FUNC`)")
+        self.poll_specs = parse_polls(opts.polls)
+        if not opts.watches and not self.poll_specs:
+            raise BadInput("no --watch or --poll given: nothing to watch "
+                           "(try `kswgdb disasm FUNC`)")
         self.image = image_mod.load(opts.image)
         self.program = Program.load(self.image.symbols)
         configs = parse_watches(opts.watches)
@@ -106,6 +119,8 @@ class WatchSession:
     def run(self) -> RunReport:
         if self.image is None:
             self.prepare()
+        if not self.specs:
+            return self._run_polls_only()
         assert self.image is not None and self.program is not None
         opts = self.options
         accel = decide(opts.accel)
@@ -123,11 +138,15 @@ class WatchSession:
         started = time.monotonic()
         try:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
-                         extra_cmdline=opts.cmdline, paused=True) as machine:
+                         extra_cmdline=opts.cmdline, paused=True,
+                         shared_ram="file" if self.poll_specs else False) as machine:
                 log.write("start", image=str(self.image.path), accel=accel.accel,
                           accel_reason=accel.reason, scenario=opts.scenario,
                           watches=[r.describe() for r in self.resolved],
-                          configs=[s.text for s in self.specs])
+                          configs=[s.text for s in self.specs],
+                          polls=[p.canonical() for p in self.poll_specs])
+                if self.poll_specs:
+                    self._start_polls(machine, log, engine_attached=True)
                 client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
                 try:
                     client.handshake()
@@ -140,7 +159,8 @@ class WatchSession:
                     engine.install()
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
-                    result = engine.run(deadline=deadline)
+                    frozen = self.phys.freeze.is_set if self.phys is not None else None
+                    result = engine.run(deadline=deadline, should_stop=frozen)
                     vmcore = None
                     if result.reason == "freeze":
                         vmcore = self._freeze(machine)
@@ -153,8 +173,9 @@ class WatchSession:
                     guest_exit = machine.wait_exit(10.0)
                 console = machine.console.lines()
         finally:
+            polls = self._stop_polls()
             summary = engine.summary() if "engine" in locals() else []
-            log.write("summary", watches=summary)
+            log.write("summary", watches=summary, polls=[vars(p) for p in polls])
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
         return RunReport(
@@ -163,7 +184,84 @@ class WatchSession:
             seconds=time.monotonic() - started, vmcore=vmcore,
             packets=target.packets_sent, steps=target.steps,
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
-            symbols=self.image.symbols,
+            symbols=self.image.symbols, **self._poll_report(polls),
+        )
+
+    # ------------------------------------------------------------- polls
+    def _start_polls(self, machine: Machine, log: EventLog, engine_attached: bool) -> None:
+        """Map the guest's RAM and start polling while the guest is still paused (-S)."""
+        assert self.image is not None
+        vmcores = self.options.log_path.parent if self.options.log_path else Path.cwd()
+        self.phys = PhysWatch(machine, self.program, self.poll_specs, guest=self.image.guest,
+                              log=log, on_hit=self.on_poll_hit,
+                              engine_attached=engine_attached, vmcore_dir=vmcores)
+        self.phys.start()
+        for line in self.phys.describe():
+            self.on_status(line)
+        log.write("polls", polls=self.phys.describe())
+
+    def _stop_polls(self) -> list[PollStatus]:
+        if self.phys is None:
+            return []
+        self.phys.stop()
+        polls = self.phys.poller.polls()
+        return polls
+
+    def _poll_report(self, polls: list[PollStatus]) -> dict:
+        phys = self.phys
+        if phys is None:
+            return {}
+        phys.close()
+        return {"poll_hits": list(phys.poller.hits), "polls": polls,
+                "poll_vmcores": list(phys.vmcores)}
+
+    def _run_polls_only(self) -> RunReport:
+        """No --watch: no gdbstub at all; the guest runs freely while the poller samples."""
+        assert self.image is not None
+        opts = self.options
+        accel = decide(opts.accel)
+        self.on_status(f"accelerator: {accel.accel} ({accel.reason})")
+        log = EventLog(opts.log_path, echo=self.log_echo)
+        started = time.monotonic()
+        polls: list[PollStatus] = []
+        try:
+            with Machine(self.image, accel=accel, scenario=opts.scenario,
+                         extra_cmdline=opts.cmdline, paused=True, shared_ram="file",
+                         gdb=False) as machine:
+                log.write("start", image=str(self.image.path), accel=accel.accel,
+                          accel_reason=accel.reason, scenario=opts.scenario, watches=[],
+                          configs=[], polls=[p.canonical() for p in self.poll_specs])
+                self._start_polls(machine, log, engine_attached=False)
+                assert self.phys is not None
+                machine.resume()
+                self.on_status("guest running, polls sampling")
+                deadline = started + opts.timeout
+                reason, guest_exit = "deadline", None
+                while time.monotonic() < deadline:
+                    ended = machine.wait_exit(min(0.05, max(0.0, deadline - time.monotonic())))
+                    if ended.kind != "timeout":
+                        reason, guest_exit = "exit", ended
+                        break
+                    if self.phys.freeze.is_set():
+                        reason = "freeze"
+                        break
+                    if self.phys.poller.failure is not None:
+                        raise self.phys.poller.failure
+                console = machine.console.lines()
+                polls = self._stop_polls()
+        finally:
+            polls = polls or self._stop_polls()
+            log.write("summary", watches=[], polls=[vars(p) for p in polls])
+            log.close()
+        verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
+        extra = self._poll_report(polls)
+        vmcores = extra.get("poll_vmcores", [])
+        return RunReport(
+            accel=accel, watches=[], result=EngineResult(reason), summary=[],
+            guest_exit=guest_exit, verdict=verdict, console_log=console,
+            seconds=time.monotonic() - started,
+            vmcore=vmcores[-1] if reason == "freeze" and vmcores else None,
+            symbols=self.image.symbols, **extra,
         )
 
     def _freeze(self, machine: Machine) -> Path:
