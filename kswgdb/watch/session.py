@@ -107,7 +107,7 @@ class WatchSession:
         opts = self.options
         self.poll_specs = parse_polls(opts.polls)
         if not opts.watches and not self.poll_specs:
-            raise BadInput("no --watch or --poll given: nothing to watch "
+            raise BadInput("no --watch given (and no --poll): nothing to watch "
                            "(try `kswgdb disasm FUNC`)")
         self.image = image_mod.load(opts.image)
         self.program = Program.load(self.image.symbols)
