@@ -19,7 +19,7 @@ from tests.integration.helpers import MachineFactory
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = range(8)
+SCENARIOS = range(11)
 #: Generous for TCG on a busy 2-core machine; a normal scenario takes well under 1 s.
 SCENARIO_TIMEOUT = 60.0
 
