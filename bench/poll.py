@@ -5,7 +5,7 @@ Three measurements, side by side in one run, on the bundled test kernel (TCG):
 1. Guest slowdown. A fixed workload (scenario 6, ``iters=N`` victim calls with
    preemption and migrations) is timed from resume to the guest's exit, with
    no poll, with one DRAM poll at ``--interval`` (kswgdb's poller, reading the
-   shared RAM file; below 2 ms it busy-waits on a host core), with one DRAM
+   shared RAM file; below 0.5 ms it busy-waits on a host core), with one DRAM
    poll at 1 ms (it sleeps between samples), and with one MMIO poll (the HPET counter, read through
    QEMU's monitor every 1 ms). The three configurations run interleaved, round
    robin, so a noisy neighbour hurts all alike. Medians and ratios to "off".

@@ -3,7 +3,7 @@
 The in-kernel timer watchpoint samples every 30-100 ms because each sample
 costs the guest a timer interrupt. Here a sample of DRAM is a memcpy from the
 mapped RAM file, so the period can go down to microseconds (busy-waiting below
-a couple of milliseconds, sleeping above) without stopping a vCPU.
+half a millisecond, sleeping above) without stopping a vCPU.
 
 Thread-safety: `add_poll`, `remove_poll` and `polls` may be called from any
 thread while the poller runs (the TUI's command queue does so); one lock guards
@@ -35,7 +35,7 @@ from kswgdb.watch.pollconfig import PollSpec, parse_poll
 log = logging.getLogger(__name__)
 
 #: Below this wait the poller spins (sched_yield between checks); above it, it sleeps.
-SPIN_BELOW = 0.002
+SPIN_BELOW = 0.0005
 #: How many bytes of a changed region a hit carries.
 REGION_BYTES_SHOWN = 64
 GAPS_KEPT = 4096
@@ -271,7 +271,8 @@ class Poller:
         self._thread = threading.Thread(target=self._loop, name="kswgdb-poller", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop sampling; waits for a hit being handled (a vmcore dump takes seconds)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -291,7 +292,7 @@ class Poller:
                     continue
                 wait = next_due - self.clock()
                 if wait > SPIN_BELOW:
-                    self._wake.wait(wait - SPIN_BELOW / 2)
+                    self._wake.wait(wait - SPIN_BELOW / 2)   # then spin the rest
                     self._wake.clear()
                 elif wait > 0:
                     os.sched_yield()     # releases the GIL; sleep(0) costs ~50 us of timer slack

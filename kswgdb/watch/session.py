@@ -161,6 +161,8 @@ class WatchSession:
                     deadline = started + opts.timeout
                     frozen = self.phys.freeze.is_set if self.phys is not None else None
                     result = engine.run(deadline=deadline, should_stop=frozen)
+                    if self.phys is not None:
+                        self.phys.stop()    # a hit in hand (vCPU snapshot, dump) finishes first
                     vmcore = None
                     if result.reason == "freeze":
                         vmcore = self._freeze(machine)
@@ -178,6 +180,8 @@ class WatchSession:
             log.write("summary", watches=summary, polls=[vars(p) for p in polls])
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
+        if vmcore is None and self.phys is not None and self.phys.freeze.is_set():
+            vmcore = self.phys.vmcores[-1] if self.phys.vmcores else None
         return RunReport(
             accel=accel, watches=self.resolved, result=result, summary=summary,
             guest_exit=guest_exit, verdict=verdict, console_log=console,

@@ -189,3 +189,40 @@ def test_cli_exit_status_and_json_events(program, tmp_path):
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     [hit] = [e for e in events if e["event"] == "poll-hit"]
     assert hit["addr"] == hex(addr) and hit["new"] == "33" + "00" * 7
+
+
+def test_on_hit_freeze_stops_the_guest_and_dumps(program, tmp_path):
+    addr = program.global_address("s9_word")
+    report = WatchSession(RunOptions(
+        scenario=9, accel="tcg", timeout=90, log_path=tmp_path / "e.jsonl",
+        polls=[f"pa={addr:#x} len=8 to=0x33 interval=100us on-hit=freeze"])).run()
+    assert report.result.reason == "freeze" and report.guest_exit is None
+    assert report.vmcore is not None and report.vmcore.read_bytes()[:4] == b"\x7fELF"
+    assert report.vmcore.parent == tmp_path
+    [hit] = report.poll_hits
+    assert hit.context.vmcore == str(report.vmcore) and "frozen" in hit.context.note
+    assert not any("verdict" in ln for ln in report.console_log), "the guest ran on"
+
+
+def test_on_hit_dump_keeps_the_guest_running(program, tmp_path):
+    addr = program.global_address("s10_constant")
+    report = WatchSession(RunOptions(
+        scenario=10, accel="tcg", timeout=90, log_path=tmp_path / "e.jsonl",
+        polls=[f"pa={addr:#x} len=8 from=0x5eed5eed5eed5eed on-hit=dump"])).run()
+    assert report.result.reason == "exit" and report.guest_exit.code == 0x1A
+    [core] = report.poll_vmcores
+    assert core.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_freeze_from_a_poll_stops_a_watch_run_too(img, program, tmp_path):
+    """A poll's freeze must not be undone by the watch engine resuming the guest."""
+    from kswgdb.watch.scenarios import scenario_watch
+
+    jiffies = program.global_address("jiffies")
+    report = WatchSession(RunOptions(
+        scenario=3, accel="tcg", timeout=90, log_path=tmp_path / "e.jsonl",
+        watches=[scenario_watch(img, 3, program)],
+        polls=[f"pa={jiffies:#x} len=8 to=0x5 interval=1ms on-hit=freeze"])).run()
+    assert report.result.reason == "stopped" and report.guest_exit is None
+    [hit] = report.poll_hits
+    assert hit.context.vmcore and not any("verdict" in ln for ln in report.console_log)
