@@ -158,6 +158,7 @@ class PhysWatch:
         elif not self.engine_attached and qmp.status() == "running":
             qmp.stop()
             paused = True
+        paused_at = time.perf_counter()
         try:
             vcpus = tuple(VcpuState(cpu, pc, self._symbol(pc), halted)
                           for cpu, pc, halted in parse_registers_all(
@@ -168,10 +169,11 @@ class PhysWatch:
         finally:
             if paused:
                 qmp.cont()
+        pause_ms = (time.perf_counter() - paused_at) * 1e3
         if spec.on_hit == "freeze":
             note = "guest frozen at the hit (QMP stop): the PCs are where it froze"
         elif paused:
-            note = "guest paused for ~1 ms to read the vCPUs, then resumed"
+            note = f"guest paused {pause_ms:.1f} ms to read the vCPUs, then resumed"
         else:
             note = "vCPU PCs read live (TCG updates them at block exits: may lag)"
         return HitContext(vcpus=vcpus, guest_time=guest_time, note=note,
@@ -202,11 +204,16 @@ class PhysWatch:
             sym = self.program.symbolize(start)
             what = f" ({sym})" if sym else ""
         ctype = {1: "char", 2: "short", 4: "int", 8: "long"}[length]
+        command = (f"gdb {self.program.path if self.program else 'vmlinux'} "
+                   f"-ex 'target remote <gdbstub>' "
+                   f"-ex 'watch -l *(unsigned {ctype} *){start:#x}'")
+        if self.memory.read_ram(start, length) is None:
+            return (f"{start:#x} is a device register, not RAM: a CPU store to it is caught "
+                    f"by a write watchpoint ({command}); changes the device makes itself "
+                    "are visible only to a poll")
         return (f"virtual {start:#x}{what} is the same byte (identity map): a CPU store there "
-                f"is caught exactly, writer and all, by a write watchpoint: "
-                f"gdb {self.program.path if self.program else 'vmlinux'} "
-                f"-ex 'target remote <gdbstub>' -ex 'watch -l *(unsigned {ctype} *){start:#x}'; "
-                f"if it never fires while this poll does, the writer is not a CPU (DMA)")
+                f"is caught exactly, writer and all, by a write watchpoint: {command}; "
+                "if it never fires while this poll does, the writer is not a CPU (e.g. DMA)")
 
     def _on_hit(self, hit: PollHit) -> None:
         if self.log is not None:

@@ -39,6 +39,8 @@ SPIN_BELOW = 0.0005
 #: How many bytes of a changed region a hit carries.
 REGION_BYTES_SHOWN = 64
 GAPS_KEPT = 4096
+#: One sampling thread per source kind (see `Poller.step`).
+LANES = ("dram", "mmio")
 
 
 @dataclass(frozen=True)
@@ -146,9 +148,9 @@ class Poller:
         self._lock = threading.RLock()
         self._polls: dict[int, _Poll] = {}
         self._next_id = 1
-        self._wake = threading.Event()
+        self._wakes = {lane: threading.Event() for lane in LANES}
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.failure: BaseException | None = None
 
     # ----------------------------------------------------------- the table
@@ -161,7 +163,7 @@ class Poller:
             poll = _Poll(self._next_id, spec, source, next_due=self.clock())
             self._polls[poll.id] = poll
             self._next_id += 1
-        self._wake.set()
+        self._wake_all()
         return poll.id
 
     def remove_poll(self, poll_id: int) -> PollSpec:
@@ -170,7 +172,7 @@ class Poller:
             poll = self._polls.pop(poll_id, None)
         if poll is None:
             raise BadInput(f"no poll with id {poll_id}")
-        self._wake.set()
+        self._wake_all()
         return poll.spec
 
     def polls(self) -> list[PollStatus]:
@@ -185,15 +187,21 @@ class Poller:
             return sum(1 for p in self._polls.values() if not p.done)
 
     # ------------------------------------------------------------ sampling
-    def step(self, now: float | None = None) -> float | None:
-        """Sample every due poll once; returns when the next one is due (None: no polls)."""
+    def step(self, now: float | None = None, lane: str | None = None) -> float | None:
+        """Sample every due poll once; returns when the next one is due (None: no polls).
+
+        ``lane`` restricts the pass to one source kind ("dram" or "mmio"): each
+        lane has its own thread, so a QEMU round trip for a device register
+        never delays a microsecond-period DRAM poll.
+        """
         now = self.clock() if now is None else now
         with self._lock:
-            due = [p for p in self._polls.values() if not p.done and p.next_due <= now]
-        for poll in due:
-            self._sample(poll)
-        with self._lock:
-            pending = [p.next_due for p in self._polls.values() if not p.done]
+            live = [p for p in self._polls.values()
+                    if not p.done and (lane is None or p.source.kind == lane)]
+        for poll in live:
+            if poll.next_due <= now:
+                self._sample(poll)
+        pending = [p.next_due for p in live if not p.done]
         return min(pending) if pending else None
 
     def _sample(self, poll: _Poll) -> None:
@@ -266,34 +274,43 @@ class Poller:
     # -------------------------------------------------------------- thread
     def start(self) -> None:
         """Run the sampling loop in a daemon thread until `stop`."""
-        if self._thread is not None:
+        if self._threads:
             return
-        self._thread = threading.Thread(target=self._loop, name="kswgdb-poller", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                          name=f"kswgdb-poller-{lane}")
+                         for lane in LANES]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop sampling; waits for a hit being handled (a vmcore dump takes seconds)."""
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._wake_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(t.is_alive() for t in self._threads)
 
-    def _loop(self) -> None:
+    def _wake_all(self) -> None:
+        for wake in self._wakes.values():
+            wake.set()
+
+    def _loop(self, lane: str) -> None:
+        wake = self._wakes[lane]
         try:
             while not self._stop.is_set():
-                next_due = self.step()
+                next_due = self.step(lane=lane)
                 if next_due is None:
-                    self._wake.wait(0.1)
-                    self._wake.clear()
+                    wake.wait(0.1)
+                    wake.clear()
                     continue
                 wait = next_due - self.clock()
                 if wait > SPIN_BELOW:
-                    self._wake.wait(wait - SPIN_BELOW / 2)   # then spin the rest
-                    self._wake.clear()
+                    wake.wait(wait - SPIN_BELOW / 2)   # then spin the rest
+                    wake.clear()
                 elif wait > 0:
                     os.sched_yield()     # releases the GIL; sleep(0) costs ~50 us of timer slack
         except BaseException as exc:  # surfaced by the session; never dies silently

@@ -215,3 +215,28 @@ def test_xp_round_trip():
     assert parse_xp("00000000fea00098: 0x00000001\n", 4) == b"\x01\x00\x00\x00"
     cmd, unit = xp_command(0x1000, 16)
     assert cmd == "xp /2gx 0x1000"
+
+
+def test_a_blocked_device_read_does_not_stall_dram_polls():
+    """MMIO and DRAM polls sample in separate threads: a slow QEMU read delays only its lane."""
+    area = mmap.mmap(-1, 0x1000)
+    release, entered, got = threading.Event(), threading.Event(), threading.Event()
+
+    def stuck_reader(addr: int, length: int) -> bytes:
+        entered.set()
+        release.wait(30)
+        return bytes(length)
+
+    poller = Poller(BufferMemory(area, mmio={0xFED000F0: stuck_reader}),
+                    on_hit=lambda h: got.set())
+    poller.start()
+    try:
+        poller.add_poll("pa=0xfed000f0 len=4 any=1 interval=1ms")
+        assert entered.wait(10)
+        poller.add_poll("pa=0x80 len=8 to=0x33 interval=10us")
+        area[0x80:0x88] = (0x33).to_bytes(8, "little")
+        assert got.wait(10), "the DRAM poll was stalled behind the blocked device read"
+        assert not release.is_set() and poller.hits[0].kind == "dram"
+    finally:
+        release.set()
+        poller.stop()
