@@ -226,3 +226,14 @@ def test_freeze_from_a_poll_stops_a_watch_run_too(img, program, tmp_path):
     assert report.result.reason == "stopped" and report.guest_exit is None
     [hit] = report.poll_hits
     assert hit.context.vmcore and not any("verdict" in ln for ln in report.console_log)
+
+
+def test_region_poll_names_the_offset_the_device_wrote(program, tmp_path):
+    page = program.global_address("s8_zero_page")
+    report = WatchSession(RunOptions(
+        scenario=8, accel="tcg", timeout=90, log_path=tmp_path / "e.jsonl",
+        polls=[f"region={page:#x}-{page + 0x1000:#x} interval=100us"])).run()
+    assert report.guest_exit is not None and report.guest_exit.code == 0x18
+    [hit] = report.poll_hits
+    assert (hit.region_offset, hit.addr, hit.length) == (S8_OFFSET, page + S8_OFFSET, 1)
+    assert (hit.old, hit.new) == ("00", "33")
