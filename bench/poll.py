@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import mmap
+import os
 import random
 import statistics
 import sys
@@ -145,6 +146,7 @@ def main() -> None:
     ap.add_argument("--interval", default="10us", help="kswgdb's DRAM poll interval")
     args = ap.parse_args()
 
+    load_before = os.getloadavg()[0]
     img = load_image(None)
     program = Program.load(img.symbols)
     word = program.global_address("s8_zero_page") + 0x100
@@ -179,6 +181,8 @@ def main() -> None:
     print(f"  kswgdb poller ({args.interval}):   {fm * 1e6:10.0f} us")
     print(f"  timer-style poll (30 ms): {sm * 1e6:10.0f} us")
     print(f"  ratio timer-style / kswgdb: {sm / fm:.0f}x")
+    print(f"host load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores: the poller competes with QEMU for them")
 
 
 if __name__ == "__main__":
