@@ -45,6 +45,7 @@ class RunOptions:
     on_hit: str = "continue"           # "continue" | "freeze"
     log_path: Path | None = None
     slots: int | None = None
+    emulate: bool = True               # leave breakpoints by host emulation, not steps
 
 
 @dataclass
@@ -65,6 +66,8 @@ class RunReport:
     unexpected_stops: int = 0
     max_live_watches: int = 0
     symbols: Path | None = None
+    emulated: int = 0                  # breakpoint instructions run on the host
+    emulation_refusals: dict[str, int] = field(default_factory=dict)  # why stepped instead
 
     @property
     def hits(self) -> list[Hit]:
@@ -131,7 +134,8 @@ class WatchSession:
                 client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
                 try:
                     client.handshake()
-                    target = StubTarget(client)
+                    target = StubTarget(client, emulate=opts.emulate,
+                                        queue_watchpoints=accel.accel == "tcg")
                     engine = Engine(
                         target, self.specs, layout, ProgramSymbolizer(self.program), pool,
                         log=log, on_hit=self.on_hit,
@@ -162,6 +166,7 @@ class WatchSession:
             guest_exit=guest_exit, verdict=verdict, console_log=console,
             seconds=time.monotonic() - started, vmcore=vmcore,
             packets=target.packets_sent, steps=target.steps,
+            emulated=target.emulated, emulation_refusals=dict(target.refusals),
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
             symbols=self.image.symbols,
         )
