@@ -93,6 +93,10 @@ def _gpr_family() -> frozenset[str]:
 
 ALLOWED_READ = _gpr_family() | {"fs", "gs"}   # fs:/gs: overrides use the bases we load
 ALLOWED_WRITE = _gpr_family()
+#: Scratch pages kept mapped before the emulator starts over (a bound, not a cache size
+#: anyone needs to tune: a run touches a few stack and code pages per task).
+MAX_SCRATCH_PAGES = 512
+_READ_BACK = (*GPRS.values(), ux.UC_X86_REG_RFLAGS, ux.UC_X86_REG_RIP)
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,6 @@ class _Run:
     read: Callable[[int, int], bytes]
     known: set[int] = field(default_factory=set)
     writes: list[tuple[int, bytes]] = field(default_factory=list)
-    pages: set[int] = field(default_factory=set)
     error: str | None = None
 
 
@@ -152,6 +155,9 @@ class InstructionEmulator:
         self._md.detail = True
         self._insns: dict[int, _Insn] = {}
         self._run: _Run | None = None
+        self._pages: set[int] = set()        # mapped scratch pages (unicorn addresses)
+        self._loaded: set[int] = set()       # instruction addresses whose bytes are in place
+        self._code_pages: set[int] = set()   # guest page numbers holding loaded code
 
     # ----------------------------------------------------------- decoding
     def decode(self, pc: int) -> _Insn:
@@ -196,15 +202,15 @@ class InstructionEmulator:
         uc = self._uc
         run = self._run = _Run(read=self.read_memory)
         try:
-            self._map(uc_address(pc), len(insn.code))
-            uc.mem_write(uc_address(pc), insn.code)
+            self._load_code(pc, insn.code)
             run.known.update(range(pc, pc + len(insn.code)))
-            for name, ucid in GPRS.items():
-                uc.reg_write(ucid, regs[name])
-            uc.reg_write(ux.UC_X86_REG_RFLAGS, regs["eflags"])
-            uc.reg_write(ux.UC_X86_REG_FS_BASE, regs["fs_base"])
-            uc.reg_write(ux.UC_X86_REG_GS_BASE, regs["gs_base"])
-            uc.reg_write(ux.UC_X86_REG_RIP, pc)
+            uc.reg_write_batch([
+                *((ucid, regs[name]) for name, ucid in GPRS.items()),
+                (ux.UC_X86_REG_RFLAGS, regs["eflags"]),
+                (ux.UC_X86_REG_FS_BASE, regs["fs_base"]),
+                (ux.UC_X86_REG_GS_BASE, regs["gs_base"]),
+                (ux.UC_X86_REG_RIP, pc),
+            ])
             try:
                 uc.emu_start(pc, MASK64, count=1)
             except UcError as exc:
@@ -213,35 +219,56 @@ class InstructionEmulator:
                 return Refused(pc, f"{insn.text}: {run.error}")
             changed = self._changed_registers(regs)
         finally:
-            for page in run.pages:
-                uc.mem_unmap(page, PAGE)
             self._run = None
+            if any(w // PAGE in self._code_pages or (w + len(d) - 1) // PAGE in self._code_pages
+                   for w, d in run.writes):
+                self._loaded.clear()    # scratch code bytes may be overwritten: reload them
         if changed.get("rip", pc) == pc:
             return Refused(pc, f"{insn.text}: did not complete in one go")
         return Emulated(pc, len(insn.code), insn.text, changed, tuple(run.writes))
 
+    def _load_code(self, pc: int, code: bytes) -> None:
+        """Put the instruction's bytes into scratch memory once (they stay for the run)."""
+        if pc in self._loaded:
+            return
+        self._map(uc_address(pc), len(code))
+        self._uc.mem_write(uc_address(pc), code)
+        self._code_pages.update({pc // PAGE, (pc + len(code) - 1) // PAGE})
+        self._loaded.add(pc)
+
     def _changed_registers(self, regs: Mapping[str, int]) -> dict[str, int]:
-        uc = self._uc
+        values = self._uc.reg_read_batch(_READ_BACK)
         changed = {}
-        for name, ucid in GPRS.items():
-            value = uc.reg_read(ucid) & MASK64
-            if value != regs[name]:
-                changed[name] = value
+        for name, value in zip(GPRS, values, strict=False):
+            if value & MASK64 != regs[name]:
+                changed[name] = value & MASK64
         flags = regs["eflags"]
-        new_flags = (flags & ~ARITH_FLAGS) | (uc.reg_read(ux.UC_X86_REG_RFLAGS) & ARITH_FLAGS)
+        new_flags = (flags & ~ARITH_FLAGS) | (values[-2] & ARITH_FLAGS)
         if new_flags != flags:
             changed["eflags"] = new_flags
-        changed["rip"] = uc.reg_read(ux.UC_X86_REG_RIP) & MASK64
+        changed["rip"] = values[-1] & MASK64
         return changed
 
     def _map(self, addr: int, length: int) -> None:
-        """Scratch pages over unicorn addresses ``[addr, addr+length)``, for this run only."""
-        run = self._run
-        assert run is not None
+        """Scratch pages over unicorn addresses ``[addr, addr+length)``.
+
+        They stay mapped: changing unicorn's memory map costs a re-translation
+        (about 0.5 ms an instruction, measured), and stale bytes in them are
+        never seen, because every read fetches the bytes this run has not
+        seen yet from the guest (`_on_read`).
+        """
         for page in range(addr & ~(PAGE - 1), addr + length, PAGE):
-            if page not in run.pages:
+            if page not in self._pages:
+                if len(self._pages) >= MAX_SCRATCH_PAGES:
+                    self._forget_pages()
                 self._uc.mem_map(page, PAGE)
-                run.pages.add(page)
+                self._pages.add(page)
+
+    def _forget_pages(self) -> None:
+        for page in self._pages:
+            self._uc.mem_unmap(page, PAGE)
+        self._pages.clear()
+        self._loaded.clear()
 
     # -------------------------------------------------------------- hooks
     def _on_unmapped(self, uc: Uc, access: int, addr: int, size: int, value: int,
