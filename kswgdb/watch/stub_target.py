@@ -24,6 +24,8 @@ emulator refuses and for writes it must not apply itself (see `_apply_plan`).
 
 from __future__ import annotations
 
+import contextlib
+
 from kswgdb.gdbstub import requests as rq
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import StubClosed, StubError, StubTimeout
@@ -60,6 +62,9 @@ class StubTarget:
         self.emulated = 0
         self.refusals: dict[str, int] = {}
         self._watchpoints: dict[tuple[int, int], int] = {}
+        self._per_cpu_reads: list[tuple[int, int]] = []
+        self._gs_base: dict[int, int] = {}
+        self._prefetched: dict[tuple[int, int], bytes] = {}
         self._queue: list[str] = []
         self._breakpoints: set[int] = set()
         self._regs: dict[int, Registers] = {}
@@ -74,15 +79,56 @@ class StubTarget:
         regs = self._regs.get(thread)
         if regs is None:
             self._flush()
-            self.packets_sent += 1 if thread == self.client.g_thread else 2   # [Hg,] g
-            values = self.client.read_registers(thread, ENGINE_REGISTERS)
-            regs = self._regs[thread] = Registers(values)
+            regs = self._regs[thread] = Registers(self._read_registers(thread))
         return regs
+
+    def prefetch_per_cpu(self, offset: int, length: int) -> None:
+        """Read ``[gs_base+offset, +length)`` in the same round trip as each stop's ``g``.
+
+        The engine reads per-CPU data (the current task pointer, a per-CPU
+        canary) at nearly every stop, and it cannot ask before ``g`` told it
+        the GS base. A kernel's GS base is fixed per vCPU, so the one seen at
+        the vCPU's previous stop is used; the read is kept only if ``g``
+        confirms it, otherwise it is simply not used.
+        """
+        self._per_cpu_reads.append((offset, length))
+
+    def _read_registers(self, thread: int) -> dict[str, int]:
+        client = self.client
+        layout = client.layout
+        gs = self._gs_base.get(thread)
+        if layout is None or not self._per_cpu_reads or gs is None:
+            self.packets_sent += 1 if thread == client.g_thread else 2   # [Hg,] g
+            values = client.read_registers(thread, ENGINE_REGISTERS)
+        else:
+            head = [] if thread == client.g_thread else [rq.set_thread("g", thread)]
+            ranges = [(gs + off, n) for off, n in self._per_cpu_reads]
+            sents = [rq.read_memory(a, n) for a, n in ranges]
+            replies = client.pipeline([*head, "g", *sents])
+            self.packets_sent += len(head) + 1 + len(sents)
+            if head:
+                rq.check_ok(replies[0], head[0])
+                client.g_thread = thread
+            g = replies[len(head)]
+            if not g or g[0] == "E":
+                rq.raise_for_error(g, "g")
+            values = layout.decode_g(g, ENGINE_REGISTERS)
+            if values.get("gs_base") == gs:
+                for rng, sent, reply in zip(ranges, sents, replies[len(head) + 1:], strict=True):
+                    with contextlib.suppress(StubError):
+                        self._prefetched[rng] = rq.decode_memory(reply, sent, rng[1])
+        if values.get("gs_base"):
+            self._gs_base[thread] = values["gs_base"]
+        return values
 
     def read(self, addr: int, length: int) -> bytes:
         return self.read_many([(addr, length)])[0]
 
     def read_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        if self._prefetched and any(r in self._prefetched for r in ranges):
+            missing = [r for r in ranges if r not in self._prefetched]
+            fetched = dict(zip(missing, self.read_many(missing), strict=True)) if missing else {}
+            return [self._prefetched[r] if r in self._prefetched else fetched[r] for r in ranges]
         if any(n > 2048 for _, n in ranges):
             self._flush()
             return [self.client.read_memory(a, n) for a, n in ranges]
@@ -122,16 +168,16 @@ class StubTarget:
     def resume(self) -> None:
         thread, pc = self._stopped_thread, self._stopped_pc
         if self._pending is not None:
-            self._regs.clear()
+            self._forget_stop_state()
             return      # an event is already waiting: hand it out before running
         if thread is not None and pc is not None and pc in self._breakpoints:
             emulated = self._emulate_off(thread, pc)
-            self._regs.clear()
+            self._forget_stop_state()
             if not emulated:
                 self._step_off(thread)
             if self._pending is not None:
                 return
-        self._regs.clear()
+        self._forget_stop_state()
         payloads, self._queue = self._queue + ["c"], []
         self._check(self.client.pipeline(payloads), payloads[:-1])
         self.packets_sent += len(payloads)
@@ -182,6 +228,11 @@ class StubTarget:
             out.append(rq.write_register(layout[name].regnum, layout.encode(name, value)))
         return out
 
+    def _forget_stop_state(self) -> None:
+        """Registers and prefetched memory describe one stop; the guest is about to move."""
+        self._regs.clear()
+        self._prefetched.clear()
+
     def _refused(self, reason: str) -> None:
         key = reason.split(": ")[-1]
         self.refusals[key] = self.refusals.get(key, 0) + 1
@@ -221,11 +272,11 @@ class StubTarget:
         if after_step and reply.watch_addr is None:
             # A plain completed step: the next thing is a resume, which needs
             # no registers, so do not pay a ``g`` for them.
-            self._regs.clear()
+            self._forget_stop_state()
             self._stopped_thread = self._stopped_pc = None
             return None
         thread = reply.thread if reply.thread and reply.thread > 0 else 1
-        self._regs.clear()
+        self._forget_stop_state()
         regs = self.registers(thread)
         self._stopped_thread, self._stopped_pc = thread, regs.pc
         if reply.watch_addr is not None:
