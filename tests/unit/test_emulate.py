@@ -144,3 +144,14 @@ def test_data_pages_are_fresh_for_every_emulation():
 def test_coalesce_keeps_the_last_bytes_per_address():
     assert coalesce(((0x10, b"\x01\x02"), (0x11, b"\x03"), (0x20, b"\x04"))) == [
         (0x10, b"\x01\x03"), (0x20, b"\x04")]
+
+
+def test_public_register_api_fallback_gives_the_same_result():
+    mem = Memory()
+    mem.put(STACK + 0x140, (STACK + 0x300).to_bytes(8, "little"))
+    mem.put(CODE, bytes.fromhex("c9") + b"\x90" * 16)
+    emu = InstructionEmulator(mem.read)
+    fast = emu.emulate(regs())
+    emu._load._fast = emu._read_back._fast = False
+    slow = emu.emulate(regs())
+    assert isinstance(fast, Emulated) and fast == slow
