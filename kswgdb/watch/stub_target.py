@@ -301,6 +301,10 @@ class StubTarget:
         self._check(replies[:queued], batch[:queued])
         return replies[queued:]
 
+    def flush(self) -> None:
+        """Send queued breakpoint/watchpoint changes now (before someone else reads)."""
+        self._flush()
+
     def _flush(self) -> None:
         if self._queue:
             self._send([])
