@@ -660,7 +660,7 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
                 net_v[mode] = (t - alone) / calls * 1e6
             if med_ret[mode] is not None:
                 net_r[mode] = (med_ret[mode] - alone) / calls * 1e6
-        net = net_v.get(mode, net_r.get(mode))
+        net = net_r.get(mode, net_v.get(mode))
         dbg_cpu = _median([r.cpu_self / r.calls for r in rs if r.calls]) if mode != "alone" \
             else None
         qemu_cpu = None
@@ -668,12 +668,13 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
             qemu_cpu = _median([(r.cpu_qemu - qemu_alone) / r.calls for r in rs if r.calls])
         hits = _median([r.hits for r in rs]) if mode != "alone" else None
         jif = _median([r.jiffies for r in ok])
-        net_txt = _fmt(net, ".0f") + ("~" if net is not None and mode not in net_v else "")
+        net_txt = _fmt(net, ".0f") + ("~" if net is not None and mode not in net_r else "")
         print(f"{mode:8} {len(ok):>3}/{len(rs):<3} {sum(r.wedged for r in rs):>6} "
               f"{_fmt(t):>9} {_fmt(med_ret[mode]):>11} {calls:>6.0f} {net_txt:>11} "
               f"{_fmt(hits, '.0f'):>5} {_fmt(dbg_cpu and dbg_cpu * 1e6, '.0f'):>15} "
               f"{_fmt(qemu_cpu and qemu_cpu * 1e6, '.0f'):>16} {_fmt(jif, '.0f'):>7}")
-    print("(~: no rep of this mode completed; from the time to the last return instead. "
+    print("(us/call net: (median start->last s3_victim return - median guest alone) / calls, "
+          "over all reps, wedged ones included; ~: from start->verdict instead. "
           "CPU columns: whole run incl. boot; QEMU net of the guest alone)")
     for mode in ("armed", "stepped", "unarmed"):
         rs = runs.get(mode, [])
@@ -686,11 +687,16 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
                   f"{'' if mode == 'unarmed' else 'armed '}call (RunReport.packets/steps/emulated)")
 
     def ratio(a, b):
-        for table, how in ((net_v, "start->verdict"), (net_r, "start->last return")):
+        # start->last return first: every debugged rep has it, wedged ones included,
+        # so both sides are medians over the same reps; start->verdict only counts
+        # the reps that were not wedged (often one gdb rep or none).
+        out = []
+        for table, how in ((net_r, "start->last return, all reps"),
+                           (net_v, "start->verdict, unwedged reps")):
             x, y = table.get(a), table.get(b)
             if x is not None and y:
-                return f"{x / y:.3f}  ({how})"
-        return "-"
+                out.append(f"{x / y:.3f} ({how})")
+        return "; ".join(out) or "-"
 
     print(f"ratio kswgdb armed / gdb baseline, per call net: {ratio('armed', 'gdb')}"
           "   aim <= 0.3")
