@@ -62,14 +62,28 @@ class GdbUnwinder:
             self.failures.append("gdb returned no frames")
             return None
         self.unwound += 1
-        # gdb ends an unwind that runs off the stack with a pc-0 frame: not a frame.
-        return [self._frame(f.level, f.pc, f.file, f.line) for f in frames if f.pc]
+        out = []
+        for f in frames:
+            if not f.pc:
+                continue        # gdb ends an unwind that runs off the stack with pc 0
+            if f.level == 0:
+                # Frame 0 is where the vCPU stopped, after the store; show the store
+                # itself, as the frame-pointer walk and the hit's headline do.
+                pc = self.sym.writer(f.pc, regs)[0]
+                out.append(BacktraceFrame(0, pc, self.sym.symbol(pc), self.sym.source(pc)))
+            else:
+                out.append(self._frame(f.level, f.pc, f.file, f.line))
+        return out
 
     def _frame(self, level: int, pc: int, file: str | None, line: int | None) -> BacktraceFrame:
-        source = SourceLine(file, line) if file and line else None
-        if source is None:
-            # gdb already looks a caller's line up at its call (pc - 1); do the same.
-            source = self.sym.source(pc if level == 0 else pc - 1)
+        """A caller frame: gdb's line (looked up at the call, pc - 1), our file naming."""
+        ours = self.sym.source(pc - 1)
+        if file and line:
+            if ours is not None and file.endswith("/" + ours.file.lstrip("/")):
+                file = ours.file
+            source: SourceLine | None = SourceLine(file, line)
+        else:
+            source = ours
         return BacktraceFrame(level=level, pc=pc, symbol=self.sym.symbol(pc), source=source)
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ def test_gdb_names_the_call_chain_of_a_task_context_write(img):
     for hit in report.hits:
         assert functions(hit.backtrace)[:4] == [
             "s3_corrupt_write", "s3_corrupter", "task_bootstrap", "task_start"]
-        assert hit.backtrace[0].pc == hit.writer.pc_reported   # gdb unwinds from the stop
+        assert hit.backtrace[0].pc == hit.writer.insn_addr     # frame 0 is the store
         assert hit.backtrace[1].source is not None
         assert hit.backtrace[1].source.file.endswith("scenarios.c")
     assert_gdb_gone(report)
