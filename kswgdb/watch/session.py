@@ -157,7 +157,8 @@ class WatchSession:
                 log.write("start", image=str(self.image.path), accel=accel.accel,
                           accel_reason=accel.reason, scenario=opts.scenario,
                           watches=[r.describe() for r in self.resolved],
-                          configs=[s.text for s in self.specs])
+                          configs=[s.text for s in self.specs],
+                          backtrace=self.backtrace_mode)
                 client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
                 try:
                     client.handshake()
