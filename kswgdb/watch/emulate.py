@@ -245,6 +245,8 @@ class InstructionEmulator:
         if missing:
             return Refused(pc, f"registers not known: {', '.join(missing)}")
         uc = self._uc
+        if len(self._pages) >= MAX_SCRATCH_PAGES:
+            self._forget_pages()        # between instructions, never from inside a hook
         run = self._run = _Run(read=self.read_memory)
         try:
             self._load_code(pc, insn.code)
@@ -299,8 +301,6 @@ class InstructionEmulator:
         """
         for page in range(addr & ~(PAGE - 1), addr + length, PAGE):
             if page not in self._pages:
-                if len(self._pages) >= MAX_SCRATCH_PAGES:
-                    self._forget_pages()
                 self._uc.mem_map(page, PAGE)
                 self._pages.add(page)
 

@@ -155,3 +155,17 @@ def test_public_register_api_fallback_gives_the_same_result():
     emu._load._fast = emu._read_back._fast = False
     slow = emu.emulate(regs())
     assert isinstance(fast, Emulated) and fast == slow
+
+
+def test_scratch_pages_are_bounded_and_emulation_goes_on(monkeypatch):
+    from kswgdb.watch import emulate as emulate_mod
+    monkeypatch.setattr(emulate_mod, "MAX_SCRATCH_PAGES", 3)
+    mem = Memory()
+    mem.put(CODE, bytes.fromhex("c9") + b"\x90" * 16)     # leave: reads [rbp]
+    emu = InstructionEmulator(mem.read)
+    for i in range(6):                                   # a new stack page each time
+        rbp = STACK + i * 0x1000 + 0x140
+        mem.put(rbp, (i + 1).to_bytes(8, "little"))
+        out = emu.emulate(regs(rbp=rbp))
+        assert isinstance(out, Emulated) and out.registers["rbp"] == i + 1
+        assert len(emu._pages) <= 3 + 1
