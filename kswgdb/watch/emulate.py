@@ -79,6 +79,9 @@ REFUSED_MNEMONICS = frozenset({
     "lgdt", "lidt", "lldt", "ltr", "sgdt", "sidt", "sldt", "str", "lmsw", "smsw",
     "enter", "xlatb", "bound", "lar", "lsl", "verr", "verw", "ljmp", "lcall", "retf",
     "retfq", "lret", "lretq", "xsave", "xrstor", "xsaves", "xrstors", "fxsave", "fxrstor",
+    # flags outside the arithmetic ones, transactions, serialising and cache control
+    "stac", "clac", "xbegin", "xend", "xabort", "xtest", "serialize", "wbnoinvd",
+    "invpcid", "prefetchw", "umonitor", "umwait", "tpause", "rsm", "getsec",
 })
 
 

@@ -107,6 +107,7 @@ def test_read_modify_write_sees_guest_bytes():
     ("66480f6ec0", "xmm0"),               # movq %rax, %xmm0
     ("0f22d8", "privileged"),             # mov %rax, %cr3
     ("0f0b", "system"),                   # ud2
+    ("0f01cb", "privileged"),             # stac: AC is not an arithmetic flag
 ])
 def test_unsafe_instructions_are_refused(code_hex, why):
     out = emulate(code_hex)
