@@ -3,11 +3,14 @@
 Usage: python3 bench/armed_call.py [--reps 5] [--iters 1000] [--profile]
 
 Scenario 6 of the test kernel ("clean": 3 tasks call s3_victim ``iters`` times in
-total) runs under TCG in four modes, interleaved rep by rep (the order rotates),
+total) runs under TCG in five modes, interleaved rep by rep (the order rotates),
 because this shared machine is noisy (+-30% between runs):
 
   alone    no debugger: Machine(paused=False)
-  armed    kswgdb (WatchSession), watching s3_victim's canary; every call armed
+  armed    kswgdb (WatchSession), watching s3_victim's canary; every call armed;
+           breakpoints are left by emulating their instruction on the host
+  stepped  the same, with emulation off (RunOptions.emulate=False): every
+           breakpoint is left by a real single-step, as before
   unarmed  the same config plus ``dp=5``: every call is probed and returned from,
            none is armed (the depth never reaches 5)
   gdb      gdb 13 in batch mode running a Python script a user would write by hand:
@@ -30,11 +33,13 @@ forever. A watchdog polls ``info lapic`` over QMP; a run whose CPU 0 has vector
 *wedged*. Wedged runs have no verdict time; for them (and all debugged runs)
 the time to the last s3_victim return is also recorded ("to last ret").
 
-Where the time goes (see --profile, --experiments): QEMU 7.2's gdbstub flushes
-the whole TB cache at every breakpoint and single-step stop (gdb_vm_state_change
-calls tb_flush; removed upstream in 2025), never at a watchpoint stop; the guest
-then re-translates everything it runs. kswgdb has 4 such stops per armed call
-(probe, step off it, release point, step off it).
+Where the time goes (see --profile): QEMU 7.2's gdbstub flushes the whole TB
+cache at every breakpoint and single-step stop (gdb_vm_state_change calls
+tb_flush; removed upstream in 2025), never at a watchpoint stop; the guest then
+re-translates everything it runs. Stepping, kswgdb has 4 such stops per armed
+call (probe, step off it, release point, step off it); emulating the
+instruction under the breakpoint on the host (kswgdb.watch.emulate) leaves 2,
+the probe and the release point themselves.
 
 gdb note: gdb 13 crashes (SIGSEGV) when a ``Breakpoint.stop()`` deletes
 breakpoints, which its manual forbids; so the baseline's return breakpoint
@@ -80,7 +85,7 @@ from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
 
 SCENARIO = 6
 STAMPED = ("KSWTEST start", "KSWTEST stats", "KSWTEST verdict")
-MODES = ("alone", "armed", "unarmed", "gdb")
+MODES = ("alone", "armed", "stepped", "unarmed", "gdb")
 
 # --------------------------------------------------------------------------
 # Instrumentation, bench-only (monkeypatches in this process; nothing is edited)
@@ -230,6 +235,7 @@ class Run:
     jiffies: int | None = None
     packets: int = 0
     steps: int = 0
+    emulated: int = 0                     # breakpoint instructions run on the host
     hits: int = 0
     cpu_self: float = 0.0                 # CPU seconds of the debugger (kswgdb or gdb)
     cpu_qemu: float = 0.0
@@ -282,14 +288,16 @@ def run_alone(image, iters: int, timeout: float) -> Run:
     return run
 
 
-def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str) -> Run:
+def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
+               emulate: bool = True) -> Run:
     run = Run(mode)
     _RETURNS.update(count=0, last=None)
     _WEDGE.update(since=None, expect=iters)
     _LAST_MACHINE.clear()
     c0, s0 = _children_cpu(), _self_cpu()
     session = WatchSession(RunOptions(image=image.path, scenario=SCENARIO, watches=[watch],
-                                      accel="tcg", timeout=timeout, cmdline=f"iters={iters}"))
+                                      accel="tcg", timeout=timeout, cmdline=f"iters={iters}",
+                                      emulate=emulate))
     session.prepare()
     def on_wedge():
         _WEDGE["since"] = time.monotonic()
@@ -302,8 +310,9 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str) -> Run:
     console = _LAST_MACHINE[0].console if _LAST_MACHINE else None
     _fill_times(run, _stamps(console), _RETURNS["last"])
     s = report.summary[0]
-    run.calls = s["armed"] if mode == "armed" else s["calls"]
+    run.calls = s["calls"] if mode == "unarmed" else s["armed"]
     run.packets, run.steps, run.hits = report.packets, report.steps, s["hits"]
+    run.emulated = report.emulated
     run.extra = {"reason": report.result.reason, "returns": s["returns"],
                  "dead_frame_writes": s.get("dead_frame_writes"),
                  "unexpected_stops": report.unexpected_stops}
@@ -604,139 +613,6 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
 
 
 # --------------------------------------------------------------------------
-# Experiments: what kswgdb would gain from three changes (bench-only monkeypatches)
-# --------------------------------------------------------------------------
-
-def _patch_no_g_after_step(st_mod):
-    """E1: a completed step without a watch flag needs no registers (kswgdb reads g)."""
-    orig = st_mod.StubTarget._convert
-
-    def convert(self, reply, after_step=False):
-        if after_step and reply.watch_addr is None and not reply.exited \
-                and reply.kind not in ("W", "X"):
-            self._regs.clear()
-            self._stopped_thread = self._stopped_pc = None
-            return None
-        return orig(self, reply, after_step)
-
-    st_mod.StubTarget._convert = convert
-    return lambda: setattr(st_mod.StubTarget, "_convert", orig)
-
-
-def _patch_queue_z2(st_mod, rq):
-    """E2: Z2 goes out with the resume (TCG never refuses one) instead of its own round trip."""
-    orig = st_mod.StubTarget.set_watchpoint
-
-    def set_watchpoint(self, addr, length):
-        self._queue.append(rq.insert_watchpoint(addr, length))
-
-    st_mod.StubTarget.set_watchpoint = set_watchpoint
-    return lambda: setattr(st_mod.StubTarget, "set_watchpoint", orig)
-
-
-def _patch_emulate(st_mod, rq, spec):
-    """E3: instead of single-stepping off the probe / release breakpoint (a stop, a g
-    read and two QEMU TB-cache flushes each), do the instruction's effect with M/P
-    packets sent with the resume. Hard-coded for s3_victim in this kernel: the probe
-    insn is `movq $imm32, disp8(%rbp)`, the release insn `add $imm8, %rsp`."""
-    import struct
-    elf = str(image_mod.load(None).symbols)
-    probe, release = spec.probe_addr, spec.exits[0][0] if spec.exits else None
-    code = subprocess.run(["objdump", "-d", "--no-show-raw-insn",
-                           f"--start-address={probe:#x}", f"--stop-address={probe + 16:#x}",
-                           elf], capture_output=True, text=True).stdout
-    m = re.search(rf"{probe:x}:\s+movq\s+\$0x([0-9a-f]+),(-?0x[0-9a-f]+)\(%rbp\)"
-                  r"\s*\n\s+([0-9a-f]+):", code)
-    code2 = subprocess.run(["objdump", "-d", "--no-show-raw-insn",
-                            f"--start-address={release:#x}", f"--stop-address={release + 8:#x}",
-                            elf], capture_output=True, text=True).stdout if release else ""
-    m2 = re.search(rf"{release:x}:\s+add\s+\$0x([0-9a-f]+),%rsp\s*\n\s+([0-9a-f]+):",
-                   code2) if release else None
-    if not (m and m2):
-        raise RuntimeError("E3 needs movq $imm,d(%rbp) at the probe and add $imm,%rsp "
-                           "at the release point")
-    imm, disp, probe_next = int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
-    add, release_next = int(m2.group(1), 16), int(m2.group(2), 16)
-
-    def packets(self, regs):
-        layout = self.client.layout
-        pc = regs.pc
-        if pc == probe:
-            value = struct.pack("<q", imm if imm < 0x80000000 else imm - (1 << 32))
-            return [f"M{regs.fp + disp:x},8:{value.hex()}",
-                    rq.write_register(layout["rip"].regnum, layout.encode("rip", probe_next))]
-        if pc == release:
-            return [rq.write_register(layout["rsp"].regnum,
-                                      layout.encode("rsp", regs.sp + add)),
-                    rq.write_register(layout["rip"].regnum,
-                                      layout.encode("rip", release_next))]
-        return None
-
-    orig_resume = st_mod.StubTarget.resume
-
-    def resume(self):
-        thread, pc = self._stopped_thread, self._stopped_pc
-        if self._pending is None and thread is not None and pc in (probe, release):
-            regs = self._regs.get(thread)
-            if regs is not None and self.client.g_thread == thread:
-                extra = packets(self, regs)
-                if extra:
-                    self._queue += extra
-                    self._stopped_pc = None          # nothing to step off any more
-        return orig_resume(self)
-
-    st_mod.StubTarget.resume = resume
-    return lambda: setattr(st_mod.StubTarget, "resume", orig_resume)
-
-
-def experiments(image, watch: str, spec, iters: int, timeout: float, reps: int) -> None:
-    from kswgdb.gdbstub import requests as rq
-    from kswgdb.watch import stub_target as st_mod
-    variants = {
-        "armed (as is)": [],
-        "E1 no g after step": [lambda: _patch_no_g_after_step(st_mod)],
-        "E1+E2 Z2 with resume": [lambda: _patch_no_g_after_step(st_mod),
-                                 lambda: _patch_queue_z2(st_mod, rq)],
-        "E1+E2+E3 emulate, no steps": [lambda: _patch_no_g_after_step(st_mod),
-                                       lambda: _patch_queue_z2(st_mod, rq),
-                                       lambda: _patch_emulate(st_mod, rq, spec)],
-    }
-    results: dict[str, list[Run]] = {v: [] for v in variants}
-    alone: list[Run] = []
-    for rep in range(reps):
-        alone.append(run_alone(image, iters, timeout))
-        for name, patches in variants.items():
-            undo = [p() for p in patches]
-            try:
-                r = run_kswgdb(image, watch, iters, timeout, "armed")
-            except Exception as exc:  # noqa: BLE001
-                r = Run("armed", failed=f"{type(exc).__name__}: {exc}".splitlines()[0])
-            finally:
-                for u in reversed(undo):
-                    u()
-            results[name].append(r)
-            print(f"  exp rep {rep + 1} {name:28} {_fmt(r.seconds)} s, armed {r.calls}, "
-                  f"hits {r.hits}, packets {r.packets}, steps {r.steps}"
-                  + (" WEDGED" if r.wedged else "") + (f" FAILED {r.failed}" if r.failed else ""),
-                  flush=True)
-    t_alone = _median([r.seconds for r in alone])
-    print(f"\nexperiments (medians of {reps}; guest alone {_fmt(t_alone)} s):")
-    base = None
-    for name, rs in results.items():
-        t = _median([r.seconds for r in rs if not r.failed and not r.wedged])
-        calls = _median([r.calls for r in rs]) or 1
-        net = None if t is None or t_alone is None else (t - t_alone) / calls * 1e6
-        base = base if base is not None else net
-        rel = f"{net / base:.2f}x" if net is not None and base else "-"
-        cpu_k = _median([r.cpu_self / r.calls * 1e6 for r in rs if r.calls])
-        cpu_q = _median([r.cpu_qemu / r.calls * 1e6 for r in rs if r.calls])
-        print(f"  {name:28} {_fmt(t)} s  {_fmt(net, '.0f')} us/armed call  ({rel} of as-is); "
-              f"kswgdb CPU {_fmt(cpu_k, '.0f')} us/call, QEMU CPU {_fmt(cpu_q, '.0f')}"
-              f" us/call, hits {_median([r.hits for r in rs])}, "
-              f"steps/call {_median([r.steps / r.calls for r in rs if r.calls]):.2f}")
-
-
-# --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
 
@@ -784,7 +660,7 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
                 net_v[mode] = (t - alone) / calls * 1e6
             if med_ret[mode] is not None:
                 net_r[mode] = (med_ret[mode] - alone) / calls * 1e6
-        net = net_v.get(mode, net_r.get(mode))
+        net = net_r.get(mode, net_v.get(mode))
         dbg_cpu = _median([r.cpu_self / r.calls for r in rs if r.calls]) if mode != "alone" \
             else None
         qemu_cpu = None
@@ -792,30 +668,39 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
             qemu_cpu = _median([(r.cpu_qemu - qemu_alone) / r.calls for r in rs if r.calls])
         hits = _median([r.hits for r in rs]) if mode != "alone" else None
         jif = _median([r.jiffies for r in ok])
-        net_txt = _fmt(net, ".0f") + ("~" if net is not None and mode not in net_v else "")
+        net_txt = _fmt(net, ".0f") + ("~" if net is not None and mode not in net_r else "")
         print(f"{mode:8} {len(ok):>3}/{len(rs):<3} {sum(r.wedged for r in rs):>6} "
               f"{_fmt(t):>9} {_fmt(med_ret[mode]):>11} {calls:>6.0f} {net_txt:>11} "
               f"{_fmt(hits, '.0f'):>5} {_fmt(dbg_cpu and dbg_cpu * 1e6, '.0f'):>15} "
               f"{_fmt(qemu_cpu and qemu_cpu * 1e6, '.0f'):>16} {_fmt(jif, '.0f'):>7}")
-    print("(~: no rep of this mode completed; from the time to the last return instead. "
+    print("(us/call net: (median start->last s3_victim return - median guest alone) / calls, "
+          "over all reps, wedged ones included; ~: from start->verdict instead. "
           "CPU columns: whole run incl. boot; QEMU net of the guest alone)")
-    for mode in ("armed", "unarmed"):
+    for mode in ("armed", "stepped", "unarmed"):
         rs = runs.get(mode, [])
         if rs:
             pk = _median([r.packets / r.calls for r in rs if r.calls])
             st = _median([r.steps / r.calls for r in rs if r.calls])
-            print(f"kswgdb {mode}: {_fmt(pk, '.2f')} packets and {_fmt(st, '.2f')} steps per "
-                  f"{'armed ' if mode == 'armed' else ''}call (RunReport.packets/steps)")
+            em = _median([r.emulated / r.calls for r in rs if r.calls])
+            print(f"kswgdb {mode}: {_fmt(pk, '.2f')} packets, {_fmt(st, '.2f')} steps and "
+                  f"{_fmt(em, '.2f')} emulated instructions per "
+                  f"{'' if mode == 'unarmed' else 'armed '}call (RunReport.packets/steps/emulated)")
 
     def ratio(a, b):
-        for table, how in ((net_v, "start->verdict"), (net_r, "start->last return")):
+        # start->last return first: every debugged rep has it, wedged ones included,
+        # so both sides are medians over the same reps; start->verdict only counts
+        # the reps that were not wedged (often one gdb rep or none).
+        out = []
+        for table, how in ((net_r, "start->last return, all reps"),
+                           (net_v, "start->verdict, unwedged reps")):
             x, y = table.get(a), table.get(b)
             if x is not None and y:
-                return f"{x / y:.3f}  ({how})"
-        return "-"
+                out.append(f"{x / y:.3f} ({how})")
+        return "; ".join(out) or "-"
 
     print(f"ratio kswgdb armed / gdb baseline, per call net: {ratio('armed', 'gdb')}"
           "   aim <= 0.3")
+    print(f"ratio kswgdb armed / kswgdb stepped, per call net: {ratio('armed', 'stepped')}")
     print(f"ratio kswgdb unarmed / kswgdb armed, per call net: {ratio('unarmed', 'armed')}")
     for mode in MODES:
         for i, r in enumerate(runs.get(mode, [])):
@@ -835,8 +720,6 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile one armed kswgdb run (after the timed reps)")
     ap.add_argument("--profile-only", action="store_true")
-    ap.add_argument("--experiments", action="store_true",
-                    help="only run the E1-E3 what-if variants of the armed mode")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -852,9 +735,6 @@ def main() -> int:
     print(f"scenario {SCENARIO}, iters={args.iters}, {args.reps} reps interleaved; "
           f"watch {watch!r} (probe {spec.probe_addr:#x}, slot {spec.base}{spec.offset:+#x}, "
           f"CFA {spec.cfa_base}{spec.cfa_offset:+#x}); unarmed adds ' dp=5'")
-    if args.experiments:
-        experiments(image, watch, spec, args.iters, args.timeout, min(args.reps, 3))
-        return 0
     if args.profile_only:
         profile_armed(image, watch, args.iters, args.timeout)
         return 0
@@ -876,6 +756,9 @@ def main() -> int:
                         r = run_alone(image, args.iters, args.timeout)
                     elif mode == "armed":
                         r = run_kswgdb(image, watch, args.iters, args.timeout, "armed")
+                    elif mode == "stepped":
+                        r = run_kswgdb(image, watch, args.iters, args.timeout, "stepped",
+                                       emulate=False)
                     elif mode == "unarmed":
                         r = run_kswgdb(image, watch + " dp=5", args.iters, args.timeout,
                                        "unarmed")

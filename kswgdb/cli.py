@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
     run.add_argument("--slots", type=int, default=None,
                      help="watchpoint slots under TCG (KVM always has 4)")
+    run.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
+                     help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
+                          "when gdb is installed) or fp (frame-pointer walk)")
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)

@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit,
         log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
         polls=getattr(args, "poll", []),
+        backtrace=args.backtrace,
     )
     return run_and_render(options, json_out=args.json)
 
@@ -87,7 +88,8 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     elif ending == "deadline":
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
     out.print(f"[dim]{ending}; {report.seconds:.2f}s; {report.packets} packets, "
-              f"{report.steps} steps; accelerator {report.accel.accel}")
+              f"{report.steps} steps; accelerator {report.accel.accel}; "
+              f"backtraces {report.backtrace}")
     if report.verdict:
         out.print(f"[dim]guest: {report.verdict}")
     if options.log_path:

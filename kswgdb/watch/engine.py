@@ -125,9 +125,23 @@ class Engine:
         """Insert the probe breakpoints (and the task-exit hook) before the guest runs."""
         for addr in {*self._probes, *self._exits}:
             self.target.set_breakpoint(addr)
+        self._ask_per_cpu_prefetch()
         if self.exit_hook_addr is not None and self.exit_hook_addr not in {
                 *self._probes, *self._exits}:
             self.target.set_breakpoint(self.exit_hook_addr)
+
+    def _ask_per_cpu_prefetch(self) -> None:
+        """Let a target that can read per-CPU data along with each stop's registers do so."""
+        prefetch = getattr(self.target, "prefetch_per_cpu", None)
+        if prefetch is None:
+            return
+        if self.layout.current_gs_offset is not None:
+            prefetch(self.layout.current_gs_offset, 8)
+        for spec in self.specs:
+            guard = spec.guard if spec.mode == "canary" else None
+            if guard is not None and guard.kind == "gs":
+                prefetch(guard.offset, 8)
+                break
 
     # ------------------------------------------------------------ main loop
     def run(

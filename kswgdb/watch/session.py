@@ -23,6 +23,7 @@ from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.program import Program
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
+from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
 from kswgdb.watch.physrun import PhysWatch
@@ -49,6 +50,8 @@ class RunOptions:
     log_path: Path | None = None
     slots: int | None = None
     polls: list[str] = field(default_factory=list)   # --poll strings (physical memory)
+    emulate: bool = True               # leave breakpoints by host emulation, not steps
+    backtrace: str = "auto"            # "gdb" | "fp" | "auto" (gdb when installed)
 
 
 @dataclass
@@ -72,10 +75,33 @@ class RunReport:
     poll_hits: list[PollHit] = field(default_factory=list)
     polls: list[PollStatus] = field(default_factory=list)
     poll_vmcores: list[Path] = field(default_factory=list)
+    emulated: int = 0                  # breakpoint instructions run on the host
+    emulation_refusals: dict[str, int] = field(default_factory=dict)  # why stepped instead
+    backtrace: str = "fp"              # how hit backtraces were unwound: "gdb" | "fp"
+    gdb_pid: int | None = None         # the backtrace gdb, if one was started (now gone)
+    backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
 
     @property
     def hits(self) -> list[Hit]:
         return self.result.hits
+
+
+BACKTRACE_WHAT = {
+    "gdb": "gdb (DWARF CFI unwinder, through a read-only relay of the stub connection)",
+    "fp": "frame-pointer walk (RBP chain)",
+}
+
+
+def resolve_backtrace_mode(requested: str, gdb: str = "gdb") -> str:
+    """``auto`` is gdb when it is installed, else the frame-pointer walk."""
+    if requested == "auto":
+        return "gdb" if gdb_available(gdb) else "fp"
+    if requested == "gdb" and not gdb_available(gdb):
+        raise BadInput("--backtrace gdb: gdb is not installed (install gdb or use "
+                       "--backtrace fp)")
+    if requested not in BACKTRACE_WHAT:
+        raise BadInput(f"--backtrace {requested!r}: expected gdb or fp")
+    return requested
 
 
 class WatchSession:
@@ -100,6 +126,7 @@ class WatchSession:
         self.on_poll_hit: Callable[[PollHit], None] | None = None
         #: The running poller's owner, while `run` runs (the TUI adds polls through it).
         self.phys: PhysWatch | None = None
+        self.backtrace_mode = "fp"
 
     # ----------------------------------------------------------- prepare
     def prepare(self) -> None:
@@ -111,6 +138,7 @@ class WatchSession:
                            "(try `kswgdb disasm FUNC`)")
         self.image = image_mod.load(opts.image)
         self.program = Program.load(self.image.symbols)
+        self.backtrace_mode = resolve_backtrace_mode(opts.backtrace)
         configs = parse_watches(opts.watches)
         self.resolved = [resolve_watch(cfg, self.program) for cfg in configs]
         self.specs = [r.to_arm_spec() for r in self.resolved]
@@ -135,6 +163,8 @@ class WatchSession:
             except BadInput:
                 exit_hook = None
         log = EventLog(opts.log_path, echo=self.log_echo)
+        self.on_status(f"backtraces: {BACKTRACE_WHAT[self.backtrace_mode]}")
+        unwinder: GdbUnwinder | None = None
         started = time.monotonic()
         try:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
@@ -144,17 +174,23 @@ class WatchSession:
                           accel_reason=accel.reason, scenario=opts.scenario,
                           watches=[r.describe() for r in self.resolved],
                           configs=[s.text for s in self.specs],
-                          polls=[p.canonical() for p in self.poll_specs])
+                          polls=[p.canonical() for p in self.poll_specs],
+                          backtrace=self.backtrace_mode)
                 if self.poll_specs:
                     self._start_polls(machine, log, engine_attached=True)
                 client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
                 try:
                     client.handshake()
-                    target = StubTarget(client)
+                    target = StubTarget(client, emulate=opts.emulate,
+                                        queue_watchpoints=accel.accel == "tcg")
+                    symbolizer = ProgramSymbolizer(self.program)
+                    if self.backtrace_mode == "gdb":
+                        unwinder = GdbUnwinder(target, self.image.symbols, symbolizer)
                     engine = Engine(
-                        target, self.specs, layout, ProgramSymbolizer(self.program), pool,
+                        target, self.specs, layout, symbolizer, pool,
                         log=log, on_hit=self.on_hit,
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
+                        backtracer=unwinder,
                     )
                     engine.install()
                     self.on_status("guest running, watches installed")
@@ -169,6 +205,8 @@ class WatchSession:
                     elif result.reason in ("deadline", "stopped"):
                         client.interrupt()
                 finally:
+                    if unwinder is not None:
+                        unwinder.close()        # gdb never outlives the run
                     client.close()
                 guest_exit = None
                 if result.reason == "exit":
@@ -187,6 +225,10 @@ class WatchSession:
             guest_exit=guest_exit, verdict=verdict, console_log=console,
             seconds=time.monotonic() - started, vmcore=vmcore,
             packets=target.packets_sent, steps=target.steps,
+            emulated=target.emulated, emulation_refusals=dict(target.refusals),
+            backtrace=self.backtrace_mode,
+            gdb_pid=unwinder.gdb_pid if unwinder is not None else None,
+            backtrace_failures=list(unwinder.failures) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
             symbols=self.image.symbols, **self._poll_report(polls),
         )

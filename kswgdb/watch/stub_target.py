@@ -13,27 +13,58 @@ Three things make the per-call hot path cheap:
 
 A stop that happens *during* that step (the stepped store hit a watchpoint) is
 kept and handed out by the next `wait_stop`, so no event is lost.
+
+Stepping is the fallback. QEMU 7.2 flushes its whole translation cache when
+single-step is switched on and off, which makes a real step cost the guest far
+more than the step itself. So the instruction under the breakpoint is first
+run on the host (`kswgdb.watch.emulate`) and its effect is sent as ``M``/``P``
+packets in front of the resume; the real step is kept for whatever the
+emulator refuses and for writes it must not apply itself (see `_apply_plan`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from kswgdb.gdbstub import requests as rq
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import StubClosed, StubError, StubTimeout
 from kswgdb.gdbstub.stopreply import StopReply
+from kswgdb.watch.emulate import Emulated, InstructionEmulator, coalesce
 from kswgdb.watch.target import Registers, Stop
 
 ENGINE_REGISTERS = ("rip", "rsp", "rbp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi",
                     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "eflags",
                     "cs", "ss", "fs_base", "gs_base", "cr3")
+#: Emulated writes are applied only this close to the stopped vCPU's stack
+#: pointer: a kernel stack is always writable RAM, while a debugger write
+#: elsewhere would bypass page protection (rodata) and device semantics (MMIO)
+#: that the real instruction would meet. Below SP: what a push or call stores.
+STACK_WRITE_BELOW = 256
+STACK_WRITE_ABOVE = 0x4000
 
 
 class StubTarget:
     """`Target` over a `RemoteClient` connected to a stopped QEMU."""
 
-    def __init__(self, client: RemoteClient, step_timeout: float = 10.0) -> None:
+    def __init__(self, client: RemoteClient, step_timeout: float = 10.0,
+                 emulate: bool = True, queue_watchpoints: bool = False) -> None:
+        """``emulate``: leave breakpoints by host emulation where safe (else always step).
+
+        ``queue_watchpoints``: send ``Z2`` with the next batch instead of at
+        once; only for stubs that never refuse one (TCG: unlimited), because a
+        refusal then surfaces later as an error instead of a counted call.
+        """
         self.client = client
         self.step_timeout = step_timeout
+        self.queue_watchpoints = queue_watchpoints
+        self.emulator = InstructionEmulator(self.read) if emulate else None
+        self.emulated = 0
+        self.refusals: dict[str, int] = {}
+        self._watchpoints: dict[tuple[int, int], int] = {}
+        self._per_cpu_reads: list[tuple[int, int]] = []
+        self._gs_base: dict[int, int] = {}
+        self._prefetched: dict[tuple[int, int], bytes] = {}
         self._queue: list[str] = []
         self._breakpoints: set[int] = set()
         self._regs: dict[int, Registers] = {}
@@ -48,14 +79,56 @@ class StubTarget:
         regs = self._regs.get(thread)
         if regs is None:
             self._flush()
-            values = self.client.read_registers(thread, ENGINE_REGISTERS)
-            regs = self._regs[thread] = Registers(values)
+            regs = self._regs[thread] = Registers(self._read_registers(thread))
         return regs
+
+    def prefetch_per_cpu(self, offset: int, length: int) -> None:
+        """Read ``[gs_base+offset, +length)`` in the same round trip as each stop's ``g``.
+
+        The engine reads per-CPU data (the current task pointer, a per-CPU
+        canary) at nearly every stop, and it cannot ask before ``g`` told it
+        the GS base. A kernel's GS base is fixed per vCPU, so the one seen at
+        the vCPU's previous stop is used; the read is kept only if ``g``
+        confirms it, otherwise it is simply not used.
+        """
+        self._per_cpu_reads.append((offset, length))
+
+    def _read_registers(self, thread: int) -> dict[str, int]:
+        client = self.client
+        layout = client.layout
+        gs = self._gs_base.get(thread)
+        if layout is None or not self._per_cpu_reads or gs is None:
+            self.packets_sent += 1 if thread == client.g_thread else 2   # [Hg,] g
+            values = client.read_registers(thread, ENGINE_REGISTERS)
+        else:
+            head = [] if thread == client.g_thread else [rq.set_thread("g", thread)]
+            ranges = [(gs + off, n) for off, n in self._per_cpu_reads]
+            sents = [rq.read_memory(a, n) for a, n in ranges]
+            replies = client.pipeline([*head, "g", *sents])
+            self.packets_sent += len(head) + 1 + len(sents)
+            if head:
+                rq.check_ok(replies[0], head[0])
+                client.g_thread = thread
+            g = replies[len(head)]
+            if not g or g[0] == "E":
+                rq.raise_for_error(g, "g")
+            values = layout.decode_g(g, ENGINE_REGISTERS)
+            if values.get("gs_base") == gs:
+                for rng, sent, reply in zip(ranges, sents, replies[len(head) + 1:], strict=True):
+                    with contextlib.suppress(StubError):
+                        self._prefetched[rng] = rq.decode_memory(reply, sent, rng[1])
+        if values.get("gs_base"):
+            self._gs_base[thread] = values["gs_base"]
+        return values
 
     def read(self, addr: int, length: int) -> bytes:
         return self.read_many([(addr, length)])[0]
 
     def read_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        if self._prefetched and any(r in self._prefetched for r in ranges):
+            missing = [r for r in ranges if r not in self._prefetched]
+            fetched = dict(zip(missing, self.read_many(missing), strict=True)) if missing else {}
+            return [self._prefetched[r] if r in self._prefetched else fetched[r] for r in ranges]
         if any(n > 2048 for _, n in ranges):
             self._flush()
             return [self.client.read_memory(a, n) for a, n in ranges]
@@ -74,28 +147,95 @@ class StubTarget:
         self._breakpoints.discard(addr)
 
     def set_watchpoint(self, addr: int, length: int) -> None:
-        # Sent at once: a refusal (E22 when KVM's debug registers are full) must
-        # reach the engine now, so it can count the call as not armed.
         sent = rq.insert_watchpoint(addr, length)
-        rq.check_ok(self._send([sent])[0], sent)
+        if self.queue_watchpoints:
+            self._queue.append(sent)
+        else:
+            # Sent at once: a refusal (E22 when KVM's debug registers are full)
+            # must reach the engine now, so it can count the call as not armed.
+            rq.check_ok(self._send([sent])[0], sent)
+        self._watchpoints[(addr, length)] = self._watchpoints.get((addr, length), 0) + 1
 
     def clear_watchpoint(self, addr: int, length: int) -> None:
         self._queue.append(rq.remove_watchpoint(addr, length))
+        count = self._watchpoints.get((addr, length), 0) - 1
+        if count > 0:
+            self._watchpoints[(addr, length)] = count
+        else:
+            self._watchpoints.pop((addr, length), None)
 
     # ------------------------------------------------------------ running
     def resume(self) -> None:
         thread, pc = self._stopped_thread, self._stopped_pc
-        self._regs.clear()
         if self._pending is not None:
+            self._forget_stop_state()
             return      # an event is already waiting: hand it out before running
         if thread is not None and pc is not None and pc in self._breakpoints:
-            self._step_off(thread)
+            emulated = self._emulate_off(thread, pc)
+            self._forget_stop_state()
+            if not emulated:
+                self._step_off(thread)
             if self._pending is not None:
                 return
+        self._forget_stop_state()
         payloads, self._queue = self._queue + ["c"], []
         self._check(self.client.pipeline(payloads), payloads[:-1])
         self.packets_sent += len(payloads)
         self._stopped_thread = self._stopped_pc = None
+
+    def _emulate_off(self, thread: int, pc: int) -> bool:
+        """Queue the effect of the instruction at ``pc`` instead of stepping it; False: step."""
+        if self.emulator is None:
+            return False
+        regs = self.registers(thread)
+        if regs.pc != pc:
+            return False
+        if self.client.g_thread != thread:
+            self._queue.append(rq.set_thread("g", thread))   # M and P act on Hg's vCPU
+            self.client.g_thread = thread
+        result = self.emulator.emulate(regs.values)
+        if not isinstance(result, Emulated):
+            self._refused(result.reason)
+            return False
+        plan = self._apply_plan(result, regs)
+        if plan is None:
+            return False
+        self._queue += plan
+        self.emulated += 1
+        return True
+
+    def _apply_plan(self, result: Emulated, regs: Registers) -> list[str] | None:
+        """``M`` and ``P`` packets doing ``result``; None when a real step must do it.
+
+        A write that lands on a live watchpoint must be done by the real CPU
+        so that the watchpoint fires; a write away from the stack is not ours
+        to make (see STACK_WRITE_BELOW).
+        """
+        out = []
+        sp = regs.sp
+        for addr, data in coalesce(result.writes):
+            end = addr + len(data)
+            if not (sp - STACK_WRITE_BELOW <= addr and end <= sp + STACK_WRITE_ABOVE):
+                self._refused("write away from the stack")
+                return None
+            if any(w < end and addr < w + n for w, n in self._watchpoints):
+                self._refused("write on a watchpoint")
+                return None
+            out.append(rq.write_memory(addr, data))
+        layout = self.client.layout
+        assert layout is not None
+        for name, value in result.registers.items():
+            out.append(rq.write_register(layout[name].regnum, layout.encode(name, value)))
+        return out
+
+    def _forget_stop_state(self) -> None:
+        """Registers and prefetched memory describe one stop; the guest is about to move."""
+        self._regs.clear()
+        self._prefetched.clear()
+
+    def _refused(self, reason: str) -> None:
+        key = reason.split(": ")[-1]
+        self.refusals[key] = self.refusals.get(key, 0) + 1
 
     def _step_off(self, thread: int) -> None:
         """Single-step ``thread`` off the breakpoint it sits on; keep any other stop."""
@@ -129,8 +269,14 @@ class StubTarget:
         """A StopReply as the engine's Stop; ``None`` for a plain completed step."""
         if reply.exited or reply.kind in ("W", "X"):
             return Stop("exit", exit_status=reply.exit_status, detail=reply.raw)
+        if after_step and reply.watch_addr is None:
+            # A plain completed step: the next thing is a resume, which needs
+            # no registers, so do not pay a ``g`` for them.
+            self._forget_stop_state()
+            self._stopped_thread = self._stopped_pc = None
+            return None
         thread = reply.thread if reply.thread and reply.thread > 0 else 1
-        self._regs.clear()
+        self._forget_stop_state()
         regs = self.registers(thread)
         self._stopped_thread, self._stopped_pc = thread, regs.pc
         if reply.watch_addr is not None:
@@ -154,6 +300,10 @@ class StubTarget:
         queued = len(batch) - len(payloads)
         self._check(replies[:queued], batch[:queued])
         return replies[queued:]
+
+    def flush(self) -> None:
+        """Send queued breakpoint/watchpoint changes now (before someone else reads)."""
+        self._flush()
 
     def _flush(self) -> None:
         if self._queue:

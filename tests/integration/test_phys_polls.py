@@ -222,7 +222,7 @@ def test_freeze_from_a_poll_stops_a_watch_run_too(img, program, tmp_path):
     report = WatchSession(RunOptions(
         scenario=3, accel="tcg", timeout=90, log_path=tmp_path / "e.jsonl",
         watches=[scenario_watch(img, 3, program)],
-        polls=[f"pa={jiffies:#x} len=8 to=0x5 interval=1ms on-hit=freeze"])).run()
+        polls=[f"pa={jiffies:#x} len=8 from=0 interval=1ms on-hit=freeze"])).run()
     assert report.result.reason == "stopped" and report.guest_exit is None
     [hit] = report.poll_hits
     assert hit.context.vmcore and not any("verdict" in ln for ln in report.console_log)
