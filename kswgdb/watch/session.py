@@ -9,6 +9,7 @@ is closed on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +18,18 @@ from pathlib import Path
 from kswgdb import image as image_mod
 from kswgdb.errors import BadInput
 from kswgdb.gdbstub.client import RemoteClient
+from kswgdb.gdbstub.errors import StubClosed, StubError
+from kswgdb.gdbstub.relay import Relay
+from kswgdb.gdbstub.server import Listener
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
+from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
+from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
+from kswgdb.watch.faults import Watchdog, exit_fault
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
@@ -45,6 +52,9 @@ class RunOptions:
     on_hit: str = "continue"           # "continue" | "freeze"
     log_path: Path | None = None
     slots: int | None = None
+    hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
+    gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
+    on_frozen: Callable[[str], None] | None = None  # told the relay's address once listening
 
 
 @dataclass
@@ -65,6 +75,7 @@ class RunReport:
     unexpected_stops: int = 0
     max_live_watches: int = 0
     symbols: Path | None = None
+    fault: str | None = None           # why the run ended badly (exit status 3), or None
 
     @property
     def hits(self) -> list[Hit]:
@@ -101,6 +112,12 @@ class WatchSession:
         configs = parse_watches(opts.watches)
         self.resolved = [resolve_watch(cfg, self.program) for cfg in configs]
         self.specs = [r.to_arm_spec() for r in self.resolved]
+        layout = layout_for(self.program, self.image.guest)
+        for resolved in self.resolved:
+            check_stack_reach(resolved, layout.thread_size)
+        self.resolved = [with_alignment_warning(r) for r in self.resolved]
+        check_kernel_matches(self.image.kernel, self.image.symbols,
+                             sorted({r.function.name for r in self.resolved}))
 
     # --------------------------------------------------------------- run
     def run(self) -> RunReport:
@@ -110,6 +127,8 @@ class WatchSession:
         opts = self.options
         accel = decide(opts.accel)
         self.on_status(f"accelerator: {accel.accel} ({accel.reason})")
+        for resolved in self.resolved:
+            check_alignment(resolved, accel.accel)
         layout = layout_for(self.program, self.image.guest)
         max_watch = max((s.max_watch for s in self.specs), default=0)
         pool = SlotPool.for_run(accel.accel, max_watch, opts.slots or TCG_DEFAULT_SLOTS)
@@ -121,6 +140,8 @@ class WatchSession:
                 exit_hook = None
         log = EventLog(opts.log_path, echo=self.log_echo)
         started = time.monotonic()
+        ending = "interrupted"
+        fault: str | None = None
         try:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
                          extra_cmdline=opts.cmdline, paused=True) as machine:
@@ -140,21 +161,37 @@ class WatchSession:
                     engine.install()
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
-                    result = engine.run(deadline=deadline)
+                    watchdog = Watchdog(
+                        activity=lambda: machine.console.mark() + target.packets_sent,
+                        qmp_lost=lambda: not machine.qmp.connected and machine.running,
+                        hang_timeout=opts.hang_timeout)
+                    try:
+                        result = engine.run(deadline=deadline, should_stop=watchdog.should_stop)
+                    except StubClosed as exc:
+                        # QEMU went away in the middle of a request: same as an exit stop.
+                        result = EngineResult("exit", hits=engine.hits, detail=str(exc))
                     vmcore = None
                     if result.reason == "freeze":
                         vmcore = self._freeze(machine)
-                    elif result.reason in ("deadline", "stopped"):
-                        client.interrupt()
+                        if opts.gdb_listen is not None:
+                            self._lend_to_gdb(client, opts.gdb_listen)
+                    elif result.reason == "stopped":
+                        fault = watchdog.reason
+                    if result.reason in ("deadline", "stopped") and not client.transport.closed:
+                        with contextlib.suppress(StubError):
+                            client.interrupt()
                 finally:
                     client.close()
                 guest_exit = None
                 if result.reason == "exit":
-                    guest_exit = machine.wait_exit(10.0)
+                    guest_exit = machine.wait_exit(5.0)
+                    fault = exit_fault(guest_exit, result.detail)
                 console = machine.console.lines()
+                ending = fault or result.reason
         finally:
             summary = engine.summary() if "engine" in locals() else []
             log.write("summary", watches=summary)
+            log.write("end", reason=ending, fault=fault is not None)
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
         return RunReport(
@@ -163,8 +200,21 @@ class WatchSession:
             seconds=time.monotonic() - started, vmcore=vmcore,
             packets=target.packets_sent, steps=target.steps,
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
-            symbols=self.image.symbols,
+            symbols=self.image.symbols, fault=fault,
         )
+
+    def _lend_to_gdb(self, client: RemoteClient, address: tuple[str, int]) -> None:
+        """Serve the frozen guest, read-only, to gdb sessions until the user ends the run."""
+        listener = Listener(port=address[1])
+        try:
+            if self.options.on_frozen is not None:
+                self.options.on_frozen(listener.address)
+            self.on_status(f"guest frozen; attach: gdb {self.image.symbols if self.image else ''} "
+                           f"-ex 'target remote {listener.address}'  (Ctrl-C ends the run)")
+            while True:
+                Relay(client, None, None).serve(listener.accept(None))
+        finally:
+            listener.close()
 
     def _freeze(self, machine: Machine) -> Path:
         """Keep the moment: a vmcore through QMP while the guest is stopped."""
