@@ -10,6 +10,7 @@ is closed on the way out.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +55,6 @@ class RunOptions:
     slots: int | None = None
     hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
-    on_frozen: Callable[[str], None] | None = None  # told the relay's address once listening
 
 
 @dataclass
@@ -174,7 +174,7 @@ class WatchSession:
                     if result.reason == "freeze":
                         vmcore = self._freeze(machine)
                         if opts.gdb_listen is not None:
-                            self._lend_to_gdb(client, opts.gdb_listen)
+                            self._lend_to_gdb(client, opts.gdb_listen, result.hits[-1].cpu + 1)
                     elif result.reason == "stopped":
                         fault = watchdog.reason
                     if result.reason in ("deadline", "stopped") and not client.transport.closed:
@@ -191,6 +191,9 @@ class WatchSession:
         finally:
             summary = engine.summary() if "engine" in locals() else []
             log.write("summary", watches=summary)
+            failure = sys.exc_info()[1]
+            if failure is not None:
+                ending, fault = _ending_of(failure), fault or "exception"
             log.write("end", reason=ending, fault=fault is not None)
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
@@ -203,16 +206,14 @@ class WatchSession:
             symbols=self.image.symbols, fault=fault,
         )
 
-    def _lend_to_gdb(self, client: RemoteClient, address: tuple[str, int]) -> None:
+    def _lend_to_gdb(self, client: RemoteClient, address: tuple[str, int], thread: int) -> None:
         """Serve the frozen guest, read-only, to gdb sessions until the user ends the run."""
         listener = Listener(port=address[1])
         try:
-            if self.options.on_frozen is not None:
-                self.options.on_frozen(listener.address)
             self.on_status(f"guest frozen; attach: gdb {self.image.symbols if self.image else ''} "
                            f"-ex 'target remote {listener.address}'  (Ctrl-C ends the run)")
             while True:
-                Relay(client, None, None).serve(listener.accept(None))
+                Relay(client, None, thread).serve(listener.accept(None))
         finally:
             listener.close()
 
@@ -222,3 +223,12 @@ class WatchSession:
         path = where / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
         machine.qmp.dump_guest_memory(path)
         return path
+
+
+def _ending_of(exc: BaseException) -> str:
+    """One line for the log's ``end`` event when the run ended by an exception."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, SystemExit):
+        return f"terminated (exit status {exc.code})"
+    return " ".join(str(exc).split()) or type(exc).__name__

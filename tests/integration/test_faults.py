@@ -86,6 +86,11 @@ def test_tool_signalled_while_watches_are_armed(tmp_path: Path, sig: signal.Sign
     run.assert_nothing_left(sweep_expected=sig == signal.SIGKILL)
     hits = run.assert_log_complete(expect_end=sig != signal.SIGKILL)
     assert len(hits) >= 2
+    if sig != signal.SIGKILL:
+        end = run.events()[-1]
+        assert end["fault"] is True and end["reason"] == {
+            signal.SIGINT: "interrupted (SIGINT)",
+            signal.SIGTERM: "terminated (exit status 143)"}[sig]
 
 
 class _Capture:
