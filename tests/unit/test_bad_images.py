@@ -67,8 +67,10 @@ class _Reached(Exception):
 
 
 @pytest.fixture
-def no_guest(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from kswgdb.qemu import machine
+
+    monkeypatch.chdir(tmp_path)          # the default event log goes to the cwd
 
     def reached(*_a, **_k):
         raise _Reached("QEMU would have started")

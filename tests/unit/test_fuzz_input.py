@@ -83,7 +83,8 @@ class _Reached(Exception):
 
 
 @pytest.fixture
-def no_guest(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_guest(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)          # whatever a command line writes lands here
     def reached(*_a, **_k):
         raise _Reached
 
