@@ -8,6 +8,7 @@ Every error reaches the user as one line: ``kswgdb: error: ...``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                      help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
                           "when gdb is installed) or fp (frame-pointer walk)")
+    run.add_argument("--hang-timeout", type=_seconds, default=0.0, metavar="S",
+                     help="end with status 3 if the guest prints nothing and stops nowhere "
+                          "for S seconds (default 0: never)")
+    run.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
+                     help="freeze at the first hit and lend the frozen guest, read-only, to "
+                          "gdb on this loopback TCP port until Ctrl-C")
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)
@@ -80,6 +87,25 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"seconds out of range: {text!r}")
+    return value
+
+
+def _loopback(text: str) -> tuple[str, int]:
+    from kswgdb.gdbstub.server import parse_loopback_address
+
+    try:
+        return parse_loopback_address(text)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from kswgdb.qemu import reaper
 
@@ -88,13 +114,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         from kswgdb import commands
 
-        return commands.dispatch(args)
+        status = commands.dispatch(args)
+        signum = reaper.signalled()
+        if signum is not None and signum != signal.SIGINT:
+            # The handler's SystemExit was lost (raised inside a finalizer): the run
+            # still ended because of the signal, so say so and keep its status.
+            print(f"kswgdb: terminated by {_signal_name(signum)}", file=sys.stderr)
+            return 128 + signum
+        return status
     except KswError as exc:
         print(f"kswgdb: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("kswgdb: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        # The reaper turns SIGTERM/SIGHUP into SystemExit(128 + signum) after
+        # killing QEMU; say so in one line, keep the conventional status.
+        if isinstance(exc.code, int) and exc.code > 128:
+            print(f"kswgdb: terminated by {_signal_name(exc.code - 128)}", file=sys.stderr)
+            return exc.code
+        raise
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
-EXIT_OK, EXIT_HIT = 0, 1
+EXIT_OK, EXIT_HIT, EXIT_INFRA = 0, 1, 3
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -49,7 +49,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
         polls=getattr(args, "poll", []),
         backtrace=args.backtrace,
+        hang_timeout=args.hang_timeout, gdb_listen=args.gdb_listen,
     )
+    if options.gdb_listen is not None:
+        options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen
     return run_and_render(options, json_out=args.json)
 
 
@@ -74,6 +77,10 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
             if not json_out and err.is_terminal else contextlib.nullcontext():
         report = session.run()
     _render_report(report, options, out if not json_out else err)
+    if report.fault:
+        print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
+              file=sys.stderr)
+        return EXIT_INFRA
     return EXIT_HIT if report.hits or report.poll_hits else EXIT_OK
 
 

@@ -25,10 +25,28 @@ from kswgdb.gdbstub.packet import INTERRUPT
 from kswgdb.gdbstub.transport import Transport
 
 
+def parse_loopback_address(text: str) -> tuple[str, int]:
+    """``127.0.0.1:PORT`` (or ``localhost:PORT``) -> ("127.0.0.1", PORT); `BadInput` otherwise.
+
+    A gdbstub lets whoever connects read (and, through QEMU's, write) guest memory,
+    so it is only ever offered on the loopback address; port 0 picks a free one.
+    """
+    from kswgdb.errors import BadInput
+
+    host, sep, port_text = text.rpartition(":")
+    if not sep or host not in ("127.0.0.1", "localhost"):
+        raise BadInput(f"{text!r}: only 127.0.0.1:PORT is allowed (a gdbstub is never "
+                       f"exposed beyond this machine)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise BadInput(f"{text!r}: the port must be a number from 0 to 65535")
+    return "127.0.0.1", int(port_text)
+
+
 class Listener:
     """A listening socket: a Unix socket in a private directory, or 127.0.0.1:0."""
 
-    def __init__(self, directory: str | None = None, *, name: str = "gdb.sock") -> None:
+    def __init__(self, directory: str | None = None, *, name: str = "gdb.sock",
+                 port: int = 0) -> None:
         if directory is not None:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self.path: str | None = os.path.join(directory, name)
@@ -40,7 +58,8 @@ class Listener:
         else:
             self.path = None
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", port))   # loopback only, never a wildcard
             self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.sock.listen(1)
 

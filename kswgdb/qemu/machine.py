@@ -228,7 +228,7 @@ class Machine:
                 raise MachineStartError(f"QMP handshake failed: {exc}", argv=self.argv,
                                         console_tail=self._qemu_log_tail()) from exc
             if not self.paused:
-                self._qmp.cont()
+                self._cont()
         finally:
             for listener, path in ((con_listener, paths.console_sock),
                                    (qmp_listener, paths.qmp_sock)):
@@ -280,7 +280,23 @@ class Machine:
 
     def resume(self) -> None:
         """Start (from ``-S``) or continue the vCPUs through QMP."""
-        self.qmp.cont()
+        self._cont()
+
+    def _cont(self) -> None:
+        """QMP ``cont``, tolerating a guest that ends before QEMU's reply arrives.
+
+        A guest such as the test kernel can run to its isa-debug-exit in well under
+        a millisecond, and QEMU then closes QMP before sending ``cont``'s reply
+        (``ExecInterruptedError: Disconnected``). That is the guest ending, not a
+        failure: `wait_exit` reports how it ended. Only a QEMU still running after
+        a failed ``cont`` is an error.
+        """
+        assert self._proc is not None
+        try:
+            self.qmp.cont()
+        except MachineError:
+            if self._proc.poll() is None and _wait(self._proc, 2.0) is None:
+                raise
 
     def wait_exit(self, timeout: float) -> GuestExit:
         """Wait up to ``timeout`` seconds for the guest to end, and say how it ended.

@@ -52,6 +52,9 @@ _lock = threading.RLock()  # re-entrant: a signal handler may run while we hold 
 _children: dict[int, subprocess.Popen[Any]] = {}
 _previous: dict[int, Any] = {}
 _atexit_installed = False
+#: The last terminating signal handled, kept because the SystemExit raised for it can
+#: be swallowed: Python ignores exceptions raised while a finalizer (__del__) runs.
+_signalled: int | None = None
 _signals_installed = False
 
 
@@ -125,6 +128,8 @@ def kill_all(timeout: float = 2.0) -> None:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """Kill children, then do what the process would have done without us."""
+    global _signalled
+    _signalled = signum
     kill_all()
     prev = _previous.get(signum, signal.SIG_DFL)
     if prev is signal.SIG_IGN:
@@ -151,3 +156,8 @@ def install() -> None:
                 _previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, _on_signal)
             _signals_installed = True
+
+
+def signalled() -> int | None:
+    """The terminating signal this process received and handled, if any."""
+    return _signalled

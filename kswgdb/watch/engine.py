@@ -77,6 +77,7 @@ class EngineResult:
     reason: str               # "exit" | "freeze" | "deadline" | "stopped"
     exit_status: int | None = None
     hits: list[Hit] = field(default_factory=list)
+    detail: str = ""          # for "exit": how the stub said so (W/X packet, closed link)
 
 
 class Engine:
@@ -149,28 +150,52 @@ class Engine:
         deadline: float | None = None,
         should_stop: Callable[[], bool] | None = None,
         poll: float = 0.25,
+        halt: Callable[[], bool] | None = None,
     ) -> EngineResult:
-        """Resume the guest and handle stops until it exits, freezes or time runs out."""
+        """Resume the guest and handle stops until it exits, freezes or time runs out.
+
+        ``should_stop`` is asked between stops (at most every ``poll`` seconds);
+        ``halt``, which must be cheap, after every stop, so that a guest frozen by
+        someone else (a physical-memory poll) is not resumed by the engine.
+        """
         self.target.resume()
+        checked = time.monotonic()
         while True:
             timeout = poll
             if deadline is not None:
                 timeout = max(0.0, min(poll, deadline - time.monotonic()))
             stop = self.target.wait_stop(timeout)
-            if stop is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return EngineResult("deadline", hits=self.hits)
+            now = time.monotonic()
+            if stop is None or now - checked >= poll:
+                # Checked between stops too: a guest that stops all the time
+                # must still end at its deadline or when the caller says so.
+                checked = now
+                if deadline is not None and now >= deadline:
+                    return self._ended_between_stops("deadline", stop)
                 if should_stop is not None and should_stop():
-                    return EngineResult("stopped", hits=self.hits)
+                    return self._ended_between_stops("stopped", stop)
+            if stop is None:
                 continue
             verdict = self.handle(stop)
             if verdict == "exit":
-                return EngineResult("exit", exit_status=stop.exit_status, hits=self.hits)
+                return EngineResult("exit", exit_status=stop.exit_status, hits=self.hits,
+                                    detail=stop.detail)
             if verdict == "freeze":
                 return EngineResult("freeze", hits=self.hits)
-            if should_stop is not None and should_stop():
+            if halt is not None and halt():
                 return EngineResult("stopped", hits=self.hits)   # e.g. a poll froze the guest
             self.target.resume()
+
+    def _ended_between_stops(self, reason: str, stop: Stop | None) -> EngineResult:
+        """End the loop; a stop already received is handled first so no hit is lost."""
+        if stop is not None:
+            verdict = self.handle(stop)
+            if verdict == "exit":
+                return EngineResult("exit", exit_status=stop.exit_status, hits=self.hits,
+                                    detail=stop.detail)
+            if verdict == "freeze":
+                return EngineResult("freeze", hits=self.hits)
+        return EngineResult(reason, hits=self.hits)
 
     def handle(self, stop: Stop) -> str:
         """React to one stop; returns "continue", "freeze" or "exit"."""

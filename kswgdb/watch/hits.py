@@ -101,7 +101,8 @@ class EventLog:
         self._echo = echo
         self._fh: IO[str] | None = None
         if path is not None:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)   # an existing log, or a loose umask, gets tightened too
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, event: str, sync: bool = False, **data: Any) -> None:

@@ -9,6 +9,8 @@ is closed on the way out.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +19,19 @@ from pathlib import Path
 from kswgdb import image as image_mod
 from kswgdb.errors import BadInput
 from kswgdb.gdbstub.client import RemoteClient
+from kswgdb.gdbstub.errors import StubClosed, StubError
+from kswgdb.gdbstub.relay import Relay
+from kswgdb.gdbstub.server import Listener
+from kswgdb.qemu import reaper
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
+from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
+from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
+from kswgdb.watch.faults import Watchdog, exit_fault
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
@@ -52,6 +61,8 @@ class RunOptions:
     polls: list[str] = field(default_factory=list)   # --poll strings (physical memory)
     emulate: bool = True               # leave breakpoints by host emulation, not steps
     backtrace: str = "auto"            # "gdb" | "fp" | "auto" (gdb when installed)
+    hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
+    gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
 
 
 @dataclass
@@ -80,6 +91,7 @@ class RunReport:
     backtrace: str = "fp"              # how hit backtraces were unwound: "gdb" | "fp"
     gdb_pid: int | None = None         # the backtrace gdb, if one was started (now gone)
     backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
+    fault: str | None = None           # why the run ended badly (exit status 3), or None
 
     @property
     def hits(self) -> list[Hit]:
@@ -142,6 +154,12 @@ class WatchSession:
         configs = parse_watches(opts.watches)
         self.resolved = [resolve_watch(cfg, self.program) for cfg in configs]
         self.specs = [r.to_arm_spec() for r in self.resolved]
+        layout = layout_for(self.program, self.image.guest)
+        for resolved in self.resolved:
+            check_stack_reach(resolved, layout.thread_size)
+        self.resolved = [with_alignment_warning(r) for r in self.resolved]
+        check_kernel_matches(self.image.kernel, self.image.symbols,
+                             sorted({r.function.name for r in self.resolved}))
 
     # --------------------------------------------------------------- run
     def run(self) -> RunReport:
@@ -153,6 +171,8 @@ class WatchSession:
         opts = self.options
         accel = decide(opts.accel)
         self.on_status(f"accelerator: {accel.accel} ({accel.reason})")
+        for resolved in self.resolved:
+            check_alignment(resolved, accel.accel)
         layout = layout_for(self.program, self.image.guest)
         max_watch = max((s.max_watch for s in self.specs), default=0)
         pool = SlotPool.for_run(accel.accel, max_watch, opts.slots or TCG_DEFAULT_SLOTS)
@@ -166,6 +186,8 @@ class WatchSession:
         self.on_status(f"backtraces: {BACKTRACE_WHAT[self.backtrace_mode]}")
         unwinder: GdbUnwinder | None = None
         started = time.monotonic()
+        ending = "interrupted"
+        fault: str | None = None
         try:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
                          extra_cmdline=opts.cmdline, paused=True,
@@ -195,27 +217,59 @@ class WatchSession:
                     engine.install()
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
-                    frozen = self.phys.freeze.is_set if self.phys is not None else None
-                    result = engine.run(deadline=deadline, should_stop=frozen)
+                    watchdog = Watchdog(
+                        activity=lambda: machine.console.mark() + target.packets_sent,
+                        qmp_lost=lambda: not machine.qmp.connected and machine.running,
+                        hang_timeout=opts.hang_timeout)
+                    phys = self.phys
+
+                    def should_stop() -> bool:
+                        # A poll's freeze stops the engine too; so does a hang or lost QMP.
+                        return (phys is not None and phys.freeze.is_set()) \
+                            or watchdog.should_stop()
+
+                    try:
+                        result = engine.run(
+                            deadline=deadline, should_stop=should_stop,
+                            halt=phys.freeze.is_set if phys is not None else None)
+                    except StubClosed as exc:
+                        # QEMU went away in the middle of a request: same as an exit stop.
+                        result = EngineResult("exit", hits=engine.hits, detail=str(exc))
                     if self.phys is not None:
                         self.phys.stop()    # a hit in hand (vCPU snapshot, dump) finishes first
                     vmcore = None
                     if result.reason == "freeze":
                         vmcore = self._freeze(machine)
-                    elif result.reason in ("deadline", "stopped"):
-                        client.interrupt()
+                        if opts.gdb_listen is not None:
+                            self._lend_to_gdb(client, opts.gdb_listen, result.hits[-1].cpu + 1)
+                    elif result.reason == "stopped":
+                        fault = watchdog.reason
+                    if result.reason in ("deadline", "stopped") and not client.transport.closed:
+                        with contextlib.suppress(StubError):
+                            client.interrupt()
                 finally:
                     if unwinder is not None:
                         unwinder.close()        # gdb never outlives the run
                     client.close()
                 guest_exit = None
                 if result.reason == "exit":
-                    guest_exit = machine.wait_exit(10.0)
+                    guest_exit = machine.wait_exit(5.0)
+                    fault = exit_fault(guest_exit, result.detail)
                 console = machine.console.lines()
+                ending = fault or result.reason
         finally:
             polls = self._stop_polls()
             summary = engine.summary() if "engine" in locals() else []
             log.write("summary", watches=summary, polls=[vars(p) for p in polls])
+            failure = sys.exc_info()[1]
+            if failure is not None:
+                ending, fault = _ending_of(failure), fault or "exception"
+            elif reaper.signalled() is not None:
+                # The signal handler's SystemExit was swallowed (it fired inside a
+                # finalizer) and QEMU is gone: the signal, not QEMU, ended the run.
+                ending = f"terminated (exit status {128 + reaper.signalled()})"
+                fault = fault or ending
+            log.write("end", reason=ending, fault=fault is not None)
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
         if vmcore is None and self.phys is not None and self.phys.freeze.is_set():
@@ -230,7 +284,7 @@ class WatchSession:
             gdb_pid=unwinder.gdb_pid if unwinder is not None else None,
             backtrace_failures=list(unwinder.failures) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
-            symbols=self.image.symbols, **self._poll_report(polls),
+            symbols=self.image.symbols, fault=fault, **self._poll_report(polls),
         )
 
     # ------------------------------------------------------------- polls
@@ -310,9 +364,29 @@ class WatchSession:
             symbols=self.image.symbols, **extra,
         )
 
+    def _lend_to_gdb(self, client: RemoteClient, address: tuple[str, int], thread: int) -> None:
+        """Serve the frozen guest, read-only, to gdb sessions until the user ends the run."""
+        listener = Listener(port=address[1])
+        try:
+            self.on_status(f"guest frozen; attach: gdb {self.image.symbols if self.image else ''} "
+                           f"-ex 'target remote {listener.address}'  (Ctrl-C ends the run)")
+            while True:
+                Relay(client, None, thread).serve(listener.accept(None))
+        finally:
+            listener.close()
+
     def _freeze(self, machine: Machine) -> Path:
         """Keep the moment: a vmcore through QMP while the guest is stopped."""
         where = self.options.log_path.parent if self.options.log_path else Path.cwd()
         path = where / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
         machine.qmp.dump_guest_memory(path)
         return path
+
+
+def _ending_of(exc: BaseException) -> str:
+    """One line for the log's ``end`` event when the run ended by an exception."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, SystemExit):
+        return f"terminated (exit status {exc.code})"
+    return " ".join(str(exc).split()) or type(exc).__name__

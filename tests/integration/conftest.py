@@ -5,7 +5,7 @@
   test kernel (images/kswtest.toml); the accelerator to ``$KSWGDB_TEST_ACCEL`` or
   ``tcg``. Every machine is closed at teardown, and the fixture asserts its QEMU
   process is gone — a test cannot leak a QEMU even when it fails.
-* ``kswtest_image``: the test kernel's `Image` (skips if it has not been built).
+* ``kswtest_image``: the test kernel's `Image` (fails if it has not been built).
 * ``pvh_image``: a factory turning a `kswgdb.qemu.pvh` program into an `Image`.
 * ``accel_cache``: an `AccelCache` in a temporary file, so tests never read or
   write the user's ~/.cache.
@@ -42,8 +42,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def kswtest_image() -> Image:
     """The test kernel, as described by images/kswtest.toml."""
-    if not KSWTEST_TOML.is_file():
-        pytest.skip(f"{KSWTEST_TOML} missing: build the test kernel with `make -C guest`")
+    if not KSWTEST_TOML.is_file() or not (IMAGES_DIR / "kswtest.elf").is_file():
+        # A failure, not a skip: a missing test kernel must never turn the suite green.
+        pytest.fail(f"{KSWTEST_TOML} or its kernel missing: build it with `make guest`")
     return load_image(KSWTEST_TOML)
 
 

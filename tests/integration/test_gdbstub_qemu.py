@@ -41,7 +41,7 @@ SMP_AP = bytes.fromhex("ff060490ebfa")
 def qemu(tmp_path: Path) -> Iterator[Callable[..., RemoteClient]]:
     """``qemu(*args, smp=1)`` starts a paused QEMU and returns a handshaken client."""
     if QEMU is None:
-        pytest.skip("qemu-system-x86_64 not installed")
+        pytest.fail("qemu-system-x86_64 not installed: run `make setup`")
     procs: list[subprocess.Popen[bytes]] = []
     clients: list[RemoteClient] = []
 
@@ -210,8 +210,6 @@ def test_guest_exit_closes_the_connection(qemu: Callable[..., RemoteClient]) -> 
         c.wait_stop(10)
 
 
-@pytest.mark.skipif(not KSWTEST.is_file(), reason="images/kswtest.elf not built")
-@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed")
 def test_symbolized_backtrace_through_the_relay(
     qemu: Callable[..., RemoteClient], tmp_path: Path
 ) -> None:

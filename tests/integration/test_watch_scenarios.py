@@ -148,7 +148,7 @@ def test_cli_run_exit_status_1_and_jsonl_events(tmp_path):
     assert proc.returncode == 1, proc.stderr[-500:]
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "summary" and "hit" in kinds
+    assert kinds[0] == "start" and kinds[-2:] == ["summary", "end"] and "hit" in kinds
     hit = next(e for e in events if e["event"] == "hit")
     assert hit["writer"]["function"] == "s3_corrupt_write"
     logged = (tmp_path / "ev.jsonl").read_text().splitlines()

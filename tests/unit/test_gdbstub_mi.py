@@ -16,7 +16,7 @@ import pytest
 from kswgdb.gdbstub.errors import GdbError
 from kswgdb.gdbstub.mi import GdbMI, gdb_command, mi_quote
 
-pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed")
+assert shutil.which("gdb"), "gdb not installed: `make setup` installs it"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,7 +56,6 @@ def test_close_kills_gdb() -> None:
         gdb.send("-gdb-version")
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv not installed")
 def test_gdb_dies_when_its_parent_is_killed() -> None:
     code = textwrap.dedent("""
         import sys, time

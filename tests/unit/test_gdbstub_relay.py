@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import threading
@@ -146,7 +145,6 @@ def test_frame_from_mi_record() -> None:
     assert _frame({"level": "0", "addr": "0x10", "func": "??"}) == Frame(0, 0x10, None, None, None)
 
 
-@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed")
 def test_real_gdb_unwinds_through_the_relay(tmp_path: object) -> None:
     """gdb 13 connects to the relay's Unix socket and sees the hit thread's PC."""
     fake = make_fake()

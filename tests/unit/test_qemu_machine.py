@@ -43,3 +43,34 @@ def test_unlaunched_accessors_raise_and_close_is_safe(tmp_path: Path) -> None:
     m.close()
     with pytest.raises(MachineError):
         m.launch()                                  # closed machines do not relaunch
+
+
+class _DisconnectingQmp:
+    """QEMU closed QMP before answering ``cont`` (the guest already ended)."""
+
+    def cont(self) -> None:
+        from kswgdb.qemu.qmp import QmpCommandError
+
+        raise QmpCommandError("QMP cont: Disconnected", command="cont", arguments=None)
+
+
+def test_cont_racing_a_guest_that_ends_at_once_is_not_an_error() -> None:
+    import subprocess
+
+    import pytest as _pytest
+
+    from kswgdb.qemu.errors import MachineError
+    from kswgdb.qemu.machine import Machine
+
+    m = Machine("kswtest")
+    m._qmp = _DisconnectingQmp()  # type: ignore[assignment]
+    m._proc = subprocess.Popen(["true"])
+    m._proc.wait()
+    m.resume()                                   # QEMU is gone: the guest ended, fine
+    m._proc = subprocess.Popen(["sleep", "30"])
+    try:
+        with _pytest.raises(MachineError):
+            m.resume()                           # QEMU still running: a real failure
+    finally:
+        m._proc.kill()
+        m._proc.wait()
