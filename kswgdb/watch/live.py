@@ -220,13 +220,8 @@ class LiveSession:
         self._resolved = [resolve_watch(cfg, self.program) for cfg in configs]
         self._specs = [r.to_arm_spec() for r in self._resolved]
         self.accel = decide(opts.accel)
-        if opts.log_path is not None:
-            try:
-                self.log = EventLog(opts.log_path)
-            except OSError as exc:
-                raise BadInput(f"--log {opts.log_path}: {exc.strerror}") from None
-        else:
-            self.log = EventLog(None)
+        if opts.log_path is not None and not opts.log_path.parent.is_dir():
+            raise BadInput(f"--log {opts.log_path}: no such directory {opts.log_path.parent}")
         self._publish(force=True)
 
     def check_watch(self, text: str) -> ResolvedWatch:
@@ -248,6 +243,24 @@ class LiveSession:
             self.prepare()
         if self._thread is not None:
             return
+        try:
+            self.log = EventLog(self.options.log_path)
+        except OSError as exc:
+            raise BadInput(f"--log {self.options.log_path}: {exc.strerror}") from None
+        # Launched here, not in the worker: a child's PR_SET_PDEATHSIG follows the
+        # thread that spawned it, and QEMU (started with -S) must live as long as
+        # the session, not as long as whichever thread happened to start it.
+        assert self.image is not None and self.accel is not None
+        opts = self.options
+        machine = self._machine_factory(self.image, accel=self.accel, scenario=opts.scenario,
+                                        extra_cmdline=opts.cmdline, paused=True)
+        try:
+            machine.launch()
+        except KswError as exc:
+            machine.close()
+            self._fail(exc)
+            return
+        self.machine = machine
         self._thread = threading.Thread(target=self._main, name="kswgdb-live", daemon=True)
         self._thread.start()
 
@@ -356,29 +369,27 @@ class LiveSession:
         self._publish(force=True)
 
     def _main(self) -> None:
-        assert self.image is not None and self.accel is not None
-        opts = self.options
+        machine = self.machine
+        assert machine is not None
         try:
-            with self._machine_factory(self.image, accel=self.accel, scenario=opts.scenario,
-                                       extra_cmdline=opts.cmdline, paused=True) as machine:
-                self.machine = machine
-                client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
-                try:
-                    client.handshake()
-                    self.run_on(StubTarget(client))
-                finally:
-                    client.close()
-                if self._state == EXITED:
-                    self._guest_exit = machine.wait_exit(10.0)
-                    self._detail = str(self._guest_exit)
-                    self._publish(force=True)
-                    self._wait_for_quit()
+            client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
+            try:
+                client.handshake()
+                self.run_on(StubTarget(client))
+            finally:
+                client.close()
+            if self._state == EXITED:
+                self._guest_exit = machine.wait_exit(10.0)
+                self._detail = str(self._guest_exit)
+                self._publish(force=True)
+                self._wait_for_quit()
         except KswError as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - shown on screen, exit status 3
             self._fail(KswError(f"{type(exc).__name__}: {exc}"))
         finally:
             self._running = False
+            machine.close()
             if self.log is not None and self._engine is not None:
                 self.log.write("summary", watches=self._engine.summary())
 
