@@ -10,10 +10,11 @@ and changes nothing.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from kswgdb.errors import BadInput
@@ -57,14 +58,13 @@ class KswApp(App[None]):
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield Static(id="header")
+        watches = DataTable(id="watches", cursor_type="row", zebra_stripes=True)
+        watches.border_title = "watches (a add, d remove)"
+        yield watches
         with Horizontal(id="main"):
-            with Vertical(id="left"):
-                watches = DataTable(id="watches", cursor_type="row", zebra_stripes=True)
-                watches.border_title = "watches (a add, d remove)"
-                yield watches
-                hits = DataTable(id="hits", cursor_type="row", zebra_stripes=True)
-                hits.border_title = "hits (enter: detail)"
-                yield hits
+            hits = DataTable(id="hits", cursor_type="row", zebra_stripes=True)
+            hits.border_title = "hits (enter: detail)"
+            yield hits
             detail = VerticalScroll(Static("no hit yet", id="detail-body"), id="detail")
             detail.border_title = "hit detail"
             yield detail
@@ -132,13 +132,15 @@ class KswApp(App[None]):
         if lines:
             # A busy guest prints hundreds of lines a second; the pane shows a
             # few, the whole console is in the run's console log anyway.
-            self.query_one("#console", Log).write_lines(lines[-CONSOLE_BATCH:])
+            console = self.query_one("#console", Log)
+            console.write_lines(lines[-CONSOLE_BATCH:], scroll_end=False)
+            console.scroll_end(animate=False)
 
     # ---------------------------------------------------------- messages
     def say(self, text: str, error: bool = False) -> None:
         """One line under the console: what just happened, or what was wrong."""
         message = self.query_one("#message", Static)
-        message.update(text)
+        message.update(Text(text))          # never markup: configs contain [brackets]
         message.set_class(error, "error")
 
     def show_hit(self, hit: Hit) -> None:

@@ -17,11 +17,14 @@ from pathlib import Path
 from rich.console import Console
 
 from kswgdb.errors import BadInput
+from kswgdb.render.hit import value
 from kswgdb.render.summary import render_summary
 from kswgdb.watch.live import LiveSession
 from kswgdb.watch.session import RunOptions
 
 EXIT_OK, EXIT_HIT = 0, 1
+#: Hits listed on the terminal after the screen closes (all are in the event log).
+SHOWN_HITS = 5
 
 
 def options_from(args: argparse.Namespace) -> RunOptions:
@@ -69,7 +72,9 @@ def print_record(session: LiveSession, out: Console) -> None:
     if session.options.log_path:
         out.print(f"[dim]event log: {session.options.log_path}")
     hits = session.hits()
-    for hit in hits:
-        out.print(f"hit #{hit.seq}: {hit.writer.symbol} wrote {hit.what} "
-                  f"({hit.owner}) {hit.old} -> {hit.new}", markup=False)
+    for hit in hits[:SHOWN_HITS]:
+        out.print(f"hit #{hit.seq}: {hit.writer.symbol} wrote the {hit.what} "
+                  f"({hit.owner}) {value(hit.old)} -> {value(hit.new)}", markup=False)
+    if len(hits) > SHOWN_HITS:
+        out.print(f"[dim]... {len(hits) - SHOWN_HITS} more in the event log")
     out.print(f"[bold {'red' if hits else 'green'}]{len(hits)} hit(s)")

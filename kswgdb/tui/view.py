@@ -19,9 +19,9 @@ from kswgdb.watch.live import EXITED, FAILED, FROZEN, RUNNING, Snapshot, WatchRo
 STATE_STYLE = {RUNNING: "bold green", FROZEN: "bold yellow", EXITED: "bold blue",
                FAILED: "bold red"}
 
-WATCH_COLUMNS = (("#", "index"), ("config", "config"), ("watching", "what"),
-                 ("calls", "calls"), ("armed", "armed"), ("not armed", "not_armed"),
-                 ("live", "live"), ("hits", "hits"))
+WATCH_COLUMNS = (("#", "index"), ("config", "config"), ("calls", "calls"), ("armed", "armed"),
+                 ("not armed", "not_armed"), ("live", "live"), ("hits", "hits"),
+                 ("watching", "what"))
 HIT_COLUMNS = (("#", "seq"), ("time", "time"), ("writer", "writer"), ("victim", "victim"),
                ("old -> new", "change"))
 
@@ -74,7 +74,7 @@ def watch_cells(row: WatchRow) -> dict[str, str | Text]:
 def hit_cells(hit: Hit) -> dict[str, str | Text]:
     """One hit-list row: when, who wrote, whose frame, what changed."""
     stamp = time.strftime("%H:%M:%S", time.localtime(hit.wall_time))
-    victim = f"{hit.what or hit.watched_func} ({hit.owner})"
+    victim = f"{hit.watched_func} ({hit.owner})"
     return {
         "seq": str(hit.seq),
         "time": f"{stamp}.{int(hit.wall_time % 1 * 1000):03d}",

@@ -568,7 +568,7 @@ class LiveSession:
     def _freeze(self, why: str) -> None:
         """Keep the guest stopped and keep the moment: a vmcore through QMP."""
         self._run_wanted = False
-        self._state, self._detail = FROZEN, f"frozen ({why})"
+        self._state, self._detail = FROZEN, f"({why})"
         path = None
         if self.machine is not None:
             where = self.options.log_path.parent if self.options.log_path else Path.cwd()
