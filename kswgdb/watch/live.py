@@ -441,6 +441,7 @@ class LiveSession:
             self._state, self._detail = FROZEN, "paused before the first instruction"
         self._publish(force=True)
         while not self._quit:
+            was = self._state
             if self._running:
                 stop = target.wait_stop(POLL_SECONDS)
                 if stop is None:
@@ -463,12 +464,13 @@ class LiveSession:
                 except queue.Empty:
                     continue
                 self._apply(command)
-            self._drain()
+            applied = self._drain()
             if self._run_wanted and not self._quit:
                 self._resume()
             elif not self._quit:
                 self._state = FROZEN
-            self._publish(force=True)
+            # Per stop only when something changed: this is the engine's hot path.
+            self._publish(force=applied or self._state != was or not self._running)
 
     def _resume(self) -> None:
         assert self._target is not None
@@ -506,13 +508,17 @@ class LiveSession:
             self._freeze("a ph=1 / --on-hit freeze hit")
         return True
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Apply every queued command now (the guest is stopped); True if there were any."""
+        applied = False
         while not self._quit:
             try:
                 command = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
             self._apply(command)
+            applied = True
+        return applied
 
     def _apply(self, command: Any) -> None:
         try:

@@ -243,3 +243,27 @@ def test_remove_of_an_unknown_watch_is_bad_input_and_changes_nothing(live):
     with pytest.raises(BadInput, match="no active watch #3"):
         run.session.remove_watch(3)
     assert run.session.snapshot().watches[0].active and run.fake.interrupts == 0
+
+
+def test_engine_add_spec_on_a_held_return_breakpoint_does_not_insert_it_twice():
+    from kswgdb.watch.engine import Engine
+    from kswgdb.watch.slots import SlotPool
+
+    fake = FakeTarget()
+    prog = Program(fake, PROBE, RET_SITE)
+    f = prog.call(task=0xA000, sp=0x8000_3f00)
+    prog.ret(task=0xA000, frame=f)
+    engine = Engine(fake, [canary_spec()], LAYOUT, FakeSymbols(), SlotPool(capacity=8))
+    engine.install()
+    engine.handle(fake.wait_stop(None))                 # the probe: return breakpoint held
+    assert fake.breakpoints == {PROBE, RET_SITE}
+    other = canary_spec(text="fn=caller fo=0x0")
+    other = type(other)(**{**other.__dict__, "probe_addr": RET_SITE, "func": "caller"})
+    assert engine.add_spec(other) == 1                  # FakeTarget asserts on a double insert
+    engine.remove_spec(0)                               # drops the frame: RET_SITE still a probe
+    assert fake.breakpoints == {RET_SITE} and fake.watchpoints == set()
+    engine.remove_spec(1)
+    assert fake.breakpoints == set()
+    with pytest.raises(ValueError):
+        engine.remove_spec(1)
+    assert [s.calls for s in engine.stats] == [1, 0]
