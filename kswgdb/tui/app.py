@@ -169,9 +169,7 @@ class KswApp(App[None]):
         except BadInput as exc:
             self.say(f"error: {' '.join(str(exc).split())}", error=True)
             return                  # the box stays open with the text, to fix it
-        self.say(f"adding {text}: {resolved.describe()}")
-        for warning in resolved.warnings:
-            self.say(f"adding {text}: warning: {warning}")
+        self.say(f"adding {text}: {resolved.describe()} (applied at the next stop)")
         self.action_cancel_add()
 
     def action_remove_watch(self) -> None:

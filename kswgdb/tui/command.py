@@ -64,6 +64,7 @@ def print_record(session: LiveSession, out: Console) -> None:
         "config": r.config + ("" if r.active else " (removed)"), "calls": r.calls,
         "armed": r.armed, "not_armed": r.not_armed, "returns": r.returns, "hits": r.hits,
         "skipped_depth": 0, "refused_pool": 0, "refused_check": 0, "refused_stub": 0,
+        **dict(r.not_armed_counts),
     } for r in snap.watches]
     if rows:
         out.print(render_summary(rows))

@@ -14,7 +14,7 @@ from rich.text import Text
 from kswgdb.qemu.accel import AccelDecision
 from kswgdb.render.hit import value
 from kswgdb.watch.hits import Hit
-from kswgdb.watch.live import EXITED, FAILED, FROZEN, RUNNING, Snapshot, WatchRow
+from kswgdb.watch.livestate import EXITED, FAILED, FROZEN, RUNNING, Snapshot, WatchRow
 
 STATE_STYLE = {RUNNING: "bold green", FROZEN: "bold yellow", EXITED: "bold blue",
                FAILED: "bold red"}

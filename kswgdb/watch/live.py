@@ -30,7 +30,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,22 @@ from kswgdb.watch.engine import Engine
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
+from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and tests
+    CLOSED,
+    EXITED,
+    FAILED,
+    FROZEN,
+    NOT_ARMED_WORDS,
+    RUNNING,
+    STARTING,
+    AddWatch,
+    Continue,
+    Freeze,
+    Quit,
+    RemoveWatch,
+    Snapshot,
+    WatchRow,
+)
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.session import RunOptions
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
@@ -62,75 +77,6 @@ HALT_SECONDS = 30.0
 #: Stats are republished at most this often while the guest runs.
 PUBLISH_SECONDS = 0.2
 
-# Guest states as a screen shows them.
-STARTING, RUNNING, FROZEN, EXITED, FAILED, CLOSED = (
-    "starting", "running", "frozen", "exited", "failed", "closed")
-
-
-# ------------------------------------------------------------------ commands
-@dataclass(frozen=True)
-class AddWatch:
-    """Arm one more config (already resolved against the kernel's symbols)."""
-
-    resolved: ResolvedWatch | None
-    spec: ArmSpec
-
-
-@dataclass(frozen=True)
-class RemoveWatch:
-    index: int
-
-
-@dataclass(frozen=True)
-class Freeze:
-    """Keep the guest stopped and dump a vmcore of this moment."""
-
-
-@dataclass(frozen=True)
-class Continue:
-    """Let a frozen guest run again."""
-
-
-@dataclass(frozen=True)
-class Quit:
-    """Stop the worker; the machine is closed on the way out."""
-
-
-# ------------------------------------------------------------------ snapshots
-@dataclass(frozen=True)
-class WatchRow:
-    """One watch config as a table row: what it watches and what it has seen."""
-
-    index: int
-    config: str
-    what: str
-    active: bool
-    calls: int = 0
-    armed: int = 0
-    not_armed: int = 0
-    not_armed_why: str = ""
-    live: int = 0
-    returns: int = 0
-    hits: int = 0
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything a screen shows except the hits and the console (read those apart)."""
-
-    state: str
-    detail: str = ""
-    watches: tuple[WatchRow, ...] = ()
-    hit_count: int = 0
-    vmcore: Path | None = None
-    guest_exit: GuestExit | None = None
-    notice: str = ""
-    notice_seq: int = 0
-    error: str = ""
-
-
-_NOT_ARMED_WORDS = (("skipped_depth", "depth"), ("refused_pool", "no slot"),
-                    ("refused_check", "no canary"), ("refused_stub", "stub refused"))
 
 
 class _LockedSymbolizer:
@@ -545,7 +491,9 @@ class LiveSession:
         what = self._describe(index)
         if self.log is not None:
             self.log.write("watch-add", index=index, config=command.spec.text, watch=what)
-        self.note(f"watch #{index} armed: {command.spec.text} ({what})")
+        warnings = command.resolved.warnings if command.resolved is not None else ()
+        self.note(f"watch #{index} armed: {command.spec.text} ({what})"
+                  + "".join(f"; warning: {w}" for w in warnings))
 
     def _do_remove(self, command: RemoveWatch) -> None:
         assert self._engine is not None and self._pool is not None
@@ -626,13 +574,15 @@ class LiveSession:
                 live[frame.spec_index] = live.get(frame.spec_index, 0) + 1
         rows = []
         for i, (spec, stats) in enumerate(zip(engine.specs, engine.stats, strict=True)):
-            why = ", ".join(f"{getattr(stats, key)} {word}" for key, word in _NOT_ARMED_WORDS
+            why = ", ".join(f"{getattr(stats, key)} {word}" for key, word in NOT_ARMED_WORDS
                             if getattr(stats, key))
             what = self._describe(i)
             rows.append(WatchRow(
                 index=i, config=spec.text, what=what, active=i not in engine.removed,
                 calls=stats.calls, armed=stats.armed, not_armed=stats.not_armed,
-                not_armed_why=why, live=live.get(i, 0), returns=stats.returns, hits=stats.hits,
+                not_armed_why=why, live=live.get(i, 0),
+                not_armed_counts=tuple((key, getattr(stats, key)) for key, _ in NOT_ARMED_WORDS),
+                returns=stats.returns, hits=stats.hits,
             ))
         return tuple(rows)
 
