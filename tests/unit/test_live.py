@@ -116,8 +116,8 @@ class Running:
 def live():
     started: list[Running] = []
 
-    def start(specs=(), paused: bool = False) -> Running:
-        session = LiveSession(RunOptions(timeout=0), paused=paused)
+    def start(specs=(), paused: bool = False, **options) -> Running:
+        session = LiveSession(RunOptions(**{"timeout": 0, **options}), paused=paused)
         session.layout = LAYOUT
         session.accel = AccelDecision("tcg", "test", "requested")
         session._specs = list(specs)
@@ -267,3 +267,25 @@ def test_engine_add_spec_on_a_held_return_breakpoint_does_not_insert_it_twice():
     with pytest.raises(ValueError):
         engine.remove_spec(1)
     assert [s.calls for s in engine.stats] == [1, 0]
+
+
+def test_on_hit_freeze_stops_at_the_hit_until_continue(live):
+    run = live([canary_spec()], on_hit="freeze")
+    prog = Program(run.fake, PROBE, RET_SITE)
+    f = prog.call(task=0xA000, sp=0x8000_3f00)
+    prog.store(task=0xB000, addr=f["canary"], value=b"\x41" * 8, pc=WRITER_PC, sp=0x9000_3f00)
+    prog.ret(task=0xA000, frame=f)
+    run.fake.allow(3)
+    run.wait("frozen at the hit", lambda: run.session.snapshot().state == FROZEN)
+    assert len(run.session.hits()) == 1 and "ph=1" in run.session.snapshot().detail
+    resumes = run.fake.resumes
+    run.session.submit(Continue())
+    run.wait("the return after continue",
+             lambda: run.session.snapshot().watches[0].returns == 1)
+    assert run.fake.resumes > resumes
+
+
+def test_timeout_freezes_a_running_guest(live):
+    run = live(timeout=0.2)
+    run.wait("stopped by --timeout", lambda: run.session.snapshot().state == FROZEN)
+    assert "--timeout" in run.session.snapshot().detail and run.fake.interrupts == 1
