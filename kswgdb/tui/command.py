@@ -48,6 +48,9 @@ def run_tui(args: argparse.Namespace) -> int:
     from kswgdb.tui.app import KswApp
 
     try:
+        session.start()             # QEMU launched from the main thread, before the screen
+        if session.error is not None:
+            raise session.error     # QEMU would not start: one line, exit 3
         KswApp(session).run()
     finally:
         session.close()

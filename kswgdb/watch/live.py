@@ -187,8 +187,8 @@ class LiveSession:
         """Boot the guest and start watching, in a worker thread."""
         if self.image is None:
             self.prepare()
-        if self._thread is not None:
-            return
+        if self._thread is not None or self.error is not None:
+            return                  # started already, or its launch failed
         try:
             self.log = EventLog(self.options.log_path)
         except OSError as exc:
