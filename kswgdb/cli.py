@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("accel", help="say which accelerator 'auto' picks here, and why")
 
+    _tui_parser(sub)
+
     sub.add_parser("demo", help="scenario 3 of the test kernel, caught (what `make demo` runs)")
     return parser
 
@@ -104,6 +106,27 @@ def _loopback(text: str) -> tuple[str, int]:
         return parse_loopback_address(text)
     except BadInput as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _tui_parser(sub) -> None:
+    tui = sub.add_parser("tui", help="interactive screen: add and remove watches while the "
+                                     "guest runs, freeze it, read hits and the console")
+    tui.add_argument("image", nargs="?", default=None,
+                     help="image name or description file (default: the bundled kswtest)")
+    tui.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    tui.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
+                     help="a KStackWatch config to start with (repeatable; `a` adds more)")
+    tui.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    tui.add_argument("--timeout", type=float, default=0.0,
+                     help="freeze the guest after S seconds (default: never)")
+    tui.add_argument("--cmdline", default="", help="extra kernel command-line words")
+    tui.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
+                     help="freeze: stop the guest at a hit and dump a vmcore (c continues)")
+    tui.add_argument("--paused", action="store_true",
+                     help="stay frozen before the first guest instruction until `c`")
+    tui.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
+    tui.add_argument("--slots", type=int, default=None,
+                     help="watchpoint slots under TCG (KVM always has 4)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

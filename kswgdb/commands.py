@@ -29,7 +29,7 @@ EXIT_OK, EXIT_HIT, EXIT_INFRA = 0, 1, 3
 def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
-        "accel": cmd_accel, "demo": cmd_demo,
+        "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui,
     }[args.command]
     return handler(args)
 
@@ -176,3 +176,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     options = RunOptions(image=None, scenario=3, watches=[watch], log_path=default_log_path())
     run_and_render(options)
     return EXIT_OK
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from kswgdb.tui.command import run_tui  # lazy: textual is only needed here
+
+    return run_tui(args)

@@ -120,6 +120,7 @@ class Engine:
         self._return_bps: dict[int, int] = {}     # address -> live frames using it
         self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
         self._read = target.read
+        self.removed: set[int] = set()            # indices given to remove_spec
 
     # ---------------------------------------------------------------- set-up
     def install(self) -> None:
@@ -143,6 +144,55 @@ class Engine:
             if guard is not None and guard.kind == "gs":
                 prefetch(guard.offset, 8)
                 break
+
+    # ------------------------------------------------- watches added live
+    def add_spec(self, spec: ArmSpec) -> int:
+        """Watch one more config from now on; the guest must be stopped. Returns its index.
+
+        Indices are never reused, so stats, frames and hits keep pointing at the
+        config they were counted for even after others are removed.
+        """
+        index = len(self.specs)
+        self.specs.append(spec)
+        self.stats.append(WatchStats())
+        addrs = [spec.probe_addr, *(addr for addr, _, _ in spec.exits)]
+        for addr in dict.fromkeys(addrs):
+            if not self._static_breakpoint(addr) and addr not in self._return_bps:
+                self.target.set_breakpoint(addr)
+        self._probes.setdefault(spec.probe_addr, []).append(index)
+        for addr, base, offset in spec.exits:
+            self._exits.setdefault(addr, []).append((index, base, offset))
+        return index
+
+    def remove_spec(self, index: int) -> None:
+        """Stop watching config ``index`` now; the guest must be stopped.
+
+        Its live watchpoints are removed at once (a hit after this moment is
+        not reported) and its probes no longer count calls; its stats stay,
+        so a summary still shows what it saw while it was active.
+        """
+        if not 0 <= index < len(self.specs) or index in self.removed:
+            raise ValueError(f"no active watch #{index}")
+        for frame in [f for f in self.frames.all() if f.spec_index == index]:
+            self._drop_frame(frame, counted=False)
+        self.removed.add(index)
+        spec = self.specs[index]
+        gone = []
+        users = self._probes.get(spec.probe_addr, [])
+        if index in users:
+            users.remove(index)
+            if not users:
+                del self._probes[spec.probe_addr]
+                gone.append(spec.probe_addr)
+        for addr, _, _ in spec.exits:
+            kept = [e for e in self._exits.get(addr, []) if e[0] != index]
+            if kept:
+                self._exits[addr] = kept
+            elif self._exits.pop(addr, None) is not None:
+                gone.append(addr)
+        for addr in dict.fromkeys(gone):
+            if not self._static_breakpoint(addr) and addr not in self._return_bps:
+                self.target.clear_breakpoint(addr)
 
     # ------------------------------------------------------------ main loop
     def run(

@@ -1,0 +1,9 @@
+"""The interactive screen (`kswgdb tui`): one watched guest, changed while it runs.
+
+Imports go one way: tui -> render, watch. The screen gets a prepared
+`kswgdb.watch.live.LiveSession` from outside, so tests can hand it any session.
+"""
+
+from kswgdb.tui.app import KswApp
+
+__all__ = ["KswApp"]

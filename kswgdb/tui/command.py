@@ -1,0 +1,84 @@
+"""`kswgdb tui`: check everything, then hand a prepared live session to the screen.
+
+Bad input (image, scenario, configs, accelerator, log path, no terminal) is a
+one-line error with exit status 2 *before* the screen takes the terminal and
+before QEMU starts. After the screen closes, the summary is printed to the
+terminal, so the run leaves a record like `kswgdb run` does; the exit status
+is 1 if anything was caught, 3 if QEMU or the stub failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from kswgdb.errors import BadInput
+from kswgdb.render.hit import value
+from kswgdb.render.summary import render_summary
+from kswgdb.watch.live import LiveSession
+from kswgdb.watch.session import RunOptions
+
+EXIT_OK, EXIT_HIT = 0, 1
+#: Hits listed on the terminal after the screen closes (all are in the event log).
+SHOWN_HITS = 5
+
+
+def options_from(args: argparse.Namespace) -> RunOptions:
+    log = Path(args.log) if args.log else Path.cwd() / (
+        f"kswgdb-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    if args.timeout < 0:
+        raise BadInput(f"--timeout must not be negative, not {args.timeout:g}")
+    return RunOptions(
+        image=args.image, scenario=args.scenario, watches=list(args.watch), accel=args.accel,
+        timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit, log_path=log,
+        slots=args.slots,
+    )
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    session = LiveSession(options_from(args), paused=args.paused)
+    session.prepare()
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        session.close()
+        raise BadInput("kswgdb tui needs a terminal (use `kswgdb run` in scripts and CI)")
+    from kswgdb.tui.app import KswApp
+
+    try:
+        session.start()             # QEMU launched from the main thread, before the screen
+        if session.error is not None:
+            raise session.error     # QEMU would not start: one line, exit 3
+        KswApp(session).run()
+    finally:
+        session.close()
+    print_record(session, Console(highlight=False))
+    if session.error is not None:
+        raise session.error
+    return EXIT_HIT if session.hits() else EXIT_OK
+
+
+def print_record(session: LiveSession, out: Console) -> None:
+    """What stays on the terminal after the screen is gone."""
+    snap = session.snapshot()
+    rows = [{
+        "config": r.config + ("" if r.active else " (removed)"), "calls": r.calls,
+        "armed": r.armed, "not_armed": r.not_armed, "returns": r.returns, "hits": r.hits,
+        "skipped_depth": 0, "refused_pool": 0, "refused_check": 0, "refused_stub": 0,
+        **dict(r.not_armed_counts),
+    } for r in snap.watches]
+    if rows:
+        out.print(render_summary(rows))
+    if snap.guest_exit is not None:
+        out.print(f"[dim]guest ended: {snap.guest_exit}")
+    if session.options.log_path:
+        out.print(f"[dim]event log: {session.options.log_path}")
+    hits = session.hits()
+    for hit in hits[:SHOWN_HITS]:
+        out.print(f"hit #{hit.seq}: {hit.writer.symbol} wrote the {hit.what} "
+                  f"({hit.owner}) {value(hit.old)} -> {value(hit.new)}", markup=False)
+    if len(hits) > SHOWN_HITS:
+        out.print(f"[dim]... {len(hits) - SHOWN_HITS} more in the event log")
+    out.print(f"[bold {'red' if hits else 'green'}]{len(hits)} hit(s)")
