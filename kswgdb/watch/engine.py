@@ -117,6 +117,7 @@ class Engine:
             for addr, base, offset in spec.exits:
                 self._exits.setdefault(addr, []).append((index, base, offset))
         self._return_bps: dict[int, int] = {}     # address -> live frames using it
+        self._hooks: dict[int, Callable[[Stop], None]] = {}   # breakpoint -> callback
         self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
         self._read = target.read
 
@@ -178,6 +179,9 @@ class Engine:
                 handled = True
             if stop.pc == self.exit_hook_addr:
                 self._on_task_exit(stop)
+                handled = True
+            if stop.pc in self._hooks:
+                self._hooks[stop.pc](stop)
                 handled = True
             if handled:
                 return verdict
@@ -320,7 +324,8 @@ class Engine:
 
     def _static_breakpoint(self, addr: int) -> bool:
         """Probe, release and task-exit breakpoints stay for the whole run."""
-        return addr in self._probes or addr in self._exits or addr == self.exit_hook_addr
+        return (addr in self._probes or addr in self._exits or addr == self.exit_hook_addr
+                or addr in self._hooks)
 
     # ------------------------------------------------------------------ hit
     def _on_watch(self, stop: Stop) -> str:
@@ -487,6 +492,28 @@ class Engine:
         )
 
     # -------------------------------------------------------------- summary
+    # ------------------------------------------------------- late additions
+    def add_spec(self, spec: ArmSpec) -> int:
+        """Watch one more config from now on (e.g. in a module that just loaded); its index."""
+        index = len(self.specs)
+        self.specs.append(spec)
+        self.stats.append(WatchStats())
+        new = {spec.probe_addr, *(a for a, _, _ in spec.exits)} - {*self._probes, *self._exits}
+        self._probes.setdefault(spec.probe_addr, []).append(index)
+        for addr, base, offset in spec.exits:
+            self._exits.setdefault(addr, []).append((index, base, offset))
+        for addr in new:
+            if (addr not in self._hooks and addr != self.exit_hook_addr
+                    and addr not in self._return_bps):
+                self.target.set_breakpoint(addr)
+        return index
+
+    def add_hook(self, addr: int, callback: Callable[[Stop], None]) -> None:
+        """Call ``callback(stop)`` whenever the guest reaches ``addr`` (a breakpoint)."""
+        if not self._static_breakpoint(addr) and addr not in self._return_bps:
+            self.target.set_breakpoint(addr)
+        self._hooks[addr] = callback
+
     def live_watches(self) -> int:
         return sum(1 for f in self.frames.all() if f.watch is not None)
 

@@ -25,6 +25,7 @@ from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
+from kswgdb.watch.modules import ModuleArmer, ModuleSymbolizer, ModuleWatch, resolve_in_module
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.spec import ArmSpec
@@ -89,6 +90,7 @@ class WatchSession:
         self.program: Program | None = None
         self.resolved: list[ResolvedWatch] = []
         self.specs: list[ArmSpec] = []
+        self.module_watches: list[ModuleWatch] = []
 
     # ----------------------------------------------------------- prepare
     def prepare(self) -> None:
@@ -99,8 +101,16 @@ class WatchSession:
         self.image = image_mod.load(opts.image)
         self.program = Program.load(self.image.symbols)
         configs = parse_watches(opts.watches)
-        self.resolved = [resolve_watch(cfg, self.program) for cfg in configs]
+        for cfg in configs:
+            in_module = None
+            if not self.program.symtab.lookup_all(cfg.func):
+                in_module = resolve_in_module(cfg, self.image.modules_dir)
+            if in_module is not None:
+                self.module_watches.append(in_module)
+            else:
+                self.resolved.append(resolve_watch(cfg, self.program))
         self.specs = [r.to_arm_spec() for r in self.resolved]
+        self.resolved += [m.resolved for m in self.module_watches]
 
     # --------------------------------------------------------------- run
     def run(self) -> RunReport:
@@ -132,12 +142,18 @@ class WatchSession:
                 try:
                     client.handshake()
                     target = StubTarget(client)
+                    symbolizer = (ModuleSymbolizer(self.program) if self.module_watches
+                                  else ProgramSymbolizer(self.program))
                     engine = Engine(
-                        target, self.specs, layout, ProgramSymbolizer(self.program), pool,
+                        target, self.specs, layout, symbolizer, pool,
                         log=log, on_hit=self.on_hit,
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
                     )
                     engine.install()
+                    if self.module_watches:
+                        assert isinstance(symbolizer, ModuleSymbolizer)
+                        ModuleArmer(self.program, self.module_watches, symbolizer,
+                                    self.on_status).install(engine)
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
                     result = engine.run(deadline=deadline)
