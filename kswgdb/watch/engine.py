@@ -64,6 +64,7 @@ class WatchStats:
     hits: int = 0
     found_by_scan: int = 0    # canary located by the upward scan, not the prologue
     dead_frame_writes: int = 0  # the owner wrote into its own already-left frame
+    rep_repeats: int = 0      # further traps of a `rep` store already reported as a hit
 
     @property
     def not_armed(self) -> int:
@@ -108,6 +109,7 @@ class Engine:
         self.stats = [WatchStats() for _ in specs]
         self.frames = TaskFrames()
         self.hits: list[Hit] = []
+        self.hit_repeats: dict[int, int] = {}      # hit seq -> later traps of its rep store
         self.unexpected_stops = 0
         self.spurious_watch_reports = 0
         self._probes: dict[int, list[int]] = {}
@@ -416,8 +418,11 @@ class Engine:
         if previous == insn_addr and text.startswith("rep"):
             # A `rep stos`/`rep movs` traps once per element: one catch per
             # instruction per armed call, the repeats only counted.
+            stats.rep_repeats += 1
+            self.hit_repeats[self.hits[-1].seq] = self.hit_repeats.get(self.hits[-1].seq, 0) + 1
             if self.log is not None:
-                self.log.write("hit-repeat", seq=self.hits[-1].seq, insn=hex(insn_addr))
+                self.log.write("hit-repeat", seq=self.hits[-1].seq, insn=hex(insn_addr),
+                               repeats=self.hit_repeats[self.hits[-1].seq])
             watch.old_value = new
             return False
         backtrace = None
@@ -529,6 +534,7 @@ class Engine:
                 "reentries": stats.reentries, "returns": stats.returns, "stale": stats.stale,
                 "hits": stats.hits, "found_by_scan": stats.found_by_scan,
                 "dead_frame_writes": stats.dead_frame_writes,
+                "rep_repeats": stats.rep_repeats,
             })
         return out
 
