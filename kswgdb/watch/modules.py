@@ -16,6 +16,7 @@ watch on code the init runs is armed in time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
 from collections.abc import Callable
@@ -173,10 +174,9 @@ class ModuleArmer:
         """Arm what is already loaded, and hook the load path for the rest."""
         self.engine = engine
         engine.add_hook(self.hook_addr, self._on_load)
-        try:
+        # A guest stopped before paging is on (at reset) has no module list to read yet.
+        with contextlib.suppress(ErrorReply):
             self._scan(engine.target.read)
-        except ErrorReply:
-            pass    # a guest stopped before paging is on (at reset) has no module list yet
 
     def _on_load(self, _stop) -> None:
         self._scan(self.engine.target.read)
