@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ ReadFn = Callable[[int, int], bytes]
 LOAD_HOOK = "do_init_module"
 MODULE_NAME_LEN = 56
 MAX_MODULES = 512
+_HEX = re.compile(r"\b0x[0-9a-f]+\b")
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,10 @@ class ModuleSymbolizer(ProgramSymbolizer):
         def back(a: int) -> int:
             return mod.to_guest(a) or a
 
-        return back(addr), text, tuple((back(a), t) for a, t in context)
+        def texts(t: str) -> str:       # branch targets, from placeholder to guest address
+            return _HEX.sub(lambda m: hex(back(int(m.group(0), 16))), t)
+
+        return back(addr), texts(text), tuple((back(a), texts(t)) for a, t in context)
 
     def stack_push(self, pc: int) -> bool:
         hit = self._find(pc)
