@@ -57,7 +57,7 @@ $(LINUX_STAMP): images/linux/build.py images/linux/init
 # Boots the Debian kernel under TCG: LKDTM's stack corruption caught, and a hot path
 # watched with no false positive. Minutes, not seconds: kept out of `make test`.
 test-linux: setup image-linux
-	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/linux
+	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -s -p no:cacheprovider tests/linux
 
 clean:
 	$(MAKE) -C guest clean
