@@ -58,12 +58,19 @@ def load_module(path: str | os.PathLike[str]) -> Program:
         raise BadInput(f"{path} is a malformed ELF file") from None
     finally:
         data.close()
-    stream = open(path, "rb")  # noqa: SIM115 -- pyelftools reads lazily from it
-    elf = _PlacedModuleELF(stream)
-    elf.code_sections = frozenset(section_of(r.addr) for r in symtab.regions)
-    if not elf.has_dwarf_info():
-        return Program(symtab)
-    return Program(symtab, DwarfInfo(path, elf, elf.get_dwarf_info(relocate_dwarf_sections=True)))
+    code_sections = frozenset(section_of(r.addr) for r in symtab.regions)
+
+    def open_dwarf() -> DwarfInfo:
+        """Relocating a module's DWARF takes ~1 s in Python: only when a line is asked for."""
+        stream = open(path, "rb")  # noqa: SIM115 -- pyelftools reads lazily from it
+        elf = _PlacedModuleELF(stream)
+        elf.code_sections = code_sections
+        if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
+            stream.close()
+            raise BadInput(f"{path} has no DWARF debug info (build it with -g)")
+        return DwarfInfo(path, elf, elf.get_dwarf_info(relocate_dwarf_sections=True))
+
+    return Program(symtab, open_dwarf=open_dwarf)
 
 
 class _PlacedSymtab(SymbolTableSection):

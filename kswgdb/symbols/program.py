@@ -10,6 +10,7 @@ config in offset mode needs no DWARF at all).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -28,9 +29,11 @@ class Program:
     """Symbols, DWARF and code of one ELF; every part is loaded on first use."""
 
     def __init__(self, symtab: SymbolTable, dwarf: DwarfInfo | None = None,
-                 facts: FactCache | None = None) -> None:
+                 facts: FactCache | None = None,
+                 open_dwarf: Callable[[], DwarfInfo] | None = None) -> None:
         self.symtab = symtab
         self._dwarf = dwarf
+        self._open_dwarf = open_dwarf   # how to open the DWARF on first use (default: the file)
         self._analyses: dict[int, FunctionAnalysis] = {}
         self.facts = facts          # remembered DWARF answers (None: always ask the DWARF)
 
@@ -53,7 +56,8 @@ class Program:
     def dwarf(self) -> DwarfInfo:
         """The DWARF; `BadInput` if the file has none."""
         if self._dwarf is None:
-            self._dwarf = DwarfInfo.open(self.symtab.path)
+            self._dwarf = (self._open_dwarf() if self._open_dwarf is not None
+                           else DwarfInfo.open(self.symtab.path))
         return self._dwarf
 
     @cached_property
