@@ -109,3 +109,19 @@ def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> N
     assert row["hits"] == 0 and report.hits == []
     assert row["not_armed"] == 0
     assert row["returns"] + row["stale"] == row["armed"]
+
+
+def test_boot_with_accel_auto_picks_tcg_and_says_why(image) -> None:
+    """`kswgdb boot` on the Debian image: auto -> TCG here (software KVM), to init and off."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "kswgdb", "boot", str(image.path), "--accel", "auto",
+         "--timeout", "60", "--cmdline", "-- cat /proc/modules"],
+        capture_output=True, text=True, timeout=120, cwd=IMAGES_DIR.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"accelerator: tcg \(.+\)", proc.stderr), proc.stderr
+    assert "KSWGDB-INIT ready kernel=6.1." in proc.stdout
+    assert re.search(r"^lkdtm \d+ 0 - Live 0x[0-9a-f]+", proc.stdout, re.MULTILINE)
+    assert "guest ended: shutdown" in proc.stdout
