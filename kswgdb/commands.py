@@ -141,6 +141,12 @@ def cmd_disasm(args: argparse.Namespace) -> int:
 
     img = image_mod.load(args.image)
     program = Program.load(img.symbols)
+    if not program.symtab.lookup_all(args.func):
+        from kswgdb.watch.modules import find_module_function
+
+        found = find_module_function(img.modules_dir, args.func)
+        if found is not None:       # a module function (addresses are placeholders)
+            program = found[1]
     Console(highlight=False).print(render_disasm(build_listing(program, args.func, var=args.var)))
     return EXIT_OK
 

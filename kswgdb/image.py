@@ -42,6 +42,7 @@ class Image:
     scenario_param: str = "scenario"
     description: str = ""
     scenarios: dict[str, dict] = field(default_factory=dict)
+    modules_dir: Path | None = None   # kernel modules (.ko with symbols) a watch may name
 
     def cmdline_for(self, scenario: int | None, extra: str = "") -> str:
         """The kernel command line with ``scenario=N`` (and extra words) appended."""
@@ -117,4 +118,5 @@ def load(spec: str | Path | None = None) -> Image:
         scenario_param=data.get("scenario_param", "scenario"),
         description=data.get("description", ""),
         scenarios={str(k): v for k, v in data.get("scenarios", {}).items()},
+        modules_dir=_path("modules_dir"),
     )

@@ -29,6 +29,8 @@ def render_summary(rows: list[dict], title: str = "watch summary") -> Table:
         if row["not_armed"] - row["skipped_depth"]:
             not_armed = f"[yellow]{not_armed}"
         hits = f"[bold red]{row['hits']}" if row["hits"] else "0"
+        if row.get("rep_repeats"):
+            hits += f" (+{row['rep_repeats']} rep)"
         table.add_row(row["config"], str(row["calls"]), str(row["armed"]), not_armed,
                       str(row["returns"]), hits)
     return table

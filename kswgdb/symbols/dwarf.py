@@ -67,7 +67,11 @@ class DwarfInfo:
             elf = ELFFile(stream)
             if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
                 raise BadInput(f"{path} has no DWARF debug info (build it with -g)")
-            return cls(path, elf, elf.get_dwarf_info())
+            # A linked kernel (ET_EXEC) built with --emit-relocs keeps .rela.debug_*
+            # sections whose relocations the linker already applied; pyelftools would
+            # re-apply millions of them in Python (minutes on a Debian vmlinux).
+            relocate = elf["e_type"] == "ET_REL"
+            return cls(path, elf, elf.get_dwarf_info(relocate_dwarf_sections=relocate))
         except ELFError as exc:
             stream.close()
             raise BadInput(f"{path}: cannot read DWARF ({exc})") from None

@@ -10,13 +10,15 @@ config in offset mode needs no DWARF at all).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
 from kswgdb.errors import BadInput
 from kswgdb.symbols.disasm import Disassembler, Instruction
 from kswgdb.symbols.dwarf import DwarfInfo
-from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable
+from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable, cache_dir
+from kswgdb.symbols.factcache import FactCache
 from kswgdb.symbols.lines import LineTable, SourceLine
 from kswgdb.symbols.locals import FrameVar, find_local, frame_variables
 from kswgdb.symbols.prologue import FunctionAnalysis, analyze
@@ -26,14 +28,23 @@ from kswgdb.symbols.types import TypeIndex
 class Program:
     """Symbols, DWARF and code of one ELF; every part is loaded on first use."""
 
-    def __init__(self, symtab: SymbolTable, dwarf: DwarfInfo | None = None) -> None:
+    def __init__(self, symtab: SymbolTable, dwarf: DwarfInfo | None = None,
+                 facts: FactCache | None = None,
+                 open_dwarf: Callable[[], DwarfInfo] | None = None) -> None:
         self.symtab = symtab
         self._dwarf = dwarf
+        self._open_dwarf = open_dwarf   # how to open the DWARF on first use (default: the file)
         self._analyses: dict[int, FunctionAnalysis] = {}
+        self.facts = facts          # remembered DWARF answers (None: always ask the DWARF)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, cache: bool = True) -> Program:
-        return cls(SymbolTable.load(path, cache=cache))
+        symtab = SymbolTable.load(path, cache=cache)
+        facts = FactCache(symtab.path, symtab.build_id, cache_dir()) if cache else None
+        return cls(symtab, facts=facts)
+
+    def _fact(self, question: str, compute) -> int:
+        return compute() if self.facts is None else self.facts.answer(question, compute)
 
     @property
     def path(self) -> Path:
@@ -45,7 +56,8 @@ class Program:
     def dwarf(self) -> DwarfInfo:
         """The DWARF; `BadInput` if the file has none."""
         if self._dwarf is None:
-            self._dwarf = DwarfInfo.open(self.symtab.path)
+            self._dwarf = (self._open_dwarf() if self._open_dwarf is not None
+                           else DwarfInfo.open(self.symtab.path))
         return self._dwarf
 
     @cached_property
@@ -97,13 +109,14 @@ class Program:
         return frame_variables(self.dwarf, pc) if self.has_dwarf else []
 
     def member_offset(self, type_name: str, member: str) -> int:
-        return self.types.member_offset(type_name, member)
+        return self._fact(f"offsetof({type_name}, {member})",
+                          lambda: self.types.member_offset(type_name, member))
 
     def type_size(self, type_name: str) -> int:
-        return self.types.type_size(type_name)
+        return self._fact(f"sizeof({type_name})", lambda: self.types.type_size(type_name))
 
     def global_address(self, name: str) -> int:
         """A global's address: the symbol table first (no DWARF needed), then DWARF."""
         if self.symtab.lookup_all(name):
             return self.symtab.lookup(name).addr
-        return self.types.global_address(name)
+        return self._fact(f"&{name}", lambda: self.types.global_address(name))

@@ -64,6 +64,7 @@ class WatchStats:
     hits: int = 0
     found_by_scan: int = 0    # canary located by the upward scan, not the prologue
     dead_frame_writes: int = 0  # the owner wrote into its own already-left frame
+    rep_repeats: int = 0      # further traps of a `rep` store already reported as a hit
 
     @property
     def not_armed(self) -> int:
@@ -109,6 +110,7 @@ class Engine:
         self.stats = [WatchStats() for _ in specs]
         self.frames = TaskFrames()
         self.hits: list[Hit] = []
+        self.hit_repeats: dict[int, int] = {}      # hit seq -> later traps of its rep store
         self.unexpected_stops = 0
         self.spurious_watch_reports = 0
         self._probes: dict[int, list[int]] = {}
@@ -118,6 +120,7 @@ class Engine:
             for addr, base, offset in spec.exits:
                 self._exits.setdefault(addr, []).append((index, base, offset))
         self._return_bps: dict[int, int] = {}     # address -> live frames using it
+        self._hooks: dict[int, Callable[[Stop], None]] = {}   # breakpoint -> callback
         self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
         self._read = target.read
         self.removed: set[int] = set()            # indices given to remove_spec
@@ -270,6 +273,9 @@ class Engine:
             if stop.pc == self.exit_hook_addr:
                 self._on_task_exit(stop)
                 handled = True
+            if stop.pc in self._hooks:
+                self._hooks[stop.pc](stop)
+                handled = True
             if handled:
                 return verdict
         self.unexpected_stops += 1
@@ -411,7 +417,8 @@ class Engine:
 
     def _static_breakpoint(self, addr: int) -> bool:
         """Probe, release and task-exit breakpoints stay for the whole run."""
-        return addr in self._probes or addr in self._exits or addr == self.exit_hook_addr
+        return (addr in self._probes or addr in self._exits or addr == self.exit_hook_addr
+                or addr in self._hooks)
 
     # ------------------------------------------------------------------ hit
     def _on_watch(self, stop: Stop) -> str:
@@ -502,8 +509,11 @@ class Engine:
         if previous == insn_addr and text.startswith("rep"):
             # A `rep stos`/`rep movs` traps once per element: one catch per
             # instruction per armed call, the repeats only counted.
+            stats.rep_repeats += 1
+            self.hit_repeats[self.hits[-1].seq] = self.hit_repeats.get(self.hits[-1].seq, 0) + 1
             if self.log is not None:
-                self.log.write("hit-repeat", seq=self.hits[-1].seq, insn=hex(insn_addr))
+                self.log.write("hit-repeat", seq=self.hits[-1].seq, insn=hex(insn_addr),
+                               repeats=self.hit_repeats[self.hits[-1].seq])
             watch.old_value = new
             return False
         backtrace = None
@@ -578,6 +588,13 @@ class Engine:
         )
 
     # -------------------------------------------------------------- summary
+    # ------------------------------------------------------- late additions
+    def add_hook(self, addr: int, callback: Callable[[Stop], None]) -> None:
+        """Call ``callback(stop)`` whenever the guest reaches ``addr`` (a breakpoint)."""
+        if not self._static_breakpoint(addr) and addr not in self._return_bps:
+            self.target.set_breakpoint(addr)
+        self._hooks[addr] = callback
+
     def live_watches(self) -> int:
         return sum(1 for f in self.frames.all() if f.watch is not None)
 
@@ -593,6 +610,7 @@ class Engine:
                 "reentries": stats.reentries, "returns": stats.returns, "stale": stats.stale,
                 "hits": stats.hits, "found_by_scan": stats.found_by_scan,
                 "dead_frame_writes": stats.dead_frame_writes,
+                "rep_repeats": stats.rep_repeats,
             })
         return out
 

@@ -47,8 +47,16 @@ def _kswtest(p: Program) -> GuestLayout:
     )
 
 
+def _canary_gs_offset(p: Program) -> int:
+    """%gs offset of the per-CPU canary: fixed_percpu_data.stack_canary (0x28, verified
+    on Debian's 6.1; the constant is the ABI gcc's -mstack-protector-guard=tls assumes)."""
+    found = _try(p.member_offset, "struct fixed_percpu_data", "stack_canary")
+    return found if found is not None else LINUX_CANARY_GS_OFFSET
+
+
 def _linux(p: Program) -> GuestLayout:
-    # v6.2+ keeps current in pcpu_hot; older kernels in the per-CPU current_task.
+    # v6.2+ keeps current in pcpu_hot; older kernels (Debian's 6.1 included, checked)
+    # in the per-CPU current_task.
     # Either way the symbol's value is an offset from the per-CPU (GS) base.
     current = _try(p.global_address, "current_task")
     if current is None:
@@ -61,7 +69,7 @@ def _linux(p: Program) -> GuestLayout:
         current_gs_offset=current,
         task_pid_offset=_try(p.member_offset, "task_struct", "pid"),
         task_comm_offset=_try(p.member_offset, "task_struct", "comm"),
-        guard=GuardSource("gs", offset=LINUX_CANARY_GS_OFFSET),
+        guard=GuardSource("gs", offset=_canary_gs_offset(p)),
         exit_function="do_exit",
         ticks_addr=_try(p.global_address, "jiffies_64") or _try(p.global_address, "jiffies"),
         irq_functions=("common_interrupt", "sysvec_apic_timer_interrupt",

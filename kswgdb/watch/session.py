@@ -35,6 +35,7 @@ from kswgdb.watch.faults import Watchdog, exit_fault
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
+from kswgdb.watch.modules import ModuleArmer, ModuleSymbolizer, ModuleWatch, resolve_in_module
 from kswgdb.watch.physrun import PhysWatch
 from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.poller import PollHit, PollStatus
@@ -139,6 +140,7 @@ class WatchSession:
         #: The running poller's owner, while `run` runs (the TUI adds polls through it).
         self.phys: PhysWatch | None = None
         self.backtrace_mode = "fp"
+        self.module_watches: list[ModuleWatch] = []
 
     # ----------------------------------------------------------- prepare
     def prepare(self) -> None:
@@ -152,7 +154,14 @@ class WatchSession:
         self.program = Program.load(self.image.symbols)
         self.backtrace_mode = resolve_backtrace_mode(opts.backtrace)
         configs = parse_watches(opts.watches)
-        self.resolved = [resolve_watch(cfg, self.program) for cfg in configs]
+        for cfg in configs:
+            in_module = None
+            if not self.program.symtab.lookup_all(cfg.func):
+                in_module = resolve_in_module(cfg, self.image.modules_dir)
+            if in_module is not None:
+                self.module_watches.append(in_module)
+            else:
+                self.resolved.append(resolve_watch(cfg, self.program))
         self.specs = [r.to_arm_spec() for r in self.resolved]
         layout = layout_for(self.program, self.image.guest)
         for resolved in self.resolved:
@@ -160,12 +169,13 @@ class WatchSession:
         self.resolved = [with_alignment_warning(r) for r in self.resolved]
         check_kernel_matches(self.image.kernel, self.image.symbols,
                              sorted({r.function.name for r in self.resolved}))
+        self.resolved += [m.resolved for m in self.module_watches]
 
     # --------------------------------------------------------------- run
     def run(self) -> RunReport:
         if self.image is None:
             self.prepare()
-        if not self.specs:
+        if not self.specs and not self.module_watches:
             return self._run_polls_only()
         assert self.image is not None and self.program is not None
         opts = self.options
@@ -205,7 +215,8 @@ class WatchSession:
                     client.handshake()
                     target = StubTarget(client, emulate=opts.emulate,
                                         queue_watchpoints=accel.accel == "tcg")
-                    symbolizer = ProgramSymbolizer(self.program)
+                    symbolizer = (ModuleSymbolizer(self.program) if self.module_watches
+                                  else ProgramSymbolizer(self.program))
                     if self.backtrace_mode == "gdb":
                         unwinder = GdbUnwinder(target, self.image.symbols, symbolizer)
                     engine = Engine(
@@ -215,6 +226,10 @@ class WatchSession:
                         backtracer=unwinder,
                     )
                     engine.install()
+                    if self.module_watches:
+                        assert isinstance(symbolizer, ModuleSymbolizer)
+                        ModuleArmer(self.program, self.module_watches, symbolizer,
+                                    self.on_status).install(engine)
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
                     watchdog = Watchdog(

@@ -66,6 +66,11 @@ class ProgramSymbolizer:
         """
         disasm = self.program.disasm
         func = disasm.function_at(pc)
+        here = func.at(pc) if func is not None else None
+        if here is not None and here.is_rep_string_store:
+            # A `rep stos`/`rep movs` with elements left traps with PC still on
+            # itself: the write is the string store, not a push.
+            return False
         if func is not None and func.start < pc:
             insn = func.ending_at(pc)
             candidates = [insn] if insn is not None else []

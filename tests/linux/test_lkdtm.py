@@ -1,0 +1,127 @@
+"""Debian's own 6.1 kernel under TCG: LKDTM's stack corruption caught, a hot path clean.
+
+Runs with ``make test-linux`` (which builds images/linux.toml first). Each test
+boots the real kernel, lets its initramfs load lkdtm.ko and run one command
+from the kernel command line, and watches in canary mode at the ``fo`` that
+`kswgdb disasm` suggests (the symbol layer's own listing, not a typed number).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from kswgdb.image import IMAGES_DIR
+from kswgdb.image import load as load_image
+from kswgdb.symbols.listing import build_listing
+from kswgdb.symbols.program import Program
+from kswgdb.watch.modules import find_module_function
+from kswgdb.watch.session import RunOptions, WatchSession
+
+LINUX_TOML = IMAGES_DIR / "linux.toml"
+PROVOKE = "/sys/kernel/debug/provoke-crash/DIRECT"
+
+
+@pytest.fixture(scope="module")
+def image():
+    assert LINUX_TOML.is_file()
+    if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
+        pytest.fail("the Debian image is not built: run `make image-linux` (make test-linux does)")
+    return load_image(LINUX_TOML)
+
+
+def _suggested(program: Program, func: str) -> str:
+    listing = build_listing(program, func)
+    assert listing.suggested_config, f"no watch suggested for {func}"
+    return listing.suggested_config
+
+
+def _memset_line(module_program: Program) -> tuple[str, int]:
+    """Where bugs.c calls memset in __lkdtm_CORRUPT_STACK (read from the source, not typed)."""
+    func = module_program.function("__lkdtm_CORRUPT_STACK")
+    first = module_program.source_line(func.addr)
+    assert first is not None
+    lines = Path(first.file).read_text().splitlines()
+    for n in range(first.line, first.line + 5):
+        if "memset(stack" in lines[n - 1]:
+            return first.file, n
+    raise AssertionError("memset not found in __lkdtm_CORRUPT_STACK's source")
+
+
+def _run(image, watch: str, command: str, timeout: float, tmp_path: Path):
+    session = WatchSession(RunOptions(
+        image=image.path, watches=[watch], accel="tcg", timeout=timeout,
+        cmdline=f"-- {command}", log_path=tmp_path / "events.jsonl"))
+    t0 = time.monotonic()
+    report = session.run()
+    return report, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("func", ["lkdtm_CORRUPT_STACK", "lkdtm_CORRUPT_STACK_STRONG"])
+def test_lkdtm_corrupt_stack_caught_at_the_memset(image, func: str, tmp_path: Path) -> None:
+    found = find_module_function(image.modules_dir, func)
+    assert found is not None and found[0] == "lkdtm"
+    module_program = found[1]
+    watch = _suggested(module_program, func)
+    crash = func.removeprefix("lkdtm_")
+    report, seconds = _run(image, watch, f"echo {crash} > {PROVOKE}", 120.0, tmp_path)
+    print(f"\n{func}: {watch}: {seconds:.1f} s, summary {report.summary}")
+
+    assert len(report.hits) == 1, [h.writer.symbol for h in report.hits]
+    hit = report.hits[0]
+    assert hit.watched_func == func and hit.what.startswith("canary")
+    # The writing instruction: the memset, inlined as `rep stosb`, in LKDTM's helper.
+    assert hit.writer.function == "__lkdtm_CORRUPT_STACK"
+    assert hit.writer.disasm.startswith("rep stos"), hit.writer.disasm
+    assert "[lkdtm]" in hit.writer.symbol
+    src_file, src_line = _memset_line(module_program)
+    assert hit.writer.source is not None
+    assert (hit.writer.source.file, hit.writer.source.line) == (src_file, src_line)
+    assert hit.owner.task == hit.writer_task.task
+    assert hit.writer_task.name == "sh" and hit.writer_task.pid is not None
+    # 0xff over the canary; one catch for the instruction, its other bytes counted.
+    assert hit.new.startswith("ff")     # guest byte order: the lowest byte first
+    row = report.summary[0]
+    assert (row["calls"], row["armed"], row["hits"]) == (1, 1, 1)
+    assert row["rep_repeats"] == hit.length - 1
+    # The guest ran on after the catch into the kernel's own verdict, which comes
+    # only when the function returns: the catch came first.
+    console = "\n".join(report.console_log)
+    assert re.search(rf"stack-protector: Kernel stack is corrupted in: {func}\b", console), \
+        console[-2000:]
+
+
+def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> None:
+    """cp_new_stat (every stat syscall; a 144-byte struct stat on the stack, so a canary)."""
+    kernel = Program.load(image.symbols)
+    watch = _suggested(kernel, "cp_new_stat")
+    workload = "for i in 1 2 3 4; do ls -l /bin /sys/kernel/debug > /dev/null; done"
+    report, seconds = _run(image, watch, workload, 240.0, tmp_path)
+    row = report.summary[0]
+    print(f"\ncp_new_stat: {watch}: {seconds:.1f} s: calls {row['calls']} armed {row['armed']} "
+          f"returns {row['returns']} hits {row['hits']} not armed {row['not_armed']}")
+    assert report.guest_exit is not None and report.guest_exit.kind == "shutdown"
+    assert "KSWGDB-INIT done status=0" in "\n".join(report.console_log)
+    assert row["armed"] >= 300
+    assert row["hits"] == 0 and report.hits == []
+    assert row["not_armed"] == 0
+    assert row["returns"] + row["stale"] == row["armed"]
+
+
+def test_boot_with_accel_auto_picks_tcg_and_says_why(image) -> None:
+    """`kswgdb boot` on the Debian image: auto -> TCG here (software KVM), to init and off."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "kswgdb", "boot", str(image.path), "--accel", "auto",
+         "--timeout", "60", "--cmdline", "-- cat /proc/modules"],
+        capture_output=True, text=True, timeout=120, cwd=IMAGES_DIR.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"accelerator: tcg \(.+\)", proc.stderr), proc.stderr
+    assert "KSWGDB-INIT ready kernel=6.1." in proc.stdout
+    assert re.search(r"^lkdtm \d+ 0 - Live 0x[0-9a-f]+", proc.stdout, re.MULTILINE)
+    assert "guest ended: shutdown" in proc.stdout
