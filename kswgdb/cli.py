@@ -139,9 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         status = commands.dispatch(args)
         signum = reaper.signalled()
-        if signum is not None and signum != signal.SIGINT:
-            # The handler's SystemExit was lost (raised inside a finalizer): the run
+        if signum == signal.SIGINT:
+            # The handler's exception was lost on its way up (see reaper): the run
             # still ended because of the signal, so say so and keep its status.
+            print("kswgdb: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if signum is not None:
             print(f"kswgdb: terminated by {_signal_name(signum)}", file=sys.stderr)
             return 128 + signum
         return status

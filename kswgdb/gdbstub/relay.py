@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -196,9 +197,13 @@ class Backtracer:
             self.mi.wait(token, timeout, command=connect)
             rec = self.mi.command(f"-stack-list-frames 0 {max_frames - 1}", timeout)
         finally:
+            in_flight = sys.exc_info()[1] is not None
             with contextlib.suppress(GdbError):
                 self.mi.command("-target-disconnect", timeout)
-            serving.join(timeout)
+            # join() re-raises the relay thread's error; while another exception (a
+            # Ctrl-C, a SIGTERM's SystemExit) is on its way up, that one must win.
+            with contextlib.suppress(Exception) if in_flight else contextlib.nullcontext():
+                serving.join(timeout)
         return [_frame(item) for item in (rec.get("payload") or {}).get("stack", [])]
 
     def _accept(self, token: int, connect: str, timeout: float) -> Transport:

@@ -52,8 +52,8 @@ _lock = threading.RLock()  # re-entrant: a signal handler may run while we hold 
 _children: dict[int, subprocess.Popen[Any]] = {}
 _previous: dict[int, Any] = {}
 _atexit_installed = False
-#: The last terminating signal handled, kept because the SystemExit raised for it can
-#: be swallowed: Python ignores exceptions raised while a finalizer (__del__) runs.
+#: The last terminating signal handled, kept because the exception raised for it can
+#: be lost on its way up (replaced by a cleanup error, or raised inside a finalizer).
 _signalled: int | None = None
 _signals_installed = False
 

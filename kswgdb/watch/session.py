@@ -10,6 +10,7 @@ is closed on the way out.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -279,10 +280,11 @@ class WatchSession:
             failure = sys.exc_info()[1]
             if failure is not None:
                 ending, fault = _ending_of(failure), fault or "exception"
-            elif reaper.signalled() is not None:
-                # The signal handler's SystemExit was swallowed (it fired inside a
-                # finalizer) and QEMU is gone: the signal, not QEMU, ended the run.
-                ending = f"terminated (exit status {128 + reaper.signalled()})"
+            elif (signum := reaper.signalled()) is not None:
+                # The signal handler's exception was lost on its way up and QEMU
+                # is gone: the signal, not QEMU, ended the run.
+                ending = ("interrupted (SIGINT)" if signum == signal.SIGINT
+                          else f"terminated (exit status {128 + signum})")
                 fault = fault or ending
             log.write("end", reason=ending, fault=fault is not None)
             log.close()
