@@ -35,7 +35,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         image=args.image, scenario=args.scenario, watches=list(args.watch), accel=args.accel,
         timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit, log_path=log,
-        slots=args.slots,
+        slots=args.slots, polls=list(getattr(args, "poll", [])),
     )
 
 
