@@ -526,7 +526,11 @@ class LiveSession:
 
     def _wait_for_quit(self) -> None:
         while not self._quit:
-            command = self._queue.get()
+            try:
+                command = self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                self._publish()             # poll counts (a removed poll) stay current
+                continue
             if isinstance(command, Quit):
                 self._quit = True
             else:

@@ -56,8 +56,9 @@ def test_poll_added_while_running_needs_no_stop_and_its_hit_is_published(live): 
     put(ram, ADDR, CONSTANT ^ (1 << 17))
     poller.step()
     [hit] = run.session.poll_hits()
+    flipped = CONSTANT ^ 1 << 17
     assert (hit.addr, hit.old, hit.new) == (
-        ADDR, CONSTANT.to_bytes(8, "little").hex(), (CONSTANT ^ 1 << 17).to_bytes(8, "little").hex())
+        ADDR, CONSTANT.to_bytes(8, "little").hex(), flipped.to_bytes(8, "little").hex())
     run.wait("hit in the snapshot", lambda: run.session.snapshot().poll_hit_count == 1)
     [row] = run.session.snapshot().polls
     assert (row.id, row.kind, row.samples, row.hits, row.done, row.removed) == (
