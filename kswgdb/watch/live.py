@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kswgdb import image as image_mod
-from kswgdb.errors import BadInput, KswError
+from kswgdb.errors import BadInput, InfraError, KswError
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.errors import MachineError
@@ -225,11 +225,12 @@ class LiveSession:
         try:
             machine.launch()
             self._start_polls(machine)
-        except KswError as exc:
+        except Exception as exc:  # noqa: BLE001 - one line on screen, exit status 3
             if self.phys is not None:
                 self.phys.close()
             machine.close()
-            self._fail(exc)
+            self._fail(exc if isinstance(exc, KswError)
+                       else InfraError(f"{type(exc).__name__}: {exc}"))
             return
         self.machine = machine
         self._thread = threading.Thread(target=self._main, name="kswgdb-live", daemon=True)
@@ -619,7 +620,10 @@ class LiveSession:
         """Map the guest's RAM and start the ``--poll``s before its first instruction."""
         assert self.image is not None
         where = self.options.log_path.parent if self.options.log_path else Path.cwd()
-        self.phys = PhysWatch(machine, self.program, self._poll_specs, guest=self.image.guest,
+        # The poller thread symbolizes vCPU PCs: same ELF file objects as the engine.
+        program: Any = (_LockedSymbolizer(self.program, self._symbols_lock)
+                        if self.program is not None else None)
+        self.phys = PhysWatch(machine, program, self._poll_specs, guest=self.image.guest,
                               log=self.log, on_hit=self.polls.record, engine_attached=True,
                               vmcore_dir=where)
         self.polls.attach(self.phys.poller, self.phys.freeze, self.phys.vmcores, self.log)
