@@ -116,6 +116,9 @@ def _tui_parser(sub) -> None:
     tui.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
     tui.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
                      help="a KStackWatch config to start with (repeatable; `a` adds more)")
+    tui.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
+                     help="a physical-memory poll to start with, sampling from the guest's "
+                          "first instruction (repeatable; `p` adds more)")
     tui.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     tui.add_argument("--timeout", type=float, default=0.0,
                      help="freeze the guest after S seconds (default: never)")

@@ -1,11 +1,11 @@
-"""The `kswgdb tui` screen: watches, hits, the selected hit and the console, live.
+"""The `kswgdb tui` screen: watches, polls, hits, the selected hit and the console, live.
 
 The app never touches the guest itself. It polls a `LiveSession` (a few
 times a second) for a `Snapshot`, new hits and new console lines, and turns
 key presses into the session's commands; the session's worker thread does
 the rest while the guest is stopped. A config typed into the add box is
 checked at once in this thread, so a mistake is a one-line error on screen
-and changes nothing.
+and changes nothing; so is a poll spec typed into the poll box.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from kswgdb.errors import BadInput
 from kswgdb.render.hit import render_hit
+from kswgdb.render.pollhit import render_poll_hit
 from kswgdb.tui import view
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.live import LiveSession
+from kswgdb.watch.poller import PollHit
 
 #: Seconds between two looks at the session.
 REFRESH_SECONDS = 0.25
@@ -36,13 +38,15 @@ class KswApp(App[None]):
     TITLE = "kswgdb"
     BINDINGS = [
         Binding("a", "add_watch", "Add watch"),
-        Binding("d", "remove_watch", "Remove watch"),
+        Binding("p", "add_poll", "Add poll"),
+        Binding("d", "remove_selected", "Remove"),
         Binding("f", "freeze", "Freeze"),
         Binding("c", "continue_guest", "Continue"),
         Binding("enter", "show_hit", "Hit detail", show=True),
         Binding("l", "toggle_console", "Console"),
         Binding("w", "focus('watches')", "Watches", show=False),
         Binding("h", "focus('hits')", "Hits", show=False),
+        Binding("o", "focus('polls')", "Polls", show=False),
         Binding("escape", "cancel_add", "Cancel", show=False),
         Binding("q", "quit", "Quit"),
     ]
@@ -54,6 +58,9 @@ class KswApp(App[None]):
         self._console_seen = 0
         self._notice_seq = 0
         self._shown_hit: int | None = None
+        self._poll_hits: list[PollHit] = []
+        #: Hit-list row key -> the hit (watch hits "1", "2"...; poll hits "P1", "P2"...).
+        self._by_key: dict[str, Hit | PollHit] = {}
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -61,6 +68,9 @@ class KswApp(App[None]):
         watches = DataTable(id="watches", cursor_type="row", zebra_stripes=True)
         watches.border_title = "watches (a add, d remove)"
         yield watches
+        polls = DataTable(id="polls", cursor_type="row", zebra_stripes=True)
+        polls.border_title = "physical-memory polls (p add, d remove)"
+        yield polls
         with Horizontal(id="main"):
             hits = DataTable(id="hits", cursor_type="row", zebra_stripes=True)
             hits.border_title = "hits (enter: detail)"
@@ -74,12 +84,17 @@ class KswApp(App[None]):
         yield Static("", id="message")
         yield Input(placeholder="KStackWatch config, e.g. fn=s3_victim fo=0x23   "
                                 "(enter: add, esc: cancel)", id="add")
+        yield Input(placeholder="poll spec, e.g. pa=0x1136a8 len=8 to=0x33   "
+                                "(enter: add, esc: cancel)", id="addpoll")
         yield Footer()
 
     def on_mount(self) -> None:
         watches = self.query_one("#watches", DataTable)
         for label, key in view.WATCH_COLUMNS:
             watches.add_column(label, key=key)
+        polls = self.query_one("#polls", DataTable)
+        for label, key in view.POLL_COLUMNS:
+            polls.add_column(label, key=key)
         hits = self.query_one("#hits", DataTable)
         for label, key in view.HIT_COLUMNS:
             hits.add_column(label, key=key)
@@ -98,7 +113,9 @@ class KswApp(App[None]):
             image, session.options.scenario, session.accel, snap, session.symbols_path,
             session.options.log_path))
         self._refresh_watches(snap.watches)
+        self._refresh_polls(snap.polls)
         self._refresh_hits()
+        self._refresh_poll_hits()
         self._refresh_console()
         if snap.notice_seq != self._notice_seq:
             self._notice_seq = snap.notice_seq
@@ -115,6 +132,31 @@ class KswApp(App[None]):
             else:
                 table.add_row(*(cells[k] for _, k in view.WATCH_COLUMNS), key=key)
 
+    def _refresh_polls(self, rows) -> None:
+        table = self.query_one("#polls", DataTable)
+        for row in rows:
+            cells = view.poll_cells(row)
+            key = str(row.id)
+            if key in table.rows:
+                for column, cell in cells.items():
+                    table.update_cell(key, column, cell, update_width=True)
+            else:
+                table.add_row(*(cells[k] for _, k in view.POLL_COLUMNS), key=key)
+
+    def _refresh_poll_hits(self) -> None:
+        new = self.session.poll_hits(len(self._poll_hits))
+        if not new:
+            return
+        table = self.query_one("#hits", DataTable)
+        for hit in new:
+            cells = view.poll_hit_cells(hit)
+            key = f"P{hit.seq}"
+            self._by_key[key] = hit
+            table.add_row(*(cells[k] for _, k in view.HIT_COLUMNS), key=key)
+        self._poll_hits += new
+        if self._shown_hit is None:
+            self.show_hit(new[0])
+
     def _refresh_hits(self) -> None:
         new = self.session.hits(len(self._hits))
         if not new:
@@ -122,6 +164,7 @@ class KswApp(App[None]):
         table = self.query_one("#hits", DataTable)
         for hit in new:
             cells = view.hit_cells(hit)
+            self._by_key[str(hit.seq)] = hit
             table.add_row(*(cells[k] for _, k in view.HIT_COLUMNS), key=str(hit.seq))
         self._hits += new
         if self._shown_hit is None:
@@ -143,8 +186,12 @@ class KswApp(App[None]):
         message.update(Text(text))          # never markup: configs contain [brackets]
         message.set_class(error, "error")
 
-    def show_hit(self, hit: Hit) -> None:
+    def show_hit(self, hit: Hit | PollHit) -> None:
         self._shown_hit = hit.seq
+        if isinstance(hit, PollHit):
+            self.query_one("#detail-body", Static).update(render_poll_hit(hit))
+            self.query_one("#detail", VerticalScroll).border_title = f"poll hit P{hit.seq}"
+            return
         self.query_one("#detail-body", Static).update(render_hit(hit))
         self.query_one("#detail", VerticalScroll).border_title = f"hit #{hit.seq}"
 
@@ -154,12 +201,50 @@ class KswApp(App[None]):
         box.add_class("visible")
         box.focus()
 
+    def action_add_poll(self) -> None:
+        box = self.query_one("#addpoll", Input)
+        box.add_class("visible")
+        box.focus()
+
     def action_cancel_add(self) -> None:
-        box = self.query_one("#add", Input)
-        if box.has_class("visible"):
-            box.remove_class("visible")
-            box.value = ""
-            self.query_one("#watches", DataTable).focus()
+        for box_id, table_id in (("#add", "#watches"), ("#addpoll", "#polls")):
+            box = self.query_one(box_id, Input)
+            if box.has_class("visible"):
+                box.remove_class("visible")
+                box.value = ""
+                self.query_one(table_id, DataTable).focus()
+
+    @on(Input.Submitted, "#addpoll")
+    def poll_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        try:
+            poll_id = self.session.add_poll(text)
+        except BadInput as exc:
+            self.say(f"error: {' '.join(str(exc).split())}", error=True)
+            return                  # the box stays open with the text, to fix it
+        self.say(f"poll P{poll_id} sampling: {text} (the guest was not stopped)")
+        self.action_cancel_add()
+
+    def action_remove_selected(self) -> None:
+        """`d`: the selected poll when the poll table has focus, else the selected watch."""
+        focused = self.focused
+        if focused is not None and focused.id == "polls":
+            self.action_remove_poll()
+        else:
+            self.action_remove_watch()
+
+    def action_remove_poll(self) -> None:
+        table = self.query_one("#polls", DataTable)
+        if table.row_count == 0:
+            self.say("no poll to remove", error=True)
+            return
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        try:
+            spec = self.session.remove_poll(int(key.value))
+        except BadInput as exc:
+            self.say(f"error: {exc}", error=True)
+            return
+        self.say(f"poll P{key.value} removed: {spec.canonical()}")
 
     @on(Input.Submitted, "#add")
     def add_submitted(self, event: Input.Submitted) -> None:
@@ -205,7 +290,7 @@ class KswApp(App[None]):
             self.say("no hit yet")
             return
         key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        self.show_hit(self._hits[int(key.value) - 1])
+        self.show_hit(self._by_key[key.value])
 
     @on(DataTable.RowSelected, "#watches")
     def watch_selected(self, event: DataTable.RowSelected) -> None:
@@ -220,7 +305,16 @@ class KswApp(App[None]):
 
     @on(DataTable.RowSelected, "#hits")
     def hit_selected(self, event: DataTable.RowSelected) -> None:
-        self.show_hit(self._hits[int(event.row_key.value) - 1])
+        self.show_hit(self._by_key[event.row_key.value])
+
+    @on(DataTable.RowSelected, "#polls")
+    def poll_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a poll: the latest hit of that poll."""
+        mine = [h for h in self._poll_hits if str(h.poll_id) == event.row_key.value]
+        if mine:
+            self.show_hit(mine[-1])
+        else:
+            self.say("no hit for this poll yet")
 
     def action_toggle_console(self) -> None:
         self.query_one("#console", Log).toggle_class("hidden")

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from kswgdb.errors import BadInput
 from kswgdb.render.hit import value
+from kswgdb.render.pollhit import render_poll_summary
 from kswgdb.render.summary import render_summary
 from kswgdb.watch.live import LiveSession
 from kswgdb.watch.session import RunOptions
@@ -35,7 +36,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         image=args.image, scenario=args.scenario, watches=list(args.watch), accel=args.accel,
         timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit, log_path=log,
-        slots=args.slots,
+        slots=args.slots, polls=list(getattr(args, "poll", [])),
     )
 
 
@@ -57,7 +58,7 @@ def run_tui(args: argparse.Namespace) -> int:
     print_record(session, Console(highlight=False))
     if session.error is not None:
         raise session.error
-    return EXIT_HIT if session.hits() else EXIT_OK
+    return EXIT_HIT if session.hits() or session.poll_hits() else EXIT_OK
 
 
 def print_record(session: LiveSession, out: Console) -> None:
@@ -71,6 +72,9 @@ def print_record(session: LiveSession, out: Console) -> None:
     } for r in snap.watches]
     if rows:
         out.print(render_summary(rows))
+    polls = session.polls.statuses()
+    if polls:
+        out.print(render_poll_summary(polls))
     if snap.guest_exit is not None:
         out.print(f"[dim]guest ended: {snap.guest_exit}")
     if session.options.log_path:
@@ -81,4 +85,11 @@ def print_record(session: LiveSession, out: Console) -> None:
                   f"({hit.owner}) {value(hit.old)} -> {value(hit.new)}", markup=False)
     if len(hits) > SHOWN_HITS:
         out.print(f"[dim]... {len(hits) - SHOWN_HITS} more in the event log")
-    out.print(f"[bold {'red' if hits else 'green'}]{len(hits)} hit(s)")
+    poll_hits = session.poll_hits()
+    for phit in poll_hits[:SHOWN_HITS]:
+        out.print(f"poll hit P{phit.seq}: pa {phit.addr:#x} ({phit.kind}) "
+                  f"{value(phit.old)} -> {value(phit.new)} ({phit.config})", markup=False)
+    if len(poll_hits) > SHOWN_HITS:
+        out.print(f"[dim]... {len(poll_hits) - SHOWN_HITS} more poll hits in the event log")
+    total = len(hits) + len(poll_hits)
+    out.print(f"[bold {'red' if total else 'green'}]{total} hit(s)")

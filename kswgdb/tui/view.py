@@ -14,7 +14,9 @@ from rich.text import Text
 from kswgdb.qemu.accel import AccelDecision
 from kswgdb.render.hit import value
 from kswgdb.watch.hits import Hit
-from kswgdb.watch.livestate import EXITED, FAILED, FROZEN, RUNNING, Snapshot, WatchRow
+from kswgdb.watch.livestate import EXITED, FAILED, FROZEN, RUNNING, PollRow, Snapshot, WatchRow
+from kswgdb.watch.pollconfig import format_interval
+from kswgdb.watch.poller import PollHit
 
 STATE_STYLE = {RUNNING: "bold green", FROZEN: "bold yellow", EXITED: "bold blue",
                FAILED: "bold red"}
@@ -22,6 +24,8 @@ STATE_STYLE = {RUNNING: "bold green", FROZEN: "bold yellow", EXITED: "bold blue"
 WATCH_COLUMNS = (("#", "index"), ("config", "config"), ("calls", "calls"), ("armed", "armed"),
                  ("not armed", "not_armed"), ("live", "live"), ("hits", "hits"),
                  ("watching", "what"))
+POLL_COLUMNS = (("#", "id"), ("poll", "config"), ("memory", "memory"),
+                ("interval achieved", "interval"), ("samples", "samples"), ("hits", "hits"))
 HIT_COLUMNS = (("#", "seq"), ("time", "time"), ("writer", "writer"), ("victim", "victim"),
                ("old -> new", "change"))
 
@@ -47,8 +51,10 @@ def header(image: str, scenario: int | None, accel: AccelDecision | None, snap: 
     if detail:
         text.append(f" {detail}")
     active = sum(1 for w in snap.watches if w.active)
-    text.append(f"   {active} watch(es), ")
-    text.append(f"{snap.hit_count} hit(s)", style="bold red" if snap.hit_count else "")
+    polls = sum(1 for p in snap.polls if not p.removed)
+    hits = snap.hit_count + snap.poll_hit_count
+    text.append(f"   {active} watch(es), {polls} poll(s), ")
+    text.append(f"{hits} hit(s)", style="bold red" if hits else "")
     if log is not None:
         text.append(f"   log {log}", style="dim")
     if snap.state == FROZEN and snap.vmcore is not None:
@@ -80,5 +86,32 @@ def hit_cells(hit: Hit) -> dict[str, str | Text]:
         "time": f"{stamp}.{int(hit.wall_time % 1 * 1000):03d}",
         "writer": Text(hit.writer.symbol, style="bold red"),
         "victim": victim,
+        "change": f"{value(hit.old)} -> {value(hit.new)}",
+    }
+
+
+def poll_cells(row: PollRow) -> dict[str, str | Text]:
+    """One poll-table row: what is sampled, from which memory, how often it really was."""
+    style = "dim strike" if row.removed else ""
+    state = " (removed)" if row.removed else " (done)" if row.done else ""
+    memory = ("DRAM" if row.kind == "dram" else "MMIO, pauses the guest") + f" ({row.label})"
+    interval = format_interval(row.median_interval) if row.median_interval else "-"
+    errors = f" ({row.errors} failed)" if row.errors else ""
+    return {
+        "id": Text(f"P{row.id}", style=style),
+        "config": Text(row.config + state, style=style),
+        "memory": memory, "interval": interval, "samples": f"{row.samples}{errors}",
+        "hits": Text(str(row.hits), style="bold red" if row.hits else ""),
+    }
+
+
+def poll_hit_cells(hit: PollHit) -> dict[str, str | Text]:
+    """A poll hit in the hit list: no writer is known, only what changed where."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(hit.wall_time))
+    return {
+        "seq": f"P{hit.seq}",
+        "time": f"{stamp}.{int(hit.wall_time % 1 * 1000):03d}",
+        "writer": Text(f"poll #{hit.poll_id} ({hit.kind.upper()})", style="bold magenta"),
+        "victim": f"pa {hit.addr:#x} ({hit.label})",
         "change": f"{value(hit.old)} -> {value(hit.new)}",
     }

@@ -16,8 +16,14 @@ else talks to it through a queue of commands:
 - it publishes what a screen needs as immutable `Snapshot`s plus an
   append-only list of hits, which a UI polls from its own thread.
 
-A new command kind (a physical-memory poll, say) is a frozen dataclass plus a
-handler given to `LiveSession.handle`; the loop does not change.
+A new command kind is a frozen dataclass plus a handler given to
+`LiveSession.handle`; the loop does not change.
+
+Physical-memory polls (`kswgdb.watch.livepolls`) run beside all this in the
+poller's own thread: the guest's RAM is always a shared file here, so a poll
+can be added at any time without stopping the guest. The loop only has to
+honour a poll's ``on-hit=freeze``: the poller stops the guest through QMP, and
+the worker then keeps it stopped instead of resuming it.
 
 Inputs that can be wrong are checked in the caller's thread, before anything
 is queued: `prepare` raises `BadInput` before QEMU starts, `add_watch` raises it
@@ -34,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kswgdb import image as image_mod
-from kswgdb.errors import BadInput, KswError
+from kswgdb.errors import BadInput, InfraError, KswError
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.errors import MachineError
@@ -46,6 +52,7 @@ from kswgdb.watch.engine import Engine
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
+from kswgdb.watch.livepolls import LivePolls
 from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and tests
     CLOSED,
     EXITED,
@@ -54,14 +61,20 @@ from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and
     NOT_ARMED_WORDS,
     RUNNING,
     STARTING,
+    AddPoll,
     AddWatch,
     Continue,
     Freeze,
+    PollRow,
     Quit,
+    RemovePoll,
     RemoveWatch,
     Snapshot,
     WatchRow,
 )
+from kswgdb.watch.physrun import PhysWatch
+from kswgdb.watch.pollconfig import PollSpec, parse_polls
+from kswgdb.watch.poller import PollHit
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.session import RunOptions
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
@@ -133,7 +146,12 @@ class LiveSession:
         self._handlers: dict[type, Callable[[Any], None]] = {
             AddWatch: self._do_add, RemoveWatch: self._do_remove, Freeze: self._do_freeze,
             Continue: self._do_continue, Quit: self._do_quit,
+            AddPoll: self._do_add_poll, RemovePoll: self._do_remove_poll,
         }
+        #: Physical-memory polls; started with the machine (see `start`).
+        self.polls = LivePolls()
+        self.phys: PhysWatch | None = None
+        self._poll_specs: list[PollSpec] = []
         # Worker-only state.
         self._engine: Engine | None = None
         self._target: Target | None = None
@@ -165,6 +183,7 @@ class LiveSession:
         configs = parse_watches(list(opts.watches)) if opts.watches else []
         self._resolved = [resolve_watch(cfg, self.program) for cfg in configs]
         self._specs = [r.to_arm_spec() for r in self._resolved]
+        self._poll_specs = parse_polls(list(opts.polls))
         self.accel = decide(opts.accel)
         if opts.log_path is not None and not opts.log_path.parent.is_dir():
             raise BadInput(f"--log {opts.log_path}: no such directory {opts.log_path.parent}")
@@ -198,13 +217,20 @@ class LiveSession:
         # the session, not as long as whichever thread happened to start it.
         assert self.image is not None and self.accel is not None
         opts = self.options
+        # RAM always in a shared file: a poll can be added later even if none is
+        # given now (bench/shared_ram.py: the guest runs no slower for it).
         machine = self._machine_factory(self.image, accel=self.accel, scenario=opts.scenario,
-                                        extra_cmdline=opts.cmdline, paused=True)
+                                        extra_cmdline=opts.cmdline, paused=True,
+                                        shared_ram="file")
         try:
             machine.launch()
-        except KswError as exc:
+            self._start_polls(machine)
+        except Exception as exc:  # noqa: BLE001 - one line on screen, exit status 3
+            if self.phys is not None:
+                self.phys.close()
             machine.close()
-            self._fail(exc)
+            self._fail(exc if isinstance(exc, KswError)
+                       else InfraError(f"{type(exc).__name__}: {exc}"))
             return
         self.machine = machine
         self._thread = threading.Thread(target=self._main, name="kswgdb-live", daemon=True)
@@ -223,6 +249,24 @@ class LiveSession:
         if not any(r.index == index and r.active for r in rows):
             raise BadInput(f"no active watch #{index}")
         self.submit(RemoveWatch(index))
+
+    def add_poll(self, text: str) -> int:
+        """Check ``text`` now (`BadInput` changes nothing) and start polling at once.
+
+        Not queued: the poller samples from its own thread, so the guest need
+        not stop for a poll to be added (`AddPoll` is the queued equivalent).
+        """
+        self._require_guest("add a poll")
+        return self.polls.add(self.polls.check(text))
+
+    def remove_poll(self, poll_id: int) -> PollSpec:
+        """Stop poll ``poll_id`` at once; `BadInput` if there is no such active poll."""
+        self._require_guest("remove a poll")
+        return self.polls.remove(poll_id)
+
+    def poll_hits(self, since: int = 0) -> list[PollHit]:
+        """Poll hits so far, from number ``since`` (0-based) on."""
+        return self.polls.hits(since)
 
     def freeze(self) -> None:
         self._require_guest("freeze the guest")
@@ -335,9 +379,12 @@ class LiveSession:
             self._fail(KswError(f"{type(exc).__name__}: {exc}"))
         finally:
             self._running = False
+            if self.phys is not None:
+                self.phys.close()       # a hit in hand (vCPU snapshot, dump) finishes first
             machine.close()
             if self.log is not None and self._engine is not None:
-                self.log.write("summary", watches=self._engine.summary())
+                self.log.write("summary", watches=self._engine.summary(),
+                               polls=[vars(p) for p in self.polls.statuses()])
 
     def _fail(self, exc: KswError) -> None:
         self.error = exc
@@ -392,7 +439,7 @@ class LiveSession:
                 stop = target.wait_stop(POLL_SECONDS)
                 if stop is None:
                     timed_out = deadline is not None and time.monotonic() >= deadline
-                    if not timed_out and self._queue.empty():
+                    if not timed_out and self._queue.empty() and not self.polls.freeze_pending():
                         self._publish()
                         continue
                     stop = self._halt()
@@ -408,6 +455,7 @@ class LiveSession:
                 try:
                     command = self._queue.get(timeout=POLL_SECONDS)
                 except queue.Empty:
+                    self._publish()         # the polls keep counting while the guest is stopped
                     continue
                 self._apply(command)
             applied = self._drain()
@@ -442,7 +490,10 @@ class LiveSession:
         """Handle one stop with the engine; False when the guest has ended."""
         assert self._engine is not None
         interrupted, self._interrupted = self._interrupted, False
-        if stop.kind == "other" and interrupted:
+        poll_froze = self.polls.freeze_pending()
+        if stop.kind == "other" and (interrupted or poll_froze):
+            if poll_froze:
+                self._poll_freeze()      # a poll's QMP stop: nothing for the engine either
             return True                  # our own interrupt: nothing for the engine
         verdict = self._engine.handle(stop)
         if verdict == "exit":
@@ -452,6 +503,8 @@ class LiveSession:
             return False
         if verdict == "freeze":
             self._freeze("a ph=1 / --on-hit freeze hit")
+        elif self.polls.freeze_pending():
+            self._poll_freeze()
         return True
 
     def _drain(self) -> bool:
@@ -474,7 +527,11 @@ class LiveSession:
 
     def _wait_for_quit(self) -> None:
         while not self._quit:
-            command = self._queue.get()
+            try:
+                command = self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                self._publish()             # poll counts (a removed poll) stay current
+                continue
             if isinstance(command, Quit):
                 self._quit = True
             else:
@@ -513,8 +570,17 @@ class LiveSession:
     def _do_continue(self, _command: Continue) -> None:
         if not self._run_wanted:
             self._vmcore = None
+            self.polls.thaw()
             self.note("guest continues")
         self._run_wanted = True
+
+    def _do_add_poll(self, command: AddPoll) -> None:
+        poll_id = self.polls.add(command.spec)
+        self.note(f"poll #{poll_id} started: {command.spec.canonical()}")
+
+    def _do_remove_poll(self, command: RemovePoll) -> None:
+        spec = self.polls.remove(command.poll_id)
+        self.note(f"poll #{command.poll_id} removed: {spec.canonical()}")
 
     def _do_quit(self, _command: Quit) -> None:
         self._quit = True
@@ -536,7 +602,35 @@ class LiveSession:
         else:
             self.note(f"frozen ({why})")
 
+    def _poll_freeze(self) -> None:
+        """A poll hit with ``on-hit=freeze`` stopped the guest: keep it stopped until `c`."""
+        was = self._run_wanted
+        self._run_wanted = False
+        hit = self.polls.freezer()
+        what = f"poll #{hit.poll_id}" if hit is not None else "a poll"
+        self._state, self._detail = FROZEN, f"({what} on-hit=freeze)"
+        if was:
+            if self.log is not None:
+                self.log.write("freeze", why=f"{what} on-hit=freeze", vmcore=None)
+            self.note(f"frozen by {what} (on-hit=freeze); its vmcore is in the hit detail; "
+                      "c continues")
+
     # --------------------------------------------------------- helpers
+    def _start_polls(self, machine: Machine) -> None:
+        """Map the guest's RAM and start the ``--poll``s before its first instruction."""
+        assert self.image is not None
+        where = self.options.log_path.parent if self.options.log_path else Path.cwd()
+        # The poller thread symbolizes vCPU PCs: same ELF file objects as the engine.
+        program: Any = (_LockedSymbolizer(self.program, self._symbols_lock)
+                        if self.program is not None else None)
+        self.phys = PhysWatch(machine, program, self._poll_specs, guest=self.image.guest,
+                              log=self.log, on_hit=self.polls.record, engine_attached=True,
+                              vmcore_dir=where)
+        self.polls.attach(self.phys.poller, self.phys.freeze, self.phys.vmcores, self.log)
+        self.phys.start()
+        if self.log is not None:
+            self.log.write("polls", polls=self.phys.describe())
+
     def _on_hit(self, hit: Hit) -> None:
         with self._lock:
             self._hits.append(hit)
@@ -599,8 +693,10 @@ class LiveSession:
                 state = FROZEN
             self._snapshot = Snapshot(
                 state=state, detail=self._detail, watches=rows, hit_count=len(self._hits),
-                vmcore=self._vmcore, guest_exit=self._guest_exit, notice=self._notice,
+                vmcore=self._vmcore if self._vmcore is not None else self.polls.freeze_vmcore(),
+                guest_exit=self._guest_exit, notice=self._notice,
                 notice_seq=self._notice_seq,
                 error=" ".join(str(self.error).split()) if self.error else "",
+                polls=self.polls.rows(), poll_hit_count=self.polls.hit_count(),
             )
 

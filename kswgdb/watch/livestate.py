@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kswgdb.qemu.exitstatus import GuestExit
+from kswgdb.watch.pollconfig import PollSpec
 from kswgdb.watch.resolve import ResolvedWatch
 from kswgdb.watch.spec import ArmSpec
 
@@ -30,6 +31,18 @@ class AddWatch:
 @dataclass(frozen=True)
 class RemoveWatch:
     index: int
+
+
+@dataclass(frozen=True)
+class AddPoll:
+    """Start one more physical-memory poll (already parsed; see `LiveSession.add_poll`)."""
+
+    spec: PollSpec
+
+
+@dataclass(frozen=True)
+class RemovePoll:
+    poll_id: int
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,22 @@ class WatchRow:
 
 
 @dataclass(frozen=True)
+class PollRow:
+    """One physical-memory poll as a table row (a removed poll keeps its last counts)."""
+
+    id: int
+    config: str
+    kind: str                       # "dram" | "mmio"
+    label: str                      # what the memory map calls the range
+    samples: int = 0
+    hits: int = 0
+    errors: int = 0
+    median_interval: float | None = None
+    done: bool = False              # once=1 and it fired
+    removed: bool = False
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything a screen shows except the hits and the console (read those apart)."""
 
@@ -79,6 +108,8 @@ class Snapshot:
     notice: str = ""
     notice_seq: int = 0
     error: str = ""
+    polls: tuple[PollRow, ...] = ()
+    poll_hit_count: int = 0
 
 
 NOT_ARMED_WORDS = (("skipped_depth", "depth"), ("refused_pool", "no slot"),

@@ -22,6 +22,8 @@ def tui(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     (["-w", "fn=no_such_function fo=0x10"], "no_such_function"),
     (["--scenario", "99"], "--scenario 99"),
     (["--slots", "0"], "--slots"),
+    (["--poll", "pa=0x1000 len=3 to=0x1"], "len=3"),
+    (["--poll", "pa=0x1000 len=8 to=0x1 zz=1"], "zz"),
     (["--timeout", "-1"], "--timeout"),
     (["--log", "/nonexistent/dir/ev.jsonl"], "no such directory"),
     (["--accel", "xen"], "invalid choice"),
