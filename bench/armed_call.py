@@ -332,6 +332,8 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
                  "read_releases": s.get("read_releases"), "foreign_reads": s.get("foreign_reads")}
     if report.result.reason != "exit" and not run.wedged:
         run.failed = f"engine ended: {report.result.reason}"
+    if report.fault and not run.wedged:
+        run.failed = report.fault          # e.g. QEMU aborted (readrel-x on 2 vCPUs)
     return run
 
 

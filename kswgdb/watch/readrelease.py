@@ -3,21 +3,25 @@
 QEMU 7.2's gdbstub flushes the whole TCG translation cache at every breakpoint
 stop (``gdb_vm_state_change``: a RUN_STATE_DEBUG stop without a watchpoint hit
 calls ``tb_flush``) and at no watchpoint stop. A release-point breakpoint thus
-costs a flush and the re-translation of everything the guest runs next. The
-epilogue, though, reads its own saved registers right after it releases the
-watched slot (``add rsp, N; pop rbx`` or ``leave``): a read watchpoint on that
-saved-register slot stops the guest right after the read, at no flush.
+costs a flush and the re-translation of everything the guest runs next.
 
-It is safe only if no interrupt can be taken between the release and the read,
-since an interrupt frame pushed onto a still-watched, already-released slot is
-KStackWatch's false positive and, under QEMU 7.2 TCG, a lost interrupt. TCG
-takes interrupts only between translation blocks, and a non-stop-before
-watchpoint re-executes the reading instruction alone with ``CF_NOIRQ`` and
-raises the debug exception before any hardware interrupt. So the stretch from
-the release instruction to the read must lie inside one translation block:
-straight-line, on one page, no instruction in it the target of a jump or a
-return from a call, and nothing in between that touches memory (a fault or
-another watchpoint would end the block there).
+When the instruction that releases the watched slot itself reads the frame
+(``leave`` reads the saved RBP, a ``pop`` the slot at SP), a read watchpoint on
+what it reads stops the guest right after it, at no flush. No interrupt can
+come in between: a watchpoint that does not stop before the access
+(``cpu_check_watchpoint``) re-executes the one instruction with ``CF_NOIRQ``,
+``cpu_handle_interrupt`` skips hardware interrupts for such a block, and the
+debug interrupt it raises is taken first.
+
+Only that one instruction: a read *after* the release (``add rsp, N`` then
+``pop rbx``) leaves a window. TCG takes interrupts only between translation
+blocks, but since QEMU 6.1 every block on a page holding a gdb breakpoint (the
+probe, usually in the same function) is one instruction long, so an interrupt
+can land between the release and the read and push its frame onto the still
+watched slot: a lost interrupt and a wedged guest, measured (bench mode
+``readrel-x``, which raises `MAX_STRETCH` to try it). The stretch checks below
+(no jump target, no call return, one page, no memory access in between) are
+what that experiment needs; they do not make it safe.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from kswgdb.symbols.disasm import FunctionCode, Instruction
 from kswgdb.symbols.frame import FrameAnalysis
 
 PAGE = 4096
-#: Far more than any epilogue needs; keeps the stretch well under TCG's block limits.
+#: Instructions from the release to the read, both included: 1 = the release reads.
 MAX_STRETCH = 1
 #: (read CFA offset, read length, SP - CFA once the read has run): one per release point.
 ReadExit = tuple[int, int, int]

@@ -6,8 +6,6 @@ import dataclasses
 import inspect
 from pathlib import Path
 
-import pytest
-
 from kswgdb.symbols.program import Program as ElfProgram
 from kswgdb.watch.config import parse_watch
 from kswgdb.watch.engine import Engine
@@ -93,20 +91,24 @@ def test_a_probe_above_drops_a_frame_whose_read_was_never_seen():
     assert fake.watchpoints == set() and fake.read_watchpoints == []
 
 
-@pytest.mark.skipif(not IMAGE.exists(), reason="make guest builds images/kswtest.elf")
-def test_s3_victim_release_is_followed_by_its_pop_rbx():
-    """`add rsp, 0x58` releases the canary; the `pop rbx` two instructions on reads CFA-56."""
+def plan(prog, func):
+    fo = prog.analyze(func).suggest_offset()
+    resolved = resolve_watch(parse_watch(f"fn={func} fo={fo:#x}"), prog)
+    return resolved, resolved.to_arm_spec()
+
+
+def test_leave_is_its_own_releasing_read_and_add_rsp_is_not():
+    """s7_victim: `leave` releases the slot and reads the saved RBP at CFA-16, leaving SP at
+    CFA-8. s3_victim: `add rsp, 0x58` releases and reads nothing; the `pop rbx` after it is
+    not used, since an interrupt can come in between (see kswgdb.watch.readrelease)."""
     prog = ElfProgram.load(IMAGE, cache=False)
-    fo = prog.analyze("s3_victim").suggest_offset()
-    resolved = resolve_watch(parse_watch(f"fn=s3_victim fo={fo:#x}"), prog)
-    spec = resolved.to_arm_spec()
-    assert len(spec.exits) == 1
-    (offset, length, sp_after), = spec.read_exits
-    code = resolved.analysis.code
-    release = code.at(spec.exits[0][0])
-    reader = next(i for i in code.instructions[code.index_of(release.addr):]
-                  if i.mnemonic.startswith("pop"))
-    state = resolved.analysis.frame.state_before(reader.addr)
-    assert (offset, length) == (-state.sp, 8)
-    assert sp_after == offset + 8
-    assert offset >= resolved.cfa_offset + resolved.slot.length   # not the canary itself
+    resolved, spec = plan(prog, "s7_victim")
+    (release, _, _), = spec.exits
+    assert resolved.analysis.code.at(release).mnemonic.startswith("leave")
+    assert spec.read_exits == ((-16, 8, -8),)
+    slot_end = resolved.cfa_offset + resolved.slot.length
+    assert slot_end <= -16 or resolved.cfa_offset >= -8         # not the watched slot
+    resolved, spec = plan(prog, "s3_victim")
+    (release, _, _), = spec.exits
+    assert resolved.analysis.code.at(release).mnemonic == "add"
+    assert spec.read_exits == ()
