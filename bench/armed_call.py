@@ -91,6 +91,7 @@ from kswgdb.gdbstub import transport as transport_mod  # noqa: E402
 from kswgdb.qemu import console as console_mod  # noqa: E402
 from kswgdb.qemu import machine as machine_mod  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
+from kswgdb.symbols.program import Program  # noqa: E402
 from kswgdb.watch import engine as engine_mod  # noqa: E402
 from kswgdb.watch import readrelease  # noqa: E402
 from kswgdb.watch.scenarios import scenario_watch  # noqa: E402
@@ -743,6 +744,9 @@ def main() -> int:
     ap.add_argument("--profile-only", action="store_true")
     ap.add_argument("--cpus", type=int, default=None,
                     help="override the image's vCPU count (readrel-x needs 1)")
+    ap.add_argument("--victim", default=None,
+                    help="watch this function's canary instead of s3_victim's (e.g. "
+                         "s3_enter_victim, which releases with `leave`, for readrel)")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -754,6 +758,9 @@ def main() -> int:
         image_mod.load = lambda spec=None: dataclasses.replace(plain_load(spec), cpus=args.cpus)
     image = image_mod.load(None)
     watch = scenario_watch(image, SCENARIO)
+    if args.victim:
+        fo = Program.load(image.symbols).analyze(args.victim).suggest_offset()
+        watch = f"fn={args.victim} fo={fo:#x}"
     prep = WatchSession(RunOptions(image=image.path, scenario=SCENARIO, watches=[watch]))
     prep.prepare()
     spec = prep.specs[0]
