@@ -3,12 +3,23 @@
 Usage: python3 bench/armed_call.py [--reps 5] [--iters 1000] [--profile]
 
 Scenario 6 of the test kernel ("clean": 3 tasks call s3_victim ``iters`` times in
-total) runs under TCG in five modes, interleaved rep by rep (the order rotates),
+total) runs under TCG in six modes, interleaved rep by rep (the order rotates),
 because this shared machine is noisy (+-30% between runs):
 
   alone    no debugger: Machine(paused=False)
   armed    kswgdb (WatchSession), watching s3_victim's canary; every call armed;
            breakpoints are left by emulating their instruction on the host
+  readrel  armed, with RunOptions.release_by_read: the release point is seen by a
+           read watchpoint on the saved register the epilogue pops right after it
+           (kswgdb.watch.readrelease), a watchpoint stop, instead of a breakpoint;
+           s3_victim releases with `add rsp` (no read), so it keeps its breakpoint
+  readrel-x  EXPERIMENT, not a kswgdb mode: readrel with readrelease.MAX_STRETCH
+           raised to 8, so s3_victim's release is seen by the `pop rbx` two
+           instructions after `add rsp`. Unsafe: QEMU 7.2 cuts every TB on a page
+           holding a gdb breakpoint (the probe) to one instruction, so an interrupt
+           can land between the release and the read (a wedge, see Hangs); and with
+           2 vCPUs a read hit that QEMU reports for the other vCPU's stop leaves a
+           stale watchpoint_hit that aborts QEMU (BQL assertion). Use --cpus 1.
   stepped  the same, with emulation off (RunOptions.emulate=False): every
            breakpoint is left by a real single-step, as before
   unarmed  the same config plus ``dp=5``: every call is probed and returned from,
@@ -52,6 +63,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -79,13 +91,15 @@ from kswgdb.gdbstub import transport as transport_mod  # noqa: E402
 from kswgdb.qemu import console as console_mod  # noqa: E402
 from kswgdb.qemu import machine as machine_mod  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
+from kswgdb.symbols.program import Program  # noqa: E402
 from kswgdb.watch import engine as engine_mod  # noqa: E402
+from kswgdb.watch import readrelease  # noqa: E402
 from kswgdb.watch.scenarios import scenario_watch  # noqa: E402
 from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
 
 SCENARIO = 6
 STAMPED = ("KSWTEST start", "KSWTEST stats", "KSWTEST verdict")
-MODES = ("alone", "armed", "stepped", "unarmed", "gdb")
+MODES = ("alone", "armed", "readrel", "readrel-x", "stepped", "unarmed", "gdb")
 
 # --------------------------------------------------------------------------
 # Instrumentation, bench-only (monkeypatches in this process; nothing is edited)
@@ -137,7 +151,7 @@ def _stamp_returns(name: str) -> None:
     setattr(engine_mod.Engine, name, wrapper)
 
 
-for _name in ("_on_return", "_on_exit"):
+for _name in ("_on_return", "_on_exit", "_on_release_read"):
     _stamp_returns(_name)
 
 _WEDGE = {"since": None, "expect": 0}     # set by the watchdog during a kswgdb run
@@ -155,11 +169,11 @@ def _wedged_and_done() -> bool:
     return time.monotonic() - max(since, _RETURNS["last"] or 0.0) > STALL_SECONDS
 
 
-def _stoppable_run(self, deadline=None, should_stop=None, poll=0.25):
+def _stoppable_run(self, deadline=None, should_stop=None, poll=0.25, **more):
     """Engine.run, also ended once the bench's watchdog saw the guest wedged."""
     def stop_now():
         return _wedged_and_done() or (should_stop is not None and should_stop())
-    return _orig_engine_run(self, deadline=deadline, should_stop=stop_now, poll=poll)
+    return _orig_engine_run(self, deadline=deadline, should_stop=stop_now, poll=poll, **more)
 
 
 engine_mod.Engine.run = _stoppable_run
@@ -289,7 +303,7 @@ def run_alone(image, iters: int, timeout: float) -> Run:
 
 
 def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
-               emulate: bool = True) -> Run:
+               emulate: bool = True, release_by_read: bool = False) -> Run:
     run = Run(mode)
     _RETURNS.update(count=0, last=None)
     _WEDGE.update(since=None, expect=iters)
@@ -297,7 +311,7 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
     c0, s0 = _children_cpu(), _self_cpu()
     session = WatchSession(RunOptions(image=image.path, scenario=SCENARIO, watches=[watch],
                                       accel="tcg", timeout=timeout, cmdline=f"iters={iters}",
-                                      emulate=emulate))
+                                      emulate=emulate, release_by_read=release_by_read))
     session.prepare()
     def on_wedge():
         _WEDGE["since"] = time.monotonic()
@@ -315,9 +329,12 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
     run.emulated = report.emulated
     run.extra = {"reason": report.result.reason, "returns": s["returns"],
                  "dead_frame_writes": s.get("dead_frame_writes"),
-                 "unexpected_stops": report.unexpected_stops}
+                 "unexpected_stops": report.unexpected_stops,
+                 "read_releases": s.get("read_releases"), "foreign_reads": s.get("foreign_reads")}
     if report.result.reason != "exit" and not run.wedged:
         run.failed = f"engine ended: {report.result.reason}"
+    if report.fault and not run.wedged:
+        run.failed = report.fault          # e.g. QEMU aborted (readrel-x on 2 vCPUs)
     return run
 
 
@@ -676,7 +693,7 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
     print("(us/call net: (median start->last s3_victim return - median guest alone) / calls, "
           "over all reps, wedged ones included; ~: from start->verdict instead. "
           "CPU columns: whole run incl. boot; QEMU net of the guest alone)")
-    for mode in ("armed", "stepped", "unarmed"):
+    for mode in ("armed", "readrel", "readrel-x", "stepped", "unarmed"):
         rs = runs.get(mode, [])
         if rs:
             pk = _median([r.packets / r.calls for r in rs if r.calls])
@@ -700,6 +717,11 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
 
     print(f"ratio kswgdb armed / gdb baseline, per call net: {ratio('armed', 'gdb')}"
           "   aim <= 0.3")
+    print(f"ratio kswgdb readrel / gdb baseline, per call net: {ratio('readrel', 'gdb')}"
+          "   aim <= 0.3")
+    print(f"ratio kswgdb readrel / kswgdb armed, per call net: {ratio('readrel', 'armed')}")
+    print(f"ratio readrel-x (experiment) / kswgdb armed, per call net: "
+          f"{ratio('readrel-x', 'armed')}")
     print(f"ratio kswgdb armed / kswgdb stepped, per call net: {ratio('armed', 'stepped')}")
     print(f"ratio kswgdb unarmed / kswgdb armed, per call net: {ratio('unarmed', 'armed')}")
     for mode in MODES:
@@ -720,14 +742,25 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile one armed kswgdb run (after the timed reps)")
     ap.add_argument("--profile-only", action="store_true")
+    ap.add_argument("--cpus", type=int, default=None,
+                    help="override the image's vCPU count (readrel-x needs 1)")
+    ap.add_argument("--victim", default=None,
+                    help="watch this function's canary instead of s3_victim's (e.g. "
+                         "s3_enter_victim, which releases with `leave`, for readrel)")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
             ap.error(f"unknown mode {m}")
 
+    if args.cpus:
+        plain_load = image_mod.load
+        image_mod.load = lambda spec=None: dataclasses.replace(plain_load(spec), cpus=args.cpus)
     image = image_mod.load(None)
     watch = scenario_watch(image, SCENARIO)
+    if args.victim:
+        fo = Program.load(image.symbols).analyze(args.victim).suggest_offset()
+        watch = f"fn={args.victim} fo={fo:#x}"
     prep = WatchSession(RunOptions(image=image.path, scenario=SCENARIO, watches=[watch]))
     prep.prepare()
     spec = prep.specs[0]
@@ -756,6 +789,17 @@ def main() -> int:
                         r = run_alone(image, args.iters, args.timeout)
                     elif mode == "armed":
                         r = run_kswgdb(image, watch, args.iters, args.timeout, "armed")
+                    elif mode == "readrel":
+                        r = run_kswgdb(image, watch, args.iters, args.timeout, "readrel",
+                                       release_by_read=True)
+                    elif mode == "readrel-x":
+                        plain = readrelease.MAX_STRETCH
+                        readrelease.MAX_STRETCH = 8
+                        try:
+                            r = run_kswgdb(image, watch, args.iters, args.timeout, mode,
+                                           release_by_read=True)
+                        finally:
+                            readrelease.MAX_STRETCH = plain
                     elif mode == "stepped":
                         r = run_kswgdb(image, watch, args.iters, args.timeout, "stepped",
                                        emulate=False)

@@ -154,6 +154,7 @@ class Emulated:
     text: str
     registers: dict[str, int]                 # changed registers only (incl. rip)
     writes: tuple[tuple[int, bytes], ...]      # memory writes, in order
+    reads: tuple[tuple[int, int], ...] = ()    # memory reads (address, size), in order
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class _Run:
     read: Callable[[int, int], bytes]
     known: set[int] = field(default_factory=set)
     writes: list[tuple[int, bytes]] = field(default_factory=list)
+    reads: list[tuple[int, int]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -270,7 +272,8 @@ class InstructionEmulator:
                 self._loaded.clear()    # scratch code bytes may be overwritten: reload them
         if changed.get("rip", pc) == pc:
             return Refused(pc, f"{insn.text}: did not complete in one go")
-        return Emulated(pc, len(insn.code), insn.text, changed, tuple(run.writes))
+        return Emulated(pc, len(insn.code), insn.text, changed, tuple(run.writes),
+                        tuple(run.reads))
 
     def _load_code(self, pc: int, code: bytes) -> None:
         """Put the instruction's bytes into scratch memory once (they stay for the run)."""
@@ -338,6 +341,7 @@ class InstructionEmulator:
             return
         self._map(addr, size)
         guest = guest_address(addr)
+        run.reads.append((guest, size))
         wanted = [a for a in range(guest, guest + size) if a not in run.known]
         if not wanted:
             return

@@ -65,6 +65,8 @@ class WatchStats:
     found_by_scan: int = 0    # canary located by the upward scan, not the prologue
     dead_frame_writes: int = 0  # the owner wrote into its own already-left frame
     rep_repeats: int = 0      # further traps of a `rep` store already reported as a hit
+    read_releases: int = 0    # returns seen by a read watchpoint (release_by_read)
+    foreign_reads: int = 0    # read-watch stops that were not this frame's release
 
     @property
     def not_armed(self) -> int:
@@ -96,7 +98,17 @@ class Engine:
         freeze_on_hit: bool = False,
         exit_hook_addr: int | None = None,
         backtracer: Callable[[Stop, Registers], list[BacktraceFrame] | None] | None = None,
+        release_by_read: bool = False,
     ) -> None:
+        """``release_by_read``: see a config's release by a read watchpoint when it can.
+
+        For a config whose every release point is followed, in the same TCG
+        translation block, by a read of a saved register (``ArmSpec.read_exits``,
+        `kswgdb.watch.readrelease`), a read watchpoint on that slot replaces the
+        release-point breakpoint: QEMU 7.2 flushes its translation cache at every
+        breakpoint stop and at no watchpoint stop. TCG only (read watchpoints are
+        refused by KVM's debug registers).
+        """
         self.target = target
         self.specs = specs
         self.layout = layout
@@ -115,9 +127,10 @@ class Engine:
         self.spurious_watch_reports = 0
         self._probes: dict[int, list[int]] = {}
         self._exits: dict[int, list[tuple[int, str, int]]] = {}
+        self.release_by_read = release_by_read
         for index, spec in enumerate(specs):
             self._probes.setdefault(spec.probe_addr, []).append(index)
-            for addr, base, offset in spec.exits:
+            for addr, base, offset in self._exit_breakpoints(spec):
                 self._exits.setdefault(addr, []).append((index, base, offset))
         self._return_bps: dict[int, int] = {}     # address -> live frames using it
         self._hooks: dict[int, Callable[[Stop], None]] = {}   # breakpoint -> callback
@@ -158,14 +171,21 @@ class Engine:
         index = len(self.specs)
         self.specs.append(spec)
         self.stats.append(WatchStats())
-        addrs = [spec.probe_addr, *(addr for addr, _, _ in spec.exits)]
+        addrs = [spec.probe_addr, *(addr for addr, _, _ in self._exit_breakpoints(spec))]
         for addr in dict.fromkeys(addrs):
             if not self._static_breakpoint(addr) and addr not in self._return_bps:
                 self.target.set_breakpoint(addr)
         self._probes.setdefault(spec.probe_addr, []).append(index)
-        for addr, base, offset in spec.exits:
+        for addr, base, offset in self._exit_breakpoints(spec):
             self._exits.setdefault(addr, []).append((index, base, offset))
         return index
+
+    def _reads_release(self, spec: ArmSpec) -> bool:
+        return self.release_by_read and bool(spec.read_exits)
+
+    def _exit_breakpoints(self, spec: ArmSpec) -> tuple[tuple[int, str, int], ...]:
+        """Release points that need a breakpoint: none when a read watch sees them."""
+        return () if self._reads_release(spec) else spec.exits
 
     def remove_spec(self, index: int) -> None:
         """Stop watching config ``index`` now; the guest must be stopped.
@@ -255,7 +275,11 @@ class Engine:
         if stop.kind == "exit":
             return "exit"
         verdict = "continue"
-        if stop.watch_addr is not None:
+        if stop.watch_addr is not None and stop.watch_access == "read":
+            self._on_release_read(stop)
+            if stop.kind != "break":
+                return verdict
+        elif stop.watch_addr is not None:
             verdict = self._on_watch(stop)
             if stop.kind != "break":
                 return verdict
@@ -319,7 +343,9 @@ class Engine:
         depth = self.frames.depth_at(task, index, cfa)
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
         self.frames.push(frame)
-        if not spec.exits:
+        if self._reads_release(spec):
+            self._watch_release_reads(frame, spec)
+        elif not spec.exits:
             frame.holds_return = True
             self._hold_return(return_addr)
         if depth != spec.depth:
@@ -332,6 +358,9 @@ class Engine:
                 found = self._scan_for_canary(spec, sp, cfa, expected)
                 if found is None:
                     stats.refused_check += 1
+                    return
+                if any(a < found + spec.length and found < a + n for a, n in frame.release_reads):
+                    stats.refused_check += 1    # QEMU 7.2 aborts on read+write watches there
                     return
                 slot, old = found, expected
                 stats.found_by_scan += 1
@@ -349,6 +378,41 @@ class Engine:
             owner_task=task, depth=depth, armed_at=time.time(),
         )
         stats.armed += 1
+
+    def _watch_release_reads(self, frame: Frame, spec: ArmSpec) -> None:
+        reads = tuple(dict.fromkeys((frame.cfa + offset, length)
+                                    for offset, length, _ in spec.read_exits))
+        for addr, length in reads:
+            self.target.set_watchpoint(addr, length, "read")
+        frame.release_reads = reads
+
+    def _on_release_read(self, stop: Stop) -> None:
+        """A read of a saved-register slot: the owner's epilogue, past its release point.
+
+        Any other reader (an unwinder walking the stack, another task) is
+        ignored: the frame ends only when its own task reads with SP where the
+        epilogue leaves it, i.e. above the released slot.
+        """
+        addr = stop.watch_addr
+        assert addr is not None
+        frames = [f for f in self.frames.all()
+                  if any(a <= addr < a + n for a, n in f.release_reads)]
+        if not frames:
+            self.unexpected_stops += 1      # a late report of a read watch already removed
+            return
+        regs = self.target.registers(stop.thread)
+        task = guest.current_task(self.layout, regs, self._read)
+        for frame in frames:
+            spec, stats = self.specs[frame.spec_index], self.stats[frame.spec_index]
+            lowest = min(frame.cfa + after for _, _, after in spec.read_exits)
+            if frame.task != task or regs.sp < lowest:
+                stats.foreign_reads += 1
+                continue
+            for deeper in self.frames.stale_below(task, frame.cfa):
+                self._drop_frame(deeper, counted=True)
+            stats.returns += 1
+            stats.read_releases += 1
+            self._drop_frame(frame, counted=False)
 
     def _scan_for_canary(self, spec: ArmSpec, sp: int, cfa: int, expected: bytes) -> int | None:
         """KStackWatch's fallback: the first word equal to the guard, upward from SP."""
@@ -396,6 +460,9 @@ class Engine:
             self.pool.give()
             self._last_writer.pop(id(frame.watch), None)
             frame.watch = None
+        for addr, length in frame.release_reads:
+            self.target.clear_watchpoint(addr, length, "read")
+        frame.release_reads = ()
         self.frames.remove(frame)
         if frame.holds_return:
             self._release_return(frame.return_addr)
@@ -611,6 +678,7 @@ class Engine:
                 "hits": stats.hits, "found_by_scan": stats.found_by_scan,
                 "dead_frame_writes": stats.dead_frame_writes,
                 "rep_repeats": stats.rep_repeats,
+                "read_releases": stats.read_releases, "foreign_reads": stats.foreign_reads,
             })
         return out
 

@@ -44,6 +44,8 @@ class Frame:
     depth: int
     watch: ArmedWatch | None = None
     holds_return: bool = False      # disarmed by a return-address breakpoint
+    # (addr, length) of read watchpoints whose hit is this frame's release
+    release_reads: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass

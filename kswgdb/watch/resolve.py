@@ -26,6 +26,7 @@ from kswgdb.symbols.locals import FrameVar
 from kswgdb.symbols.program import Program
 from kswgdb.symbols.prologue import CanarySlot, FrameSlot, FunctionAnalysis
 from kswgdb.watch.config import WatchConfig
+from kswgdb.watch.readrelease import read_exits
 from kswgdb.watch.spec import ArmSpec, GuardSource
 
 _FLOW_WORDS = {"call": "a call", "jump": "a jump", "cjump": "a conditional jump",
@@ -104,8 +105,16 @@ class ResolvedWatch:
             mode=self.mode, base=self.slot.base, offset=self.slot.offset, length=self.slot.length,
             what=self.what(), depth=cfg.depth, max_watch=cfg.max_watch, panic=cfg.panic_hit,
             guard=guard, canary_found_by="prologue" if self.canary is not None else "",
-            exits=exits,
+            exits=exits, read_exits=self.read_release_plan(exits),
         )
+
+    def read_release_plan(self, exits: tuple[tuple[int, str, int], ...]) -> tuple:
+        """Read watchpoints that see every release point (`kswgdb.watch.readrelease`)."""
+        if self.cfa_offset is None or self.analysis is None:
+            return ()
+        return read_exits(self.analysis.code, self.analysis.frame,
+                          tuple(addr for addr, _, _ in exits), self.cfa_offset,
+                          self.slot.length)
 
     def release_points(self) -> tuple[tuple[int, str, int], ...]:
         """Instructions after which SP lies above the slot, with the CFA rule before them.

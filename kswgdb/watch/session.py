@@ -63,6 +63,7 @@ class RunOptions:
     polls: list[str] = field(default_factory=list)   # --poll strings (physical memory)
     emulate: bool = True               # leave breakpoints by host emulation, not steps
     backtrace: str = "auto"            # "gdb" | "fp" | "auto" (gdb when installed)
+    release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
     hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
 
@@ -225,6 +226,7 @@ class WatchSession:
                         log=log, on_hit=self.on_hit,
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
                         backtracer=unwinder,
+                        release_by_read=opts.release_by_read and accel.accel == "tcg",
                     )
                     engine.install()
                     if self.module_watches:

@@ -58,6 +58,10 @@ class ArmSpec:
     # is removed *before* SP moves above the slot, so no interrupt frame can be
     # pushed onto a still-watched slot. Empty: disarm at the return address.
     exits: tuple[tuple[int, str, int], ...] = ()
+    # The same releases seen by a read watchpoint instead (kswgdb.watch.readrelease):
+    # (read CFA offset, read length, SP - CFA after the read), one per distinct
+    # read; empty when some release point has no such read.
+    read_exits: tuple[tuple[int, int, int], ...] = ()
 
     def cfa(self, sp: int, fp: int) -> int:
         """The frame's CFA for a call whose registers at the probe are sp and fp."""

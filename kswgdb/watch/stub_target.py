@@ -62,6 +62,7 @@ class StubTarget:
         self.emulated = 0
         self.refusals: dict[str, int] = {}
         self._watchpoints: dict[tuple[int, int], int] = {}
+        self._read_watches: dict[tuple[int, int], int] = {}      # Z3, for release reads
         self._per_cpu_reads: list[tuple[int, int]] = []
         self._gs_base: dict[int, int] = {}
         self._prefetched: dict[tuple[int, int], bytes] = {}
@@ -146,7 +147,12 @@ class StubTarget:
         self._queue.append(rq.remove_breakpoint(addr))
         self._breakpoints.discard(addr)
 
-    def set_watchpoint(self, addr: int, length: int) -> None:
+    def set_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
+        if access == "read":
+            # Only the engine's release reads (TCG: never refused): queued.
+            self._queue.append(rq.insert_watchpoint(addr, length, "read"))
+            self._read_watches[(addr, length)] = self._read_watches.get((addr, length), 0) + 1
+            return
         sent = rq.insert_watchpoint(addr, length)
         if self.queue_watchpoints:
             self._queue.append(sent)
@@ -156,7 +162,13 @@ class StubTarget:
             rq.check_ok(self._send([sent])[0], sent)
         self._watchpoints[(addr, length)] = self._watchpoints.get((addr, length), 0) + 1
 
-    def clear_watchpoint(self, addr: int, length: int) -> None:
+    def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
+        if access == "read":
+            self._queue.append(rq.remove_watchpoint(addr, length, "read"))
+            count = self._read_watches.pop((addr, length), 0) - 1
+            if count > 0:
+                self._read_watches[(addr, length)] = count
+            return
         self._queue.append(rq.remove_watchpoint(addr, length))
         count = self._watchpoints.get((addr, length), 0) - 1
         if count > 0:
@@ -222,6 +234,10 @@ class StubTarget:
                 self._refused("write on a watchpoint")
                 return None
             out.append(rq.write_memory(addr, data))
+        for addr, size in result.reads:
+            if any(w < addr + size and addr < w + n for w, n in self._read_watches):
+                self._refused("read on a read watchpoint")   # it must fire for real
+                return None
         layout = self.client.layout
         assert layout is not None
         for name, value in result.registers.items():
@@ -285,7 +301,9 @@ class StubTarget:
             # may be one of our breakpoints. Keep both facts: losing the
             # breakpoint would lose a probe or a return.
             kind = "break" if regs.pc in self._breakpoints and not after_step else "watch"
-            return Stop(kind, thread=thread, pc=regs.pc, watch_addr=reply.watch_addr)
+            access = "read" if reply.watch == "rwatch" else "write"
+            return Stop(kind, thread=thread, pc=regs.pc, watch_addr=reply.watch_addr,
+                        watch_access=access)
         if after_step:
             return None
         if regs.pc in self._breakpoints:

@@ -32,6 +32,7 @@ class Stop:
     watch_addr: int | None = None
     exit_status: int | None = None
     detail: str = ""
+    watch_access: str = "write"    # what fired at watch_addr: "write" | "read" | "access"
 
 
 @dataclass
@@ -78,9 +79,9 @@ class Target(Protocol):
 
     def clear_breakpoint(self, addr: int) -> None: ...
 
-    def set_watchpoint(self, addr: int, length: int) -> None: ...
+    def set_watchpoint(self, addr: int, length: int, access: str = "write") -> None: ...
 
-    def clear_watchpoint(self, addr: int, length: int) -> None: ...
+    def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None: ...
 
     def resume(self) -> None:
         """Let the guest run again, stepping the stopped vCPU off any breakpoint it sits on."""

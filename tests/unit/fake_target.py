@@ -20,7 +20,8 @@ GUARD = bytes.fromhex("00c0ffee1234abcd")
 
 @dataclass
 class Event:
-    kind: str            # "probe" | "ret" | "write" | "exit"
+    kind: str            # "probe" | "ret" | "write" | "read" | "exit"
+    length: int = 8      # bytes a "read" event reads
     cpu: int = 0
     task: int = 0
     regs: dict[str, int] = field(default_factory=dict)
@@ -34,6 +35,7 @@ class FakeTarget:
         self.mem: dict[int, int] = {}
         self.breakpoints: set[int] = set()
         self.watchpoints: set[tuple[int, int]] = set()
+        self.read_watchpoints: list[tuple[int, int]] = []   # Z3: may be inserted twice
         self.script: list[Event] = []
         self.regs: dict[int, dict[str, int]] = {}
         self.stopped_thread = 1
@@ -60,11 +62,17 @@ class FakeTarget:
     def clear_breakpoint(self, addr: int) -> None:
         self.breakpoints.remove(addr)
 
-    def set_watchpoint(self, addr: int, length: int) -> None:
+    def set_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
+        if access == "read":
+            self.read_watchpoints.append((addr, length))
+            return
         self.watchpoints.add((addr, length))
         self.max_watchpoints_seen = max(self.max_watchpoints_seen, len(self.watchpoints))
 
-    def clear_watchpoint(self, addr: int, length: int) -> None:
+    def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
+        if access == "read":
+            self.read_watchpoints.remove((addr, length))
+            return
         self.watchpoints.remove((addr, length))
 
     # ------------------------------------------------------------ running
@@ -96,6 +104,12 @@ class FakeTarget:
                     if addr <= ev.addr < addr + length or ev.addr <= addr < ev.addr + len(ev.data):
                         self.regs[thread] = {**regs, "rip": ev.pc}
                         return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr)
+            if ev.kind == "read":
+                for addr, length in self.read_watchpoints:
+                    if addr < ev.addr + ev.length and ev.addr < addr + length:
+                        self.regs[thread] = {**regs, "rip": ev.pc}
+                        return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr,
+                                    watch_access="read")
         return Stop("exit", exit_status=0)
 
 
