@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kswgdb.errors import BadInput
 from kswgdb.gdbstub.errors import ErrorReply
-from kswgdb.symbols.module import load_module, section_of
+from kswgdb.symbols.module import Relocation, load_module, module_relocations, section_of
 from kswgdb.symbols.program import Program
 from kswgdb.watch.config import WatchConfig
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
@@ -121,6 +121,19 @@ class LoadedModule:
     def to_guest(self, addr: int) -> int | None:
         delta = self.deltas.get(section_of(addr))
         return addr + delta if delta is not None else None
+
+    def section_addresses(self) -> dict[str, int]:
+        """Code section name -> guest address, for sections whose placement is known.
+
+        What gdb's ``add-symbol-file FILE -s .text ADDR -s .text.unlikely ADDR``
+        needs to relocate the module's DWARF (lines and call-frame information).
+        """
+        out: dict[str, int] = {}
+        for region in self.program.symtab.regions:
+            delta = self.deltas.get(section_of(region.addr))
+            if delta is not None:
+                out.setdefault(region.name, region.addr + delta)
+        return out
 
     def from_guest(self, addr: int) -> int | None:
         for section, delta in self.deltas.items():
@@ -225,6 +238,7 @@ class ModuleSymbolizer(ProgramSymbolizer):
         super().__init__(kernel)
         self.modules: list[LoadedModule] = []
         self._per_module: dict[str, ProgramSymbolizer] = {}
+        self._relocs: dict[str, dict[int, Relocation]] = {}
 
     def _find(self, addr: int) -> tuple[LoadedModule, ProgramSymbolizer, int] | None:
         for mod in self.modules:
@@ -254,18 +268,52 @@ class ModuleSymbolizer(ProgramSymbolizer):
             return super().writer(pc, regs)
         mod, sym, placeholder = hit
         addr, text, context = sym.writer(placeholder, regs)
+        relocs = self._relocations(mod)
 
         def back(a: int) -> int:
             return mod.to_guest(a) or a
 
-        def texts(t: str) -> str:       # branch targets, from placeholder to guest address
-            return _HEX.sub(lambda m: hex(back(int(m.group(0), 16))), t)
+        def texts(a: int, t: str) -> str:
+            return _module_text(mod.program, relocs, a, t, back)
 
-        return back(addr), texts(text), tuple((back(a), texts(t)) for a, t in context)
+        return back(addr), texts(addr, text), tuple((back(a), texts(a, t)) for a, t in context)
+
+    def _relocations(self, mod: LoadedModule) -> dict[int, Relocation]:
+        if mod.name not in self._relocs:
+            try:
+                self._relocs[mod.name] = module_relocations(mod.program.path)
+            except (OSError, BadInput):
+                self._relocs[mod.name] = {}
+        return self._relocs[mod.name]
 
     def stack_push(self, pc: int) -> bool:
         hit = self._find(pc)
         return super().stack_push(pc) if hit is None else hit[1].stack_push(hit[2])
+
+
+def _module_text(program: Program, relocs: dict[int, Relocation], addr: int, text: str,
+                 to_guest: Callable[[int], int]) -> str:
+    """An instruction of a module as the loaded module has it, not as the file does.
+
+    In the ``.ko`` a relocated field holds 0 until the kernel's loader fills it:
+    decoded from the file, ``call __fentry__`` and ``jmp __x86_return_thunk``
+    would "go" to the next instruction, ``mov rdi, <string>`` would load 0. A
+    branch through a relocation names its target (its guest address when it is
+    in this module, else the symbol); any other relocated operand gets the
+    symbol it refers to appended. Direct branches inside the module are moved
+    from placeholder to guest addresses.
+    """
+    func = program.disasm.function_at(addr)
+    insn = func.at(addr) if func is not None else None
+    reloc = None if insn is None else next(
+        (relocs[a] for a in range(insn.addr + 1, insn.end) if a in relocs), None)
+    if insn is None or reloc is None:
+        return _HEX.sub(lambda m: hex(to_guest(int(m.group(0), 16))), text)
+    if insn.flow in ("call", "jump", "cjump"):
+        target = reloc.branch_target(insn.end)
+        where = hex(to_guest(target)) if target is not None else reloc.describe(insn.end)
+        return f"{insn.mnemonic} {where}"
+    return f"{text}  ; {reloc.describe(insn.end)}"
 
 
 __all__ = ["BadInput", "LOAD_HOOK", "ModuleArmer", "ModuleLayout", "ModuleSymbolizer",
