@@ -17,7 +17,7 @@ from pathlib import Path
 from kswgdb.errors import BadInput
 from kswgdb.symbols.disasm import Disassembler, Instruction
 from kswgdb.symbols.dwarf import DwarfInfo
-from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable, cache_dir
+from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable, cache_dir, raw_symbol_address
 from kswgdb.symbols.factcache import FactCache
 from kswgdb.symbols.lines import LineTable, SourceLine
 from kswgdb.symbols.locals import FrameVar, find_local, frame_variables
@@ -114,6 +114,10 @@ class Program:
 
     def type_size(self, type_name: str) -> int:
         return self._fact(f"sizeof({type_name})", lambda: self.types.type_size(type_name))
+
+    def linker_symbol(self, name: str) -> int:
+        """A linker-script symbol's value (``__end_init_task``: no type, no DWARF)."""
+        return self._fact(f"symbol {name}", lambda: raw_symbol_address(self.path, name))
 
     def global_address(self, name: str) -> int:
         """A global's address: the symbol table first (no DWARF needed), then DWARF."""
