@@ -76,7 +76,9 @@ def load_module(path: str | os.PathLike[str]) -> Program:
             raise BadInput(f"{path} has no DWARF debug info (build it with -g)")
         return DwarfInfo(path, elf, elf.get_dwarf_info(relocate_dwarf_sections=True))
 
-    return Program(symtab, open_dwarf=open_dwarf)
+    program = Program(symtab, open_dwarf=open_dwarf)
+    program.load_relocations = lambda: module_relocations(path)
+    return program
 
 
 class _PlacedSymtab(SymbolTableSection):

@@ -36,6 +36,22 @@ class Program:
         self._open_dwarf = open_dwarf   # how to open the DWARF on first use (default: the file)
         self._analyses: dict[int, FunctionAnalysis] = {}
         self.facts = facts          # remembered DWARF answers (None: always ask the DWARF)
+        #: A relocatable file's (a module's) code relocations by field address, loaded
+        #: on first use; None for linked files, whose fields hold their final values.
+        self.load_relocations: Callable[[], dict] | None = None
+        self._relocations: dict | None = None
+
+    def relocation_in(self, start: int, end: int):
+        """The relocation of a field inside ``(start, end)`` (an instruction), if any."""
+        if self.load_relocations is None:
+            return None
+        if self._relocations is None:
+            try:
+                self._relocations = self.load_relocations()
+            except (OSError, BadInput):
+                self._relocations = {}
+        return next((self._relocations[a] for a in range(start + 1, end)
+                     if a in self._relocations), None)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, cache: bool = True) -> Program:

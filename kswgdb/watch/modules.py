@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kswgdb.errors import BadInput
 from kswgdb.gdbstub.errors import ErrorReply
-from kswgdb.symbols.module import Relocation, load_module, module_relocations, section_of
+from kswgdb.symbols.module import load_module, section_of
 from kswgdb.symbols.program import Program
 from kswgdb.watch.config import WatchConfig
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
@@ -238,7 +238,6 @@ class ModuleSymbolizer(ProgramSymbolizer):
         super().__init__(kernel)
         self.modules: list[LoadedModule] = []
         self._per_module: dict[str, ProgramSymbolizer] = {}
-        self._relocs: dict[str, dict[int, Relocation]] = {}
 
     def _find(self, addr: int) -> tuple[LoadedModule, ProgramSymbolizer, int] | None:
         for mod in self.modules:
@@ -268,31 +267,21 @@ class ModuleSymbolizer(ProgramSymbolizer):
             return super().writer(pc, regs)
         mod, sym, placeholder = hit
         addr, text, context = sym.writer(placeholder, regs)
-        relocs = self._relocations(mod)
 
         def back(a: int) -> int:
             return mod.to_guest(a) or a
 
         def texts(a: int, t: str) -> str:
-            return _module_text(mod.program, relocs, a, t, back)
+            return _module_text(mod.program, a, t, back)
 
         return back(addr), texts(addr, text), tuple((back(a), texts(a, t)) for a, t in context)
-
-    def _relocations(self, mod: LoadedModule) -> dict[int, Relocation]:
-        if mod.name not in self._relocs:
-            try:
-                self._relocs[mod.name] = module_relocations(mod.program.path)
-            except (OSError, BadInput):
-                self._relocs[mod.name] = {}
-        return self._relocs[mod.name]
 
     def stack_push(self, pc: int) -> bool:
         hit = self._find(pc)
         return super().stack_push(pc) if hit is None else hit[1].stack_push(hit[2])
 
 
-def _module_text(program: Program, relocs: dict[int, Relocation], addr: int, text: str,
-                 to_guest: Callable[[int], int]) -> str:
+def _module_text(program: Program, addr: int, text: str, to_guest: Callable[[int], int]) -> str:
     """An instruction of a module as the loaded module has it, not as the file does.
 
     In the ``.ko`` a relocated field holds 0 until the kernel's loader fills it:
@@ -305,8 +294,7 @@ def _module_text(program: Program, relocs: dict[int, Relocation], addr: int, tex
     """
     func = program.disasm.function_at(addr)
     insn = func.at(addr) if func is not None else None
-    reloc = None if insn is None else next(
-        (relocs[a] for a in range(insn.addr + 1, insn.end) if a in relocs), None)
+    reloc = None if insn is None else program.relocation_in(insn.addr, insn.end)
     if insn is None or reloc is None:
         return _HEX.sub(lambda m: hex(to_guest(int(m.group(0), 16))), text)
     if insn.flow in ("call", "jump", "cjump"):

@@ -59,9 +59,8 @@ def _placed(ko: Path) -> tuple[ModuleSymbolizer, LoadedModule]:
 def test_module_instructions_name_their_relocated_targets(module_ko: Path) -> None:
     """The .ko holds 0 in every relocated field; the panel shows what the loader puts there."""
     sym, mod = _placed(module_ko)
-    relocs = sym._relocations(mod)
     code = mod.program.disasm.function("entry").instructions
-    texts = [_module_text(mod.program, relocs, i.addr, i.text, lambda a: mod.to_guest(a) or a)
+    texts = [_module_text(mod.program, i.addr, i.text, lambda a: mod.to_guest(a) or a)
              for i in code]
     assert "call ext_hook" in texts, texts
     assert "call ext_print" in texts, texts
@@ -75,6 +74,16 @@ def test_module_instructions_name_their_relocated_targets(module_ko: Path) -> No
     # The writer's context (what the hit panel shows) goes through the same path.
     store_end = mod.to_guest(code[2].end)
     assert "call ext_hook" in [t for _a, t in sym.writer(store_end, Registers({}))[2]]
+
+
+def test_module_listing_notes_name_relocated_targets(module_ko: Path) -> None:
+    """`kswgdb disasm` on a module function: the note says where a relocated call goes."""
+    from kswgdb.symbols.listing import build_listing
+
+    rows = build_listing(load_module(module_ko), "entry").rows
+    notes = [(r.insn.mnemonic, r.comment) for r in rows]
+    assert ("call", "<ext_hook>") in notes and ("call", "<ext_print>") in notes, notes
+    assert ("call", "<helper>") in notes, notes
 
 
 def test_section_addresses_are_what_add_symbol_file_needs(module_ko: Path) -> None:
