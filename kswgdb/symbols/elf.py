@@ -315,16 +315,19 @@ def raw_symbol_address(path: str | os.PathLike[str], name: str) -> int:
         if symtab is not None:
             strtab = sections[symtab[6]]
             strings = data[strtab[4]:strtab[4] + strtab[5]]
-            wanted = b"\0" + name.encode() + b"\0"
+            # The linker merges string tails ("foo" may sit inside "barfoo"): every place
+            # the name ends with a NUL is a candidate offset; a symbol must use one exactly.
+            wanted = name.encode() + b"\0"
+            offsets = set()
             at = strings.find(wanted)
             while at >= 0:
-                offset = at + 1
-                raw = data[symtab[4]:symtab[4] + symtab[5]]
-                for st_name, _i, _o, st_shndx, st_value, _s in struct.iter_unpack(
-                        "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
-                    if st_name == offset and st_shndx != 0:
-                        return st_value
+                offsets.add(at)
                 at = strings.find(wanted, at + 1)
+            raw = data[symtab[4]:symtab[4] + symtab[5]] if offsets else b""
+            for st_name, _i, _o, st_shndx, st_value, _s in struct.iter_unpack(
+                    "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
+                if st_name in offsets and st_shndx != 0:
+                    return st_value
     except (struct.error, IndexError, ValueError):
         raise BadInput(f"{path} is a malformed ELF file") from None
     finally:

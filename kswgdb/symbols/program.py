@@ -133,7 +133,7 @@ class Program:
 
     def linker_symbol(self, name: str) -> int:
         """A linker-script symbol's value (``__end_init_task``: no type, no DWARF)."""
-        return self._fact(f"symbol {name}", lambda: raw_symbol_address(self.path, name))
+        return self._fact(f"linker symbol {name}", lambda: raw_symbol_address(self.path, name))
 
     def global_address(self, name: str) -> int:
         """A global's address: the symbol table first (no DWARF needed), then DWARF."""

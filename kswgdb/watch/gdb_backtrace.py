@@ -127,7 +127,7 @@ class GdbUnwinder:
         if function and inlined and function != self.sym.function(pc - 1):
             symbol = f"{function} (inlined)"
         elif function and self.sym.function(pc - 1) is None:
-            symbol = f"{function} ({pc:#x})"
+            symbol = self._unsized(function, pc)
         ours = self.sym.source(pc - 1)
         if file and line:
             if ours is not None and file.endswith("/" + ours.file.lstrip("/")):
@@ -136,6 +136,18 @@ class GdbUnwinder:
         else:
             source = ours
         return BacktraceFrame(level=level, pc=pc, symbol=symbol, source=source)
+
+    def _unsized(self, function: str, pc: int) -> str:
+        """``entry_SYSCALL_64+0x106``: assembly entry points are untyped linker symbols,
+        left out of the symbol table; their value is read from the ELF (and cached)."""
+        program = getattr(self.sym, "program", None)
+        try:
+            start = program.linker_symbol(function) if program is not None else None
+        except Exception:  # noqa: BLE001 - a name is decoration
+            start = None
+        if start is not None and 0 <= pc - start < 0x10000:
+            return f"{function}+{pc - start:#x}"
+        return f"{function} ({pc:#x})"
 
     def close(self) -> None:
         """Kill gdb (if it was ever started) and remove its relay socket."""

@@ -126,6 +126,8 @@ def _assert_syscall_backtrace(hit, func: str, report) -> None:
         assert expected in names, names
     assert names.index("vfs_write") < names.index("ksys_write") < names.index("do_syscall_64")
     assert names[-1] == "entry_SYSCALL_64", names        # and nothing past the kernel entry
+    assert re.match(r"entry_SYSCALL_64\+0x[0-9a-f]+$", hit.backtrace[-1].symbol), \
+        hit.backtrace[-1]                                # an untyped asm symbol, offset known
 
 
 def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> None:
