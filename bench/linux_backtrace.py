@@ -13,6 +13,9 @@ so a noisy neighbour hurts all alike:
 * ``fp``: the frame-pointer walk (no gdb; one frame on this ORC kernel).
 
 "gdb s" is the time gdb took for that backtrace (start, symbols, module, unwind).
+"to hit s" includes the boot, so on a shared machine its noise is larger than
+gdb's share. Then gdb alone, the two files side by side: ``gdb -batch FILE`` with
+a line lookup, a symbol lookup and ``ptype struct task_struct`` (seconds, peak RSS).
 Medians of ``--runs`` (default 3).
 
 Usage: python bench/linux_backtrace.py [--runs 3] [--no-unindexed]
@@ -67,6 +70,18 @@ def one_run(image: Path, backtrace: str) -> tuple[float, float, int]:
     return at[0] - t0, gdb_s, len(report.hits[0].backtrace)
 
 
+def gdb_alone(vmlinux: Path) -> tuple[float, float]:
+    """(seconds, peak RSS MB) of one gdb -batch on ``vmlinux`` (GNU time's %e %M)."""
+    probe = ["-ex", "info line vfs_write", "-ex", "info symbol vfs_write",
+             "-ex", "ptype struct task_struct"]
+    done = subprocess.run(["/usr/bin/time", "-f", "KSWGDB-TIME %e %M", "gdb", "-nx", "-q",
+                           "-batch", str(vmlinux), *probe], capture_output=True, text=True,
+                          check=True)
+    line = next(x for x in done.stderr.splitlines() if x.startswith("KSWGDB-TIME"))
+    _tag, seconds, kb = line.split()
+    return float(seconds), int(kb) / 1024
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -81,13 +96,28 @@ def main() -> int:
         for _ in range(args.runs):
             for name, image, backtrace in modes:
                 rows[name].append(one_run(image, backtrace))
-    print(f"TCG, Debian 6.1, LKDTM CORRUPT_STACK     to hit s   gdb s  frames   "
-          f"(medians of {args.runs})")
+        alone: dict[str, list[tuple[float, float]]] = {"indexed": [], "no index": []}
+        if not args.no_unindexed:
+            for _ in range(args.runs):
+                alone["indexed"].append(gdb_alone(IMAGES_DIR / "linux" / "out" / "vmlinux"))
+                alone["no index"].append(gdb_alone(Path(tmp) / "vmlinux"))
+    print(f"TCG, Debian 6.1, LKDTM CORRUPT_STACK   to hit s (min-max)   gdb s (min-max)  "
+          f"frames   (medians of {args.runs})")
     for name, runs in rows.items():
-        hit = statistics.median(r[0] for r in runs)
-        gdb = statistics.median(r[1] for r in runs)
+        hit = [r[0] for r in runs]
+        gdb = [r[1] for r in runs]
         frames = statistics.median(r[2] for r in runs)
-        print(f"{name:<40} {hit:8.2f} {gdb:7.2f} {frames:7.0f}")
+        print(f"{name:<36} {statistics.median(hit):6.2f} ({min(hit):5.2f}-{max(hit):5.2f})"
+              f"  {statistics.median(gdb):5.2f} ({min(gdb):4.2f}-{max(gdb):4.2f})"
+              f"  {frames:5.0f}")
+    if alone["indexed"]:
+        print("gdb -batch vmlinux (line, symbol, ptype task_struct)    s      peak RSS MB")
+        for name, runs in alone.items():
+            print(f"  {name:<52} {statistics.median(r[0] for r in runs):5.2f} "
+                  f"{statistics.median(r[1] for r in runs):8.0f}")
+        ratio = (statistics.median(r[0] for r in alone["no index"])
+                 / statistics.median(r[0] for r in alone["indexed"]))
+        print(f"  no index / indexed: {ratio:.1f}x")
     fp = statistics.median(r[0] for r in rows["fp (no gdb)"])
     for name in rows:
         if name != "fp (no gdb)":
