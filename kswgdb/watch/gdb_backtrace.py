@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kswgdb.gdbstub.relay import Backtracer
@@ -41,7 +42,8 @@ class GdbUnwinder:
     """``(Stop, Registers) -> frames``: gdb's backtrace of the vCPU that stopped."""
 
     def __init__(self, target: StubTarget, symbol_file: str | Path, symbolizer,
-                 gdb: str = "gdb", timeout: float = 30.0) -> None:
+                 gdb: str = "gdb", timeout: float = 30.0,
+                 find_modules: Callable[[], None] | None = None) -> None:
         self.target = target
         self.symbol_file = str(symbol_file)
         self.sym = symbolizer
@@ -53,6 +55,9 @@ class GdbUnwinder:
         self.failures: list[str] = []
         self.modules_given: set[str] = set()   # modules gdb has symbols for
         self.seconds: list[float] = []         # per backtrace (the first one starts gdb)
+        #: Places the guest's other loaded modules in the symbolizer (watched ones
+        #: already are) before each backtrace: `kswgdb.watch.modules.ModuleFinder`.
+        self.find_modules = find_modules
 
     def __call__(self, stop: Stop, regs: Registers) -> list[BacktraceFrame] | None:
         """gdb's frames, or None (the engine then walks frame pointers) if gdb failed."""
@@ -105,6 +110,11 @@ class GdbUnwinder:
     def _give_modules(self) -> None:
         """``add-symbol-file`` every placed module gdb does not have yet."""
         assert self.tracer is not None
+        if self.find_modules is not None:
+            try:
+                self.find_modules()
+            except Exception as exc:  # noqa: BLE001 - unwatched modules are a bonus
+                self.failures.append(f"module list: {type(exc).__name__}: {exc}".splitlines()[0])
         for mod in getattr(self.sym, "modules", ()):
             if mod.name in self.modules_given:
                 continue

@@ -218,17 +218,54 @@ class ModuleArmer:
 
     def _place(self, name: str, mod: int, read: ReadFn) -> LoadedModule | None:
         program = next(w.program for w in self.watches if w.module == name)
-        guest = module_symbols(self.layout, mod, read)
-        placed = LoadedModule(name, program)
-        for sym in program.symtab.symbols:
-            at = guest.get(sym.name)
-            if at is not None:
-                placed.deltas.setdefault(section_of(sym.addr), at - sym.addr)
-        if not placed.deltas:
+        placed = place_module(self.layout, name, mod, program, read)
+        if placed is None:
             return None
         self.loaded[name] = placed
         self.symbolizer.modules.append(placed)
         return placed
+
+
+def place_module(layout: ModuleLayout, name: str, mod: int, program: Program,
+                 read: ReadFn) -> LoadedModule | None:
+    """Where module ``name`` (``struct module *`` ``mod``) put each code section of
+    ``program``: one delta per section, from the module's own kallsyms in the guest."""
+    guest = module_symbols(layout, mod, read)
+    placed = LoadedModule(name, program)
+    for sym in program.symtab.symbols:
+        at = guest.get(sym.name)
+        if at is not None:
+            placed.deltas.setdefault(section_of(sym.addr), at - sym.addr)
+    return placed if placed.deltas else None
+
+
+class ModuleFinder:
+    """Places every loaded module that has a ``.ko`` in ``modules_dir``, watched or not.
+
+    Called before a gdb backtrace, so a module frame on the stack of a hit in
+    vmlinux code is named too (gdb gets the module with ``add-symbol-file``).
+    """
+
+    def __init__(self, kernel: Program, modules_dir: Path, symbolizer: ModuleSymbolizer,
+                 read: ReadFn) -> None:
+        self.layout = ModuleLayout.from_program(kernel)
+        self.modules_dir = modules_dir
+        self.symbolizer = symbolizer
+        self.read = read
+
+    def __call__(self) -> None:
+        known = {m.name for m in self.symbolizer.modules}
+        for name, mod in loaded_modules(self.layout, self.read).items():
+            if name in known:
+                continue
+            ko = next((p for p in (self.modules_dir / f"{name}.ko",
+                                   self.modules_dir / f"{name.replace('_', '-')}.ko")
+                       if p.is_file()), None)
+            if ko is None:
+                continue
+            placed = place_module(self.layout, name, mod, load_module(ko), self.read)
+            if placed is not None:
+                self.symbolizer.modules.append(placed)
 
 
 class ModuleSymbolizer(ProgramSymbolizer):
@@ -304,5 +341,6 @@ def _module_text(program: Program, addr: int, text: str, to_guest: Callable[[int
     return f"{text}  ; {reloc.describe(insn.end)}"
 
 
-__all__ = ["BadInput", "LOAD_HOOK", "ModuleArmer", "ModuleLayout", "ModuleSymbolizer",
-           "ModuleWatch", "loaded_modules", "module_symbols", "resolve_in_module", "shift_spec"]
+__all__ = ["BadInput", "LOAD_HOOK", "ModuleArmer", "ModuleFinder", "ModuleLayout",
+           "ModuleSymbolizer", "ModuleWatch", "loaded_modules", "module_symbols",
+           "place_module", "resolve_in_module", "shift_spec"]

@@ -35,7 +35,13 @@ from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
-from kswgdb.watch.modules import ModuleArmer, ModuleSymbolizer, ModuleWatch, resolve_in_module
+from kswgdb.watch.modules import (
+    ModuleArmer,
+    ModuleFinder,
+    ModuleSymbolizer,
+    ModuleWatch,
+    resolve_in_module,
+)
 from kswgdb.watch.physrun import PhysWatch
 from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.poller import PollHit, PollStatus
@@ -216,10 +222,20 @@ class WatchSession:
                     client.handshake()
                     target = StubTarget(client, emulate=opts.emulate,
                                         queue_watchpoints=accel.accel == "tcg")
-                    symbolizer = (ModuleSymbolizer(self.program) if self.module_watches
+                    modules_dir = self.image.modules_dir
+                    with_modules = self.module_watches or (
+                        self.image.guest == "linux" and modules_dir is not None
+                        and modules_dir.is_dir())
+                    symbolizer = (ModuleSymbolizer(self.program) if with_modules
                                   else ProgramSymbolizer(self.program))
                     if self.backtrace_mode == "gdb":
-                        unwinder = GdbUnwinder(target, self.image.symbols, symbolizer)
+                        finder = None
+                        if isinstance(symbolizer, ModuleSymbolizer) and modules_dir is not None:
+                            with contextlib.suppress(BadInput):
+                                finder = ModuleFinder(self.program, modules_dir, symbolizer,
+                                                      target.read)
+                        unwinder = GdbUnwinder(target, self.image.symbols, symbolizer,
+                                               find_modules=finder)
                     engine = Engine(
                         target, self.specs, layout, symbolizer, pool,
                         log=log, on_hit=self.on_hit,

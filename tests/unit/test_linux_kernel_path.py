@@ -5,6 +5,7 @@ from ``task->stack``, THREAD_SIZE from the linker symbols, and the image's gdb i
 
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -235,3 +236,35 @@ def test_gdb_index_is_added_once(tmp_path: Path) -> None:
     stamp = elf.stat().st_mtime_ns
     build.add_gdb_index(elf)
     assert elf.stat().st_mtime_ns == stamp            # already indexed: left alone
+
+
+def test_module_finder_places_unwatched_modules_for_gdb(module_ko: Path, tmp_path: Path) -> None:
+    """A hit in vmlinux with a module frame on its stack: the module is found and given."""
+    from kswgdb.watch.modules import ModuleFinder, ModuleLayout
+    from tests.unit.test_linux_modules import LAYOUT, _module, _q
+
+    modules_dir = tmp_path / "mods"
+    modules_dir.mkdir()
+    shutil.copy(module_ko, modules_dir / "m.ko")
+    fake = FakeTarget()
+    mod_at = 0x10000
+    fake.write(LAYOUT.modules_head, _q(mod_at + LAYOUT.list))
+    entry_at = GUEST_TEXT + 0x40
+    program = load_module(module_ko)
+    entry = program.function("entry")
+    _module(fake, mod_at, "m", LAYOUT.modules_head, {"entry": entry_at})
+    sym = ModuleSymbolizer(Program.load(ROOT / "images" / "kswtest.elf"))
+    finder = ModuleFinder.__new__(ModuleFinder)        # the layout without a vmlinux
+    finder.layout, finder.modules_dir, finder.symbolizer, finder.read = (
+        LAYOUT, modules_dir, sym, fake.read)
+    assert isinstance(finder.layout, ModuleLayout)
+    tracer = _FakeTracer([Frame(0, entry_at + 2, "entry", None, None)])
+    unwinder = GdbUnwinder(_Target(), "vmlinux", sym, find_modules=finder)
+    unwinder.tracer = tracer
+    unwinder(Stop("break", pc=entry_at + 2, thread=1), Registers({}))
+    assert [m.name for m in sym.modules] == ["m"]
+    text_at = entry_at - (entry.addr - (entry.addr & ~0xFFFFFF))
+    assert tracer.mi.sent == [f"add-symbol-file {modules_dir / 'm.ko'} -s .text {text_at:#x}"]
+    assert sym.symbol(entry_at).startswith("entry+0x0/") and sym.symbol(entry_at).endswith("[m]")
+    unwinder(Stop("break", pc=entry_at + 2, thread=1), Registers({}))
+    assert len(sym.modules) == 1 and len(tracer.mi.sent) == 1     # found and given once
