@@ -91,7 +91,10 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
         out.print(render_poll_summary(report.polls))
     ending = report.result.reason
     if report.guest_exit is not None:
-        ending = f"guest ended: {report.guest_exit}"
+        ending = f"guest ended: {report.guest_exit.brief}"
+        if report.guest_exit.panic:
+            out.print(f"the guest kernel panicked: {report.guest_exit.panic}",
+                      markup=False, style="bold")
     elif ending == "deadline":
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
     out.print(f"[dim]{ending}; {report.seconds:.2f}s; {report.packets} packets, "

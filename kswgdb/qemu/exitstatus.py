@@ -20,10 +20,18 @@ other              —                            ``crashed`` (QEMU failed by it
 
 Plus two states where QEMU did *not* exit: ``timeout`` (still running after the
 wait) and ``crashed`` with QEMU alive but stopped in ``internal-error``.
+
+A Linux guest that panics usually does not say so to QEMU: with ``panic=-1`` it
+reboots at once (under ``-no-reboot``: SHUTDOWN ``guest-reset``, which alone
+would read as a triple fault), with ``panic=N`` after N seconds. Its console
+does say so (``Kernel panic - not syncing: <why>``): a guest-reset, guest-panic
+or power-off whose console carries that line is kind ``panic``, and
+`GuestExit.panic` keeps the line.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,8 +56,14 @@ class GuestExit:
     code: int | None = None
     reason: str = ""
     lines: tuple[str, ...] = field(default=(), compare=False)
+    panic: str | None = None       # the guest kernel's own panic line, if it printed one
 
     def __str__(self) -> str:
+        return f"{self.brief}: {self.panic}" if self.panic else self.brief
+
+    @property
+    def brief(self) -> str:
+        """``kind code= status= reason=``, without the panic line."""
         parts = [self.kind]
         if self.code is not None:
             parts.append(f"code={self.code:#x}")
@@ -58,6 +72,19 @@ class GuestExit:
         if self.reason:
             parts.append(f"reason={self.reason}")
         return " ".join(parts)
+
+
+#: Linux's panic() headline; printk may prefix a timestamp or a log level.
+_LINUX_PANIC = re.compile(r"Kernel panic - not syncing: .*")
+
+
+def kernel_panic_line(lines: Sequence[str]) -> str | None:
+    """The last ``Kernel panic - not syncing: ...`` line (from "Kernel panic" on)."""
+    for line in reversed(lines):
+        found = _LINUX_PANIC.search(line)
+        if found:
+            return found.group(0).rstrip()
+    return None
 
 
 def debug_exit_status(code: int) -> int:
@@ -69,10 +96,18 @@ def decode_exit(
     status: int,
     shutdown: dict[str, Any] | None = None,
     lines: Sequence[str] = (),
+    panic: str | None = None,
 ) -> GuestExit:
-    """Classify a finished QEMU from its exit status and last SHUTDOWN event (if any)."""
+    """Classify a finished QEMU from its exit status and last SHUTDOWN event (if any).
+
+    ``panic`` is the guest kernel's panic line (`kernel_panic_line` of the
+    console); by default it is looked for in ``lines``.
+    """
     tail = tuple(lines)
     reason = str((shutdown or {}).get("data", {}).get("reason", "")) if shutdown else ""
+    panic = panic if panic is not None else kernel_panic_line(tail)
+    if status >= 0 and panic and reason in ("guest-reset", "guest-panic", "guest-shutdown"):
+        return GuestExit("panic", status=status, reason=reason, lines=tail, panic=panic)
     if status < 0:
         try:
             name = signal.Signals(-status).name

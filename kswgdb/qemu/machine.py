@@ -42,7 +42,7 @@ from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.argv import QEMU_BINARY, QemuOptions, SharedRam, build_argv
 from kswgdb.qemu.console import Console
 from kswgdb.qemu.errors import MachineError, MachineStartError
-from kswgdb.qemu.exitstatus import GuestExit, decode_exit
+from kswgdb.qemu.exitstatus import GuestExit, decode_exit, kernel_panic_line
 from kswgdb.qemu.qmp import Qmp
 from kswgdb.qemu.rundir import RunDir, sweep_stale
 
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: How many console / QEMU log lines travel with errors and GuestExit.
 TAIL_LINES = 20
+#: How far back from the end of the console a kernel's panic line is looked for.
+PANIC_SCAN_LINES = 400
 
 #: QemuOptions fields a caller may pass through Machine(**options).
 _OPTION_NAMES = {f.name for f in dataclasses.fields(QemuOptions)} - {
@@ -331,10 +333,13 @@ class Machine:
             self._qmp.wait_disconnected(2.0)
             shutdown = self._qmp.shutdown_event()
         lines: list[str] = []
+        panic = None
         if self._console is not None:
             self._console.wait_closed(2.0)
             lines = self._console.tail(TAIL_LINES)
-        self._exit = decode_exit(rc, shutdown, lines)
+            # The panic line comes before the panic's own stack dump: look further back.
+            panic = kernel_panic_line(self._console.tail(PANIC_SCAN_LINES))
+        self._exit = decode_exit(rc, shutdown, lines, panic=panic)
         return self._exit
 
     def kill(self) -> GuestExit:

@@ -293,6 +293,48 @@ def _read_symbols(data: mmap.mmap, symtab: tuple, strtab: tuple) -> list[Symbol]
     return out
 
 
+def raw_symbol_address(path: str | os.PathLike[str], name: str) -> int:
+    """Value of symbol ``name`` of any type, read straight from the ELF's ``.symtab``.
+
+    For the linker-script symbols (``STT_NOTYPE``, such as Linux's
+    ``__end_init_task``) that `SymbolTable` leaves out so that they never name
+    code or data. Raises `BadInput` if there is no such symbol.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read {path}: {exc}") from None
+    try:
+        e_shoff, = struct.unpack_from("<Q", data, 0x28)
+        e_shentsize, e_shnum, _ = struct.unpack_from("<HHH", data, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
+                    for i in range(e_shnum)]
+        symtab = next((sh for sh in sections if sh[1] == _SHT_SYMTAB), None)
+        if symtab is not None:
+            strtab = sections[symtab[6]]
+            strings = data[strtab[4]:strtab[4] + strtab[5]]
+            # The linker merges string tails ("foo" may sit inside "barfoo"): every place
+            # the name ends with a NUL is a candidate offset; a symbol must use one exactly.
+            wanted = name.encode() + b"\0"
+            offsets = set()
+            at = strings.find(wanted)
+            while at >= 0:
+                offsets.add(at)
+                at = strings.find(wanted, at + 1)
+            raw = data[symtab[4]:symtab[4] + symtab[5]] if offsets else b""
+            for st_name, _i, _o, st_shndx, st_value, _s in struct.iter_unpack(
+                    "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
+                if st_name in offsets and st_shndx != 0:
+                    return st_value
+    except (struct.error, IndexError, ValueError):
+        raise BadInput(f"{path} is a malformed ELF file") from None
+    finally:
+        data.close()
+    raise BadInput(f"no symbol {name!r} in {path.name}")
+
+
 def _build_id(note: bytes) -> str | None:
     """The NT_GNU_BUILD_ID descriptor, as hex, from one SHT_NOTE section."""
     pos = 0

@@ -96,8 +96,17 @@ def build_listing(program: Program, func: str, var: str | None = None) -> Listin
 
 
 def _comment(program: Program, insn: Instruction) -> str:
-    """``<publish>`` for a call, ``<__stack_chk_guard>`` for a rip-relative load."""
+    """``<publish>`` for a call, ``<__stack_chk_guard>`` for a rip-relative load.
+
+    In a module (a relocatable file) a relocated field holds 0 until the kernel
+    loads it: the relocation says what the instruction really refers to.
+    """
+    reloc = program.relocation_in(insn.addr, insn.end)
     target = insn.target
+    if reloc is not None:
+        target = reloc.branch_target(insn.end) if insn.target is not None else None
+        if target is None:
+            return f"<{reloc.describe(insn.end)}>"
     if target is None:
         for ref in (*insn.mem_reads, *insn.mem_writes):
             if ref.base == "rip":

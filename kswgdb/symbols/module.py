@@ -16,6 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.construct.lib.container import Container
@@ -30,6 +31,11 @@ from kswgdb.symbols.program import Program
 
 _ET_REL = 1
 _SHT_SYMTAB = 2
+_SHT_RELA = 4
+_STT_SECTION = 3
+_SHN_UNDEF = 0
+#: x86-64 relocations a direct call/jump's rel32 carries (value = S + A - P).
+R_X86_64_PC32, R_X86_64_PLT32 = 2, 4
 _SHF_ALLOC, _SHF_EXECINSTR = 0x2, 0x4
 #: Placeholder base of code section N: N << 24 (16 MiB apart; a module section is far smaller).
 SECTION_SHIFT = 24
@@ -70,7 +76,9 @@ def load_module(path: str | os.PathLike[str]) -> Program:
             raise BadInput(f"{path} has no DWARF debug info (build it with -g)")
         return DwarfInfo(path, elf, elf.get_dwarf_info(relocate_dwarf_sections=True))
 
-    return Program(symtab, open_dwarf=open_dwarf)
+    program = Program(symtab, open_dwarf=open_dwarf)
+    program.load_relocations = lambda: module_relocations(path)
+    return program
 
 
 class _PlacedSymtab(SymbolTableSection):
@@ -133,3 +141,75 @@ def _module_symtab(path: Path, data: mmap.mmap) -> SymbolTable:
     symbols.sort(key=lambda s: (s.addr, _BIND_RANK[s.bind], s.name))
     regions = [_Region(sec_name(sh), section_base(i), sh[5], sh[4]) for i, sh in code.items()]
     return SymbolTable(path, "rel", None, symbols, regions)
+
+
+@dataclass(frozen=True, slots=True)
+class Relocation:
+    """One relocation of a module's code, at placeholder addresses.
+
+    Until the kernel loader applies it, the field holds 0: decoded from the
+    file, a ``call __fentry__`` reads as a call to the next instruction. The
+    relocation says what is really there.
+    """
+
+    field: int                 # placeholder address of the relocated bytes
+    kind: int                  # R_X86_64_*
+    symbol: str                # the symbol's name (a section symbol: the section's)
+    target: int | None         # its placeholder address, when it is code of this module
+    addend: int
+
+    def branch_target(self, insn_end: int) -> int | None:
+        """Where a PC-relative branch whose rel32 this is goes (placeholder), if here."""
+        if self.target is None or self.kind not in (R_X86_64_PC32, R_X86_64_PLT32):
+            return None
+        return self.target + self.addend + (insn_end - self.field)
+
+    def describe(self, insn_end: int) -> str:
+        """``symbol`` or ``symbol+0x10``: what a branch through this relocation reaches."""
+        extra = self.addend + (insn_end - self.field) if self.kind in (
+            R_X86_64_PC32, R_X86_64_PLT32) else self.addend
+        return self.symbol + (f"{extra:+#x}" if extra else "")
+
+
+def module_relocations(path: str | os.PathLike[str]) -> dict[int, Relocation]:
+    """The relocations of the module's code sections, keyed by field placeholder address."""
+    with open(path, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _relocations(data)
+    except (struct.error, IndexError, ValueError):
+        raise BadInput(f"{path}: malformed relocations") from None
+    finally:
+        data.close()
+
+
+def _relocations(data: mmap.mmap) -> dict[int, Relocation]:
+    e_shoff, = struct.unpack_from("<Q", data, 0x28)
+    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
+                for i in range(e_shnum)]
+    shstr = sections[e_shstrndx]
+
+    def cstr(table: tuple, offset: int) -> str:
+        start = table[4] + offset
+        return data[start:data.find(b"\0", start)].decode("utf-8", "replace")
+
+    code = {i for i, sh in enumerate(sections) if sh[2] & _SHF_ALLOC and sh[2] & _SHF_EXECINSTR}
+    out: dict[int, Relocation] = {}
+    for rela in sections:
+        if rela[1] != _SHT_RELA or rela[7] not in code:
+            continue
+        symtab = sections[rela[6]]
+        strtab = sections[symtab[6]]
+        for r_offset, r_info, r_addend in struct.iter_unpack(
+                "<QQq", data[rela[4]:rela[4] + rela[5] - rela[5] % 24]):
+            st_name, st_info, _other, st_shndx, st_value, _size = struct.unpack_from(
+                "<IBBHQQ", data, symtab[4] + (r_info >> 32) * 24)
+            if st_info & 0xF == _STT_SECTION:
+                name = cstr(shstr, sections[st_shndx][0]) if st_shndx < len(sections) else "?"
+            else:
+                name = cstr(strtab, st_name)
+            target = section_base(st_shndx) + st_value if st_shndx in code else None
+            field = section_base(rela[7]) + r_offset
+            out[field] = Relocation(field, r_info & 0xFFFF_FFFF, name, target, r_addend)
+    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 from kswgdb.errors import BadInput
 from kswgdb.symbols.disasm import Disassembler, Instruction
 from kswgdb.symbols.dwarf import DwarfInfo
-from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable, cache_dir
+from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable, cache_dir, raw_symbol_address
 from kswgdb.symbols.factcache import FactCache
 from kswgdb.symbols.lines import LineTable, SourceLine
 from kswgdb.symbols.locals import FrameVar, find_local, frame_variables
@@ -36,6 +36,22 @@ class Program:
         self._open_dwarf = open_dwarf   # how to open the DWARF on first use (default: the file)
         self._analyses: dict[int, FunctionAnalysis] = {}
         self.facts = facts          # remembered DWARF answers (None: always ask the DWARF)
+        #: A relocatable file's (a module's) code relocations by field address, loaded
+        #: on first use; None for linked files, whose fields hold their final values.
+        self.load_relocations: Callable[[], dict] | None = None
+        self._relocations: dict | None = None
+
+    def relocation_in(self, start: int, end: int):
+        """The relocation of a field inside ``(start, end)`` (an instruction), if any."""
+        if self.load_relocations is None:
+            return None
+        if self._relocations is None:
+            try:
+                self._relocations = self.load_relocations()
+            except (OSError, BadInput):
+                self._relocations = {}
+        return next((self._relocations[a] for a in range(start + 1, end)
+                     if a in self._relocations), None)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, cache: bool = True) -> Program:
@@ -114,6 +130,10 @@ class Program:
 
     def type_size(self, type_name: str) -> int:
         return self._fact(f"sizeof({type_name})", lambda: self.types.type_size(type_name))
+
+    def linker_symbol(self, name: str) -> int:
+        """A linker-script symbol's value (``__end_init_task``: no type, no DWARF)."""
+        return self._fact(f"linker symbol {name}", lambda: raw_symbol_address(self.path, name))
 
     def global_address(self, name: str) -> int:
         """A global's address: the symbol table first (no DWARF needed), then DWARF."""

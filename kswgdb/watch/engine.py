@@ -550,8 +550,8 @@ class Engine:
             return False
         want = frame.cfa - 16
         fp = regs.fp
-        base = guest.stack_base(self.layout, want)
-        if not base <= fp < base + self.layout.thread_size:
+        base, top = guest.stack_bounds(self.layout, want, frame.task, self._read)
+        if not base <= fp < top:
             return False            # RBP is not on this stack: cannot tell, keep the hit
         if fp > want:
             return True
@@ -632,8 +632,8 @@ class Engine:
     def _fp_backtrace(self, regs: Registers, pc: int) -> list[BacktraceFrame]:
         """Walk the frame-pointer chain within the current stack."""
         frames = [self._frame(0, pc)]
-        base = guest.stack_base(self.layout, regs.sp)
-        top = base + self.layout.thread_size
+        task = guest.current_task(self.layout, regs, self._read)
+        base, top = guest.stack_bounds(self.layout, regs.sp, task, self._read)
         fp = regs.fp
         while len(frames) < MAX_BACKTRACE and base <= fp < top - 16 and fp % 8 == 0:
             raw = self._read(fp, 16)

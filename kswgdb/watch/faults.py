@@ -1,7 +1,11 @@
 """How a watched run can end badly, and the one line that says so.
 
 A run ends normally when the guest ends the way a test run ends (the test
-kernel's isa-debug-exit) or when ``--timeout`` runs out. Everything else is a
+kernel's isa-debug-exit), when the guest kernel panics (Linux's ``Kernel panic -
+not syncing`` on the console, or QEMU's guest-panic event: the test kernel's
+own panic is an isa-debug-exit too, and LKDTM's stack corruption is *meant* to
+end in the kernel's stack-protector panic; the hits decide between exit status
+1 and 0, as for any normal ending) or when ``--timeout`` runs out. Everything else is a
 fault, reported as exit status 3 with one line naming it: QEMU killed or
 crashed, the guest triple-faulting or powering off in the middle of the watch,
 the gdbstub or QMP connection closing under a live QEMU, or a guest that stops
@@ -18,23 +22,31 @@ from collections.abc import Callable
 from kswgdb.qemu.exitstatus import GuestExit
 
 #: Guest endings that are the end of a run, not a failure under it.
-NORMAL_EXITS = frozenset({"debug-exit"})
+NORMAL_EXITS = frozenset({"debug-exit", "panic"})
+#: ... and per guest flavour: a Linux guest's init powers the machine off when its
+#: command is done (images/linux/init), which is how such a run ends.
+FLAVOUR_NORMAL_EXITS = {"linux": frozenset({"shutdown"})}
+
+
+def normal_exits(flavour: str | None) -> frozenset[str]:
+    """The guest endings that end a run normally for an image of ``flavour``."""
+    return NORMAL_EXITS | FLAVOUR_NORMAL_EXITS.get(flavour or "", frozenset())
 
 _EXIT_WORDS = {
     "triple-fault": "the guest triple-faulted",
     "shutdown": "the guest powered off",
-    "panic": "the guest panicked (QEMU guest-panicked)",
     "killed": "QEMU was killed",
     "crashed": "QEMU crashed",
     "timeout": "the gdbstub connection closed while QEMU kept running",
 }
 
 
-def exit_fault(guest_exit: GuestExit | None, detail: str = "") -> str | None:
+def exit_fault(guest_exit: GuestExit | None, detail: str = "",
+               normal: frozenset[str] = NORMAL_EXITS) -> str | None:
     """The fault line for a run whose guest ended with ``guest_exit``; None if normal."""
     if guest_exit is None:
         return f"the guest ended without an exit status ({detail or 'unknown'})"
-    if guest_exit.kind in NORMAL_EXITS:
+    if guest_exit.kind in normal:
         return None
     words = _EXIT_WORDS.get(guest_exit.kind, f"the guest ended: {guest_exit.kind}")
     extra = guest_exit.reason if guest_exit.kind != "timeout" else detail

@@ -13,6 +13,14 @@ built from the kernel's own DWARF (never typed by hand). Two flavours exist:
 
 Where no layout is known the task is identified by its stack (SP rounded down to
 the stack size), which is still right across preemption and migration.
+
+Stack bounds come from the task itself where the layout has ``task->stack``
+(both flavours do): the current task's ``stack`` member is the lowest address
+of its stack, and the stack size is the kernel's ``THREAD_SIZE`` (Linux:
+``__end_init_task - __start_init_task``, the linker's init stack; the test
+kernel: 16 KiB, its documented ABI). An address that is not on the task's own
+stack (an IRQ or exception stack, a stale pointer) falls back to rounding down
+to the stack size, which is what such stacks are aligned to.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class GuestLayout:
     flavour: str = "generic"
     thread_size: int = DEFAULT_THREAD_SIZE
     current_gs_offset: int | None = None     # %gs:X holds the current task pointer
+    task_stack_offset: int | None = None     # offsetof(task, stack): lowest stack address
     task_pid_offset: int | None = None
     task_pid_size: int = 4
     task_comm_offset: int | None = None
@@ -49,6 +58,32 @@ class GuestLayout:
 def stack_base(layout: GuestLayout, sp: int) -> int:
     """Lowest address of the (size-aligned) stack ``sp`` is on."""
     return sp & ~(layout.thread_size - 1)
+
+
+def task_stack_base(layout: GuestLayout, task: int, read: ReadFn) -> int | None:
+    """``task->stack`` (the lowest address of the task's stack), if the layout has it."""
+    if layout.task_stack_offset is None or task < 0x1000 or _is_stack_identity(layout, task):
+        return None
+    try:
+        base = int.from_bytes(read(task + layout.task_stack_offset, 8), "little")
+    except Exception:  # noqa: BLE001 - unreadable: fall back to the aligned stack
+        return None
+    return base or None
+
+
+def stack_bounds(layout: GuestLayout, addr: int, task: int | None = None,
+                 read: ReadFn | None = None) -> tuple[int, int]:
+    """``[base, top)`` of the stack holding ``addr``.
+
+    The task's own stack (``task->stack``) when ``addr`` is on it, else the
+    size-aligned stack around ``addr`` (IRQ and exception stacks, no layout).
+    """
+    if task is not None and read is not None:
+        base = task_stack_base(layout, task, read)
+        if base is not None and base <= addr < base + layout.thread_size:
+            return base, base + layout.thread_size
+    base = stack_base(layout, addr)
+    return base, base + layout.thread_size
 
 
 def current_task_address(layout: GuestLayout, regs: Registers) -> int | None:

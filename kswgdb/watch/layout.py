@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kswgdb.errors import KswError
 from kswgdb.symbols.program import Program
-from kswgdb.watch.guest import GuestLayout
+from kswgdb.watch.guest import DEFAULT_THREAD_SIZE, GuestLayout
 from kswgdb.watch.spec import GuardSource
 
 #: Linux x86-64: the per-CPU stack canary lives at %gs:0x28 (fixed_percpu_data).
@@ -38,6 +38,7 @@ def _kswtest(p: Program) -> GuestLayout:
     return GuestLayout(
         flavour="kswtest",
         current_gs_offset=_try(p.member_offset, "percpu", "current"),
+        task_stack_offset=_try(p.member_offset, "task", "stack"),
         task_pid_offset=_try(p.member_offset, "task", "pid"),
         task_comm_offset=_try(p.member_offset, "task", "comm"),
         guard=GuardSource("global", addr=guard) if guard is not None else None,
@@ -54,6 +55,20 @@ def _canary_gs_offset(p: Program) -> int:
     return found if found is not None else LINUX_CANARY_GS_OFFSET
 
 
+def _linux_thread_size(p: Program) -> int:
+    """THREAD_SIZE as the kernel was built: the linker script puts the init task's stack
+    between ``__start_init_task`` and ``__end_init_task`` (include/asm-generic/vmlinux.lds.h,
+    ``INIT_TASK_DATA``); 16 KiB on x86-64 without KASAN. Any other answer (symbols
+    missing, not a power of two) falls back to 16 KiB."""
+    start = _try(p.linker_symbol, "__start_init_task")
+    end = _try(p.linker_symbol, "__end_init_task")
+    if start is not None and end is not None:
+        size = end - start
+        if size >= 4096 and size & (size - 1) == 0:
+            return size
+    return DEFAULT_THREAD_SIZE
+
+
 def _linux(p: Program) -> GuestLayout:
     # v6.2+ keeps current in pcpu_hot; older kernels (Debian's 6.1 included, checked)
     # in the per-CPU current_task.
@@ -66,7 +81,9 @@ def _linux(p: Program) -> GuestLayout:
             current = hot + member
     return GuestLayout(
         flavour="linux",
+        thread_size=_linux_thread_size(p),
         current_gs_offset=current,
+        task_stack_offset=_try(p.member_offset, "task_struct", "stack"),
         task_pid_offset=_try(p.member_offset, "task_struct", "pid"),
         task_comm_offset=_try(p.member_offset, "task_struct", "comm"),
         guard=GuardSource("gs", offset=_canary_gs_offset(p)),

@@ -122,6 +122,19 @@ class LoadedModule:
         delta = self.deltas.get(section_of(addr))
         return addr + delta if delta is not None else None
 
+    def section_addresses(self) -> dict[str, int]:
+        """Code section name -> guest address, for sections whose placement is known.
+
+        What gdb's ``add-symbol-file FILE -s .text ADDR -s .text.unlikely ADDR``
+        needs to relocate the module's DWARF (lines and call-frame information).
+        """
+        out: dict[str, int] = {}
+        for region in self.program.symtab.regions:
+            delta = self.deltas.get(section_of(region.addr))
+            if delta is not None:
+                out.setdefault(region.name, region.addr + delta)
+        return out
+
     def from_guest(self, addr: int) -> int | None:
         for section, delta in self.deltas.items():
             placeholder = addr - delta
@@ -205,17 +218,54 @@ class ModuleArmer:
 
     def _place(self, name: str, mod: int, read: ReadFn) -> LoadedModule | None:
         program = next(w.program for w in self.watches if w.module == name)
-        guest = module_symbols(self.layout, mod, read)
-        placed = LoadedModule(name, program)
-        for sym in program.symtab.symbols:
-            at = guest.get(sym.name)
-            if at is not None:
-                placed.deltas.setdefault(section_of(sym.addr), at - sym.addr)
-        if not placed.deltas:
+        placed = place_module(self.layout, name, mod, program, read)
+        if placed is None:
             return None
         self.loaded[name] = placed
         self.symbolizer.modules.append(placed)
         return placed
+
+
+def place_module(layout: ModuleLayout, name: str, mod: int, program: Program,
+                 read: ReadFn) -> LoadedModule | None:
+    """Where module ``name`` (``struct module *`` ``mod``) put each code section of
+    ``program``: one delta per section, from the module's own kallsyms in the guest."""
+    guest = module_symbols(layout, mod, read)
+    placed = LoadedModule(name, program)
+    for sym in program.symtab.symbols:
+        at = guest.get(sym.name)
+        if at is not None:
+            placed.deltas.setdefault(section_of(sym.addr), at - sym.addr)
+    return placed if placed.deltas else None
+
+
+class ModuleFinder:
+    """Places every loaded module that has a ``.ko`` in ``modules_dir``, watched or not.
+
+    Called before a gdb backtrace, so a module frame on the stack of a hit in
+    vmlinux code is named too (gdb gets the module with ``add-symbol-file``).
+    """
+
+    def __init__(self, kernel: Program, modules_dir: Path, symbolizer: ModuleSymbolizer,
+                 read: ReadFn) -> None:
+        self.layout = ModuleLayout.from_program(kernel)
+        self.modules_dir = modules_dir
+        self.symbolizer = symbolizer
+        self.read = read
+
+    def __call__(self) -> None:
+        known = {m.name for m in self.symbolizer.modules}
+        for name, mod in loaded_modules(self.layout, self.read).items():
+            if name in known:
+                continue
+            ko = next((p for p in (self.modules_dir / f"{name}.ko",
+                                   self.modules_dir / f"{name.replace('_', '-')}.ko")
+                       if p.is_file()), None)
+            if ko is None:
+                continue
+            placed = place_module(self.layout, name, mod, load_module(ko), self.read)
+            if placed is not None:
+                self.symbolizer.modules.append(placed)
 
 
 class ModuleSymbolizer(ProgramSymbolizer):
@@ -258,15 +308,39 @@ class ModuleSymbolizer(ProgramSymbolizer):
         def back(a: int) -> int:
             return mod.to_guest(a) or a
 
-        def texts(t: str) -> str:       # branch targets, from placeholder to guest address
-            return _HEX.sub(lambda m: hex(back(int(m.group(0), 16))), t)
+        def texts(a: int, t: str) -> str:
+            return _module_text(mod.program, a, t, back)
 
-        return back(addr), texts(text), tuple((back(a), texts(t)) for a, t in context)
+        return back(addr), texts(addr, text), tuple((back(a), texts(a, t)) for a, t in context)
 
     def stack_push(self, pc: int) -> bool:
         hit = self._find(pc)
         return super().stack_push(pc) if hit is None else hit[1].stack_push(hit[2])
 
 
-__all__ = ["BadInput", "LOAD_HOOK", "ModuleArmer", "ModuleLayout", "ModuleSymbolizer",
-           "ModuleWatch", "loaded_modules", "module_symbols", "resolve_in_module", "shift_spec"]
+def _module_text(program: Program, addr: int, text: str, to_guest: Callable[[int], int]) -> str:
+    """An instruction of a module as the loaded module has it, not as the file does.
+
+    In the ``.ko`` a relocated field holds 0 until the kernel's loader fills it:
+    decoded from the file, ``call __fentry__`` and ``jmp __x86_return_thunk``
+    would "go" to the next instruction, ``mov rdi, <string>`` would load 0. A
+    branch through a relocation names its target (its guest address when it is
+    in this module, else the symbol); any other relocated operand gets the
+    symbol it refers to appended. Direct branches inside the module are moved
+    from placeholder to guest addresses.
+    """
+    func = program.disasm.function_at(addr)
+    insn = func.at(addr) if func is not None else None
+    reloc = None if insn is None else program.relocation_in(insn.addr, insn.end)
+    if insn is None or reloc is None:
+        return _HEX.sub(lambda m: hex(to_guest(int(m.group(0), 16))), text)
+    if insn.flow in ("call", "jump", "cjump"):
+        target = reloc.branch_target(insn.end)
+        where = hex(to_guest(target)) if target is not None else reloc.describe(insn.end)
+        return f"{insn.mnemonic} {where}"
+    return f"{text}  ; {reloc.describe(insn.end)}"
+
+
+__all__ = ["BadInput", "LOAD_HOOK", "ModuleArmer", "ModuleFinder", "ModuleLayout",
+           "ModuleSymbolizer", "ModuleWatch", "loaded_modules", "module_symbols",
+           "place_module", "resolve_in_module", "shift_spec"]

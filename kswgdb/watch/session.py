@@ -32,11 +32,17 @@ from kswgdb.symbols.program import Program
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
-from kswgdb.watch.faults import Watchdog, exit_fault
+from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
-from kswgdb.watch.modules import ModuleArmer, ModuleSymbolizer, ModuleWatch, resolve_in_module
+from kswgdb.watch.modules import (
+    ModuleArmer,
+    ModuleFinder,
+    ModuleSymbolizer,
+    ModuleWatch,
+    resolve_in_module,
+)
 from kswgdb.watch.physrun import PhysWatch
 from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.poller import PollHit, PollStatus
@@ -94,6 +100,7 @@ class RunReport:
     backtrace: str = "fp"              # how hit backtraces were unwound: "gdb" | "fp"
     gdb_pid: int | None = None         # the backtrace gdb, if one was started (now gone)
     backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
+    backtrace_seconds: list[float] = field(default_factory=list)  # per gdb backtrace
     fault: str | None = None           # why the run ended badly (exit status 3), or None
 
     @property
@@ -217,10 +224,20 @@ class WatchSession:
                     client.handshake()
                     target = StubTarget(client, emulate=opts.emulate,
                                         queue_watchpoints=accel.accel == "tcg")
-                    symbolizer = (ModuleSymbolizer(self.program) if self.module_watches
+                    modules_dir = self.image.modules_dir
+                    with_modules = self.module_watches or (
+                        self.image.guest == "linux" and modules_dir is not None
+                        and modules_dir.is_dir())
+                    symbolizer = (ModuleSymbolizer(self.program) if with_modules
                                   else ProgramSymbolizer(self.program))
                     if self.backtrace_mode == "gdb":
-                        unwinder = GdbUnwinder(target, self.image.symbols, symbolizer)
+                        finder = None
+                        if isinstance(symbolizer, ModuleSymbolizer) and modules_dir is not None:
+                            with contextlib.suppress(BadInput):
+                                finder = ModuleFinder(self.program, modules_dir, symbolizer,
+                                                      target.read)
+                        unwinder = GdbUnwinder(target, self.image.symbols, symbolizer,
+                                               find_modules=finder)
                     engine = Engine(
                         target, self.specs, layout, symbolizer, pool,
                         log=log, on_hit=self.on_hit,
@@ -272,7 +289,8 @@ class WatchSession:
                 guest_exit = None
                 if result.reason == "exit":
                     guest_exit = machine.wait_exit(5.0)
-                    fault = exit_fault(guest_exit, result.detail)
+                    fault = exit_fault(guest_exit, result.detail,
+                                       normal_exits(self.image.guest))
                 console = machine.console.lines()
                 ending = fault or result.reason
         finally:
@@ -288,7 +306,8 @@ class WatchSession:
                 ending = ("interrupted (SIGINT)" if signum == signal.SIGINT
                           else f"terminated (exit status {128 + signum})")
                 fault = fault or ending
-            log.write("end", reason=ending, fault=fault is not None)
+            log.write("end", reason=ending, fault=fault is not None,
+                      **_guest_exit_fields(locals().get("guest_exit")))
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
         if vmcore is None and self.phys is not None and self.phys.freeze.is_set():
@@ -302,6 +321,7 @@ class WatchSession:
             backtrace=self.backtrace_mode,
             gdb_pid=unwinder.gdb_pid if unwinder is not None else None,
             backtrace_failures=list(unwinder.failures) if unwinder is not None else [],
+            backtrace_seconds=list(unwinder.seconds) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
             symbols=self.image.symbols, fault=fault, **self._poll_report(polls),
         )
@@ -400,6 +420,16 @@ class WatchSession:
         path = where / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
         machine.qmp.dump_guest_memory(path)
         return path
+
+
+def _guest_exit_fields(guest_exit: GuestExit | None) -> dict:
+    """How the guest ended, for the log's ``end`` event (the kernel's panic line included)."""
+    if guest_exit is None:
+        return {}
+    fields = {"guest_exit": guest_exit.kind, "guest_exit_reason": guest_exit.reason}
+    if guest_exit.panic:
+        fields["panic"] = guest_exit.panic
+    return fields
 
 
 def _ending_of(exc: BaseException) -> str:

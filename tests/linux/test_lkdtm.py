@@ -8,7 +8,11 @@ from the kernel command line, and watches in canary mode at the ``fo`` that
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -92,6 +96,38 @@ def test_lkdtm_corrupt_stack_caught_at_the_memset(image, func: str, tmp_path: Pa
     console = "\n".join(report.console_log)
     assert re.search(rf"stack-protector: Kernel stack is corrupted in: {func}\b", console), \
         console[-2000:]
+    # ... and the run says so: the guest kernel panicked, which is how LKDTM ends, not
+    # a fault (exit status 1 from the hit, not 3).
+    ended = report.guest_exit
+    assert ended is not None and ended.kind == "panic", ended
+    assert ended.panic is not None and re.match(
+        rf"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: {func}\b",
+        ended.panic), ended.panic
+    assert report.fault is None
+    _assert_syscall_backtrace(hit, func, report)
+
+
+def _function_of(symbol: str) -> str:
+    """``lkdtm_CORRUPT_STACK+0x2d/0x4b [lkdtm]`` -> ``lkdtm_CORRUPT_STACK``."""
+    return symbol.split(" ")[0].split("+")[0]
+
+
+def _assert_syscall_backtrace(hit, func: str, report) -> None:
+    """gdb (with lkdtm.ko's symbols at its guest addresses) unwinds the whole write(2)."""
+    assert report.backtrace == "gdb" and not report.backtrace_failures, report.backtrace_failures
+    names = [_function_of(f.symbol) for f in hit.backtrace]
+    print(f"backtrace: {' <- '.join(names)}  (gdb {report.backtrace_seconds[0]:.1f} s)")
+    assert names[:2] == ["__lkdtm_CORRUPT_STACK", func], names
+    assert all("[lkdtm]" in f.symbol for f in hit.backtrace[:3]), hit.backtrace[:3]
+    assert names[2].startswith(("direct_entry", "lkdtm_do_action")), names
+    assert hit.backtrace[1].source is not None and hit.backtrace[1].source.file.endswith(
+        "lkdtm/bugs.c")
+    for expected in ("full_proxy_write", "vfs_write", "ksys_write", "do_syscall_64"):
+        assert expected in names, names
+    assert names.index("vfs_write") < names.index("ksys_write") < names.index("do_syscall_64")
+    assert names[-1] == "entry_SYSCALL_64", names        # and nothing past the kernel entry
+    assert re.match(r"entry_SYSCALL_64\+0x[0-9a-f]+$", hit.backtrace[-1].symbol), \
+        hit.backtrace[-1]                                # an untyped asm symbol, offset known
 
 
 def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> None:
@@ -104,6 +140,7 @@ def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> N
     print(f"\ncp_new_stat: {watch}: {seconds:.1f} s: calls {row['calls']} armed {row['armed']} "
           f"returns {row['returns']} hits {row['hits']} not armed {row['not_armed']}")
     assert report.guest_exit is not None and report.guest_exit.kind == "shutdown"
+    assert report.fault is None        # init powering off is how a Linux run ends
     assert "KSWGDB-INIT done status=0" in "\n".join(report.console_log)
     assert row["armed"] >= 300
     assert row["hits"] == 0 and report.hits == []
@@ -113,9 +150,6 @@ def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> N
 
 def test_boot_with_accel_auto_picks_tcg_and_says_why(image) -> None:
     """`kswgdb boot` on the Debian image: auto -> TCG here (software KVM), to init and off."""
-    import subprocess
-    import sys
-
     proc = subprocess.run(
         [sys.executable, "-m", "kswgdb", "boot", str(image.path), "--accel", "auto",
          "--timeout", "60", "--cmdline", "-- cat /proc/modules"],
@@ -125,3 +159,28 @@ def test_boot_with_accel_auto_picks_tcg_and_says_why(image) -> None:
     assert "KSWGDB-INIT ready kernel=6.1." in proc.stdout
     assert re.search(r"^lkdtm \d+ 0 - Live 0x[0-9a-f]+", proc.stdout, re.MULTILINE)
     assert "guest ended: shutdown" in proc.stdout
+
+
+def test_cli_lkdtm_hit_panel_exit_status_and_panic_line(image, tmp_path: Path) -> None:
+    """The README's example as a user runs it: the panel, the panic line, exit status 1."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kswgdb", "run", str(image.path),
+         "--watch", "fn=lkdtm_CORRUPT_STACK fo=0x1e", "--accel", "tcg",
+         "--cmdline", f"-- echo CORRUPT_STACK > {PROVOKE}", "--log", str(tmp_path / "e.jsonl")],
+        capture_output=True, text=True, timeout=240, cwd=IMAGES_DIR.parent,
+        env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 1, proc.stderr[-2000:]          # a hit; the panic is no fault
+    assert "kswgdb: error" not in proc.stderr, proc.stderr
+    out = proc.stdout
+    assert re.search(r"the guest kernel panicked: Kernel panic - not syncing: stack-protector: "
+                     r"Kernel stack is corrupted in: lkdtm_CORRUPT_STACK", out), out[-3000:]
+    assert "guest ended: panic status=0 reason=guest-reset" in out
+    # Module code as loaded: the relocated calls name their targets.
+    assert re.search(r"0x[0-9a-f]+  call __fentry__", out), out
+    assert re.search(r"0x[0-9a-f]+  jmp __x86_return_thunk", out), out
+    assert re.search(r"=> 0x[0-9a-f]+  rep stosb", out), out
+    assert "entry_SYSCALL_64" in out and "vfs_write+" in out
+    events = (tmp_path / "e.jsonl").read_text().splitlines()
+    end = json.loads(events[-1])
+    assert end["event"] == "end" and end["guest_exit"] == "panic" and not end["fault"]
+    assert end["panic"].startswith("Kernel panic - not syncing: stack-protector")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.watch.engine import Engine
-from kswgdb.watch.faults import Watchdog, exit_fault
+from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.slots import SlotPool
 from kswgdb.watch.target import Stop
@@ -22,6 +22,22 @@ def test_exit_classification() -> None:
     assert exit_fault(GuestExit("timeout"), "gdbstub connection closed").startswith(
         "the gdbstub connection closed while QEMU kept running")
     assert exit_fault(None, "x") is not None
+
+
+def test_a_guest_kernel_panic_is_an_ending_not_a_fault() -> None:
+    """LKDTM's corruption ends in the kernel's own panic: the hits decide 1 vs 0."""
+    assert exit_fault(GuestExit("panic", status=0, reason="guest-reset",
+                                panic="Kernel panic - not syncing: stack-protector")) is None
+    assert exit_fault(GuestExit("panic", status=0, reason="guest-panic")) is None
+
+
+def test_a_linux_guest_powering_off_ends_its_run() -> None:
+    """images/linux/init powers off after its command; the test kernel never does."""
+    off = GuestExit("shutdown", status=0, reason="guest-shutdown")
+    assert exit_fault(off, normal=normal_exits("linux")) is None
+    assert exit_fault(off, normal=normal_exits("kswtest")) is not None
+    assert exit_fault(GuestExit("triple-fault", reason="guest-reset"),
+                      normal=normal_exits("linux")) is not None
 
 
 class _Clock:

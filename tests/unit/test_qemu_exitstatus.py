@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kswgdb.qemu.exitstatus import debug_exit_status, decode_exit
+from kswgdb.qemu.exitstatus import debug_exit_status, decode_exit, kernel_panic_line
 
 
 def _shutdown(reason: str, guest: bool = True) -> dict:
@@ -69,3 +69,38 @@ def test_even_status_without_event_is_a_crash() -> None:
 
 def test_str() -> None:
     assert str(decode_exit(67)) == "debug-exit code=0x21 status=67 reason=isa-debug-exit"
+
+
+PANIC_CONSOLE = [
+    "[    3.412345] lkdtm: Performing direct entry CORRUPT_STACK",
+    "[    3.420001] Kernel panic - not syncing: stack-protector: Kernel stack is corrupted "
+    "in: lkdtm_CORRUPT_STACK+0x46/0x4b [lkdtm]",
+    "[    3.421000] CPU: 1 PID: 93 Comm: sh Tainted: G           OE      6.1.0-56-cloud-amd64",
+    "[    3.422000] Kernel Offset: disabled",
+]
+
+
+def test_linux_panic_line_turns_a_reboot_into_a_panic() -> None:
+    """panic=-1 reboots; under -no-reboot QEMU reports guest-reset: the console says why."""
+    gone = decode_exit(0, _shutdown("guest-reset"), PANIC_CONSOLE)
+    assert gone.kind == "panic" and gone.reason == "guest-reset"
+    assert gone.panic == ("Kernel panic - not syncing: stack-protector: Kernel stack is "
+                          "corrupted in: lkdtm_CORRUPT_STACK+0x46/0x4b [lkdtm]")
+    assert str(gone).startswith("panic status=0 reason=guest-reset: Kernel panic - not syncing")
+
+
+def test_panic_line_given_from_further_back_than_the_tail() -> None:
+    gone = decode_exit(0, _shutdown("guest-reset"), ["Kernel Offset: disabled"],
+                       panic="Kernel panic - not syncing: Fatal exception")
+    assert (gone.kind, gone.panic) == ("panic", "Kernel panic - not syncing: Fatal exception")
+
+
+def test_a_panic_line_does_not_hide_a_kill_or_a_debug_exit() -> None:
+    assert decode_exit(-9, None, PANIC_CONSOLE).kind == "killed"
+    assert decode_exit(0, _shutdown("host-qmp-quit", guest=False), PANIC_CONSOLE).kind == "killed"
+    assert decode_exit(0x3E * 2 + 1, None, PANIC_CONSOLE).kind == "debug-exit"
+
+
+def test_kernel_panic_line_absent() -> None:
+    assert kernel_panic_line(["Oops: 0000 [#1] SMP", "Call Trace:"]) is None
+    assert decode_exit(0, _shutdown("guest-reset"), ["Call Trace:"]).kind == "triple-fault"
