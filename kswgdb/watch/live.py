@@ -49,6 +49,7 @@ from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.program import Program
 from kswgdb.watch.config import parse_watch, parse_watches
 from kswgdb.watch.engine import Engine
+from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
@@ -155,6 +156,7 @@ class LiveSession:
         # Worker-only state.
         self._engine: Engine | None = None
         self._target: Target | None = None
+        self._unwinder: GdbUnwinder | None = None
         self._pool: SlotPool | None = None
         self._state = STARTING
         self._detail = ""
@@ -306,6 +308,11 @@ class LiveSession:
         self._running = False
         self._publish(force=True)
 
+    @property
+    def gdb_unwinder(self) -> GdbUnwinder | None:
+        """The gdb that unwinds hit backtraces (None without gdb); closed with the worker."""
+        return self._unwinder
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return self._snapshot
@@ -367,6 +374,8 @@ class LiveSession:
                 client.handshake()
                 self.run_on(StubTarget(client))
             finally:
+                if self._unwinder is not None:
+                    self._unwinder.close()      # gdb never outlives the session
                 client.close()
             if self._state == EXITED:
                 self._guest_exit = machine.wait_exit(10.0)
@@ -410,10 +419,16 @@ class LiveSession:
                     exit_hook = self.program.function(self.layout.exit_function).addr
             except BadInput:
                 exit_hook = None
+        locked = _LockedSymbolizer(symbolizer, self._symbols_lock)
+        if isinstance(target, StubTarget) and self.image is not None and gdb_available():
+            # Hit backtraces from gdb's DWARF CFI unwinder, as `kswgdb run` gives them;
+            # gdb starts at the first hit only and is closed with the worker.
+            self._unwinder = GdbUnwinder(target, self.image.symbols, locked)
         self._engine = Engine(
-            target, self._specs, self.layout, _LockedSymbolizer(symbolizer, self._symbols_lock),
+            target, self._specs, self.layout, locked,
             self._pool, log=self.log, on_hit=self._on_hit,
             freeze_on_hit=self.options.on_hit == "freeze", exit_hook_addr=exit_hook,
+            backtracer=self._unwinder,
         )
         self._engine.install()
         if self.log is not None and self.image is not None:

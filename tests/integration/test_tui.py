@@ -81,6 +81,12 @@ def test_watch_added_in_the_ui_catches_the_writer_then_freeze_and_quit(tmp_path,
             assert str(row[2]).startswith("s3_corrupt_write+"), row
             assert "s3_victim" in str(row[3])
             assert session.hits()[0].writer.function == "s3_corrupt_write"
+            # The backtrace comes from gdb's unwinder, as in `kswgdb run`.
+            unwinder = session.gdb_unwinder
+            assert unwinder is not None and unwinder.unwound >= 1, unwinder and unwinder.failures
+            frames = [f.symbol.split("+")[0] for f in session.hits()[0].backtrace]
+            assert frames[:2] == ["s3_corrupt_write", "s3_corrupter"], frames
+            gdb_pids.append(unwinder.gdb_pid)
             detail = app.query_one("#detail-body", Static)
             await pilot.press("h", "enter")
             assert "Caught stack corruption #1" in _plain(detail)
@@ -98,8 +104,10 @@ def test_watch_added_in_the_ui_catches_the_writer_then_freeze_and_quit(tmp_path,
             await pilot.press("q")
         return pid
 
+    gdb_pids: list[int] = []
     pid = asyncio.run(drive())
     assert not alive(pid), f"QEMU {pid} still running after q"
+    assert gdb_pids and not alive(gdb_pids[0]), f"gdb {gdb_pids} still running after q"
     log = (tmp_path / "events.jsonl").read_text()
     assert '"event": "watch-add"' in log and '"event": "hit"' in log
 
