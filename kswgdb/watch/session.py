@@ -34,6 +34,7 @@ from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
 from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
+from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
 from kswgdb.watch.modules import (
@@ -144,6 +145,7 @@ class WatchSession:
         self.program: Program | None = None
         self.resolved: list[ResolvedWatch] = []
         self.specs: list[ArmSpec] = []
+        self.layout: GuestLayout | None = None       # from prepare, for run
         self.poll_specs: list[PollSpec] = []
         self.on_poll_hit: Callable[[PollHit], None] | None = None
         #: The running poller's owner, while `run` runs (the TUI adds polls through it).
@@ -172,7 +174,7 @@ class WatchSession:
             else:
                 self.resolved.append(resolve_watch(cfg, self.program))
         self.specs = [r.to_arm_spec() for r in self.resolved]
-        layout = layout_for(self.program, self.image.guest)
+        self.layout = layout = layout_for(self.program, self.image.guest)
         for resolved in self.resolved:
             check_stack_reach(resolved, layout.thread_size)
         self.resolved = [with_alignment_warning(r) for r in self.resolved]
@@ -192,7 +194,8 @@ class WatchSession:
         self.on_status(f"accelerator: {accel.accel} ({accel.reason})")
         for resolved in self.resolved:
             check_alignment(resolved, accel.accel)
-        layout = layout_for(self.program, self.image.guest)
+        layout = self.layout
+        assert layout is not None
         max_watch = max((s.max_watch for s in self.specs), default=0)
         pool = SlotPool.for_run(accel.accel, max_watch, opts.slots or TCG_DEFAULT_SLOTS)
         exit_hook = None
