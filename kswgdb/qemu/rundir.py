@@ -129,6 +129,20 @@ class RunDir:
 
 
 
+def owned_tempdir(prefix: str = RUN_PREFIX) -> Path:
+    """A fresh 0700 temp directory marked with our pid.
+
+    For private directories other than a machine's (the gdb relay's socket): if
+    kswgdb is killed before it can remove one, the next launch's `sweep_stale`
+    removes it like a stale run directory.
+    """
+    if not prefix.startswith(RUN_PREFIX):
+        raise ValueError(f"prefix {prefix!r} must start with {RUN_PREFIX!r} to be swept")
+    root = Path(tempfile.mkdtemp(prefix=prefix))     # mkdtemp makes it 0700
+    _write_owner(root)
+    return root
+
+
 def _write_owner(directory: Path) -> None:
     (directory / OWNER_FILE).write_text(f"{os.getpid()}\n")
 

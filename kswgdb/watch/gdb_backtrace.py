@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kswgdb.gdbstub.relay import Backtracer
 from kswgdb.gdbstub.stopreply import parse_stop_reply
+from kswgdb.qemu.rundir import RUN_PREFIX, owned_tempdir
 from kswgdb.watch.hits import BacktraceFrame, SourceLine
 from kswgdb.watch.stub_target import StubTarget
 from kswgdb.watch.target import Registers, Stop
@@ -50,6 +51,7 @@ class GdbUnwinder:
         self.gdb = gdb
         self.timeout = timeout
         self.tracer: Backtracer | None = None
+        self.relay_dir: Path | None = None
         self.gdb_pid: int | None = None
         self.unwound = 0
         self.failures: list[str] = []
@@ -65,7 +67,12 @@ class GdbUnwinder:
         try:
             self.target.flush()       # queued break/watch changes go before gdb's reads
             if self.tracer is None:
-                self.tracer = Backtracer(self.symbol_file, gdb=self.gdb, timeout=self.timeout)
+                # The relay's socket directory carries our pid, so a kswgdb killed
+                # before close() leaves nothing that the next launch does not sweep.
+                if self.relay_dir is None:
+                    self.relay_dir = owned_tempdir(RUN_PREFIX + "relay-")
+                self.tracer = Backtracer(self.symbol_file, gdb=self.gdb, timeout=self.timeout,
+                                         directory=str(self.relay_dir))
                 self.gdb_pid = self.tracer.mi.pid
             self._give_modules()
             thread = stop.thread or 1
@@ -162,8 +169,13 @@ class GdbUnwinder:
     def close(self) -> None:
         """Kill gdb (if it was ever started) and remove its relay socket."""
         tracer, self.tracer = self.tracer, None
-        if tracer is not None:
-            tracer.close()
+        try:
+            if tracer is not None:
+                tracer.close()
+        finally:
+            if self.relay_dir is not None:
+                shutil.rmtree(self.relay_dir, ignore_errors=True)
+                self.relay_dir = None
 
 
 def add_symbol_file_command(path: str | Path, sections: dict[str, int]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ from kswgdb.qemu.argv import (
     parse_size,
 )
 from kswgdb.qemu.errors import MachineStartError
-from kswgdb.qemu.rundir import RunDir, RunPaths, sweep_stale
+from kswgdb.qemu.rundir import RunDir, RunPaths, owned_tempdir, sweep_stale
 
 
 def _image(tmp_path: Path, **kw: object) -> Image:
@@ -226,6 +227,20 @@ def test_sweep_stale_removes_only_dead_owners(tmp_path: Path) -> None:
     (other / "owner.pid").write_text(f"{gone_pid}\n")
     assert sweep_stale([tmp_path]) == [stale]
     assert not stale.exists() and live.exists() and foreign.exists() and other.exists()
+
+
+def test_owned_tempdir_is_private_marked_and_swept_once_its_owner_is_gone() -> None:
+    d = owned_tempdir("kswgdb-relay-")
+    try:
+        assert d.name.startswith("kswgdb-relay-") and (d.stat().st_mode & 0o777) == 0o700
+        assert (d / "owner.pid").read_text() == f"{os.getpid()}\n"
+        assert d not in sweep_stale([d.parent])          # we are alive: kept
+        (d / "owner.pid").write_text(f"{_dead_pid()}\n")
+        assert d in sweep_stale([d.parent]) and not d.exists()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    with pytest.raises(ValueError):
+        owned_tempdir("relay-")                          # a prefix the sweep would not see
 
 
 def test_private_run_dir_has_owner_file() -> None:
