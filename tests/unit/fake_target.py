@@ -87,31 +87,36 @@ class FakeTarget:
 
     def wait_stop(self, timeout: float | None) -> Stop | None:
         while self.script:
-            ev = self.script.pop(0)
-            thread = ev.cpu + 1
-            self.write(PERCPU[ev.cpu], ev.task.to_bytes(8, "little"))
-            regs = {"gs_base": PERCPU[ev.cpu], **ev.regs}
-            if ev.kind == "exit":
-                return Stop("exit", exit_status=0)
-            if ev.kind in ("probe", "ret"):
-                if ev.pc in self.breakpoints:
-                    self.regs[thread] = {**regs, "rip": ev.pc}
-                    return Stop("break", thread=thread, pc=ev.pc)
-                continue
-            if ev.kind == "write":
-                self.write(ev.addr, ev.data)
-                for addr, length in self.watchpoints:
-                    if addr <= ev.addr < addr + length or ev.addr <= addr < ev.addr + len(ev.data):
-                        self.regs[thread] = {**regs, "rip": ev.pc}
-                        return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr)
-            if ev.kind == "read":
-                for addr, length in self.read_watchpoints:
-                    if addr < ev.addr + ev.length and ev.addr < addr + length:
-                        self.regs[thread] = {**regs, "rip": ev.pc}
-                        return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr,
-                                    watch_access="read")
+            stop = self.play(self.script.pop(0))
+            if stop is not None:
+                return stop
         return Stop("exit", exit_status=0)
 
+    def play(self, ev: Event) -> Stop | None:
+        """Run one scripted event; the stop it causes, or None if nothing was hit."""
+        thread = ev.cpu + 1
+        self.write(PERCPU[ev.cpu], ev.task.to_bytes(8, "little"))
+        regs = {"gs_base": PERCPU[ev.cpu], **ev.regs}
+        if ev.kind == "exit":
+            return Stop("exit", exit_status=0)
+        if ev.kind in ("probe", "ret"):
+            if ev.pc in self.breakpoints:
+                self.regs[thread] = {**regs, "rip": ev.pc}
+                return Stop("break", thread=thread, pc=ev.pc)
+            return None
+        if ev.kind == "write":
+            self.write(ev.addr, ev.data)
+            for addr, length in self.watchpoints:
+                if addr <= ev.addr < addr + length or ev.addr <= addr < ev.addr + len(ev.data):
+                    self.regs[thread] = {**regs, "rip": ev.pc}
+                    return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr)
+        if ev.kind == "read":
+            for addr, length in self.read_watchpoints:
+                if addr < ev.addr + ev.length and ev.addr < addr + length:
+                    self.regs[thread] = {**regs, "rip": ev.pc}
+                    return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr,
+                                watch_access="read")
+        return None
 
 class Program:
     """Builds a script of calls with realistic frames for one watched function.

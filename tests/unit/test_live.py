@@ -29,7 +29,7 @@ from kswgdb.watch.live import (
 )
 from kswgdb.watch.session import RunOptions
 from kswgdb.watch.target import Stop
-from tests.unit.fake_target import PERCPU, Event, FakeTarget, Program
+from tests.unit.fake_target import Event, FakeTarget, Program
 from tests.unit.test_engine import LAYOUT, PROBE, RET_SITE, WRITER_PC, FakeSymbols, canary_spec
 
 WAIT = 30.0      # generous: these are waits for a thread, not timing assertions
@@ -66,31 +66,13 @@ class LiveFake(FakeTarget):
                     return Stop("other", thread=1, pc=0x1)
                 while self._budget > 0 and self.script:
                     self._budget -= 1
-                    stop = self._play(self.script.pop(0))
+                    stop = self.play(self.script.pop(0))
                     if stop is not None:
                         return stop
                 left = end - time.monotonic()
                 if left <= 0:
                     return None
                 self._cond.wait(left)
-
-    def _play(self, ev) -> Stop | None:
-        thread = ev.cpu + 1
-        self.write(PERCPU[ev.cpu], ev.task.to_bytes(8, "little"))
-        regs = {"gs_base": PERCPU[ev.cpu], **ev.regs}
-        if ev.kind == "exit":
-            return Stop("exit", exit_status=0)
-        if ev.kind in ("probe", "ret"):
-            if ev.pc in self.breakpoints:
-                self.regs[thread] = {**regs, "rip": ev.pc}
-                return Stop("break", thread=thread, pc=ev.pc)
-            return None
-        self.write(ev.addr, ev.data)
-        for addr, length in self.watchpoints:
-            if addr <= ev.addr < addr + length:
-                self.regs[thread] = {**regs, "rip": ev.pc}
-                return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr)
-        return None
 
 
 @dataclass
