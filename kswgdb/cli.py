@@ -1,8 +1,9 @@
 """The ``kswgdb`` command: parse arguments, call the engine, render, pick the exit code.
 
-Exit codes are decided here and only here: 0 no hit, 1 hit(s) (so CI can gate on
-it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 130 Ctrl-C.
-Every error reaches the user as one line: ``kswgdb: error: ...``.
+The exit statuses are those of `kswgdb.exitcodes` (one table); `main` is the only
+place that returns one to the shell. Every error reaches the user as one line:
+``kswgdb: error: ...``; an exception no layer expected becomes one line naming
+what failed and the debug log holding its traceback, status 3.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from collections.abc import Sequence
 
 from kswgdb import __version__
 from kswgdb.errors import BadInput, KswError
-
-EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from kswgdb.exitcodes import ExitStatus, signalled, unexpected
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,17 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The handler's exception was lost on its way up (see reaper): the run
             # still ended because of the signal, so say so and keep its status.
             print("kswgdb: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return ExitStatus.INTERRUPTED
         if signum is not None:
             print(f"kswgdb: terminated by {_signal_name(signum)}", file=sys.stderr)
-            return 128 + signum
-        return status
+            return signalled(signum)
+        return int(status)
     except KswError as exc:
         print(f"kswgdb: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("kswgdb: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitStatus.INTERRUPTED
     except SystemExit as exc:
         # The reaper turns SIGTERM/SIGHUP into SystemExit(128 + signum) after
         # killing QEMU; say so in one line, keep the conventional status.
@@ -164,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kswgdb: terminated by {_signal_name(exc.code - 128)}", file=sys.stderr)
             return exc.code
         raise
+    except Exception as exc:  # noqa: BLE001 - never a traceback, never status 1
+        print(f"kswgdb: error: {unexpected(exc, list(argv) if argv is not None else sys.argv)}",
+              file=sys.stderr)
+        return ExitStatus.INFRA
 
 
 def _signal_name(signum: int) -> str:

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from kswgdb import image as image_mod
 from kswgdb.errors import BadInput
+from kswgdb.exitcodes import ExitStatus, status_of_run
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
 from kswgdb.render.summary import render_summary
@@ -23,10 +24,8 @@ from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
-EXIT_OK, EXIT_HIT, EXIT_INFRA = 0, 1, 3
 
-
-def dispatch(args: argparse.Namespace) -> int:
+def dispatch(args: argparse.Namespace) -> ExitStatus:
     handler = {
         "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
         "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui,
@@ -80,8 +79,7 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
     if report.fault:
         print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
               file=sys.stderr)
-        return EXIT_INFRA
-    return EXIT_HIT if report.hits or report.poll_hits else EXIT_OK
+    return status_of_run(len(report.hits) + len(report.poll_hits), report.fault)
 
 
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
@@ -133,8 +131,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
             out.print(line, markup=False)
         out.print(f"[dim]guest ended: {ended}")
         if ended.kind == "timeout":
-            return 3
-    return EXIT_OK
+            return ExitStatus.INFRA
+    return ExitStatus.OK
 
 
 def cmd_disasm(args: argparse.Namespace) -> int:
@@ -151,7 +149,7 @@ def cmd_disasm(args: argparse.Namespace) -> int:
         if found is not None:       # a module function (addresses are placeholders)
             program = found[1]
     Console(highlight=False).print(render_disasm(build_listing(program, args.func, var=args.var)))
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def cmd_symbols(args: argparse.Namespace) -> int:
@@ -166,7 +164,7 @@ def cmd_symbols(args: argparse.Namespace) -> int:
     for name in sorted(names):
         sym = program.symtab.function(name)
         out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False)
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def cmd_accel(args: argparse.Namespace) -> int:
@@ -174,7 +172,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
     decision = decide("auto")
     Console(highlight=False).print(f"{decision.accel}: {decision.reason}")
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -184,7 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"watching with: [bold]{watch}")
     options = RunOptions(image=None, scenario=3, watches=[watch], log_path=default_log_path())
     run_and_render(options)
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The root of every error kswgdb raises on purpose.
 
-Exit codes are decided only by the CLI, from the class of the error that reached
+Exit statuses (`kswgdb.exitcodes`) follow the class of the error that reached
 it: a `BadInput` is the user's to fix (exit 2), an `InfraError` means QEMU, gdb or
 the stub failed under us (exit 3). Each layer derives its own base from one of
 these two so callers can catch a layer without knowing its internals::
@@ -14,20 +14,22 @@ these two so callers can catch a layer without knowing its internals::
 
 from __future__ import annotations
 
+from kswgdb.exitcodes import ExitStatus
+
 
 class KswError(Exception):
     """Base of all deliberate kswgdb errors; the message is one line for the user."""
 
-    exit_code = 3
+    exit_code = ExitStatus.INFRA
 
 
 class BadInput(KswError):
     """Something the user gave us is wrong; nothing has been left running."""
 
-    exit_code = 2
+    exit_code = ExitStatus.BAD_INPUT
 
 
 class InfraError(KswError):
     """The machinery under the tool failed: QEMU, the gdbstub, gdb, the host."""
 
-    exit_code = 3
+    exit_code = ExitStatus.INFRA

@@ -17,13 +17,13 @@ from pathlib import Path
 from rich.console import Console
 
 from kswgdb.errors import BadInput
+from kswgdb.exitcodes import status_of_run
 from kswgdb.render.hit import value
 from kswgdb.render.pollhit import render_poll_summary
 from kswgdb.render.summary import render_summary
 from kswgdb.watch.live import LiveSession
 from kswgdb.watch.session import RunOptions
 
-EXIT_OK, EXIT_HIT = 0, 1
 #: Hits listed on the terminal after the screen closes (all are in the event log).
 SHOWN_HITS = 5
 
@@ -58,7 +58,7 @@ def run_tui(args: argparse.Namespace) -> int:
     print_record(session, Console(highlight=False))
     if session.error is not None:
         raise session.error
-    return EXIT_HIT if session.hits() or session.poll_hits() else EXIT_OK
+    return status_of_run(len(session.hits()) + len(session.poll_hits()))
 
 
 def print_record(session: LiveSession, out: Console) -> None:

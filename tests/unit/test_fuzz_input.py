@@ -78,7 +78,7 @@ def test_config_resolves_or_fails_with_one_line(program: Program, text: str) -> 
         _one_line(exc)
 
 
-class _Reached(Exception):
+class _Reached(BaseException):  # not an Exception: it passes the CLI's last resort
     """A valid command line got as far as starting something."""
 
 
