@@ -33,32 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot an image and watch stack slots")
-    run.add_argument("image", nargs="?", default=None,
-                     help="image name or description file (default: the bundled kswtest)")
-    run.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
-    run.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
-                     help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
-    run.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
-                     help="poll guest physical memory, e.g. 'pa=0x1136a8 len=8 to=0x33' "
-                          "(keys: pa len to from any mask region interval on-hit once; "
-                          "repeatable)")
-    _machine_options(run)
+    _watch_options(run, timeout=120.0, timeout_help="seconds before giving up")
     run.add_argument("--json", action="store_true", help="print JSONL events instead of panels")
-    run.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
-                     help="freeze: stop the guest at the first hit, dump a vmcore, show how "
-                          "to attach gdb")
-    run.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    run.add_argument("--slots", type=int, default=None,
-                     help="watchpoint slots under TCG (KVM always has 4)")
-    run.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
-                     help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
-                          "when gdb is installed) or fp (frame-pointer walk)")
-    run.add_argument("--hang-timeout", type=_seconds, default=0.0, metavar="S",
-                     help="end with status 3 if the guest prints nothing and stops nowhere "
-                          "for S seconds (default 0: never)")
-    run.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
-                     help="freeze at the first hit and lend the frozen guest, read-only, to "
-                          "gdb on this loopback TCP port until Ctrl-C")
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)
@@ -111,25 +87,41 @@ def _loopback(text: str) -> tuple[str, int]:
 def _tui_parser(sub) -> None:
     tui = sub.add_parser("tui", help="interactive screen: add and remove watches while the "
                                      "guest runs, freeze it, read hits and the console")
-    tui.add_argument("image", nargs="?", default=None,
-                     help="image name or description file (default: the bundled kswtest)")
-    tui.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
-    tui.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
-                     help="a KStackWatch config to start with (repeatable; `a` adds more)")
-    tui.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
-                     help="a physical-memory poll to start with, sampling from the guest's "
-                          "first instruction (repeatable; `p` adds more)")
-    tui.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    tui.add_argument("--timeout", type=float, default=0.0,
-                     help="freeze the guest after S seconds (default: never)")
-    tui.add_argument("--cmdline", default="", help="extra kernel command-line words")
-    tui.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
-                     help="freeze: stop the guest at a hit and dump a vmcore (c continues)")
+    _watch_options(tui, timeout=0.0,
+                   timeout_help="freeze the guest after S seconds (default: never)")
     tui.add_argument("--paused", action="store_true",
                      help="stay frozen before the first guest instruction until `c`")
-    tui.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    tui.add_argument("--slots", type=int, default=None,
-                     help="watchpoint slots under TCG (KVM always has 4)")
+
+
+def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str) -> None:
+    """The options `run` and `tui` share: same names, same meaning (`options_from_args`)."""
+    p.add_argument("image", nargs="?", default=None,
+                   help="image name or description file (default: the bundled kswtest)")
+    p.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    p.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
+                   help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
+    p.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
+                   help="poll guest physical memory, e.g. 'pa=0x1136a8 len=8 to=0x33' "
+                        "(keys: pa len to from any mask region interval on-hit once; "
+                        "repeatable)")
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    p.add_argument("--timeout", type=_seconds, default=timeout, metavar="S", help=timeout_help)
+    p.add_argument("--cmdline", default="", help="extra kernel command-line words")
+    p.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
+                   help="freeze: stop the guest at the first hit, dump a vmcore, show how "
+                        "to attach gdb")
+    p.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="watchpoint slots under TCG (KVM always has 4)")
+    p.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
+                   help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
+                        "when gdb is installed) or fp (frame-pointer walk)")
+    p.add_argument("--hang-timeout", type=_seconds, default=0.0, metavar="S",
+                   help="end with status 3 if the guest prints nothing and stops nowhere "
+                        "for S seconds (default 0: never)")
+    p.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
+                   help="freeze at the first hit and lend the frozen guest, read-only, to "
+                        "gdb on this loopback TCP port until Ctrl-C")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
-from pathlib import Path
 
 from rich.console import Console
 
@@ -20,9 +18,10 @@ from kswgdb.exitcodes import ExitStatus, status_of_run
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
 from kswgdb.render.summary import render_summary
+from kswgdb.run.oneshot import RunReport, WatchSession
+from kswgdb.run.options import RunOptions, default_log_path, options_from_args
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
-from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
 
 def dispatch(args: argparse.Namespace) -> ExitStatus:
@@ -37,22 +36,8 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def default_log_path() -> Path:
-    return Path.cwd() / f"kswgdb-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    options = RunOptions(
-        image=args.image, scenario=args.scenario, watches=args.watch, accel=args.accel,
-        timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit,
-        log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
-        polls=getattr(args, "poll", []),
-        backtrace=args.backtrace,
-        hang_timeout=args.hang_timeout, gdb_listen=args.gdb_listen,
-    )
-    if options.gdb_listen is not None:
-        options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen
-    return run_and_render(options, json_out=args.json)
+def cmd_run(args: argparse.Namespace) -> ExitStatus:
+    return run_and_render(options_from_args(args), json_out=args.json)
 
 
 def run_and_render(options: RunOptions, json_out: bool = False) -> int:

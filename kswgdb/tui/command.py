@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from rich.console import Console
 
@@ -21,27 +19,15 @@ from kswgdb.exitcodes import status_of_run
 from kswgdb.render.hit import value
 from kswgdb.render.pollhit import render_poll_summary
 from kswgdb.render.summary import render_summary
-from kswgdb.watch.live import LiveSession
-from kswgdb.watch.session import RunOptions
+from kswgdb.run.live import LiveSession
+from kswgdb.run.options import options_from_args
 
 #: Hits listed on the terminal after the screen closes (all are in the event log).
 SHOWN_HITS = 5
 
 
-def options_from(args: argparse.Namespace) -> RunOptions:
-    log = Path(args.log) if args.log else Path.cwd() / (
-        f"kswgdb-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-    if args.timeout < 0:
-        raise BadInput(f"--timeout must not be negative, not {args.timeout:g}")
-    return RunOptions(
-        image=args.image, scenario=args.scenario, watches=list(args.watch), accel=args.accel,
-        timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit, log_path=log,
-        slots=args.slots, polls=list(getattr(args, "poll", [])),
-    )
-
-
 def run_tui(args: argparse.Namespace) -> int:
-    session = LiveSession(options_from(args), paused=args.paused)
+    session = LiveSession(options_from_args(args))
     session.prepare()
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         session.close()

@@ -1,0 +1,53 @@
+"""What a user asked for: one `RunOptions`, filled the same way for `run` and `tui`.
+
+`options_from_args` is the one place that turns parsed command-line arguments
+into options, so the two commands cannot drift on what a watch or poll option
+means. Nothing here is checked: `kswgdb.run.prepare` does that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RunOptions:
+    """What a user asked for on the command line (or a test, or the benchmark)."""
+
+    image: str | Path | None = None
+    scenario: int | None = None
+    watches: list[str] = field(default_factory=list)
+    accel: str = "auto"
+    timeout: float = 120.0             # run: give up; tui: freeze after (0: never)
+    cmdline: str = ""
+    on_hit: str = "continue"           # "continue" | "freeze"
+    log_path: Path | None = None
+    slots: int | None = None
+    polls: list[str] = field(default_factory=list)   # --poll strings (physical memory)
+    emulate: bool = True               # leave breakpoints by host emulation, not steps
+    backtrace: str = "auto"            # "gdb" | "fp" | "auto" (gdb when installed)
+    release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
+    hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
+    gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
+    paused: bool = False               # tui: frozen before the first instruction until `c`
+
+
+def default_log_path() -> Path:
+    return Path.cwd() / f"kswgdb-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    """The options of `kswgdb run` and `kswgdb tui` (same names, same meaning)."""
+    options = RunOptions(
+        image=args.image, scenario=args.scenario, watches=list(args.watch),
+        accel=args.accel, timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit,
+        log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
+        polls=list(args.poll), backtrace=args.backtrace, hang_timeout=args.hang_timeout,
+        gdb_listen=args.gdb_listen, paused=getattr(args, "paused", False),
+    )
+    if options.gdb_listen is not None:
+        options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen
+    return options

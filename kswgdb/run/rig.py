@@ -1,0 +1,357 @@
+"""One guest wired for watching, and everything it holds: `Rig` and `open_rig`.
+
+A rig owns, for one `Plan`: the event log, the machine (QEMU), the stub client
+and its target, the symbolizer, the gdb unwinder, the engine and module armer,
+the physical-memory polls, the watchdog and the ``--gdb-listen`` port. Each is
+registered for release the moment it exists, so whatever way the rig ends
+(normally, frozen at a hit, by an exception, a signal or QEMU going away) it
+releases all of them, in reverse order, and the event log ends with
+``summary`` and ``end``. Drivers (the one-shot run, the TUI's live controller)
+only decide when to resume, stop and end.
+
+Everything the rig reports while it runs goes to one `Sink`: status lines,
+hits, poll hits and the event-log lines themselves.
+
+Two phases, because of threads: `launch` starts QEMU and must run in the
+thread that lives as long as the guest (PR_SET_PDEATHSIG follows the thread);
+`attach` connects the stub and builds the engine and may run in a worker.
+`open_rig` does both for a driver that needs no worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kswgdb.gdbstub.client import RemoteClient
+from kswgdb.gdbstub.errors import StubError
+from kswgdb.qemu import reaper
+from kswgdb.qemu.exitstatus import GuestExit
+from kswgdb.qemu.machine import Machine
+from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
+from kswgdb.watch.engine import Engine
+from kswgdb.watch.faults import Watchdog
+from kswgdb.watch.gdb_backtrace import GdbUnwinder
+from kswgdb.watch.hits import EventLog, Hit
+from kswgdb.watch.modules import ModuleArmer, ModuleFinder, ModuleSymbolizer
+from kswgdb.watch.physrun import PhysWatch
+from kswgdb.watch.poller import PollHit, PollStatus
+from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
+from kswgdb.watch.stub_target import StubTarget
+from kswgdb.watch.symbolize import ProgramSymbolizer
+from kswgdb.watch.target import Target
+
+
+class Sink:
+    """Where a rig's news goes; every method may be called from the poller's thread too.
+
+    The defaults drop everything: a driver overrides what it shows.
+    """
+
+    def status(self, text: str) -> None:
+        """A one-line progress message (accelerator, backtrace mode, polls...)."""
+
+    def hit(self, hit: Hit) -> None:
+        """A watch caught a write (already in the event log)."""
+
+    def poll_hit(self, hit: PollHit) -> None:
+        """A physical-memory poll saw a change (already in the event log)."""
+
+    def logged(self, line: str) -> None:
+        """One event-log line (JSON) as written: for a JSONL echo on stdout."""
+
+
+class _SinkEcho:
+    """The file-like echo `EventLog` writes to, turned into `Sink.logged` calls."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def write(self, text: str) -> None:
+        self._sink.logged(text.rstrip("\n"))
+
+    def flush(self) -> None:
+        pass
+
+
+class LockedSymbols:
+    """A symbolizer or program serialised by one lock across threads.
+
+    The engine, the poller's thread and an interactive user's config checks
+    read the same ELF/DWARF file objects; pyelftools streams are not safe to
+    seek from two threads at once. Used at hits and checks only, never per stop.
+    """
+
+    def __init__(self, inner: Any, lock: threading.Lock) -> None:
+        self._inner = inner
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return locked
+
+
+class Rig:
+    """The resources of one watched guest (module docstring): `launch`, `attach`, `close`."""
+
+    def __init__(self, plan: Plan, sink: Sink | None = None, *, stub: bool = True,
+                 interactive: bool = False,
+                 machine_factory: Callable[..., Machine] = Machine,
+                 connect: Callable[..., RemoteClient] | None = None,
+                 target_factory: Callable[..., Target] | None = None,
+                 phys_factory: Callable[..., PhysWatch] = PhysWatch,
+                 symbolizer: Any = None, symbols_lock: threading.Lock | None = None) -> None:
+        """The factories are QEMU's, the stub's and the poller's; tests pass fakes."""
+        self.plan = plan
+        self.sink = sink or Sink()
+        self.stub = stub or interactive
+        self.interactive = interactive
+        self._machine_factory = machine_factory
+        self._connect = connect or RemoteClient.connect     # looked up now: patchable
+        self._target_factory = target_factory or self._stub_target
+        self._phys_factory = phys_factory
+        self._given_symbolizer = symbolizer
+        self.symbols_lock = symbols_lock or threading.Lock()
+        self.program = LockedSymbols(plan.program, self.symbols_lock)
+        self.log: EventLog | None = None
+        self.machine: Machine | None = None
+        self.client: RemoteClient | None = None
+        self.target: Target | None = None
+        self.symbolizer: Any = None
+        self.unwinder: GdbUnwinder | None = None
+        self.engine: Engine | None = None
+        self.pool: SlotPool | None = None
+        self.phys: PhysWatch | None = None
+        self.watchdog: Watchdog | None = None
+        self.started = time.monotonic()
+        #: How the rig ended, for the ``end`` event (set by the driver through `end`).
+        self.ending, self.fault = "interrupted", None
+        self.guest_exit: GuestExit | None = None
+        #: Filled by `close`: the engine's per-watch stats and the final poll statuses.
+        self.summary: list[dict] = []
+        self.poll_statuses: list[PollStatus] = []
+        self.closed = False
+        self._stack = contextlib.ExitStack()
+
+    # -------------------------------------------------------------- wiring
+    def launch(self) -> None:
+        """Open the event log, boot QEMU paused at its first instruction, start the polls."""
+        plan, opts = self.plan, self.plan.options
+        self.log = EventLog(opts.log_path, echo=_SinkEcho(self.sink))
+        self._stack.callback(self.log.close)
+        self._stack.callback(self._write_end)
+        self._stack.callback(plan.close)                 # the --gdb-listen port
+        self.sink.status(f"accelerator: {plan.accel.accel} ({plan.accel.reason})")
+        # RAM in a shared file whenever a poll may come: given now, or added later.
+        shared = bool(plan.poll_specs) or self.interactive
+        machine = self._machine_factory(plan.image, accel=plan.accel, scenario=opts.scenario,
+                                        extra_cmdline=opts.cmdline, paused=True,
+                                        shared_ram="file" if shared else False,
+                                        gdb=self.stub)
+        self.log.write("start", image=str(plan.image.path), accel=plan.accel.accel,
+                       accel_reason=plan.accel.reason, scenario=opts.scenario,
+                       watches=[r.describe() for r in plan.watches],
+                       configs=[s.text for s in plan.specs],
+                       polls=[p.canonical() for p in plan.poll_specs],
+                       backtrace=plan.backtrace_mode if self.stub else None,
+                       **({"interactive": True} if self.interactive else {}))
+        self._stack.callback(machine.close)
+        machine.launch()
+        self.machine = machine
+        if shared:
+            self._start_polls(machine)
+
+    def _start_polls(self, machine: Machine) -> None:
+        """Map the guest's RAM and start polling while it is still paused (-S)."""
+        plan = self.plan
+        self.phys = self._phys_factory(
+            machine, self.program, plan.poll_specs, guest=plan.image.guest, log=self.log,
+            on_hit=self.sink.poll_hit, engine_attached=self.stub, vmcore_dir=plan.vmcore_dir)
+        self._stack.callback(self.phys.close)
+        self.phys.start()
+        for line in self.phys.describe():
+            self.sink.status(line)
+        assert self.log is not None
+        self.log.write("polls", polls=self.phys.describe())
+
+    def attach(self, target: Target | None = None, symbolizer: Any = None) -> Engine:
+        """Connect the stub (or take ``target``), build and install the engine.
+
+        Tests pass a fake ``target`` and ``symbolizer``; a real run connects to
+        the launched machine's gdbstub.
+        """
+        plan, opts = self.plan, self.plan.options
+        if target is None:
+            assert self.machine is not None
+            client = self._connect(str(self.machine.gdb_socket), timeout=10.0)
+            self._stack.callback(client.close)
+            self.client = client
+            client.handshake()
+            target = self._target_factory(client)
+        self.target = target
+        if symbolizer is None:
+            symbolizer = self._given_symbolizer or self._symbolizer()
+        self.symbolizer = LockedSymbols(symbolizer, self.symbols_lock)
+        self.sink.status(f"backtraces: {BACKTRACE_WHAT[plan.backtrace_mode]}")
+        if plan.backtrace_mode == "gdb":
+            self.unwinder = GdbUnwinder(target, plan.image.symbols, self.symbolizer,
+                                        find_modules=self._module_finder(symbolizer, target))
+            self._stack.callback(self.unwinder.close)     # gdb never outlives the rig
+        self.pool = SlotPool(capacity=self.pool_capacity(plan.specs))
+        # The engine appends to ``plan.specs`` as watches are added (modules, the TUI).
+        self.engine = Engine(
+            target, plan.specs, plan.layout, self.symbolizer, self.pool,
+            log=self.log, on_hit=self.sink.hit,
+            freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=plan.exit_hook,
+            backtracer=self.unwinder,
+            release_by_read=opts.release_by_read and plan.accel.accel == "tcg",
+        )
+        self.engine.install()
+        if plan.module_watches:
+            assert isinstance(symbolizer, ModuleSymbolizer)
+            ModuleArmer(plan.program, plan.module_watches, self.symbolizer,
+                        self.sink.status).install(self.engine)
+        if self.machine is not None:
+            machine = self.machine
+            self.watchdog = Watchdog(
+                activity=lambda: machine.console.mark() + target.packets_sent,
+                qmp_lost=lambda: not machine.qmp.connected and machine.running,
+                hang_timeout=opts.hang_timeout)
+        return self.engine
+
+    def _stub_target(self, client: RemoteClient) -> StubTarget:
+        """The engine's target over the stub: host emulation, queued Z2 under TCG."""
+        return StubTarget(client, emulate=self.plan.options.emulate,
+                          queue_watchpoints=self.plan.accel.accel == "tcg")
+
+    def _symbolizer(self) -> Any:
+        plan = self.plan
+        modules_dir = plan.image.modules_dir
+        with_modules = plan.module_watches or (
+            plan.image.guest == "linux" and modules_dir is not None and modules_dir.is_dir())
+        return (ModuleSymbolizer(plan.program) if with_modules
+                else ProgramSymbolizer(plan.program))
+
+    def _module_finder(self, symbolizer: Any, target: Target) -> ModuleFinder | None:
+        modules_dir = self.plan.image.modules_dir
+        if not isinstance(symbolizer, ModuleSymbolizer) or modules_dir is None:
+            return None
+        from kswgdb.errors import BadInput
+
+        with contextlib.suppress(BadInput):
+            return ModuleFinder(self.plan.program, modules_dir, symbolizer, target.read)
+        return None
+
+    def pool_capacity(self, specs: list) -> int:
+        """Watchpoint slots for ``specs`` (KVM: 4; TCG: --slots, at least the widest watch)."""
+        max_watch = max((s.max_watch for s in specs), default=0)
+        return SlotPool.for_run(self.plan.accel.accel, max_watch,
+                                self.plan.options.slots or TCG_DEFAULT_SLOTS).capacity
+
+    # ------------------------------------------------------------- running
+    @property
+    def poll_frozen(self) -> bool:
+        """A poll's ``on-hit=freeze`` stopped the guest."""
+        return self.phys is not None and self.phys.freeze.is_set()
+
+    def should_stop(self) -> bool:
+        """Between stops: a poll froze the guest, it hung, or QMP was lost."""
+        return self.poll_frozen or (self.watchdog is not None and self.watchdog.should_stop())
+
+    def interrupt(self) -> None:
+        """Stop a running guest through the stub, if the link is still there."""
+        if self.client is not None and not self.client.transport.closed:
+            with contextlib.suppress(StubError):
+                self.client.interrupt()
+
+    def end(self, reason: str, fault: str | None = None,
+            guest_exit: GuestExit | None = None) -> None:
+        """Say how the run ended (the ``end`` event); an exception or signal overrides it."""
+        self.ending, self.fault, self.guest_exit = reason, fault, guest_exit
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    # ------------------------------------------------------------- ending
+    def close(self, exc: BaseException | None = None) -> None:
+        """Release everything, in reverse order of acquisition; idempotent.
+
+        ``exc``: the exception that ended the run, if one did (the ``end``
+        event names it and the run counts as a fault).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if exc is not None:
+            self.ending, self.fault = _ending_of(exc), self.fault or "exception"
+        elif (signum := reaper.signalled()) is not None:
+            # The signal handler's exception was lost on its way up and QEMU is
+            # gone: the signal, not QEMU, ended the run.
+            self.ending = ("interrupted (SIGINT)" if signum == signal.SIGINT
+                           else f"terminated (exit status {128 + signum})")
+            self.fault = self.fault or self.ending
+        if self.phys is not None:
+            self.phys.stop()            # a hit in hand (vCPU snapshot, dump) finishes first
+        self._stack.close()
+
+    def _write_end(self) -> None:
+        """The log's last two events (registered first, so it runs last before the close)."""
+        if self.phys is not None:
+            with contextlib.suppress(Exception):
+                self.poll_statuses = self.phys.poller.polls()
+        self.summary = self.engine.summary() if self.engine is not None else []
+        assert self.log is not None
+        self.log.write("summary", watches=self.summary,
+                       polls=[vars(p) for p in self.poll_statuses])
+        failure = sys.exc_info()[1]
+        if failure is not None and self.fault is None:
+            self.ending, self.fault = _ending_of(failure), "exception"
+        self.log.write("end", reason=self.ending, fault=self.fault is not None,
+                       **_guest_exit_fields(self.guest_exit))
+
+
+@contextlib.contextmanager
+def open_rig(plan: Plan, sink: Sink | None = None, **kwargs: Any) -> Iterator[Rig]:
+    """A launched and attached `Rig` for the ``with`` block; all released on the way out."""
+    rig = Rig(plan, sink, **kwargs)
+    try:
+        rig.launch()
+        if rig.stub:
+            rig.attach()
+        yield rig
+    except BaseException as exc:
+        rig.close(exc)
+        raise
+    rig.close()
+
+
+def _guest_exit_fields(guest_exit: GuestExit | None) -> dict:
+    """How the guest ended, for the log's ``end`` event (the kernel's panic line included)."""
+    if guest_exit is None:
+        return {}
+    fields = {"guest_exit": guest_exit.kind, "guest_exit_reason": guest_exit.reason}
+    if guest_exit.panic:
+        fields["panic"] = guest_exit.panic
+    return fields
+
+
+def _ending_of(exc: BaseException) -> str:
+    """One line for the log's ``end`` event when the run ended by an exception."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, SystemExit):
+        return f"terminated (exit status {exc.code})"
+    return " ".join(str(exc).split()) or type(exc).__name__
