@@ -49,7 +49,7 @@ cache at every breakpoint and single-step stop (gdb_vm_state_change calls
 tb_flush; removed upstream in 2025), never at a watchpoint stop; the guest then
 re-translates everything it runs. Stepping, kswgdb has 4 such stops per armed
 call (probe, step off it, release point, step off it); emulating the
-instruction under the breakpoint on the host (kswgdb.watch.emulate) leaves 2,
+instruction under the breakpoint on the host (kswgdb.emulate.x86) leaves 2,
 the probe and the release point themselves.
 
 gdb note: gdb 13 crashes (SIGSEGV) when a ``Breakpoint.stop()`` deletes
@@ -91,11 +91,12 @@ from kswgdb.gdbstub import transport as transport_mod  # noqa: E402
 from kswgdb.qemu import console as console_mod  # noqa: E402
 from kswgdb.qemu import machine as machine_mod  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
+from kswgdb.run.oneshot import WatchSession  # noqa: E402
+from kswgdb.run.options import RunOptions  # noqa: E402
 from kswgdb.symbols.program import Program  # noqa: E402
 from kswgdb.watch import engine as engine_mod  # noqa: E402
 from kswgdb.watch import readrelease  # noqa: E402
 from kswgdb.watch.scenarios import scenario_watch  # noqa: E402
-from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
 
 SCENARIO = 6
 STAMPED = ("KSWTEST start", "KSWTEST stats", "KSWTEST verdict")

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kswgdb.image import IMAGES_DIR  # noqa: E402
-from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
+from kswgdb.run.oneshot import WatchSession  # noqa: E402
+from kswgdb.run.options import RunOptions  # noqa: E402
 
 WATCH = "fn=lkdtm_CORRUPT_STACK fo=0x1e"
 PROVOKE = "-- echo CORRUPT_STACK > /sys/kernel/debug/provoke-crash/DIRECT"

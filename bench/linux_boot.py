@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 from kswgdb.image import IMAGES_DIR  # noqa: E402
 from kswgdb.image import load as load_image  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
+from kswgdb.run.oneshot import WatchSession  # noqa: E402
+from kswgdb.run.options import RunOptions  # noqa: E402
 from kswgdb.watch.engine import Engine  # noqa: E402
-from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
 
 READY = r"KSWGDB-INIT ready"
 PROVOKE = "echo CORRUPT_STACK > /sys/kernel/debug/provoke-crash/DIRECT"

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kswgdb.image import load as load_image  # noqa: E402
+from kswgdb.poll.config import format_interval, parse_poll  # noqa: E402
+from kswgdb.poll.physrun import PhysWatch  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.symbols.program import Program  # noqa: E402
-from kswgdb.watch.physrun import PhysWatch  # noqa: E402
-from kswgdb.watch.pollconfig import format_interval, parse_poll  # noqa: E402
 
 HPET_COUNTER = 0xFED000F0     # HPET main counter (pc machine): an always-present MMIO word
 TIMER_STYLE_PERIOD = 0.030    # the real case's in-kernel timer period

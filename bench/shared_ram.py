@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kswgdb.image import load as load_image  # noqa: E402
+from kswgdb.poll.physrun import PhysWatch  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.symbols.program import Program  # noqa: E402
-from kswgdb.watch.physrun import PhysWatch  # noqa: E402
 
 CONFIGS = ("anonymous RAM", "shared RAM file", "shared + idle poller")
 

@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kswgdb import image as image_mod  # noqa: E402
+from kswgdb.run.oneshot import WatchSession  # noqa: E402
+from kswgdb.run.options import RunOptions  # noqa: E402
 from kswgdb.watch.scenarios import scenario_watch  # noqa: E402
-from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
 
 CLEAN = 6
 

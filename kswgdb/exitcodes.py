@@ -6,7 +6,7 @@ The table (also in docs/contracts.md)::
     1    HIT           at least one watch or poll hit (so CI can gate on it)
     2    BAD_INPUT     the user's input is wrong; found before anything started
     3    INFRA         QEMU, gdb or the stub failed, the run ended by a fault
-                       (`kswgdb.watch.faults`), or an unexpected exception
+                       (`kswgdb.run.faults`), or an unexpected exception
                        (one line, traceback in a debug log)
     130  INTERRUPTED   Ctrl-C (SIGINT)
     128+N              ended by signal N (SIGTERM: 143, SIGHUP: 129)

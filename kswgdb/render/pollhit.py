@@ -13,9 +13,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kswgdb.poll.config import format_interval
+from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.render.hit import value
-from kswgdb.watch.pollconfig import format_interval
-from kswgdb.watch.poller import PollHit, PollStatus
 
 
 def render_poll_hit(hit: PollHit) -> Panel:

@@ -1,9 +1,16 @@
 """Preparing and wiring a watched run; the drivers on top of it.
 
-- `options`   `RunOptions`, filled the same way from `run` and `tui` arguments
-- `prepare`   `prepare(options) -> Plan`: every check before QEMU starts (exit 2)
-- `rig`       `Rig` / `open_rig(plan, sink)`: one guest's resources, all released
-              on every ending, the event log closed with ``summary`` and ``end``;
-              `Sink`, where a rig's news goes
-- `oneshot`   the `kswgdb run` driver (`WatchSession`) and its `RunReport`
+- `options`      `RunOptions`, filled the same way from `run` and `tui` arguments
+- `prepare`      `prepare(options) -> Plan`: every check before QEMU starts (exit 2)
+- `rig`          `Rig` / `open_rig(plan, sink)`: one guest's resources (machine, stub,
+                 target, engine, unwinder, polls, event log, watchdog), all released on
+                 every ending, the log closed with ``summary`` and ``end``; `Sink`, where
+                 a rig's news goes
+- `stub_target`  `StubTarget`: the engine's `Target` over the gdbstub (host emulation,
+                 queued Z2, batched reads)
+- `faults`       which guest endings are faults (exit 3), and the hang/QMP `Watchdog`
+- `oneshot`      the `kswgdb run` driver (`WatchSession`) and its `RunReport`
+- `live`         the TUI's controller (`LiveSession`): a worker thread, a command queue,
+                 snapshots, a `RunState`
+- `livestate`    the live controller's commands and `Snapshot`s
 """

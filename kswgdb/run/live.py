@@ -20,7 +20,7 @@ else talks to it through a queue of commands:
 A new command kind is a frozen dataclass plus a handler given to
 `LiveSession.handle`; the loop does not change.
 
-Physical-memory polls (`kswgdb.watch.livepolls`) run beside all this in the
+Physical-memory polls (`kswgdb.poll.live`) run beside all this in the
 poller's own thread: the guest's RAM is always a shared file here, so a poll
 can be added at any time without stopping the guest. The loop only has to
 honour a poll's ``on-hit=freeze``: the poller stops the guest through QMP, and
@@ -42,21 +42,17 @@ from pathlib import Path
 from typing import Any
 
 from kswgdb.errors import BadInput, InfraError, KswError
+from kswgdb.gdb.backtrace import GdbUnwinder
 from kswgdb.gdbstub.errors import StubClosed
 from kswgdb.gdbstub.relay import Relay
+from kswgdb.poll.config import PollSpec
+from kswgdb.poll.live import LivePolls
+from kswgdb.poll.physrun import PhysWatch
+from kswgdb.poll.poller import PollHit
 from kswgdb.qemu.errors import MachineError
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
-from kswgdb.run.oneshot import freeze_vmcore
-from kswgdb.run.options import RunOptions
-from kswgdb.run.prepare import Plan, prepare
-from kswgdb.run.rig import Rig, Sink
-from kswgdb.watch.config import parse_watch
-from kswgdb.watch.engine import Engine
-from kswgdb.watch.gdb_backtrace import GdbUnwinder
-from kswgdb.watch.hits import EventLog, Hit
-from kswgdb.watch.livepolls import LivePolls
-from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and tests
+from kswgdb.run.livestate import (  # noqa: F401 - re-exported for screens and tests
     CLOSED,
     EXITED,
     FAILED,
@@ -75,9 +71,13 @@ from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and
     Snapshot,
     WatchRow,
 )
-from kswgdb.watch.physrun import PhysWatch
-from kswgdb.watch.pollconfig import PollSpec
-from kswgdb.watch.poller import PollHit
+from kswgdb.run.oneshot import freeze_vmcore
+from kswgdb.run.options import RunOptions
+from kswgdb.run.prepare import Plan, prepare
+from kswgdb.run.rig import Rig, Sink
+from kswgdb.watch.config import parse_watch
+from kswgdb.watch.engine import Engine
+from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.spec import ArmSpec
 from kswgdb.watch.target import Stop, Target
@@ -231,7 +231,7 @@ class LiveSession:
         """Check ``text`` now (`BadInput` changes nothing) and arm it at the next stop."""
         self._require_guest("add a watch")
         resolved = self.check_watch(text)
-        self.submit(AddWatch(resolved, resolved.to_arm_spec()))
+        self.submit(AddWatch(resolved, resolved.to_arm_spec(self.options.release_by_read)))
         return resolved
 
     def remove_watch(self, index: int) -> None:

@@ -16,15 +16,15 @@ from pathlib import Path
 
 from kswgdb.gdbstub.errors import StubClosed
 from kswgdb.gdbstub.relay import Relay
+from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.qemu.accel import AccelDecision
 from kswgdb.qemu.exitstatus import GuestExit
+from kswgdb.run.faults import exit_fault, normal_exits
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
 from kswgdb.run.rig import Rig, Sink, open_rig
 from kswgdb.watch.engine import EngineResult
-from kswgdb.watch.faults import exit_fault, normal_exits
 from kswgdb.watch.hits import Hit
-from kswgdb.watch.poller import PollHit, PollStatus
 from kswgdb.watch.resolve import ResolvedWatch
 
 

@@ -19,18 +19,18 @@ from pathlib import Path
 
 from kswgdb import image as image_mod
 from kswgdb.errors import BadInput
+from kswgdb.gdb.backtrace import gdb_available
 from kswgdb.gdbstub.server import Listener
+from kswgdb.poll.config import PollSpec, parse_polls
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.run.options import RunOptions
 from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
-from kswgdb.watch.gdb_backtrace import gdb_available
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.layout import layout_for
 from kswgdb.watch.modules import ModuleWatch, resolve_in_module
-from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.spec import ArmSpec
 
@@ -118,7 +118,8 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         check_log_path(opts.log_path)
     plan = Plan(options=opts, image=image, program=program, layout=layout, accel=accel,
                 backtrace_mode=backtrace_mode, resolved=resolved,
-                specs=[r.to_arm_spec() for r in resolved], module_watches=module_watches,
+                specs=[r.to_arm_spec(read_release=opts.release_by_read) for r in resolved],
+                module_watches=module_watches,
                 poll_specs=poll_specs, exit_hook=_exit_hook(program, layout))
     if opts.gdb_listen is not None:
         plan.listener = bind_gdb_listen(opts.gdb_listen)     # last: nothing fails after it

@@ -28,21 +28,21 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from kswgdb.gdb.backtrace import GdbUnwinder
 from kswgdb.gdbstub.client import RemoteClient
-from kswgdb.gdbstub.errors import StubError
+from kswgdb.gdbstub.errors import ErrorReply, StubError
+from kswgdb.poll.physrun import PhysWatch
+from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.qemu import reaper
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
+from kswgdb.run.faults import Watchdog
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
+from kswgdb.run.stub_target import StubTarget
 from kswgdb.watch.engine import Engine
-from kswgdb.watch.faults import Watchdog
-from kswgdb.watch.gdb_backtrace import GdbUnwinder
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.modules import ModuleArmer, ModuleFinder, ModuleSymbolizer
-from kswgdb.watch.physrun import PhysWatch
-from kswgdb.watch.poller import PollHit, PollStatus
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
-from kswgdb.watch.stub_target import StubTarget
 from kswgdb.watch.symbolize import ProgramSymbolizer
 from kswgdb.watch.target import Target
 
@@ -222,7 +222,7 @@ class Rig:
         if plan.module_watches:
             assert isinstance(symbolizer, ModuleSymbolizer)
             ModuleArmer(plan.program, plan.module_watches, self.symbolizer,
-                        self.sink.status).install(self.engine)
+                        self.sink.status, unreadable=(ErrorReply,)).install(self.engine)
         if self.machine is not None:
             machine = self.machine
             self.watchdog = Watchdog(

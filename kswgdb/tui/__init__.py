@@ -1,7 +1,7 @@
 """The interactive screen (`kswgdb tui`): one watched guest, changed while it runs.
 
 Imports go one way: tui -> render, watch. The screen gets a prepared
-`kswgdb.watch.live.LiveSession` from outside, so tests can hand it any session.
+`kswgdb.run.live.LiveSession` from outside, so tests can hand it any session.
 """
 
 from kswgdb.tui.app import KswApp

@@ -18,12 +18,12 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from kswgdb.errors import BadInput
+from kswgdb.poll.poller import PollHit
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit
+from kswgdb.run.live import LiveSession
 from kswgdb.tui import view
 from kswgdb.watch.hits import Hit
-from kswgdb.watch.live import LiveSession
-from kswgdb.watch.poller import PollHit
 
 #: Seconds between two looks at the session.
 REFRESH_SECONDS = 0.25

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from rich.text import Text
 
+from kswgdb.poll.config import format_interval
+from kswgdb.poll.poller import PollHit
 from kswgdb.qemu.accel import AccelDecision
 from kswgdb.render.hit import value
+from kswgdb.run.livestate import EXITED, FAILED, FROZEN, RUNNING, PollRow, Snapshot, WatchRow
 from kswgdb.watch.hits import Hit
-from kswgdb.watch.livestate import EXITED, FAILED, FROZEN, RUNNING, PollRow, Snapshot, WatchRow
-from kswgdb.watch.pollconfig import format_interval
-from kswgdb.watch.poller import PollHit
 
 STATE_STYLE = {RUNNING: "bold green", FROZEN: "bold yellow", EXITED: "bold blue",
                FAILED: "bold red"}

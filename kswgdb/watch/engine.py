@@ -23,12 +23,12 @@ from typing import Protocol
 from kswgdb.watch import guest
 from kswgdb.watch.frames import ArmedWatch, Frame, TaskFrames
 from kswgdb.watch.guest import GuestLayout
-from kswgdb.watch.hits import BacktraceFrame, EventLog, Hit, SourceLine, TaskInfo, Writer
+from kswgdb.watch.hitbuild import HitBuilder
+from kswgdb.watch.hits import BacktraceFrame, EventLog, Hit, SourceLine, TaskInfo
 from kswgdb.watch.slots import SlotPool
 from kswgdb.watch.spec import ArmSpec
 from kswgdb.watch.target import Registers, Stop, Target
 
-MAX_BACKTRACE = 32
 #: The most a single push-like write puts on the stack: an x86-64 interrupt frame
 #: (SS, RSP, RFLAGS, CS, RIP and an error code).
 PUSH_FRAME_BYTES = 48
@@ -137,6 +137,7 @@ class Engine:
         self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
         self._read = target.read
         self.removed: set[int] = set()            # indices given to remove_spec
+        self.hit_builder = HitBuilder(layout, symbolizer, target.read, backtracer)
 
     # ---------------------------------------------------------------- set-up
     def install(self) -> None:
@@ -583,42 +584,8 @@ class Engine:
                                repeats=self.hit_repeats[self.hits[-1].seq])
             watch.old_value = new
             return False
-        backtrace = None
-        if self.backtracer is not None:
-            backtrace = self.backtracer(stop, regs)
-        if backtrace is None:
-            backtrace = self._fp_backtrace(regs, insn_addr)
-        irq = any(
-            (self.sym.function(f.pc) or "") in self.layout.irq_functions for f in backtrace
-        )
-        hit = Hit(
-            seq=len(self.hits) + 1,
-            wall_time=time.time(),
-            guest_time=guest.guest_time(self.layout, self._read),
-            cpu=max(0, stop.thread - 1),
-            config=spec.text,
-            addr=watch.addr,
-            length=watch.length,
-            what=spec.what,
-            watched_func=spec.func,
-            depth=watch.depth,
-            old=watch.old_value.hex(),
-            new=new.hex(),
-            owner=guest.task_info(self.layout, watch.owner_task, self._read),
-            writer_task=guest.task_info(self.layout, writer_task, self._read),
-            writer=Writer(
-                pc_reported=stop.pc,
-                insn_addr=insn_addr,
-                symbol=self.sym.symbol(insn_addr),
-                function=self.sym.function(insn_addr) or "?",
-                disasm=text,
-                source=self.sym.source(insn_addr),
-                context=context,
-            ),
-            registers=dict(regs.values),
-            backtrace=tuple(backtrace),
-            interrupt=irq,
-        )
+        hit = self.hit_builder.build(len(self.hits) + 1, stop, regs, spec, watch, writer_task,
+                                     new, (insn_addr, text, context))
         watch.old_value = new
         watch.hits += 1
         stats.hits += 1
@@ -628,31 +595,6 @@ class Engine:
         if self.on_hit is not None:
             self.on_hit(hit)
         return spec.panic or self.freeze_on_hit
-
-    def _fp_backtrace(self, regs: Registers, pc: int) -> list[BacktraceFrame]:
-        """Walk the frame-pointer chain within the current stack."""
-        frames = [self._frame(0, pc)]
-        task = guest.current_task(self.layout, regs, self._read)
-        base, top = guest.stack_bounds(self.layout, regs.sp, task, self._read)
-        fp = regs.fp
-        while len(frames) < MAX_BACKTRACE and base <= fp < top - 16 and fp % 8 == 0:
-            raw = self._read(fp, 16)
-            next_fp = int.from_bytes(raw[:8], "little")
-            ret = int.from_bytes(raw[8:], "little")
-            if ret == 0:
-                break
-            # A return address points after the call: symbolize the call itself.
-            frames.append(self._frame(len(frames), ret - 1, shown_pc=ret))
-            if next_fp <= fp:
-                break
-            fp = next_fp
-        return frames
-
-    def _frame(self, level: int, addr: int, shown_pc: int | None = None) -> BacktraceFrame:
-        pc = addr if shown_pc is None else shown_pc
-        return BacktraceFrame(
-            level=level, pc=pc, symbol=self.sym.symbol(pc), source=self.sym.source(addr),
-        )
 
     # -------------------------------------------------------------- summary
     # ------------------------------------------------------- late additions

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kswgdb.errors import BadInput
-from kswgdb.gdbstub.errors import ErrorReply
 from kswgdb.symbols.module import load_module, section_of
 from kswgdb.symbols.program import Program
 from kswgdb.watch.config import WatchConfig
@@ -175,9 +174,12 @@ class ModuleArmer:
     """Arms `ModuleWatch`es when their module appears (engine hook on `LOAD_HOOK`)."""
 
     def __init__(self, kernel: Program, watches: list[ModuleWatch],
-                 symbolizer: ModuleSymbolizer, on_status: Callable[[str], None] | None = None
-                 ) -> None:
+                 symbolizer: ModuleSymbolizer, on_status: Callable[[str], None] | None = None,
+                 unreadable: tuple[type[Exception], ...] = ()) -> None:
+        """``unreadable``: the target's "that memory cannot be read" errors (the stub's
+        error reply), expected while the guest has no module list yet."""
         self.kernel = kernel
+        self.unreadable = unreadable
         self.watches = watches
         self.symbolizer = symbolizer
         self.layout = ModuleLayout.from_program(kernel)
@@ -190,7 +192,7 @@ class ModuleArmer:
         self.engine = engine
         engine.add_hook(self.hook_addr, self._on_load)
         # A guest stopped before paging is on (at reset) has no module list to read yet.
-        with contextlib.suppress(ErrorReply):
+        with contextlib.suppress(*self.unreadable):
             self._scan(engine.target.read)
 
     def _on_load(self, _stop) -> None:

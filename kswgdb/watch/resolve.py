@@ -83,7 +83,9 @@ class ResolvedWatch:
         sign = "-" if self.config.sp_offset < 0 else "+"
         return f"sp{sign}{abs(self.config.sp_offset):#x} of {name}"
 
-    def to_arm_spec(self) -> ArmSpec:
+    def to_arm_spec(self, read_release: bool = False) -> ArmSpec:
+        """The engine's spec; ``read_release``: also plan read-watchpoint releases (the
+        off-by-default experiment, `kswgdb.watch.readrelease`): analysed only then."""
         """The engine's view: numbers only (`kswgdb.watch.spec.ArmSpec`)."""
         if self.frame_cfa is None:
             raise BadInput(f"cannot follow {self.function.name}'s stack pointer to "
@@ -105,7 +107,7 @@ class ResolvedWatch:
             mode=self.mode, base=self.slot.base, offset=self.slot.offset, length=self.slot.length,
             what=self.what(), depth=cfg.depth, max_watch=cfg.max_watch, panic=cfg.panic_hit,
             guard=guard, canary_found_by="prologue" if self.canary is not None else "",
-            exits=exits, read_exits=self.read_release_plan(exits),
+            exits=exits, read_exits=self.read_release_plan(exits) if read_release else (),
         )
 
     def read_release_plan(self, exits: tuple[tuple[int, str, int], ...]) -> tuple:

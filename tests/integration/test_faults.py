@@ -19,7 +19,8 @@ import pytest
 
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.qemu import machine as machine_mod
-from kswgdb.watch.session import RunOptions, WatchSession
+from kswgdb.run.oneshot import WatchSession
+from kswgdb.run.options import RunOptions
 from tests.integration.helpers.cli_run import CliRun, _comm, children
 from tests.integration.helpers.patched import HANG, TRIPLE_FAULT, patched_image, poweroff
 

@@ -13,8 +13,9 @@ import os
 import pytest
 
 from kswgdb import image as image_mod
+from kswgdb.run.oneshot import RunReport, WatchSession
+from kswgdb.run.options import RunOptions
 from kswgdb.watch.scenarios import scenario_watch
-from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,13 @@ import pytest
 from kswgdb import image as image_mod
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import StubClosed, StubError
+from kswgdb.poll.config import parse_poll
+from kswgdb.poll.physrun import PhysWatch
 from kswgdb.qemu.machine import Machine
+from kswgdb.run.oneshot import WatchSession
+from kswgdb.run.options import RunOptions
 from kswgdb.symbols.program import Program
 from kswgdb.watch.hits import EventLog
-from kswgdb.watch.physrun import PhysWatch
-from kswgdb.watch.pollconfig import parse_poll
-from kswgdb.watch.session import RunOptions, WatchSession
 
 CORRUPT = re.compile(r"KSWTEST corrupt writer=(\S+) addr=(0x[0-9a-f]+) task=\S+ len=(\d+)")
 EDU_BAR0 = 0xFEA00000

@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 
 from kswgdb import image as image_mod
+from kswgdb.run.oneshot import RunReport, WatchSession
+from kswgdb.run.options import RunOptions
 from kswgdb.symbols.program import Program
 from kswgdb.watch.scenarios import scenario_watch
-from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 from tests.integration.test_watch_scenarios import assert_caught_like_truth
 
 

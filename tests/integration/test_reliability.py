@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from kswgdb.run.oneshot import RunReport, WatchSession
+from kswgdb.run.options import RunOptions
 from kswgdb.watch.hits import Hit
-from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
 CORRUPT = re.compile(r"KSWTEST corrupt writer=(\S+) addr=(0x[0-9a-f]+) task=\S+ len=(\d+)")
 WATCH = "fn=s3_victim fo=0x23"

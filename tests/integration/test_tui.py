@@ -19,10 +19,10 @@ from rich.console import Console
 from textual.widgets import DataTable, Input, Static
 
 from kswgdb import image as image_mod
+from kswgdb.run.live import FROZEN, RUNNING, LiveSession
+from kswgdb.run.options import RunOptions
 from kswgdb.tui.app import KswApp
-from kswgdb.watch.live import FROZEN, RUNNING, LiveSession
 from kswgdb.watch.scenarios import scenario_watch
-from kswgdb.watch.session import RunOptions
 
 LONG_RUN = "runs=100000"
 

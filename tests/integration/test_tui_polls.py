@@ -15,10 +15,10 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from kswgdb import image as image_mod
+from kswgdb.run.live import EXITED, FROZEN, RUNNING, LiveSession
+from kswgdb.run.options import RunOptions
 from kswgdb.symbols.program import Program
 from kswgdb.tui.app import KswApp
-from kswgdb.watch.live import EXITED, FROZEN, RUNNING, LiveSession
-from kswgdb.watch.session import RunOptions
 from tests.integration.test_tui import _plain, alive, text_of, wait_until
 
 CONSTANT = 0x5EED5EED5EED5EED

@@ -13,9 +13,10 @@ import re
 import pytest
 
 from kswgdb import image as image_mod
+from kswgdb.run.oneshot import RunReport, WatchSession
+from kswgdb.run.options import RunOptions
 from kswgdb.symbols.program import Program
 from kswgdb.watch.scenarios import scenario_watch
-from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
 CORRUPT = re.compile(r"KSWTEST corrupt writer=(\S+) addr=(0x[0-9a-f]+) task=(\S+) len=(\d+)")
 

@@ -20,10 +20,11 @@ import pytest
 
 from kswgdb.image import IMAGES_DIR
 from kswgdb.image import load as load_image
+from kswgdb.run.oneshot import WatchSession
+from kswgdb.run.options import RunOptions
 from kswgdb.symbols.listing import build_listing
 from kswgdb.symbols.program import Program
 from kswgdb.watch.modules import find_module_function
-from kswgdb.watch.session import RunOptions, WatchSession
 
 LINUX_TOML = IMAGES_DIR / "linux.toml"
 PROVOKE = "/sys/kernel/debug/provoke-crash/DIRECT"

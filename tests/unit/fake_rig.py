@@ -138,7 +138,7 @@ class FakePoller:
 
 
 class FakePhys:
-    """What a rig asks of `kswgdb.watch.physrun.PhysWatch` (no RAM file, no HMP)."""
+    """What a rig asks of `kswgdb.poll.physrun.PhysWatch` (no RAM file, no HMP)."""
 
     def __init__(self, machine, program, specs, **kwargs) -> None:
         self.poller = FakePoller()

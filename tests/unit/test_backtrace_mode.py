@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from kswgdb.errors import BadInput
-from kswgdb.watch.session import resolve_backtrace_mode
+from kswgdb.run.prepare import resolve_backtrace_mode
 
 MISSING = "/nonexistent/gdb"
 

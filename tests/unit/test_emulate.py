@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kswgdb.watch.emulate import Emulated, InstructionEmulator, Refused, coalesce
+from kswgdb.emulate.x86 import Emulated, InstructionEmulator, Refused, coalesce
 
 CODE = 0xFFFFFFFF81000000
 STACK = 0xFFFFC90000004000
@@ -159,7 +159,7 @@ def test_public_register_api_fallback_gives_the_same_result():
 
 
 def test_scratch_pages_are_bounded_and_emulation_goes_on(monkeypatch):
-    from kswgdb.watch import emulate as emulate_mod
+    from kswgdb.emulate import x86 as emulate_mod
     monkeypatch.setattr(emulate_mod, "MAX_SCRATCH_PAGES", 3)
     mem = Memory()
     mem.put(CODE, bytes.fromhex("c9") + b"\x90" * 16)     # leave: reads [rbp]

@@ -4,8 +4,8 @@ deadline and stop checks even when stops never pause."""
 from __future__ import annotations
 
 from kswgdb.qemu.exitstatus import GuestExit
+from kswgdb.run.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.engine import Engine
-from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.slots import SlotPool
 from kswgdb.watch.target import Stop

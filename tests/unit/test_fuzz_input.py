@@ -89,7 +89,7 @@ def no_guest(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         raise _Reached
 
     from kswgdb.qemu import accel, machine
-    from kswgdb.watch import session
+    from kswgdb.run import oneshot as session
 
     monkeypatch.setattr(session.WatchSession, "run", reached)
     monkeypatch.setattr(machine.Machine, "launch", reached)

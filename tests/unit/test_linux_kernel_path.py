@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from kswgdb.gdb.backtrace import GdbUnwinder, add_symbol_file_command
 from kswgdb.gdbstub.relay import Frame
 from kswgdb.symbols.elf import raw_symbol_address
 from kswgdb.symbols.module import load_module, section_of
 from kswgdb.symbols.program import Program
-from kswgdb.watch.gdb_backtrace import GdbUnwinder, add_symbol_file_command
 from kswgdb.watch.guest import GuestLayout, stack_bounds, task_stack_base
 from kswgdb.watch.hits import SourceLine
 from kswgdb.watch.layout import _linux_thread_size

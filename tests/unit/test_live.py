@@ -16,7 +16,7 @@ import pytest
 
 from kswgdb.errors import BadInput
 from kswgdb.qemu.accel import AccelDecision
-from kswgdb.watch.live import (
+from kswgdb.run.live import (
     EXITED,
     FROZEN,
     RUNNING,
@@ -27,7 +27,7 @@ from kswgdb.watch.live import (
     Quit,
     RemoveWatch,
 )
-from kswgdb.watch.session import RunOptions
+from kswgdb.run.options import RunOptions
 from kswgdb.watch.target import Stop
 from tests.unit.fake_target import Event, FakeTarget, Program
 from tests.unit.test_engine import LAYOUT, PROBE, RET_SITE, WRITER_PC, FakeSymbols, canary_spec

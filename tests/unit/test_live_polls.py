@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from kswgdb.errors import BadInput
-from kswgdb.watch.live import FROZEN, RUNNING, AddPoll, Continue, RemovePoll
-from kswgdb.watch.physmem import BufferMemory
-from kswgdb.watch.pollconfig import parse_poll
-from kswgdb.watch.poller import Poller
+from kswgdb.poll.config import parse_poll
+from kswgdb.poll.physmem import BufferMemory
+from kswgdb.poll.poller import Poller
+from kswgdb.run.live import FROZEN, RUNNING, AddPoll, Continue, RemovePoll
 from tests.unit.test_live import live  # noqa: F401 - the fixture
 
 CONSTANT = 0x5EED5EED5EED5EED

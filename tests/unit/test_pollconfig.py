@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kswgdb.errors import BadInput
-from kswgdb.watch.pollconfig import parse_poll, parse_polls
+from kswgdb.poll.config import parse_poll, parse_polls
 
 
 def test_to_value_with_defaults():

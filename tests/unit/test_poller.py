@@ -13,9 +13,9 @@ import threading
 import pytest
 
 from kswgdb.errors import BadInput
-from kswgdb.watch.memmap import parse_mtree
-from kswgdb.watch.physmem import BufferMemory, parse_xp, xp_command
-from kswgdb.watch.poller import HitContext, Poller, VcpuState
+from kswgdb.poll.memmap import parse_mtree
+from kswgdb.poll.physmem import BufferMemory, parse_xp, xp_command
+from kswgdb.poll.poller import HitContext, Poller, VcpuState
 
 
 class Clock:

@@ -94,7 +94,7 @@ def test_a_probe_above_drops_a_frame_whose_read_was_never_seen():
 def plan(prog, func):
     fo = prog.analyze(func).suggest_offset()
     resolved = resolve_watch(parse_watch(f"fn={func} fo={fo:#x}"), prog)
-    return resolved, resolved.to_arm_spec()
+    return resolved, resolved.to_arm_spec(read_release=True)
 
 
 def test_leave_is_its_own_releasing_read_and_add_rsp_is_not():
@@ -106,6 +106,7 @@ def test_leave_is_its_own_releasing_read_and_add_rsp_is_not():
     (release, _, _), = spec.exits
     assert resolved.analysis.code.at(release).mnemonic.startswith("leave")
     assert spec.read_exits == ((-16, 8, -8),)
+    assert resolved.to_arm_spec().read_exits == ()               # off by default: not analysed
     slot_end = resolved.cfa_offset + resolved.slot.length
     assert slot_end <= -16 or resolved.cfa_offset >= -8         # not the watched slot
     resolved, spec = plan(prog, "s3_victim")

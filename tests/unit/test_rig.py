@@ -17,6 +17,7 @@ import pytest
 
 from kswgdb.exitcodes import ExitStatus, status_of_run
 from kswgdb.gdbstub.errors import StubClosed
+from kswgdb.poll.config import parse_poll
 from kswgdb.qemu import reaper
 from kswgdb.qemu.errors import MachineError
 from kswgdb.qemu.exitstatus import GuestExit
@@ -25,7 +26,6 @@ from kswgdb.run.live import LiveSession, RunState
 from kswgdb.run.oneshot import WatchSession
 from kswgdb.run.prepare import bind_gdb_listen
 from kswgdb.run.rig import Rig, Sink, open_rig
-from kswgdb.watch.pollconfig import parse_poll
 from kswgdb.watch.target import Stop
 from tests.unit.fake_rig import FakeMachine, FakeUnwinder, RigTarget, Wiring, fake_plan
 from tests.unit.fake_target import Program

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kswgdb.gdbstub.fake import FakeStub, ScriptedStop
-from kswgdb.watch.stub_target import StubTarget
+from kswgdb.run.stub_target import StubTarget
 from tests.unit.gdbstub_support import connected, xml_files
 
 CODE = 0xFFFFFFFF81000000

@@ -24,13 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kswgdb.errors import BadInput
+from kswgdb.poll.config import PollSpec
+from kswgdb.poll.memmap import parse_mtree
+from kswgdb.poll.physmem import GuestPhysMemory, parse_xp, xp_command
+from kswgdb.poll.poller import HitContext, Poller, PollHit, VcpuState
 from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.program import Program
 from kswgdb.watch.hits import EventLog
-from kswgdb.watch.memmap import parse_mtree
-from kswgdb.watch.physmem import GuestPhysMemory, parse_xp, xp_command
-from kswgdb.watch.pollconfig import PollSpec
-from kswgdb.watch.poller import HitContext, Poller, PollHit, VcpuState
 
 #: The name Machine/argv give the shared RAM backend object.
 RAM_BACKEND = "ram0"

@@ -28,8 +28,8 @@ from pathlib import Path
 from kswgdb.gdbstub.relay import Backtracer
 from kswgdb.gdbstub.stopreply import parse_stop_reply
 from kswgdb.qemu.rundir import RUN_PREFIX, owned_tempdir
+from kswgdb.run.stub_target import StubTarget
 from kswgdb.watch.hits import BacktraceFrame, SourceLine
-from kswgdb.watch.stub_target import StubTarget
 from kswgdb.watch.target import Registers, Stop
 
 MAX_FRAMES = 32

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kswgdb.errors import BadInput
-from kswgdb.watch.physmem import PhysMemory, Source
-from kswgdb.watch.pollconfig import PollSpec, parse_poll
+from kswgdb.poll.config import PollSpec, parse_poll
+from kswgdb.poll.physmem import PhysMemory, Source
 
 log = logging.getLogger(__name__)
 

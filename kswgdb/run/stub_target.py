@@ -17,7 +17,7 @@ kept and handed out by the next `wait_stop`, so no event is lost.
 Stepping is the fallback. QEMU 7.2 flushes its whole translation cache when
 single-step is switched on and off, which makes a real step cost the guest far
 more than the step itself. So the instruction under the breakpoint is first
-run on the host (`kswgdb.watch.emulate`) and its effect is sent as ``M``/``P``
+run on the host (`kswgdb.emulate.x86`) and its effect is sent as ``M``/``P``
 packets in front of the resume; the real step is kept for whatever the
 emulator refuses and for writes it must not apply itself (see `_apply_plan`).
 """
@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import contextlib
 
+from kswgdb.emulate.x86 import Emulated, InstructionEmulator, coalesce
 from kswgdb.gdbstub import requests as rq
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import StubClosed, StubError, StubTimeout
 from kswgdb.gdbstub.stopreply import StopReply
-from kswgdb.watch.emulate import Emulated, InstructionEmulator, coalesce
 from kswgdb.watch.target import Registers, Stop
 
 ENGINE_REGISTERS = ("rip", "rsp", "rbp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi",

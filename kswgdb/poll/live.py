@@ -16,13 +16,30 @@ loop must honour by not resuming the guest until the user continues.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from kswgdb.errors import BadInput
+from kswgdb.poll.config import PollSpec, parse_poll
+from kswgdb.poll.poller import Poller, PollHit, PollStatus
 from kswgdb.watch.hits import EventLog
-from kswgdb.watch.livestate import PollRow
-from kswgdb.watch.pollconfig import PollSpec, parse_poll
-from kswgdb.watch.poller import Poller, PollHit, PollStatus
+
+
+@dataclass(frozen=True)
+class PollRow:
+    """One physical-memory poll as a table row (a removed poll keeps its last counts)."""
+
+    id: int
+    config: str
+    kind: str                       # "dram" | "mmio"
+    label: str                      # what the memory map calls the range
+    samples: int = 0
+    hits: int = 0
+    errors: int = 0
+    median_interval: float | None = None
+    done: bool = False              # once=1 and it fired
+    removed: bool = False
+
 
 
 class LivePolls:

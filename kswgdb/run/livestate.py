@@ -1,6 +1,6 @@
 """What a live session says and hears: its commands and its snapshots.
 
-Kept apart from the driver (`kswgdb.watch.live`) so a screen, a test or a
+Kept apart from the driver (`kswgdb.run.live`) so a screen, a test or a
 future command kind can use these shapes without the machinery behind them.
 A command is a frozen dataclass; the driver maps its type to a handler.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kswgdb.poll.config import PollSpec
+from kswgdb.poll.live import PollRow  # noqa: F401 - part of a Snapshot
 from kswgdb.qemu.exitstatus import GuestExit
-from kswgdb.watch.pollconfig import PollSpec
 from kswgdb.watch.resolve import ResolvedWatch
 from kswgdb.watch.spec import ArmSpec
 
@@ -77,22 +78,6 @@ class WatchRow:
     live: int = 0
     returns: int = 0
     hits: int = 0
-
-
-@dataclass(frozen=True)
-class PollRow:
-    """One physical-memory poll as a table row (a removed poll keeps its last counts)."""
-
-    id: int
-    config: str
-    kind: str                       # "dram" | "mmio"
-    label: str                      # what the memory map calls the range
-    samples: int = 0
-    hits: int = 0
-    errors: int = 0
-    median_interval: float | None = None
-    done: bool = False              # once=1 and it fired
-    removed: bool = False
 
 
 @dataclass(frozen=True)

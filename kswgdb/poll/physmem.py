@@ -1,6 +1,6 @@
 """Reading guest physical memory without the gdbstub: the sources a poll samples.
 
-Two kinds, chosen from QEMU's memory map (`kswgdb.watch.memmap`), never by the user:
+Two kinds, chosen from QEMU's memory map (`kswgdb.poll.memmap`), never by the user:
 
 * DRAM: guest RAM is a shared memory backend (a ``share=on`` file on tmpfs in a
   private 0700 directory) that kswgdb maps into its own address space. A sample
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kswgdb.errors import BadInput
-from kswgdb.watch.memmap import MapRegion, MemoryMap
+from kswgdb.poll.memmap import MapRegion, MemoryMap
 
 #: Largest span read through QEMU per sample (each read holds QEMU's global lock).
 MAX_QEMU_READ = 4096
