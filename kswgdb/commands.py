@@ -15,11 +15,13 @@ from rich.console import Console
 from kswgdb import image as image_mod
 from kswgdb.errors import BadInput
 from kswgdb.exitcodes import ExitStatus, status_of_run
+from kswgdb.poll.poller import PollHit
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
 from kswgdb.render.summary import render_summary
 from kswgdb.run.oneshot import RunReport, WatchSession
 from kswgdb.run.options import RunOptions, default_log_path, options_from_args
+from kswgdb.run.rig import Sink
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 
@@ -40,26 +42,51 @@ def cmd_run(args: argparse.Namespace) -> ExitStatus:
     return run_and_render(options_from_args(args), json_out=args.json)
 
 
+class TerminalSink(Sink):
+    """A run's news on the terminal: hit panels on stdout (or JSONL with --json), status
+    lines on stderr."""
+
+    def __init__(self, out: Console, err: Console, json_out: bool) -> None:
+        self.out, self.err, self.json_out = out, err, json_out
+
+    def status(self, text: str) -> None:
+        self.err.print(f"[dim]{text}")
+
+    def hit(self, hit: Hit) -> None:
+        if not self.json_out:
+            self.out.print(render_hit(hit))
+
+    def poll_hit(self, hit: PollHit) -> None:
+        if not self.json_out:
+            self.out.print(render_poll_hit(hit))
+
+    def logged(self, line: str) -> None:
+        if self.json_out:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+
 def run_and_render(options: RunOptions, json_out: bool = False) -> int:
     out = Console(highlight=False)
     err = _stderr()
-
-    def on_hit(hit: Hit) -> None:
-        if not json_out:
-            out.print(render_hit(hit))
-
-    session = WatchSession(options, on_hit=on_hit, on_status=lambda m: err.print(f"[dim]{m}"),
-                           log_echo=sys.stdout if json_out else None)
-    session.on_poll_hit = lambda hit: None if json_out else out.print(render_poll_hit(hit))
+    session = WatchSession(options, sink=TerminalSink(out, err, json_out))
     session.prepare()
     for resolved in session.resolved:
         err.print(f"[dim]watch {resolved.config.text or resolved.config.canonical()}: "
                   f"{resolved.describe()}")
         for warning in resolved.warnings:
             err.print(f"[yellow]warning: {warning}")
-    with err.status("booting the guest and arming watches...", spinner="dots") \
-            if not json_out and err.is_terminal else contextlib.nullcontext():
-        report = session.run()
+    try:
+        with err.status("booting the guest and arming watches...", spinner="dots") \
+                if not json_out and err.is_terminal else contextlib.nullcontext():
+            report = session.run()
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C, SIGTERM, SIGHUP: the run is over but what it found is not lost. The
+        # summary goes out first; the CLI then says how it ended and picks the status.
+        so_far = session.report_so_far()
+        if so_far is not None:
+            _render_report(so_far, options, out if not json_out else err)
+        raise
     _render_report(report, options, out if not json_out else err)
     if report.fault:
         print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",

@@ -110,6 +110,8 @@ class WatchSession:
         self.on_poll_hit: Callable[[PollHit], None] | None = None
         self.sink = sink or _CallbackSink(self)
         self.plan: Plan | None = None
+        #: The vmcore of a hit that froze the guest, once dumped.
+        self.vmcore: Path | None = None
         #: Extra `Rig` arguments (tests give fake machine, stub and target factories).
         self.rig_options = rig_options or {}
         #: The rig while `run` runs (tests and tools look at its machine or polls).
@@ -138,8 +140,8 @@ class WatchSession:
     def run(self) -> RunReport:
         plan = self.prepare()
         stub = bool(plan.specs or plan.module_watches)
-        with open_rig(plan, self.sink, stub=stub, **self.rig_options) as rig:
-            self.rig = rig
+        self.rig = open_rig(plan, self.sink, stub=stub, **self.rig_options)
+        with self.rig as rig:
             if stub:
                 result, vmcore = self._watch(rig)
             else:
@@ -164,7 +166,7 @@ class WatchSession:
             rig.phys.stop()         # a hit in hand (vCPU snapshot, dump) finishes first
         vmcore, fault, guest_exit = None, None, None
         if result.reason == "freeze":
-            vmcore = freeze_vmcore(rig)
+            vmcore = self.vmcore = freeze_vmcore(rig)
             if plan.listener is not None:
                 self._lend_to_gdb(rig, result.hits[-1].cpu + 1)
         elif result.reason == "stopped" and rig.watchdog is not None:
@@ -197,6 +199,22 @@ class WatchSession:
                 raise rig.phys.poller.failure
         rig.end(reason, None, guest_exit)
         return EngineResult(reason), None
+
+    def report_so_far(self) -> RunReport | None:
+        """After `run` ended by a signal or an exception: what the run had, from its rig.
+
+        None if the rig was never made. The rig has released everything and written
+        ``end`` already; the hits, the summary, the polls and any vmcore are kept.
+        """
+        rig = self.rig
+        if rig is None or not rig.closed:
+            return None
+        try:
+            console = rig.machine.console.lines() if rig.machine is not None else []
+        except Exception:  # noqa: BLE001 - a machine that never launched has no console
+            console = []
+        hits = rig.engine.hits if rig.engine is not None else []
+        return self._report(rig, EngineResult(rig.ending, hits=hits), self.vmcore, console)
 
     def _report(self, rig: Rig, result: EngineResult, vmcore: Path | None,
                 console: list[str]) -> RunReport:

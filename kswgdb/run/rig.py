@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from kswgdb.gdb.backtrace import GdbUnwinder
@@ -286,6 +286,19 @@ class Rig:
         return time.monotonic() - self.started
 
     # ------------------------------------------------------------- ending
+    def __enter__(self) -> Rig:
+        try:
+            self.launch()
+            if self.stub:
+                self.attach()
+        except BaseException as exc:
+            self.close(exc)
+            raise
+        return self
+
+    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> None:
+        self.close(exc)
+
     def close(self, exc: BaseException | None = None) -> None:
         """Release everything, in reverse order of acquisition; idempotent.
 
@@ -296,7 +309,8 @@ class Rig:
             return
         self.closed = True
         if exc is not None:
-            self.ending, self.fault = _ending_of(exc), self.fault or "exception"
+            self.ending = _ending_of(exc)
+            self.fault = self.fault or self.ending
         elif (signum := reaper.signalled()) is not None:
             # The signal handler's exception was lost on its way up and QEMU is
             # gone: the signal, not QEMU, ended the run.
@@ -318,24 +332,14 @@ class Rig:
                        polls=[vars(p) for p in self.poll_statuses])
         failure = sys.exc_info()[1]
         if failure is not None and self.fault is None:
-            self.ending, self.fault = _ending_of(failure), "exception"
+            self.ending = self.fault = _ending_of(failure)
         self.log.write("end", reason=self.ending, fault=self.fault is not None,
                        **_guest_exit_fields(self.guest_exit))
 
 
-@contextlib.contextmanager
-def open_rig(plan: Plan, sink: Sink | None = None, **kwargs: Any) -> Iterator[Rig]:
-    """A launched and attached `Rig` for the ``with`` block; all released on the way out."""
-    rig = Rig(plan, sink, **kwargs)
-    try:
-        rig.launch()
-        if rig.stub:
-            rig.attach()
-        yield rig
-    except BaseException as exc:
-        rig.close(exc)
-        raise
-    rig.close()
+def open_rig(plan: Plan, sink: Sink | None = None, **kwargs: Any) -> Rig:
+    """A rig for a ``with`` block: launched and attached on entry, released on the way out."""
+    return Rig(plan, sink, **kwargs)
 
 
 def _guest_exit_fields(guest_exit: GuestExit | None) -> dict:

@@ -298,3 +298,41 @@ def test_live_quit_while_running_releases_everything(tmp_path, wiring):
     _wait("running", lambda: session.snapshot().state == RunState.RUNNING)
     session.close()
     assert assert_released(plan, w)["reason"] == "quit"
+
+
+# ------------------------------------------- what a signal leaves on the terminal
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), SystemExit(143)],
+                         ids=["sigint", "sigterm"])
+def test_a_signalled_run_still_reports_what_it_caught(tmp_path, wiring, raised):
+    plan = fake_plan(tmp_path, [canary_spec()])
+    w = wiring(raises=raised)
+    session = one_shot(plan, w)
+    with pytest.raises(type(raised)):
+        session.run()
+    report = session.report_so_far()
+    assert report is not None and len(report.hits) == 1
+    assert report.summary[0]["hits"] == 1 and report.fault == events(plan)[-1]["reason"]
+
+
+def test_ctrl_c_prints_the_summary_the_log_and_the_hits_before_the_status(
+        tmp_path, wiring, monkeypatch, capsys):
+    from kswgdb import cli, commands
+
+    plan = fake_plan(tmp_path, [canary_spec()])
+    w = wiring(raises=KeyboardInterrupt())
+
+    class Faked(WatchSession):
+        def __init__(self, options, **kwargs):
+            super().__init__(options, rig_options=w.rig_options(), **kwargs)
+            self.plan = plan
+
+    monkeypatch.setattr(commands, "WatchSession", Faked)
+    status = cli.main(["run", "--watch", "fn=s3_victim fo=0x23", "--accel", "tcg",
+                       "--log", str(plan.options.log_path)])
+    out, err = capsys.readouterr()
+    out = " ".join(out.split())                     # rich wraps long lines at 80 columns
+    assert status == ExitStatus.INTERRUPTED
+    assert "watch summary" in out and "interrupted (SIGINT)" in out
+    assert f"event log: {plan.options.log_path}" in out and "1 hit(s)" in out
+    assert err.strip().splitlines()[-1] == "kswgdb: interrupted"
+    assert_released(plan, w)
