@@ -22,7 +22,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from kswgdb.errors import BadInput
 
@@ -34,6 +34,47 @@ _SHT_SYMTAB, _SHT_NOBITS, _SHT_NOTE = 2, 8, 7
 _SHF_ALLOC = 0x2
 _STT = {1: "object", 2: "func"}
 _STB = {0: "local", 1: "global", 2: "weak"}
+
+
+class SectionHeader(NamedTuple):
+    """One ELF64 section header (``Elf64_Shdr``), fields in file order."""
+
+    name: int          # sh_name: offset in the section-name string table
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+
+def section_headers(data) -> tuple[list[SectionHeader], int]:
+    """Every section header of the ELF64 image ``data``, and the name table's index.
+
+    The one raw section-header parser (`SymbolTable`, `raw_symbol_address` and the
+    module loader in `kswgdb.symbols.module` all read them from a mapped file).
+    """
+    e_shoff, = struct.unpack_from("<Q", data, 0x28)
+    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if e_shoff == 0:
+        return [], e_shstrndx               # no section header table at all
+    return [SectionHeader(*struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize))
+            for i in range(e_shnum)], e_shstrndx
+
+
+def c_string(data, table: SectionHeader, offset: int) -> str:
+    """The NUL-terminated string at ``offset`` in string-table section ``table``."""
+    start = table.offset + offset
+    return data[start:data.find(b"\0", start)].decode("utf-8", "replace")
+
+
+def symbol_entries(data, symtab: SectionHeader):
+    """``(st_name, st_info, st_other, st_shndx, st_value, st_size)`` of each ``Elf64_Sym``."""
+    raw = data[symtab.offset:symtab.offset + symtab.size]
+    return struct.iter_unpack("<IBBHQQ", raw[:len(raw) - len(raw) % 24])
 _BIND_RANK = {"global": 0, "weak": 1, "local": 2}
 _CACHE_VERSION = 1
 
@@ -247,20 +288,12 @@ def _parse_mapped(path: Path, data: mmap.mmap) -> SymbolTable:
         raise BadInput(f"{path} has the wrong architecture (e_machine {e_machine}, need x86-64)")
     if e_type == 1:
         raise BadInput(f"{path} is a relocatable object (.o/.ko): link it first")
-    e_shoff, = struct.unpack_from("<Q", data, 0x28)
-    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    if e_shoff == 0 or e_shnum == 0:
+    sections, e_shstrndx = section_headers(data)
+    if not sections:
         raise BadInput(f"{path} has no section headers, so no symbols")
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
-                for i in range(e_shnum)]
     shstr = sections[e_shstrndx]
-
-    def sec_name(sh: tuple) -> str:
-        start = shstr[4] + sh[0]
-        return data[start:data.find(b"\0", start)].decode("utf-8", "replace")
-
     regions = sorted(
-        (_Region(sec_name(sh), sh[3], sh[5], sh[4]) for sh in sections
+        (_Region(c_string(data, shstr, sh[0]), sh[3], sh[5], sh[4]) for sh in sections
          if sh[2] & _SHF_ALLOC and sh[1] != _SHT_NOBITS and sh[5] and sh[3]),
         key=lambda r: r.addr,
     )
@@ -277,12 +310,11 @@ def _parse_mapped(path: Path, data: mmap.mmap) -> SymbolTable:
     return SymbolTable(path, elf_type, build_id, symbols, regions)
 
 
-def _read_symbols(data: mmap.mmap, symtab: tuple, strtab: tuple) -> list[Symbol]:
-    raw = data[symtab[4]:symtab[4] + symtab[5]]
-    strings = data[strtab[4]:strtab[4] + strtab[5]]
+def _read_symbols(data: mmap.mmap, symtab: SectionHeader, strtab: SectionHeader
+                  ) -> list[Symbol]:
+    strings = data[strtab.offset:strtab.offset + strtab.size]
     out: list[Symbol] = []
-    for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack(
-            "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
+    for st_name, st_info, _other, st_shndx, st_value, st_size in symbol_entries(data, symtab):
         kind = _STT.get(st_info & 0xF)
         bind = _STB.get(st_info >> 4)
         if kind is None or bind is None or st_shndx == 0 or not st_name:
@@ -307,10 +339,7 @@ def raw_symbol_address(path: str | os.PathLike[str], name: str) -> int:
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot read {path}: {exc}") from None
     try:
-        e_shoff, = struct.unpack_from("<Q", data, 0x28)
-        e_shentsize, e_shnum, _ = struct.unpack_from("<HHH", data, 0x3A)
-        sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
-                    for i in range(e_shnum)]
+        sections, _ = section_headers(data)
         symtab = next((sh for sh in sections if sh[1] == _SHT_SYMTAB), None)
         if symtab is not None:
             strtab = sections[symtab[6]]
@@ -323,9 +352,8 @@ def raw_symbol_address(path: str | os.PathLike[str], name: str) -> int:
             while at >= 0:
                 offsets.add(at)
                 at = strings.find(wanted, at + 1)
-            raw = data[symtab[4]:symtab[4] + symtab[5]] if offsets else b""
-            for st_name, _i, _o, st_shndx, st_value, _s in struct.iter_unpack(
-                    "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
+            for st_name, _i, _o, st_shndx, st_value, _s in (
+                    symbol_entries(data, symtab) if offsets else ()):
                 if st_name in offsets and st_shndx != 0:
                     return st_value
     except (struct.error, IndexError, ValueError):

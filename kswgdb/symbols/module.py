@@ -26,7 +26,18 @@ from elftools.elf.sections import SymbolTableSection
 
 from kswgdb.errors import BadInput
 from kswgdb.symbols.dwarf import DwarfInfo
-from kswgdb.symbols.elf import _BIND_RANK, _STB, _STT, Symbol, SymbolTable, _Region
+from kswgdb.symbols.elf import (
+    _BIND_RANK,
+    _STB,
+    _STT,
+    SectionHeader,
+    Symbol,
+    SymbolTable,
+    _Region,
+    c_string,
+    section_headers,
+    symbol_entries,
+)
 from kswgdb.symbols.program import Program
 
 _ET_REL = 1
@@ -109,15 +120,11 @@ class _PlacedModuleELF(ELFFile):
 def _module_symtab(path: Path, data: mmap.mmap) -> SymbolTable:
     if data[:4] != b"\x7fELF" or struct.unpack_from("<H", data, 16)[0] != _ET_REL:
         raise BadInput(f"{path} is not a kernel module (a relocatable ELF .ko)")
-    e_shoff, = struct.unpack_from("<Q", data, 0x28)
-    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
-                for i in range(e_shnum)]
+    sections, e_shstrndx = section_headers(data)
     shstr = sections[e_shstrndx]
 
-    def sec_name(sh: tuple) -> str:
-        start = shstr[4] + sh[0]
-        return data[start:data.find(b"\0", start)].decode("utf-8", "replace")
+    def sec_name(sh: SectionHeader) -> str:
+        return c_string(data, shstr, sh.name)
 
     code = {i: sh for i, sh in enumerate(sections)
             if sh[2] & _SHF_ALLOC and sh[2] & _SHF_EXECINSTR and sh[5]}
@@ -125,11 +132,9 @@ def _module_symtab(path: Path, data: mmap.mmap) -> SymbolTable:
     if not code or symtab is None:
         raise BadInput(f"{path} has no code or no symbol table")
     strtab = sections[symtab[6]]
-    raw = data[symtab[4]:symtab[4] + symtab[5]]
-    strings = data[strtab[4]:strtab[4] + strtab[5]]
+    strings = data[strtab.offset:strtab.offset + strtab.size]
     symbols: list[Symbol] = []
-    for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack(
-            "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
+    for st_name, st_info, _other, st_shndx, st_value, st_size in symbol_entries(data, symtab):
         kind, bind = _STT.get(st_info & 0xF), _STB.get(st_info >> 4)
         if kind != "func" or bind is None or st_shndx not in code or not st_name:
             continue
@@ -184,15 +189,11 @@ def module_relocations(path: str | os.PathLike[str]) -> dict[int, Relocation]:
 
 
 def _relocations(data: mmap.mmap) -> dict[int, Relocation]:
-    e_shoff, = struct.unpack_from("<Q", data, 0x28)
-    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
-                for i in range(e_shnum)]
+    sections, e_shstrndx = section_headers(data)
     shstr = sections[e_shstrndx]
 
-    def cstr(table: tuple, offset: int) -> str:
-        start = table[4] + offset
-        return data[start:data.find(b"\0", start)].decode("utf-8", "replace")
+    def cstr(table: SectionHeader, offset: int) -> str:
+        return c_string(data, table, offset)
 
     code = {i for i, sh in enumerate(sections) if sh[2] & _SHF_ALLOC and sh[2] & _SHF_EXECINSTR}
     out: dict[int, Relocation] = {}

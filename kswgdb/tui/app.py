@@ -197,12 +197,13 @@ class KswApp(App[None]):
 
     # ----------------------------------------------------------- actions
     def action_add_watch(self) -> None:
-        box = self.query_one("#add", Input)
-        box.add_class("visible")
-        box.focus()
+        self._open_box("#add")
 
     def action_add_poll(self) -> None:
-        box = self.query_one("#addpoll", Input)
+        self._open_box("#addpoll")
+
+    def _open_box(self, box_id: str) -> None:
+        box = self.query_one(box_id, Input)
         box.add_class("visible")
         box.focus()
 
@@ -216,13 +217,24 @@ class KswApp(App[None]):
 
     @on(Input.Submitted, "#addpoll")
     def poll_submitted(self, event: Input.Submitted) -> None:
-        text = event.value.strip()
+        self._submit(event.value.strip(), self.session.add_poll,
+                     lambda text, poll_id: f"poll P{poll_id} sampling: {text} "
+                                           "(the guest was not stopped)")
+
+    @on(Input.Submitted, "#add")
+    def add_submitted(self, event: Input.Submitted) -> None:
+        self._submit(event.value.strip(), self.session.add_watch,
+                     lambda text, resolved: f"adding {text}: {resolved.describe()} "
+                                            "(applied at the next stop)")
+
+    def _submit(self, text: str, add, done) -> None:
+        """Add what the box holds; a bad one leaves the box open with its text, to fix it."""
         try:
-            poll_id = self.session.add_poll(text)
+            added = add(text)
         except BadInput as exc:
             self.say(f"error: {' '.join(str(exc).split())}", error=True)
-            return                  # the box stays open with the text, to fix it
-        self.say(f"poll P{poll_id} sampling: {text} (the guest was not stopped)")
+            return
+        self.say(done(text, added))
         self.action_cancel_add()
 
     def action_remove_selected(self) -> None:
@@ -234,41 +246,22 @@ class KswApp(App[None]):
             self.action_remove_watch()
 
     def action_remove_poll(self) -> None:
-        table = self.query_one("#polls", DataTable)
-        if table.row_count == 0:
-            self.say("no poll to remove", error=True)
-            return
-        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        try:
-            spec = self.session.remove_poll(int(key.value))
-        except BadInput as exc:
-            self.say(f"error: {exc}", error=True)
-            return
-        self.say(f"poll P{key.value} removed: {spec.canonical()}")
-
-    @on(Input.Submitted, "#add")
-    def add_submitted(self, event: Input.Submitted) -> None:
-        text = event.value.strip()
-        try:
-            resolved = self.session.add_watch(text)
-        except BadInput as exc:
-            self.say(f"error: {' '.join(str(exc).split())}", error=True)
-            return                  # the box stays open with the text, to fix it
-        self.say(f"adding {text}: {resolved.describe()} (applied at the next stop)")
-        self.action_cancel_add()
+        self._remove_selected("#polls", "poll", self.session.remove_poll,
+                              lambda key, spec: f"poll P{key} removed: {spec.canonical()}")
 
     def action_remove_watch(self) -> None:
-        table = self.query_one("#watches", DataTable)
+        self._remove_selected("#watches", "watch", self.session.remove_watch,
+                              lambda key, _none: f"removing watch #{key}...")
+
+    def _remove_selected(self, table_id: str, what: str, remove, done) -> None:
+        """Remove the row under the cursor of ``table_id`` through ``remove(int key)``."""
+        table = self.query_one(table_id, DataTable)
         if table.row_count == 0:
-            self.say("no watch to remove", error=True)
+            self.say(f"no {what} to remove", error=True)
             return
         key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        try:
-            self.session.remove_watch(int(key.value))
-        except BadInput as exc:
-            self.say(f"error: {exc}", error=True)
-            return
-        self.say(f"removing watch #{key.value}...")
+        self._command(lambda: remove(int(key.value)),
+                      lambda removed: done(key.value, removed))
 
     def action_freeze(self) -> None:
         self._command(self.session.freeze, "freezing the guest and dumping a vmcore...")
@@ -276,13 +269,14 @@ class KswApp(App[None]):
     def action_continue_guest(self) -> None:
         self._command(self.session.resume, "continuing...")
 
-    def _command(self, send, doing: str) -> None:
+    def _command(self, send, doing) -> None:
+        """Run ``send()``; say ``doing`` (or ``doing(result)``), or the one-line error."""
         try:
-            send()
+            result = send()
         except BadInput as exc:
             self.say(f"error: {exc}", error=True)
             return
-        self.say(doing)
+        self.say(doing(result) if callable(doing) else doing)
 
     def action_show_hit(self) -> None:
         table = self.query_one("#hits", DataTable)

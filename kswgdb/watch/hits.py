@@ -13,14 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-
-@dataclass(frozen=True)
-class SourceLine:
-    file: str
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+from kswgdb.symbols.lines import SourceLine
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ with a hand-made symbolizer and no ELF.
 from __future__ import annotations
 
 from kswgdb.symbols.disasm import Instruction
+from kswgdb.symbols.lines import SourceLine
 from kswgdb.symbols.program import Program
-from kswgdb.watch.hits import SourceLine
 from kswgdb.watch.target import Registers
 
 #: Instructions shown on each side of the writer in a report.
@@ -34,8 +34,7 @@ class ProgramSymbolizer:
         return sym.name if sym is not None else None
 
     def source(self, addr: int) -> SourceLine | None:
-        line = self.program.source_line(addr)
-        return SourceLine(line.file, line.line) if line is not None else None
+        return self.program.source_line(addr)
 
     def writer(self, pc: int, regs: Registers) -> tuple[int, str, tuple[tuple[int, str], ...]]:
         """The store behind a watch stop at ``pc`` (x86 reports the next instruction).

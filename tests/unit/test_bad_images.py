@@ -23,6 +23,7 @@ from kswgdb.symbols.program import Program
 from kswgdb.watch.checks import check_alignment, with_alignment_warning
 from kswgdb.watch.config import parse_watch
 from kswgdb.watch.resolve import resolve_watch
+from tests.unit.conftest import QemuReached
 
 KERNEL = IMAGES_DIR / "kswtest.elf"
 WATCH = "fn=s3_victim fo=0x23"
@@ -62,22 +63,6 @@ def _stripped(tmp: Path) -> str:
     return "stripped.elf"
 
 
-class _Reached(BaseException):  # not an Exception: it passes the CLI's last resort
-    pass
-
-
-@pytest.fixture
-def no_guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from kswgdb.qemu import machine
-
-    monkeypatch.chdir(tmp_path)          # the default event log goes to the cwd
-
-    def reached(*_a, **_k):
-        raise _Reached("QEMU would have started")
-
-    monkeypatch.setattr(machine.Machine, "launch", reached)
-
-
 def _run_error(capsys, argv: list[str]) -> str:
     status = cli.main(argv)
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -110,7 +95,7 @@ def test_symbols_from_another_build_are_refused(tmp_path, capsys, no_guest) -> N
 def test_stripped_kernel_with_matching_symbols_is_accepted(tmp_path, capsys,
                                                            no_guest) -> None:
     image = _toml(tmp_path, _stripped(tmp_path), symbols=str(KERNEL))
-    with pytest.raises(_Reached):
+    with pytest.raises(QemuReached):
         cli.main(["run", str(image), "--watch", WATCH, "--accel", "tcg"])
 
 
@@ -140,7 +125,7 @@ def test_misaligned_watch_kvm_error_tcg_warning() -> None:
 
 
 def test_misaligned_watch_warns_on_the_command_line(capsys, no_guest) -> None:
-    with pytest.raises(_Reached):
+    with pytest.raises(QemuReached):
         cli.main(["run", "--watch", "fn=s3_victim fo=0x23 so=0x12 wl=4", "--accel", "tcg"])
     assert "not naturally aligned" in capsys.readouterr().err
 

@@ -19,6 +19,7 @@ from kswgdb.image import load as load_image
 from kswgdb.symbols.program import Program
 from kswgdb.watch.config import KEYS, WatchConfig, parse_watch
 from kswgdb.watch.resolve import resolve_watch
+from tests.unit.conftest import QemuReached
 
 FUNCS = ["s3_victim", "s0_victim", "s2_recurse", "s1_overflow", "s5_victim", "nope", "",
          "s3_victim+0x23", "ksw_exit"]
@@ -78,21 +79,16 @@ def test_config_resolves_or_fails_with_one_line(program: Program, text: str) -> 
         _one_line(exc)
 
 
-class _Reached(BaseException):  # not an Exception: it passes the CLI's last resort
-    """A valid command line got as far as starting something."""
-
-
 @pytest.fixture
-def no_guest(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.chdir(tmp_path)          # whatever a command line writes lands here
+def no_run(no_guest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`no_guest`, and a prepared run or an accelerator probe stops there too."""
     def reached(*_a, **_k):
-        raise _Reached
+        raise QemuReached
 
-    from kswgdb.qemu import accel, machine
+    from kswgdb.qemu import accel
     from kswgdb.run import oneshot as session
 
     monkeypatch.setattr(session.WatchSession, "run", reached)
-    monkeypatch.setattr(machine.Machine, "launch", reached)
     monkeypatch.setattr(accel, "decide", reached)
 
 
@@ -110,13 +106,13 @@ ARGV = st.lists(st.one_of(OPTION_TOKENS, st.text(max_size=10)), max_size=8)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(ARGV)
-def test_command_line_is_valid_or_one_line_exit_2(no_guest, capsys, argv: list[str]) -> None:
+def test_command_line_is_valid_or_one_line_exit_2(no_run, capsys, argv: list[str]) -> None:
     if any(a in ("-h", "--help", "--version") for a in argv):
         return
     capsys.readouterr()
     try:
         status = cli.main(argv)
-    except _Reached:
+    except QemuReached:
         return
     err = capsys.readouterr().err
     assert "Traceback" not in err

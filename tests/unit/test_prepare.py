@@ -8,7 +8,6 @@ nothing started (no QEMU, no port left bound, no log file left behind).
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -18,22 +17,6 @@ from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import check_log_path, prepare
 
 WATCH = "fn=s3_victim fo=0x23"
-
-
-class _Started(BaseException):
-    """QEMU would have started: bad input must be found before this."""
-
-
-@pytest.fixture
-def no_qemu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from kswgdb.qemu import machine
-
-    monkeypatch.chdir(tmp_path)
-
-    def started(*_a, **_k):
-        raise _Started
-
-    monkeypatch.setattr(machine.Machine, "launch", started)
 
 
 @pytest.fixture
@@ -74,7 +57,7 @@ def _error_line(capsys, argv: list[str]) -> str:
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_run_and_tui_refuse_the_same_bad_input_with_the_same_line(
-        case, tmp_path, capsys, no_qemu, busy_port):
+        case, tmp_path, capsys, no_guest, busy_port):
     (tmp_path / "file").write_text("")
     extra, fragment = BAD[case]
     extra = [a.format(tmp=tmp_path, port=busy_port) for a in extra]
