@@ -36,7 +36,8 @@ from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
-from kswgdb.watch.layout import layout_for
+from kswgdb.watch.kaslr import KernelPlacement, place_kernel, placement_ending, slide_fields
+from kswgdb.watch.layout import exit_hook_address, layout_for
 from kswgdb.watch.modules import (
     ModuleArmer,
     ModuleFinder,
@@ -152,6 +153,7 @@ class WatchSession:
         self.phys: PhysWatch | None = None
         self.backtrace_mode = "fp"
         self.module_watches: list[ModuleWatch] = []
+        self.placement: KernelPlacement | None = None   # where run found the kernel
 
     # ----------------------------------------------------------- prepare
     def prepare(self) -> None:
@@ -198,12 +200,6 @@ class WatchSession:
         assert layout is not None
         max_watch = max((s.max_watch for s in self.specs), default=0)
         pool = SlotPool.for_run(accel.accel, max_watch, opts.slots or TCG_DEFAULT_SLOTS)
-        exit_hook = None
-        if layout.exit_function:
-            try:
-                exit_hook = self.program.function(layout.exit_function).addr
-            except BadInput:
-                exit_hook = None
         log = EventLog(opts.log_path, echo=self.log_echo)
         self.on_status(f"backtraces: {BACKTRACE_WHAT[self.backtrace_mode]}")
         unwinder: GdbUnwinder | None = None
@@ -214,35 +210,47 @@ class WatchSession:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
                          extra_cmdline=opts.cmdline, paused=True,
                          shared_ram="file" if self.poll_specs else False) as machine:
-                log.write("start", image=str(self.image.path), accel=accel.accel,
-                          accel_reason=accel.reason, scenario=opts.scenario,
-                          watches=[r.describe() for r in self.resolved],
-                          configs=[s.text for s in self.specs],
-                          polls=[p.canonical() for p in self.poll_specs],
-                          backtrace=self.backtrace_mode)
-                if self.poll_specs:
-                    self._start_polls(machine, log, engine_attached=True)
                 client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
                 try:
                     client.handshake()
                     target = StubTarget(client, emulate=opts.emulate,
                                         queue_watchpoints=accel.accel == "tcg")
+                    # KASLR: the guest runs to its entry point; from here on every
+                    # address is the guest's (kswgdb.watch.kaslr).
+                    self.placement = placement = place_kernel(
+                        target, self.program, self.image.guest, accel.accel,
+                        started + opts.timeout)
+                    program = placement.program
+                    specs = placement.specs(self.specs)
+                    if program is not self.program:
+                        layout = layout_for(program, self.image.guest)
+                    self.on_status(placement.slide.describe())
+                    log.write("start", image=str(self.image.path), accel=accel.accel,
+                              accel_reason=accel.reason, scenario=opts.scenario,
+                              watches=[r.describe() for r in self.resolved],
+                              configs=[s.text for s in self.specs],
+                              polls=[p.canonical() for p in self.poll_specs],
+                              backtrace=self.backtrace_mode, **slide_fields(placement))
+                    if self.poll_specs:
+                        self._start_polls(machine, log, engine_attached=True)
+                    exit_hook = exit_hook_address(program, layout)
                     modules_dir = self.image.modules_dir
                     with_modules = self.module_watches or (
                         self.image.guest == "linux" and modules_dir is not None
                         and modules_dir.is_dir())
-                    symbolizer = (ModuleSymbolizer(self.program) if with_modules
-                                  else ProgramSymbolizer(self.program))
+                    symbolizer = (ModuleSymbolizer(program) if with_modules
+                                  else ProgramSymbolizer(program))
                     if self.backtrace_mode == "gdb":
                         finder = None
                         if isinstance(symbolizer, ModuleSymbolizer) and modules_dir is not None:
                             with contextlib.suppress(BadInput):
-                                finder = ModuleFinder(self.program, modules_dir, symbolizer,
+                                finder = ModuleFinder(program, modules_dir, symbolizer,
                                                       target.read)
                         unwinder = GdbUnwinder(target, self.image.symbols, symbolizer,
-                                               find_modules=finder)
+                                               find_modules=finder,
+                                               symbol_offset=placement.slide.virtual)
                     engine = Engine(
-                        target, self.specs, layout, symbolizer, pool,
+                        target, specs, layout, symbolizer, pool,
                         log=log, on_hit=self.on_hit,
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
                         backtracer=unwinder,
@@ -251,7 +259,7 @@ class WatchSession:
                     engine.install()
                     if self.module_watches:
                         assert isinstance(symbolizer, ModuleSymbolizer)
-                        ModuleArmer(self.program, self.module_watches, symbolizer,
+                        ModuleArmer(program, self.module_watches, symbolizer,
                                     self.on_status).install(engine)
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
@@ -267,7 +275,7 @@ class WatchSession:
                             or watchdog.should_stop()
 
                     try:
-                        result = engine.run(
+                        result = placement_ending(placement, engine.hits) or engine.run(
                             deadline=deadline, should_stop=should_stop,
                             halt=phys.freeze.is_set if phys is not None else None)
                     except StubClosed as exc:
