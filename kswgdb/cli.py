@@ -1,7 +1,8 @@
 """The ``kswgdb`` command: parse arguments, call the engine, render, pick the exit code.
 
 Exit codes are decided here and only here: 0 no hit, 1 hit(s) (so CI can gate on
-it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 130 Ctrl-C.
+it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 4 no hit but a
+watch that was never armed (`kswgdb.watch.unarmed`; not with --allow-unarmed), 130 Ctrl-C.
 Every error reaches the user as one line: ``kswgdb: error: ...``.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from kswgdb import __version__
 from kswgdb.errors import BadInput, KswError
 
-EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_UNARMED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hang-timeout", type=_seconds, default=0.0, metavar="S",
                      help="end with status 3 if the guest prints nothing and stops nowhere "
                           "for S seconds (default 0: never)")
+    run.add_argument("--allow-unarmed", action="store_true",
+                     help="a watch that was never armed is no failure: exit 0, not 4 "
+                          "(the warning is still printed)")
     run.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
                      help="freeze at the first hit and lend the frozen guest, read-only, to "
                           "gdb on this loopback TCP port until Ctrl-C")
@@ -85,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="end the run after S seconds, said as such (default: %(default)g)")
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
 
 

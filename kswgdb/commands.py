@@ -23,7 +23,7 @@ from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
-EXIT_OK, EXIT_HIT, EXIT_INFRA = 0, 1, 3
+EXIT_OK, EXIT_HIT, EXIT_INFRA, EXIT_UNARMED = 0, 1, 3, 4
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -50,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         polls=getattr(args, "poll", []),
         backtrace=args.backtrace,
         hang_timeout=args.hang_timeout, gdb_listen=args.gdb_listen,
+        allow_unarmed=args.allow_unarmed,
     )
     if options.gdb_listen is not None:
         options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen
@@ -81,7 +82,11 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
               file=sys.stderr)
         return EXIT_INFRA
-    return EXIT_HIT if report.hits or report.poll_hits else EXIT_OK
+    for line in report.unarmed:
+        print(f"kswgdb: warning: {line}", file=sys.stderr)
+    if report.hits or report.poll_hits:
+        return EXIT_HIT
+    return EXIT_UNARMED if report.unarmed and not options.allow_unarmed else EXIT_OK
 
 
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
@@ -97,9 +102,14 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
                       markup=False, style="bold")
     elif ending == "deadline":
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
+    elif ending == "mismatch":
+        ending = "stopped: the running kernel does not match the symbol file"
+    slide = report.slide
+    kaslr = (f"; kaslr slide {slide.virtual:+#x}" if slide is not None
+             and slide.found_by != "no KASLR" else "")
     out.print(f"[dim]{ending}; {report.seconds:.2f}s; {report.packets} packets, "
               f"{report.steps} steps; accelerator {report.accel.accel}; "
-              f"backtraces {report.backtrace}")
+              f"backtraces {report.backtrace}{kaslr}")
     if report.verdict:
         out.print(f"[dim]guest: {report.verdict}")
     if options.log_path:

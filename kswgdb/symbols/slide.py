@@ -55,9 +55,6 @@ class SlidSymbolTable:
     def __init__(self, base: SymbolTable, slide: int) -> None:
         self.base = base
         self.slide = slide
-        image = [r for r in base.regions if KERNEL_MAP_START <= r.addr < KERNEL_MAP_END]
-        self._lo = min((r.addr for r in image), default=KERNEL_MAP_START)
-        self._hi = max((r.addr + r.size for r in image), default=KERNEL_MAP_START)
         self.path = base.path
         self.elf_type = base.elf_type
         self.build_id = base.build_id
@@ -68,9 +65,9 @@ class SlidSymbolTable:
         return addr + self.slide if KERNEL_MAP_START <= addr < KERNEL_MAP_END else addr
 
     def to_file(self, addr: int) -> int:
-        """A guest address as the file has it (inverse of `to_guest` on the image)."""
-        back = addr - self.slide
-        return back if self._lo <= back < self._hi else addr
+        """A guest address as the file has it: a kernel-map address the guest does not
+        use for the image (the file's own one, say) becomes one the file has nothing at."""
+        return addr - self.slide if KERNEL_MAP_START <= addr < KERNEL_MAP_END else addr
 
     def _sym(self, sym: Symbol) -> Symbol:
         moved = self.to_guest(sym.addr)

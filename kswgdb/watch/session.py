@@ -29,6 +29,7 @@ from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
+from kswgdb.symbols.slide import KernelSlide
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
@@ -53,6 +54,7 @@ from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.spec import ArmSpec
 from kswgdb.watch.stub_target import StubTarget
 from kswgdb.watch.symbolize import ProgramSymbolizer
+from kswgdb.watch.unarmed import run_warnings
 
 
 @dataclass
@@ -74,6 +76,7 @@ class RunOptions:
     release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
     hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
+    allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
 
 
 @dataclass
@@ -104,6 +107,8 @@ class RunReport:
     backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
     backtrace_seconds: list[float] = field(default_factory=list)  # per gdb backtrace
     fault: str | None = None           # why the run ended badly (exit status 3), or None
+    unarmed: list[str] = field(default_factory=list)   # one line per never-armed watch
+    slide: KernelSlide | None = None   # where the kernel was found (KASLR)
 
     @property
     def hits(self) -> list[Hit]:
@@ -307,6 +312,10 @@ class WatchSession:
         finally:
             polls = self._stop_polls()
             summary = engine.summary() if "engine" in locals() else []
+            unarmed = run_warnings(summary, self.module_watches, self.placement,
+                                   locals().get("result"), opts.timeout)
+            if unarmed:
+                log.write("unarmed", warnings=unarmed)
             log.write("summary", watches=summary, polls=[vars(p) for p in polls])
             failure = sys.exc_info()[1]
             if failure is not None:
@@ -334,7 +343,9 @@ class WatchSession:
             backtrace_failures=list(unwinder.failures) if unwinder is not None else [],
             backtrace_seconds=list(unwinder.seconds) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
-            symbols=self.image.symbols, fault=fault, **self._poll_report(polls),
+            symbols=self.image.symbols, fault=fault, unarmed=unarmed,
+            slide=self.placement.slide if self.placement is not None else None,
+            **self._poll_report(polls),
         )
 
     # ------------------------------------------------------------- polls
