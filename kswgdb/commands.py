@@ -126,7 +126,9 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
         out.print(f"[bold {'red' if hits + len(report.poll_hits) else 'green'}]{hits} watch "
                   f"hit(s), {len(report.poll_hits)} poll hit(s)")
         return
-    out.print(f"[bold {'red' if hits else 'green'}]{hits} hit(s)")
+    never = f", {len(report.unarmed)} watch(es) never armed" if report.unarmed else ""
+    colour = "red" if hits else "yellow" if never else "green"
+    out.print(f"[bold {colour}]{hits} hit(s){never}")
 
 
 def cmd_boot(args: argparse.Namespace) -> int:

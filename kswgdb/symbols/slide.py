@@ -45,6 +45,8 @@ class KernelSlide:
     found_by: str = "none"      # how it was found ("entry breakpoint", "not needed")
 
     def describe(self) -> str:
+        if self.found_by == "no KASLR":
+            return "kernel at its link-time addresses (no KASLR)"
         phys = "" if self.physical is None else f", physical {self.physical:+#x}"
         return f"kaslr slide {self.virtual:+#x}{phys} ({self.found_by})"
 
