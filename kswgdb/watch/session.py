@@ -353,9 +353,12 @@ class WatchSession:
         """Map the guest's RAM and start polling while the guest is still paused (-S)."""
         assert self.image is not None
         vmcores = self.options.log_path.parent if self.options.log_path else Path.cwd()
-        self.phys = PhysWatch(machine, self.program, self.poll_specs, guest=self.image.guest,
+        placed = self.placement
+        self.phys = PhysWatch(machine, placed.program if placed else self.program,
+                              self.poll_specs, guest=self.image.guest,
                               log=log, on_hit=self.on_poll_hit,
-                              engine_attached=engine_attached, vmcore_dir=vmcores)
+                              engine_attached=engine_attached, vmcore_dir=vmcores,
+                              slide=placed.slide if placed else None)
         self.phys.start()
         for line in self.phys.describe():
             self.on_status(line)

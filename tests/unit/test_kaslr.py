@@ -137,3 +137,18 @@ def test_specs_move_with_the_slide() -> None:
                       0x20_0000)
     assert glob.guard.addr == 8 + 0x20_0000
     assert slide_spec(spec, 0) is spec
+
+
+def test_poll_hints_map_the_kernel_image_at_both_slides(kernel: Program) -> None:
+    from kswgdb.symbols.slide import KernelSlide
+    from kswgdb.watch.kernelmap import kernel_map
+    slide = KernelSlide(0x3000_0000, 0x360_0000, "stopped at x86_64_start_kernel")
+    kmap = kernel_map("linux", slid_program(kernel, slide.virtual), slide)
+    assert kmap is not None and "KASLR slide +0x30000000" in kmap.what
+    phys = (VICTIM - 0xFFFF_FFFF_8000_0000) + 0x360_0000       # victim's physical byte
+    assert kmap.virtual_of(phys + 8) == VICTIM + 0x3000_0000 + 8
+    assert kmap.physical_of(PHYS_BASE + 0x3000_0000) == phys - VICTIM + PHYS_BASE
+    assert kmap.virtual_of(0x1000) is None and kmap.physical_of(VICTIM) is None
+    assert kernel_map("linux", kernel, KernelSlide(0, None, "not found")) is None
+    ident = kernel_map("kswtest", None)
+    assert ident is not None and ident.virtual_of(0x11_3000) == 0x11_3000
