@@ -1,7 +1,8 @@
 """The ``kswgdb`` command: parse arguments, call the engine, render, pick the exit code.
 
 Exit codes are decided here and only here: 0 no hit, 1 hit(s) (so CI can gate on
-it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 130 Ctrl-C.
+it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 130 Ctrl-C;
+``demo`` alone: 0 caught, 4 nothing caught (`commands.demo_status`).
 Every error reaches the user as one line: ``kswgdb: error: ...``.
 """
 
@@ -16,6 +17,8 @@ from kswgdb import __version__
 from kswgdb.errors import BadInput, KswError
 
 EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
+             "tested: 7.2 and 10.0)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Catch silent kernel stack corruption at the instant of the write, from outside "
         "a QEMU guest: KStackWatch through the gdbstub."))
     parser.add_argument("--version", action="version", version=f"kswgdb {__version__}")
+    parser.add_argument("--qemu", default=None, metavar="PATH", help=QEMU_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot an image and watch stack slots")
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
@@ -138,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reaper.install()
     try:
         args = build_parser().parse_args(argv)
+        if args.command not in ("disasm", "symbols"):
+            from kswgdb.qemu import binary
+
+            binary.check_choice(args.qemu)   # a bad --qemu/KSWGDB_QEMU: exit 2 now
         from kswgdb import commands
 
         status = commands.dispatch(args)
