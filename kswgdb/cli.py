@@ -3,6 +3,7 @@
 Exit codes are decided here and only here: 0 no hit, 1 hit(s) (so CI can gate on
 it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 4 no hit but a
 watch that was never armed (`kswgdb.watch.unarmed`; not with --allow-unarmed), 130 Ctrl-C.
+``demo`` alone: 0 caught, 5 nothing caught (`commands.demo_status`).
 Every error reaches the user as one line: ``kswgdb: error: ...``.
 """
 
@@ -17,6 +18,8 @@ from kswgdb import __version__
 from kswgdb.errors import BadInput, KswError
 
 EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_UNARMED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
+             "tested: 7.2 and 10.0)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Catch silent kernel stack corruption at the instant of the write, from outside "
         "a QEMU guest: KStackWatch through the gdbstub."))
     parser.add_argument("--version", action="version", version=f"kswgdb {__version__}")
+    parser.add_argument("--qemu", default=None, metavar="PATH", help=QEMU_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot an image and watch stack slots")
@@ -88,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="end the run after S seconds, said as such (default: %(default)g)")
@@ -143,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reaper.install()
     try:
         args = build_parser().parse_args(argv)
+        if args.command not in ("disasm", "symbols"):
+            from kswgdb.qemu import binary
+
+            binary.check_choice(args.qemu)   # a bad --qemu/KSWGDB_QEMU: exit 2 now
         from kswgdb import commands
 
         status = commands.dispatch(args)

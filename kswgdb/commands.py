@@ -24,6 +24,10 @@ from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
 EXIT_OK, EXIT_HIT, EXIT_INFRA, EXIT_UNARMED = 0, 1, 3, 4
+#: `kswgdb demo` ran to the end and caught nothing: the demo failed (`make demo` fails).
+EXIT_DEMO_MISSED = 5
+#: The test-kernel scenario the demo runs (3: silent corruption by another thread).
+DEMO_SCENARIO = 3
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -191,12 +195,27 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     img = image_mod.load(None)
-    watch = scenario_watch(img, 3)
-    _stderr().print(f"[bold]kswgdb demo[/]: scenario 3 (silent corruption) of {img.name}, "
-                    f"watching with: [bold]{watch}")
-    options = RunOptions(image=None, scenario=3, watches=[watch], log_path=default_log_path())
-    run_and_render(options)
-    return EXIT_OK
+    watch = scenario_watch(img, DEMO_SCENARIO)
+    _stderr().print(f"[bold]kswgdb demo[/]: scenario {DEMO_SCENARIO} (silent corruption) of "
+                    f"{img.name}, watching with: [bold]{watch}")
+    options = RunOptions(image=None, scenario=DEMO_SCENARIO, watches=[watch],
+                         log_path=default_log_path())
+    return demo_status(run_and_render(options))
+
+
+def demo_status(run_status: int) -> int:
+    """The demo's exit status from its run's: caught is success (0), nothing caught is 5.
+
+    A demo that shows nothing must not look like one that worked, so ``make demo``
+    fails; a fault keeps the run's own status (3) and its one line.
+    """
+    if run_status == EXIT_HIT:
+        return EXIT_OK
+    if run_status == EXIT_OK:
+        print(f"kswgdb: error: the demo caught nothing: scenario {DEMO_SCENARIO} ran to its "
+              "end and no watch fired", file=sys.stderr)
+        return EXIT_DEMO_MISSED
+    return run_status
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
