@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kswgdb import image as image_mod
+from kswgdb.argtypes import check_against_image
 from kswgdb.errors import BadInput
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
@@ -27,6 +28,7 @@ EXIT_OK, EXIT_HIT, EXIT_INFRA = 0, 1, 3
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    check_against_image(args)
     handler = {
         "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
         "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui,
@@ -150,7 +152,11 @@ def cmd_disasm(args: argparse.Namespace) -> int:
         found = find_module_function(img.modules_dir, args.func)
         if found is not None:       # a module function (addresses are placeholders)
             program = found[1]
-    Console(highlight=False).print(render_disasm(build_listing(program, args.func, var=args.var)))
+    listing = build_listing(program, args.func, var=args.var)
+    if args.var is not None and listing.suggested_config is None:
+        have = ", ".join(v.name for v in listing.locals) or "none"
+        raise BadInput(f"--var {args.var}: {listing.note} (its stack locals: {have})")
+    Console(highlight=False).print(render_disasm(listing))
     return EXIT_OK
 
 
