@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from kswgdb.errors import BadInput
 
@@ -79,6 +80,9 @@ def check_against_image(args: argparse.Namespace) -> None:
     """
     if getattr(args, "command", None) not in ("run", "boot", "tui"):
         return
+    log = getattr(args, "log", None)
+    if log and not Path(log).resolve().parent.is_dir():
+        raise BadInput(f"--log {log}: no such directory {Path(log).resolve().parent}")
     from kswgdb import image as image_mod
 
     img = image_mod.load(args.image)

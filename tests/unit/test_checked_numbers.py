@@ -41,6 +41,7 @@ CASES = [
      "--var nosuch: nosuch has no stack slot in s3_victim"),
     (["run", "--accel", "kvm", *WATCH], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
     (["boot", "--accel", "kvm"], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
+    (["run", "--log", "/nonexistent/dir/ev.jsonl", *WATCH], "no such directory /nonexistent/dir"),
 ]
 
 
