@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from kswgdb import __version__
+from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never, slot_count
 from kswgdb.errors import BadInput, KswError
 
 EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_UNARMED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="boot an image and watch stack slots")
     run.add_argument("image", nargs="?", default=None,
                      help="image name or description file (default: the bundled kswtest)")
-    run.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    run.add_argument("--scenario", type=scenario_number, default=None,
+                     help="test-kernel scenario to run")
     run.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
                      help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
     run.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="freeze: stop the guest at the first hit, dump a vmcore, show how "
                           "to attach gdb")
     run.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    run.add_argument("--slots", type=int, default=None,
+    run.add_argument("--slots", type=slot_count, default=None,
                      help="watchpoint slots under TCG (KVM always has 4)")
     run.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                      help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)
-    boot.add_argument("--scenario", type=int, default=None)
+    boot.add_argument("--scenario", type=scenario_number, default=None)
     _machine_options(boot)
 
     disasm = sub.add_parser("disasm", help="disassemble a function, mark canary and "
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, default=120.0, metavar="S",
                    help="end the run after S seconds, said as such (default: %(default)g)")
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
 
@@ -123,14 +125,15 @@ def _tui_parser(sub) -> None:
                                      "guest runs, freeze it, read hits and the console")
     tui.add_argument("image", nargs="?", default=None,
                      help="image name or description file (default: the bundled kswtest)")
-    tui.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    tui.add_argument("--scenario", type=scenario_number, default=None,
+                     help="test-kernel scenario to run")
     tui.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
                      help="a KStackWatch config to start with (repeatable; `a` adds more)")
     tui.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
                      help="a physical-memory poll to start with, sampling from the guest's "
                           "first instruction (repeatable; `p` adds more)")
     tui.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    tui.add_argument("--timeout", type=float, default=0.0,
+    tui.add_argument("--timeout", type=seconds_or_never, default=0.0,
                      help="freeze the guest after S seconds (default: never)")
     tui.add_argument("--cmdline", default="", help="extra kernel command-line words")
     tui.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
@@ -138,7 +141,7 @@ def _tui_parser(sub) -> None:
     tui.add_argument("--paused", action="store_true",
                      help="stay frozen before the first guest instruction until `c`")
     tui.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    tui.add_argument("--slots", type=int, default=None,
+    tui.add_argument("--slots", type=slot_count, default=None,
                      help="watchpoint slots under TCG (KVM always has 4)")
 
 
