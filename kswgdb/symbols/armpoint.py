@@ -343,10 +343,32 @@ class FunctionWriters:
             out.append(w)
         return out
 
+    def releases(self, cfa_offset: int, length: int) -> tuple[tuple[int, str, int], ...]:
+        """Instructions after which SP lies above the range, each with the CFA rule
+        (register, offset) holding before it: where a watch on it must be removed."""
+        end = cfa_offset + length
+        frame = self.frame
+        points = []
+        for insn in frame.code.instructions:
+            before = frame.state_before(insn.addr)
+            after = frame.state_after(insn.addr)
+            if before is None or before.sp is None or -before.sp >= end:
+                continue                  # unknown, or SP already above the range
+            released = insn.flow == "ret" or (after is not None and after.sp is not None
+                                              and -after.sp >= end)
+            if released:
+                rule = ("rbp", before.fp) if before.fp is not None else ("rsp", before.sp)
+                points.append((insn.addr, rule[0], rule[1]))
+        return tuple(points)
+
     def plan(self, cfa_offset: int, length: int, extra: Sequence[Writer] = ()) -> ArmPlan:
         """Where to arm a watch on ``[cfa_offset, +length)`` of the frame."""
         code, blocks = self.frame.code, self.blocks
         name = code.name
+        if not self.releases(cfa_offset, length):
+            return ArmPlan(name, code.start, cfa_offset, length, None, False, False,
+                           f"{name} never releases the watched bytes (no return, or SP is "
+                           "not followed to one): a watch would stay armed", ())
         writers = sorted({*self.of_range(cfa_offset, length), *extra},
                          key=lambda w: w.insn.addr)
         writer_addrs = {w.insn.addr for w in writers}

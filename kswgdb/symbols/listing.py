@@ -159,6 +159,8 @@ def _suggest(program: Program, analysis: FunctionAnalysis, stack_locals: list[Fr
             if analysis.canary.cfa_offset is None:
                 return None, None, f"{name}'s canary store cannot be placed in its frame"
             plan = analysis.plan()
+            if plan.fo is None:
+                return None, None, plan.reason
             return plan.fo, _config(name, plan, ""), _note(plan)
     except BadInput as e:
         return None, None, str(e)

@@ -126,25 +126,9 @@ class ResolvedWatch:
         that is still watched: a false positive, and under QEMU 7.2 TCG a lost
         interrupt (the watchpoint fires in the middle of interrupt delivery).
         """
-        if self.cfa_offset is None:
+        if self.cfa_offset is None or self.analysis is None:
             return ()
-        end = self.cfa_offset + self.slot.length      # slot end, relative to the CFA
-        frame = self.analysis.frame
-        points = []
-        for insn in self.analysis.code.instructions:
-            before = frame.state_before(insn.addr)
-            after = frame.state_after(insn.addr)
-            if before is None or before.sp is None:
-                continue
-            if -before.sp >= end:
-                continue                  # SP already above the slot here
-            released = insn.flow == "ret" or (after is not None and after.sp is not None
-                                              and -after.sp >= end)
-            if not released:
-                continue
-            rule = ("rbp", before.fp) if before.fp is not None else ("rsp", before.sp)
-            points.append((insn.addr, rule[0], rule[1]))
-        return tuple(points)
+        return self.analysis.writers.releases(self.cfa_offset, self.slot.length)
 
     def describe(self) -> str:
         """One line for reports: where the watch points and why."""
