@@ -12,6 +12,7 @@ from kswgdb.errors import BadInput
 from kswgdb.image import Image
 from kswgdb.symbols.program import Program
 from kswgdb.symbols.prologue import FrameSlot
+from kswgdb.watch.config import parse_var
 
 
 def scenario_watch(image: Image, scenario: int, program: Program | None = None) -> str:
@@ -27,8 +28,9 @@ def scenario_watch(image: Image, scenario: int, program: Program | None = None) 
     if target == "canary":
         return f"fn={victim} fo={analysis.suggest_offset():#x}{extra}"
     func = program.function(victim)
-    var = program.local(victim, target, func.addr + analysis.suggest_offset())
-    slot = FrameSlot(var.cfa_offset, var.size)
+    ref = parse_var(target)
+    var = program.local(victim, ref.name, func.addr + analysis.suggest_offset())
+    slot = FrameSlot(var.cfa_offset + (ref.index or 0) * (var.size or 0), var.size)
     # arm = "after-init": the scenario's expected hit *is* the function's own later
     # store (KStackWatch's recursion test), which the arming analysis rightly avoids.
     fo = (analysis.after_init_offset(slot) if table.get("arm") == "after-init"
