@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from kswgdb import image as image_mod
 from kswgdb.symbols.listing import WatchRequest, build_listing
 from kswgdb.symbols.program import Program
-from tests.integration.test_watch_scenarios import run, truth
+from tests.integration.test_watch_scenarios import img, program, run, truth  # noqa: F401
 
 SCENARIOS = {11: "s11_victim", 12: "s12_victim", 13: "s13_victim"}
 WRITER = "sa_stale_write"
-
-
-@pytest.fixture(scope="module")
-def img():
-    return image_mod.load(None)
-
-
-@pytest.fixture(scope="module")
-def program(img):
-    return Program.load(img.symbols)
 
 
 def suggested(program: Program, victim: str) -> str:
