@@ -13,10 +13,15 @@ import pytest
 
 from kswgdb.symbols.listing import WatchRequest, build_listing
 from kswgdb.symbols.program import Program
-from tests.integration.test_watch_scenarios import img, program, run, truth  # noqa: F401
+from tests.integration.test_watch_scenarios import run, truth
 
 SCENARIOS = {11: "s11_victim", 12: "s12_victim", 13: "s13_victim"}
 WRITER = "sa_stale_write"
+
+
+@pytest.fixture(scope="module")
+def kernel(kswtest_image) -> Program:
+    return Program.load(kswtest_image.symbols)
 
 
 def suggested(program: Program, victim: str) -> str:
@@ -29,9 +34,9 @@ def suggested(program: Program, victim: str) -> str:
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_following_the_suggestion_catches_every_stale_write_and_nothing_else(
-        img, program, scenario, tmp_path):
-    watch = suggested(program, SCENARIOS[scenario])
-    report = run(img, scenario, watch=watch, cmdline="runs=3", tmp_path=tmp_path)
+        kswtest_image, kernel, scenario, tmp_path):
+    watch = suggested(kernel, SCENARIOS[scenario])
+    report = run(kswtest_image, scenario, watch=watch, cmdline="runs=3", tmp_path=tmp_path)
     writes = [(a, a + n) for fn, a, n in truth(report) if fn == WRITER]
     assert len(writes) == 3, report.console_log[-5:]
     assert len(report.hits) == len(writes), [h.writer for h in report.hits]
@@ -44,12 +49,12 @@ def test_following_the_suggestion_catches_every_stale_write_and_nothing_else(
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_arming_before_the_initialisation_reports_the_victims_own_stores(
-        img, program, scenario, tmp_path):
+        kswtest_image, kernel, scenario, tmp_path):
     victim = SCENARIOS[scenario]
-    analysis = program.analyze(victim)
+    analysis = kernel.analyze(victim)
     early = analysis.suggest_offset()                    # the canary's point
     watch = f"fn={victim} fo={early:#x} var=buf[9]"
-    assert watch != suggested(program, victim)
-    report = run(img, scenario, watch=watch, cmdline="runs=1", tmp_path=tmp_path)
+    assert watch != suggested(kernel, victim)
+    report = run(kswtest_image, scenario, watch=watch, cmdline="runs=1", tmp_path=tmp_path)
     own = [h for h in report.hits if h.writer.function in (victim, "s13_fill")]
     assert own, [h.writer for h in report.hits]
