@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "initialising stores, suggest fo")
     disasm.add_argument("func")
     disasm.add_argument("--image", default=None)
-    disasm.add_argument("--var", default=None, help="suggest an offset for this local instead")
+    disasm.add_argument("--var", default=None,
+                        help="suggest a watch on this local (NAME or NAME[i]) instead")
+    disasm.add_argument("--so", default=None,
+                        help="suggest a watch on SP+SO (SP in the body, after the prologue)")
+    disasm.add_argument("--wl", default=None, help="with --so: bytes to watch (1, 2, 4, 8)")
 
     symbols = sub.add_parser("symbols", help="list functions of an image's kernel")
     symbols.add_argument("pattern", nargs="?", default="")

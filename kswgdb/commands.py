@@ -178,12 +178,33 @@ def cmd_disasm(args: argparse.Namespace) -> int:
         found = find_module_function(img.modules_dir, args.func)
         if found is not None:       # a module function (addresses are placeholders)
             program = found[1]
-    listing = build_listing(program, args.func, var=args.var)
-    if args.var is not None and listing.suggested_config is None:
+    request = disasm_request(args)
+    listing = build_listing(program, args.func, var=request)
+    if request.var is not None and all(v.name != request.var for v in listing.locals):
         have = ", ".join(v.name for v in listing.locals) or "none"
         raise BadInput(f"--var {args.var}: {listing.note} (its stack locals: {have})")
     output_console().print(render_disasm(listing))
     return EXIT_OK
+
+
+def disasm_request(args: argparse.Namespace):
+    """``--var``/``--so``/``--wl`` checked with the config parser's own rules."""
+    from kswgdb.symbols.listing import WatchRequest
+    from kswgdb.watch.config import parse_number, parse_var
+
+    if args.var is not None and (args.so is not None or args.wl is not None):
+        raise BadInput("--var takes its address and size from DWARF: drop --so/--wl")
+    if (args.so is None) != (args.wl is None):
+        raise BadInput("--so and --wl go together (SP offset and bytes to watch)")
+    if args.var is not None:
+        ref = parse_var(args.var)
+        return WatchRequest(var=ref.name, index=ref.index)
+    if args.so is not None:
+        wl = parse_number(args.wl, "watch_len")
+        if wl not in (1, 2, 4, 8):
+            raise BadInput(f"--wl {args.wl}: a watch covers 1, 2, 4 or 8 bytes")
+        return WatchRequest(so=parse_number(args.so, "sp_offset"), wl=wl)
+    return WatchRequest()
 
 
 def cmd_symbols(args: argparse.Namespace) -> int:
