@@ -181,8 +181,7 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     request = disasm_request(args)
     listing = build_listing(program, args.func, var=request)
     if request.var is not None and all(v.name != request.var for v in listing.locals):
-        have = ", ".join(v.name for v in listing.locals) or "none"
-        raise BadInput(f"--var {args.var}: {listing.note} (its stack locals: {have})")
+        raise BadInput(f"--var {args.var}: {listing.note}")
     output_console().print(render_disasm(listing))
     return EXIT_OK
 
