@@ -90,7 +90,8 @@ def test_make_setup_installs_into_a_project_venv(marked_python: Path, tmp_path: 
     venv_python = clone / ".venv" / "bin" / "python"
     probe = subprocess.run([str(venv_python), "-c", "import sys, kswgdb, rich, unicorn; "
                             "print(sys.base_prefix); print(kswgdb.__file__)"],
-                           capture_output=True, text=True, check=False, cwd=tmp_path)
+                           capture_output=True, text=True, check=False, cwd=tmp_path,
+                           env=env)
     assert probe.returncode == 0, probe.stderr
     base, where = probe.stdout.split()
     assert base == "/usr" and where == str(clone / "kswgdb" / "__init__.py"), probe.stdout
