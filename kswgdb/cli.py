@@ -14,8 +14,12 @@ import sys
 from collections.abc import Sequence
 
 from kswgdb import __version__
+from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never, slot_count
 from kswgdb.errors import BadInput, KswError
 from kswgdb.exitcodes import ExitStatus, signalled, unexpected
+
+QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
+             "tested: 7.2 and 10.0)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,22 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
         "Catch silent kernel stack corruption at the instant of the write, from outside "
         "a QEMU guest: KStackWatch through the gdbstub."))
     parser.add_argument("--version", action="version", version=f"kswgdb {__version__}")
+    parser.add_argument("--qemu", default=None, metavar="PATH", help=QEMU_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot an image and watch stack slots")
-    _watch_options(run, timeout=120.0, timeout_help="seconds before giving up")
+    _watch_options(run, timeout=120.0, timeout_type=positive_seconds,
+                   timeout_help="end the run after S seconds, said as such "
+                                "(default: %(default)g)")
     run.add_argument("--json", action="store_true", help="print JSONL events instead of panels")
+    run.add_argument("--allow-unarmed", action="store_true",
+                     help="a watch that was never armed is no failure: exit 0, not 4 "
+                          "(the warning is still printed)")
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)
-    boot.add_argument("--scenario", type=int, default=None)
+    boot.add_argument("--scenario", type=scenario_number, default=None)
     _machine_options(boot)
 
     disasm = sub.add_parser("disasm", help="disassemble a function, mark canary and "
                                            "initialising stores, suggest fo")
     disasm.add_argument("func")
     disasm.add_argument("--image", default=None)
-    disasm.add_argument("--var", default=None, help="suggest an offset for this local instead")
+    disasm.add_argument("--var", default=None,
+                        help="suggest a watch on this local (NAME or NAME[i]) instead")
+    disasm.add_argument("--so", default=None,
+                        help="suggest a watch on SP+SO (SP in the body, after the prologue)")
+    disasm.add_argument("--wl", default=None, help="with --so: bytes to watch (1, 2, 4, 8)")
 
     symbols = sub.add_parser("symbols", help="list functions of an image's kernel")
     symbols.add_argument("pattern", nargs="?", default="")
@@ -60,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    p.add_argument("--timeout", type=positive_seconds, default=120.0, metavar="S",
+                   help="end the run after S seconds, said as such (default: %(default)g)")
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
 
 
@@ -87,31 +103,35 @@ def _loopback(text: str) -> tuple[str, int]:
 def _tui_parser(sub) -> None:
     tui = sub.add_parser("tui", help="interactive screen: add and remove watches while the "
                                      "guest runs, freeze it, read hits and the console")
-    _watch_options(tui, timeout=0.0,
+    _watch_options(tui, timeout=0.0, timeout_type=seconds_or_never,
                    timeout_help="freeze the guest after S seconds (default: never)")
     tui.add_argument("--paused", action="store_true",
                      help="stay frozen before the first guest instruction until `c`")
 
 
-def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str) -> None:
+def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
+                   timeout_help: str) -> None:
     """The options `run` and `tui` share: same names, same meaning (`options_from_args`)."""
     p.add_argument("image", nargs="?", default=None,
                    help="image name or description file (default: the bundled kswtest)")
-    p.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    p.add_argument("--scenario", type=scenario_number, default=None,
+                   help="test-kernel scenario to run")
     p.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
                    help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
     p.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
                    help="poll guest physical memory, e.g. 'pa=0x1136a8 len=8 to=0x33' "
                         "(keys: pa len to from any mask region interval on-hit once; "
                         "repeatable)")
+    p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--timeout", type=_seconds, default=timeout, metavar="S", help=timeout_help)
+    p.add_argument("--timeout", type=timeout_type, default=timeout, metavar="S",
+                   help=timeout_help)
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
     p.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
                    help="freeze: stop the guest at the first hit, dump a vmcore, show how "
                         "to attach gdb")
     p.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    p.add_argument("--slots", type=int, default=None,
+    p.add_argument("--slots", type=slot_count, default=None,
                    help="watchpoint slots under TCG (KVM always has 4)")
     p.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                    help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
@@ -130,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reaper.install()
     try:
         args = build_parser().parse_args(argv)
+        if args.command not in ("disasm", "symbols"):
+            from kswgdb.qemu import binary
+
+            binary.check_choice(args.qemu)   # a bad --qemu/KSWGDB_QEMU: exit 2 now
         from kswgdb import commands
 
         status = commands.dispatch(args)

@@ -8,6 +8,9 @@ The table (also in docs/contracts.md)::
     3    INFRA         QEMU, gdb or the stub failed, the run ended by a fault
                        (`kswgdb.run.faults`), or an unexpected exception
                        (one line, traceback in a debug log)
+    4    UNARMED       no hit, but a watch was never armed (not with --allow-unarmed;
+                       `kswgdb.watch.unarmed`): a run that watched nothing is no success
+    5    DEMO_MISSED   `kswgdb demo` only: the demo ran to its end and caught nothing
     130  INTERRUPTED   Ctrl-C (SIGINT)
     128+N              ended by signal N (SIGTERM: 143, SIGHUP: 129)
 
@@ -32,6 +35,8 @@ class ExitStatus(enum.IntEnum):
     HIT = 1
     BAD_INPUT = 2
     INFRA = 3
+    UNARMED = 4
+    DEMO_MISSED = 5
     INTERRUPTED = 128 + signal.SIGINT
 
 
@@ -40,11 +45,14 @@ def signalled(signum: int) -> int:
     return 128 + signum
 
 
-def status_of_run(hits: int, fault: str | None = None) -> ExitStatus:
-    """A run that ended by a fault is INFRA whatever it caught; else HIT or OK."""
+def status_of_run(hits: int, fault: str | None = None, unarmed: bool = False) -> ExitStatus:
+    """A fault is INFRA whatever was caught; else HIT, else UNARMED if a watch never armed
+    (and that counts), else OK."""
     if fault:
         return ExitStatus.INFRA
-    return ExitStatus.HIT if hits else ExitStatus.OK
+    if hits:
+        return ExitStatus.HIT
+    return ExitStatus.UNARMED if unarmed else ExitStatus.OK
 
 
 def debug_log_dir() -> Path:

@@ -359,7 +359,7 @@ class LiveSession:
         assert rig is not None
         failure: BaseException | None = None
         try:
-            rig.attach()
+            self._attach()
             self._loop()
             if self._state == RunState.EXITED:
                 assert rig.machine is not None
@@ -392,8 +392,18 @@ class LiveSession:
         ``symbolizer``) in their own thread, with `layout` and `accel` set by hand.
         """
         assert self.layout is not None and self.accel is not None
-        self._rig().attach(target, symbolizer)
+        self._attach(target, symbolizer)
         self._loop()
+
+    def _attach(self, target: Target | None = None, symbolizer: Any = None) -> None:
+        """Wire the engine (the rig places a KASLR kernel first), then work at the guest's
+        addresses: watches added later resolve against the relocated program."""
+        rig = self._rig()
+        rig.attach(target, symbolizer)
+        if rig.program_view is not self.program and rig.program_view is not None:
+            with self._symbols_lock:
+                self.program, self.layout = rig.program_view, rig.layout
+        self._specs = rig.specs
 
     def _loop(self) -> None:
         assert self.rig is not None and self.rig.target is not None

@@ -23,8 +23,10 @@ from kswgdb.run.faults import exit_fault, normal_exits
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
 from kswgdb.run.rig import Rig, Sink, open_rig
+from kswgdb.symbols.slide import KernelSlide
 from kswgdb.watch.engine import EngineResult
 from kswgdb.watch.hits import Hit
+from kswgdb.watch.kaslr import placement_ending
 from kswgdb.watch.resolve import ResolvedWatch
 
 
@@ -56,6 +58,8 @@ class RunReport:
     backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
     backtrace_seconds: list[float] = field(default_factory=list)  # per gdb backtrace
     fault: str | None = None           # why the run ended badly (exit status 3), or None
+    unarmed: list[str] = field(default_factory=list)   # one line per never-armed watch
+    slide: KernelSlide | None = None   # where the kernel was found (KASLR)
 
     @property
     def hits(self) -> list[Hit]:
@@ -136,6 +140,11 @@ class WatchSession:
     def phys(self):
         return self.rig.phys if self.rig is not None else None
 
+    @property
+    def placement(self):
+        """Where `run` found the kernel (`kswgdb.watch.kaslr.KernelPlacement`), once it did."""
+        return self.rig.placement if self.rig is not None else None
+
     # --------------------------------------------------------------- run
     def run(self) -> RunReport:
         plan = self.prepare()
@@ -156,9 +165,11 @@ class WatchSession:
         self.sink.status("guest running, watches installed")
         deadline = rig.started + opts.timeout
         try:
-            result = rig.engine.run(deadline=deadline, should_stop=rig.should_stop,
-                                    halt=rig.phys.freeze.is_set if rig.phys is not None
-                                    else None)
+            result = placement_ending(rig.placement, rig.engine.hits) if rig.placement \
+                else None
+            result = result or rig.engine.run(
+                deadline=deadline, should_stop=rig.should_stop,
+                halt=rig.phys.freeze.is_set if rig.phys is not None else None)
         except StubClosed as exc:
             # QEMU went away in the middle of a request: same as an exit stop.
             result = EngineResult("exit", hits=rig.engine.hits, detail=str(exc))
@@ -176,7 +187,7 @@ class WatchSession:
         if result.reason == "exit":
             guest_exit = rig.machine.wait_exit(5.0)
             fault = exit_fault(guest_exit, result.detail, normal_exits(plan.image.guest))
-        rig.end(fault or result.reason, fault, guest_exit)
+        rig.end(fault or result.reason, fault, guest_exit, result)
         return result, vmcore
 
     def _poll_only(self, rig: Rig) -> tuple[EngineResult, Path | None]:
@@ -240,7 +251,8 @@ class WatchSession:
             backtrace_seconds=list(unwinder.seconds) if unwinder is not None else [],
             unexpected_stops=rig.engine.unexpected_stops if rig.engine is not None else 0,
             max_live_watches=rig.pool.high_water if rig.pool is not None else 0,
-            symbols=plan.image.symbols, fault=rig.fault, **polls,
+            symbols=plan.image.symbols, fault=rig.fault, unarmed=rig.unarmed,
+            slide=rig.placement.slide if rig.placement is not None else None, **polls,
         )
 
     def _lend_to_gdb(self, rig: Rig, thread: int) -> None:

@@ -33,6 +33,7 @@ class RunOptions:
     hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
     paused: bool = False               # tui: frozen before the first instruction until `c`
+    allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
 
 
 def default_log_path() -> Path:
@@ -47,6 +48,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
         polls=list(args.poll), backtrace=args.backtrace, hang_timeout=args.hang_timeout,
         gdb_listen=args.gdb_listen, paused=getattr(args, "paused", False),
+        allow_unarmed=getattr(args, "allow_unarmed", False),
     )
     if options.gdb_listen is not None:
         options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kswgdb import image as image_mod
+from kswgdb.argtypes import check_polls_fit
 from kswgdb.errors import BadInput
 from kswgdb.gdb.backtrace import gdb_available
 from kswgdb.gdbstub.server import Listener
@@ -29,7 +30,7 @@ from kswgdb.symbols.program import Program
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.guest import GuestLayout
-from kswgdb.watch.layout import layout_for
+from kswgdb.watch.layout import exit_hook_address, layout_for
 from kswgdb.watch.modules import ModuleWatch, resolve_in_module
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.spec import ArmSpec
@@ -90,10 +91,8 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
                        "(try `kswgdb disasm FUNC`)")
     check_numbers(opts)
     image = image_mod.load(opts.image)
-    if (opts.scenario is not None and image.scenarios
-            and str(opts.scenario) not in image.scenarios):
-        known = ", ".join(sorted(image.scenarios, key=int))
-        raise BadInput(f"--scenario {opts.scenario}: image {image.name} has scenarios {known}")
+    image.check_scenario(opts.scenario)
+    check_polls_fit(image, poll_specs)
     program = Program.load(image.symbols)
     backtrace_mode = resolve_backtrace_mode(opts.backtrace)
     resolved: list[ResolvedWatch] = []
@@ -120,7 +119,7 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
                 backtrace_mode=backtrace_mode, resolved=resolved,
                 specs=[r.to_arm_spec(read_release=opts.release_by_read) for r in resolved],
                 module_watches=module_watches,
-                poll_specs=poll_specs, exit_hook=_exit_hook(program, layout))
+                poll_specs=poll_specs, exit_hook=exit_hook_address(program, layout))
     if opts.gdb_listen is not None:
         plan.listener = bind_gdb_listen(opts.gdb_listen)     # last: nothing fails after it
     return plan
@@ -180,12 +179,3 @@ def bind_gdb_listen(address: tuple[str, int]) -> Listener:
     except OSError as exc:
         raise BadInput(f"--gdb-listen {address[0]}:{address[1]}: "
                        f"{exc.strerror or exc}") from None
-
-
-def _exit_hook(program: Program, layout: GuestLayout) -> int | None:
-    if not layout.exit_function:
-        return None
-    try:
-        return program.function(layout.exit_function).addr
-    except BadInput:
-        return None

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kswgdb.errors import BadInput, KswError
 from kswgdb.gdb.backtrace import GdbUnwinder
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import ErrorReply, StubError
@@ -39,12 +40,16 @@ from kswgdb.qemu.machine import Machine
 from kswgdb.run.faults import Watchdog
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
 from kswgdb.run.stub_target import StubTarget
-from kswgdb.watch.engine import Engine
+from kswgdb.symbols.program import Program
+from kswgdb.watch.engine import Engine, EngineResult
 from kswgdb.watch.hits import EventLog, Hit
+from kswgdb.watch.kaslr import KernelPlacement, place_kernel, slide_fields
+from kswgdb.watch.layout import exit_hook_address, layout_for
 from kswgdb.watch.modules import ModuleArmer, ModuleFinder, ModuleSymbolizer
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.symbolize import ProgramSymbolizer
 from kswgdb.watch.target import Target
+from kswgdb.watch.unarmed import run_warnings
 
 
 class Sink:
@@ -111,6 +116,7 @@ class Rig:
                  machine_factory: Callable[..., Machine] = Machine,
                  connect: Callable[..., RemoteClient] | None = None,
                  target_factory: Callable[..., Target] | None = None,
+                 unwinder_factory: Callable[..., GdbUnwinder] | None = None,
                  phys_factory: Callable[..., PhysWatch] = PhysWatch,
                  symbolizer: Any = None, symbols_lock: threading.Lock | None = None) -> None:
         """The factories are QEMU's, the stub's and the poller's; tests pass fakes."""
@@ -122,6 +128,7 @@ class Rig:
         self._connect = connect or RemoteClient.connect     # looked up now: patchable
         self._target_factory = target_factory or self._stub_target
         self._phys_factory = phys_factory
+        self._unwinder_factory = unwinder_factory or GdbUnwinder
         self._given_symbolizer = symbolizer
         self.symbols_lock = symbols_lock or threading.Lock()
         self.program = LockedSymbols(plan.program, self.symbols_lock)
@@ -135,6 +142,17 @@ class Rig:
         self.pool: SlotPool | None = None
         self.phys: PhysWatch | None = None
         self.watchdog: Watchdog | None = None
+        #: Where the kernel runs (KASLR; set by `attach`), and the program, layout,
+        #: specs and exit hook at the guest's addresses (the plan's when not slid).
+        self.placement: KernelPlacement | None = None
+        self.program_view: Program | None = plan.program
+        self.layout = plan.layout
+        self.specs: list = plan.specs
+        self.exit_hook = plan.exit_hook
+        #: The driver's engine result (`end`), and the never-armed warnings (`close`).
+        self.result: EngineResult | None = None
+        self.unarmed: list[str] = []
+        self._logged_start = False
         self.started = time.monotonic()
         #: How the rig ended, for the ``end`` event (set by the driver through `end`).
         self.ending, self.fault = "interrupted", None
@@ -147,7 +165,12 @@ class Rig:
 
     # -------------------------------------------------------------- wiring
     def launch(self) -> None:
-        """Open the event log, boot QEMU paused at its first instruction, start the polls."""
+        """Open the event log, boot QEMU paused at its first instruction.
+
+        The polls start here when there is no stub (nothing to wait for) or in
+        an interactive session (its RAM is shared from the start); a watched
+        one-shot run starts them in `attach`, once the kernel is placed.
+        """
         plan, opts = self.plan, self.plan.options
         self.log = EventLog(opts.log_path, echo=_SinkEcho(self.sink))
         self._stack.callback(self.log.close)
@@ -160,37 +183,51 @@ class Rig:
                                         extra_cmdline=opts.cmdline, paused=True,
                                         shared_ram="file" if shared else False,
                                         gdb=self.stub)
+        if not self.stub:
+            self._log_start()
+        self._stack.callback(machine.close)
+        machine.launch()
+        self.machine = machine
+        if shared and (self.interactive or not self.stub):
+            self._start_polls(machine)
+
+    def _log_start(self, **extra: Any) -> None:
+        """The log's first event (once), then the ``polls`` event if polls started first."""
+        if self._logged_start or self.log is None:
+            return
+        plan, opts = self.plan, self.plan.options
+        self._logged_start = True
         self.log.write("start", image=str(plan.image.path), accel=plan.accel.accel,
                        accel_reason=plan.accel.reason, scenario=opts.scenario,
                        watches=[r.describe() for r in plan.watches],
                        configs=[s.text for s in plan.specs],
                        polls=[p.canonical() for p in plan.poll_specs],
                        backtrace=plan.backtrace_mode if self.stub else None,
-                       **({"interactive": True} if self.interactive else {}))
-        self._stack.callback(machine.close)
-        machine.launch()
-        self.machine = machine
-        if shared:
-            self._start_polls(machine)
+                       **({"interactive": True} if self.interactive else {}), **extra)
+        if self.phys is not None:
+            self.log.write("polls", polls=self.phys.describe())
 
     def _start_polls(self, machine: Machine) -> None:
-        """Map the guest's RAM and start polling while it is still paused (-S)."""
-        plan = self.plan
+        """Map the guest's RAM and start polling while it is still stopped."""
+        plan, placed = self.plan, self.placement
+        program = LockedSymbols(placed.program, self.symbols_lock) if placed else self.program
         self.phys = self._phys_factory(
-            machine, self.program, plan.poll_specs, guest=plan.image.guest, log=self.log,
-            on_hit=self.sink.poll_hit, engine_attached=self.stub, vmcore_dir=plan.vmcore_dir)
+            machine, program, plan.poll_specs, guest=plan.image.guest, log=self.log,
+            on_hit=self.sink.poll_hit, engine_attached=self.stub, vmcore_dir=plan.vmcore_dir,
+            slide=placed.slide if placed else None)
         self._stack.callback(self.phys.close)
         self.phys.start()
         for line in self.phys.describe():
             self.sink.status(line)
-        assert self.log is not None
-        self.log.write("polls", polls=self.phys.describe())
+        if self._logged_start and self.log is not None:
+            self.log.write("polls", polls=self.phys.describe())
 
     def attach(self, target: Target | None = None, symbolizer: Any = None) -> Engine:
-        """Connect the stub (or take ``target``), build and install the engine.
+        """Connect the stub (or take ``target``), place the kernel, build the engine.
 
-        Tests pass a fake ``target`` and ``symbolizer``; a real run connects to
-        the launched machine's gdbstub.
+        KASLR (`kswgdb.watch.kaslr`): a Linux guest runs to its entry point
+        first; from then on every address (specs, symbols, polls, gdb) is the
+        guest's. Tests pass a fake ``target`` and ``symbolizer``.
         """
         plan, opts = self.plan, self.plan.options
         if target is None:
@@ -201,27 +238,34 @@ class Rig:
             client.handshake()
             target = self._target_factory(client)
         self.target = target
+        self._place_kernel(target)
+        self._log_start(**(slide_fields(self.placement) if self.placement else {}))
+        if plan.poll_specs and self.phys is None and self.machine is not None:
+            self._start_polls(self.machine)
+        program = self.program_view
         if symbolizer is None:
-            symbolizer = self._given_symbolizer or self._symbolizer()
+            symbolizer = self._given_symbolizer or self._symbolizer(program)
         self.symbolizer = LockedSymbols(symbolizer, self.symbols_lock)
         self.sink.status(f"backtraces: {BACKTRACE_WHAT[plan.backtrace_mode]}")
         if plan.backtrace_mode == "gdb":
-            self.unwinder = GdbUnwinder(target, plan.image.symbols, self.symbolizer,
-                                        find_modules=self._module_finder(symbolizer, target))
+            self.unwinder = self._unwinder_factory(
+                target, plan.image.symbols, self.symbolizer,
+                find_modules=self._module_finder(program, symbolizer, target),
+                symbol_offset=self.placement.slide.virtual if self.placement else 0)
             self._stack.callback(self.unwinder.close)     # gdb never outlives the rig
-        self.pool = SlotPool(capacity=self.pool_capacity(plan.specs))
-        # The engine appends to ``plan.specs`` as watches are added (modules, the TUI).
+        self.pool = SlotPool(capacity=self.pool_capacity(self.specs))
+        # The engine appends to ``self.specs`` as watches are added (modules, the TUI).
         self.engine = Engine(
-            target, plan.specs, plan.layout, self.symbolizer, self.pool,
+            target, self.specs, self.layout, self.symbolizer, self.pool,
             log=self.log, on_hit=self.sink.hit,
-            freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=plan.exit_hook,
+            freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=self.exit_hook,
             backtracer=self.unwinder,
             release_by_read=opts.release_by_read and plan.accel.accel == "tcg",
         )
         self.engine.install()
         if plan.module_watches:
             assert isinstance(symbolizer, ModuleSymbolizer)
-            ModuleArmer(plan.program, plan.module_watches, self.symbolizer,
+            ModuleArmer(program, plan.module_watches, self.symbolizer,
                         self.sink.status, unreadable=(ErrorReply,)).install(self.engine)
         if self.machine is not None:
             machine = self.machine
@@ -231,27 +275,44 @@ class Rig:
                 hang_timeout=opts.hang_timeout)
         return self.engine
 
+    def _place_kernel(self, target: Target) -> None:
+        """Where the kernel runs (KASLR); the program, layout, specs and exit hook there."""
+        plan, opts = self.plan, self.plan.options
+        if plan.program is None:
+            return                  # a hand-made test plan: the fake guest is not slid
+        deadline = self.started + opts.timeout if opts.timeout else float("inf")
+        placement = place_kernel(target, plan.program, plan.image.guest, plan.accel.accel,
+                                 deadline)
+        if self.interactive and not placement.found:
+            raise KswError(placement.unarmed_reason() or "the kernel was not found")
+        self.placement = placement
+        self.sink.status(placement.slide.describe())
+        if placement.program is not plan.program:
+            with self.symbols_lock:
+                self.program_view = placement.program
+                self.layout = layout_for(placement.program, plan.image.guest)
+                self.specs = placement.specs(plan.specs)
+                self.exit_hook = exit_hook_address(placement.program, self.layout)
+
     def _stub_target(self, client: RemoteClient) -> StubTarget:
         """The engine's target over the stub: host emulation, queued Z2 under TCG."""
         return StubTarget(client, emulate=self.plan.options.emulate,
                           queue_watchpoints=self.plan.accel.accel == "tcg")
 
-    def _symbolizer(self) -> Any:
+    def _symbolizer(self, program: Program) -> Any:
         plan = self.plan
         modules_dir = plan.image.modules_dir
         with_modules = plan.module_watches or (
             plan.image.guest == "linux" and modules_dir is not None and modules_dir.is_dir())
-        return (ModuleSymbolizer(plan.program) if with_modules
-                else ProgramSymbolizer(plan.program))
+        return ModuleSymbolizer(program) if with_modules else ProgramSymbolizer(program)
 
-    def _module_finder(self, symbolizer: Any, target: Target) -> ModuleFinder | None:
+    def _module_finder(self, program: Program, symbolizer: Any,
+                       target: Target) -> ModuleFinder | None:
         modules_dir = self.plan.image.modules_dir
         if not isinstance(symbolizer, ModuleSymbolizer) or modules_dir is None:
             return None
-        from kswgdb.errors import BadInput
-
         with contextlib.suppress(BadInput):
-            return ModuleFinder(self.plan.program, modules_dir, symbolizer, target.read)
+            return ModuleFinder(program, modules_dir, symbolizer, target.read)
         return None
 
     def pool_capacity(self, specs: list) -> int:
@@ -276,10 +337,14 @@ class Rig:
             with contextlib.suppress(StubError):
                 self.client.interrupt()
 
-    def end(self, reason: str, fault: str | None = None,
-            guest_exit: GuestExit | None = None) -> None:
-        """Say how the run ended (the ``end`` event); an exception or signal overrides it."""
+    def end(self, reason: str, fault: str | None = None, guest_exit: GuestExit | None = None,
+            result: EngineResult | None = None) -> None:
+        """Say how the run ended (the ``end`` event); an exception or signal overrides it.
+
+        ``result``: the engine's, for the never-armed warnings of a one-shot run.
+        """
         self.ending, self.fault, self.guest_exit = reason, fault, guest_exit
+        self.result = result
 
     @property
     def seconds(self) -> float:
@@ -328,6 +393,12 @@ class Rig:
                 self.poll_statuses = self.phys.poller.polls()
         self.summary = self.engine.summary() if self.engine is not None else []
         assert self.log is not None
+        self._log_start()           # a launch that failed still leaves a whole log
+        if not self.interactive and self.stub:
+            self.unarmed = run_warnings(self.summary, self.plan.module_watches, self.placement,
+                                        self.result, self.plan.options.timeout)
+            if self.unarmed:
+                self.log.write("unarmed", warnings=self.unarmed)
         self.log.write("summary", watches=self.summary,
                        polls=[vars(p) for p in self.poll_statuses])
         failure = sys.exc_info()[1]

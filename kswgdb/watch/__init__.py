@@ -15,6 +15,9 @@ It drives any `target.Target` (a fake in unit tests, `kswgdb.run.stub_target` fo
 - `hits`         `Hit`, `EventLog` (JSONL, 0600)
 - `guest`, `layout`  guest-kernel knowledge: current task, stack bounds, canary, per flavour
 - `modules`      Linux module watches and symbols
+- `kaslr`        where a KASLR kernel runs (the slide, found at its entry point), and
+                 `kernelmap`: its physical<->virtual map, for polls
+- `unarmed`      one warning line per watch that was never armed (exit status 4)
 - `symbolize`    addresses -> names, source lines, writer instructions
 - `target`       the `Target` protocol, `Stop`, `Registers`
 """

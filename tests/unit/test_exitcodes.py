@@ -10,7 +10,7 @@ from kswgdb.exitcodes import ExitStatus, signalled, status_of_run
 
 
 def test_the_table():
-    assert [int(s) for s in ExitStatus] == [0, 1, 2, 3, 130]
+    assert [int(s) for s in ExitStatus] == [0, 1, 2, 3, 4, 5, 130]
     assert signalled(15) == 143
     assert BadInput.exit_code == ExitStatus.BAD_INPUT
     assert InfraError.exit_code == KswError.exit_code == ExitStatus.INFRA
@@ -21,6 +21,8 @@ def test_a_fault_outranks_the_hits():
     assert status_of_run(2) == ExitStatus.HIT
     assert status_of_run(2, fault="QEMU was killed") == ExitStatus.INFRA
     assert status_of_run(0, fault="hang") == ExitStatus.INFRA
+    assert status_of_run(0, unarmed=True) == ExitStatus.UNARMED
+    assert status_of_run(1, unarmed=True) == ExitStatus.HIT
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom\nsecond line"), KeyError("k"),

@@ -37,10 +37,10 @@ BAD = {
     "log-under-file": (["--log", "{tmp}/file/x.jsonl"], "file is not a directory"),
     "log-is-dir": (["--log", "{tmp}"], "is a directory"),
     "log-sysfs": (["--log", "/sys/x.jsonl"], "--log /sys/x.jsonl: "),
-    "slots": (["--slots", "0"], "--slots must be at least 1"),
-    "scenario": (["--scenario", "99"], "--scenario 99: image kswtest has scenarios"),
+    "slots": (["--slots", "0"], "--slots: '0': must be from 1 to 1024"),
+    "scenario": (["--scenario", "99"], "--scenario 99: image kswtest has no such scenario"),
     "hang-timeout": (["--hang-timeout", "-1"], "seconds out of range"),
-    "timeout": (["--timeout", "-5"], "seconds out of range"),
+    "poll-beyond-memory": (["--poll", "pa=0x7ffffffff000 to=1"], "is beyond guest memory"),
     "image": (["/nonexistent/image.toml"], "image not found"),
     "gdb-listen-busy": (["--gdb-listen", "127.0.0.1:{port}"], "--gdb-listen 127.0.0.1:"),
     "gdb-listen-wildcard": (["--gdb-listen", "0.0.0.0:1234"], "127.0.0.1"),
@@ -76,7 +76,7 @@ def test_both_commands_take_the_same_watch_and_poll_options():
     def options(name: str) -> set[str]:
         return {o for a in sub.choices[name]._actions for o in a.option_strings}
 
-    only_run, only_tui = {"--json"}, {"--paused"}
+    only_run, only_tui = {"--json", "--allow-unarmed"}, {"--paused"}
     assert options("run") - only_run == options("tui") - only_tui
 
 
