@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from kswgdb import __version__
 from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never, slot_count
+from kswgdb.campaign.args import add_parser as campaign_parser
 from kswgdb.errors import BadInput, KswError
 from kswgdb.exitcodes import ExitStatus, signalled, unexpected
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("accel", help="say which accelerator 'auto' picks here, and why")
 
     _tui_parser(sub)
+    campaign_parser(sub, _watch_options, positive_seconds)
 
     sub.add_parser("demo", help="scenario 3 of the test kernel, caught (what `make demo` runs)")
     return parser
@@ -127,6 +129,9 @@ def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
     p.add_argument("--timeout", type=timeout_type, default=timeout, metavar="S",
                    help=timeout_help)
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="the guest's seed: the test kernel's seed=S, a Linux guest's "
+                        "KSWGDB_SEED=S environment word (replays a campaign's run)")
     p.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
                    help="freeze: stop the guest at the first hit, dump a vmcore, show how "
                         "to attach gdb")
@@ -150,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reaper.install()
     try:
         args = build_parser().parse_args(argv)
+        args.argv = tuple(argv if argv is not None else sys.argv[1:])
         if args.command not in ("disasm", "symbols"):
             from kswgdb.qemu import binary
 

@@ -36,9 +36,15 @@ def dispatch(args: argparse.Namespace) -> int:
         check_against_image(args)   # run and tui: `kswgdb.run.prepare` checks all
     handler = {
         "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
-        "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui,
+        "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui, "campaign": _cmd_campaign,
     }[args.command]
     return handler(args)
+
+
+def _cmd_campaign(args: argparse.Namespace) -> int:
+    from kswgdb.campaign.command import cmd_campaign
+
+    return cmd_campaign(args, getattr(args, "argv", ()))
 
 
 def _stderr() -> Console:

@@ -1,6 +1,7 @@
 """Preparing and wiring a watched run; the drivers on top of it.
 
 - `options`      `RunOptions`, filled the same way from `run` and `tui` arguments
+- `seed`         the seed's kernel command-line word (``--seed``, campaigns)
 - `prepare`      `prepare(options) -> Plan`: every check before QEMU starts (exit 2)
 - `rig`          `Rig` / `open_rig(plan, sink)`: one guest's resources (machine, stub,
                  target, engine, unwinder, polls, event log, watchdog), all released on

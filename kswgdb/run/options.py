@@ -34,6 +34,7 @@ class RunOptions:
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
     paused: bool = False               # tui: frozen before the first instruction until `c`
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
+    seed: int | None = None            # the guest's seed word (`kswgdb.run.seed`)
 
 
 def default_log_path() -> Path:
@@ -48,7 +49,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
         polls=list(args.poll), backtrace=args.backtrace, hang_timeout=args.hang_timeout,
         gdb_listen=args.gdb_listen, paused=getattr(args, "paused", False),
-        allow_unarmed=getattr(args, "allow_unarmed", False),
+        allow_unarmed=getattr(args, "allow_unarmed", False), seed=getattr(args, "seed", None),
     )
     if options.gdb_listen is not None:
         options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen

@@ -25,6 +25,7 @@ from kswgdb.gdbstub.server import Listener
 from kswgdb.poll.config import PollSpec, parse_polls
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.run.options import RunOptions
+from kswgdb.run.seed import seeded_cmdline
 from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
@@ -65,6 +66,11 @@ class Plan:
     def watches(self) -> list[ResolvedWatch]:
         """Every watch, kernel then module, for display and the event log."""
         return self.resolved + [m.resolved for m in self.module_watches]
+
+    @property
+    def cmdline(self) -> str:
+        """The extra kernel command line, with the seed word when a seed was given."""
+        return seeded_cmdline(self.options.cmdline, self.image.guest, self.options.seed)
 
     @property
     def vmcore_dir(self) -> Path:
@@ -132,6 +138,8 @@ def check_numbers(opts: RunOptions) -> None:
         raise BadInput(f"--hang-timeout must not be negative, not {opts.hang_timeout:g}")
     if opts.slots is not None and opts.slots < 1:
         raise BadInput(f"--slots must be at least 1, not {opts.slots}")
+    if opts.seed is not None and not 0 <= opts.seed < 2**64:
+        raise BadInput(f"--seed must be between 0 and 2**64-1, not {opts.seed}")
     if opts.on_hit not in ("continue", "freeze"):
         raise BadInput(f"--on-hit {opts.on_hit!r}: expected continue or freeze")
 

@@ -180,7 +180,7 @@ class Rig:
         # RAM in a shared file whenever a poll may come: given now, or added later.
         shared = bool(plan.poll_specs) or self.interactive
         machine = self._machine_factory(plan.image, accel=plan.accel, scenario=opts.scenario,
-                                        extra_cmdline=opts.cmdline, paused=True,
+                                        extra_cmdline=plan.cmdline, paused=True,
                                         shared_ram="file" if shared else False,
                                         gdb=self.stub)
         if not self.stub:

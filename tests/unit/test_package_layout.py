@@ -13,7 +13,7 @@ import pytest
 import kswgdb
 
 #: The packages made by splitting the old watch/ by job.
-PACKAGES = ["watch", "run", "poll", "gdb", "emulate"]
+PACKAGES = ["watch", "run", "poll", "gdb", "emulate", "campaign"]
 
 
 def test_the_watch_policy_imports_neither_qemu_nor_gdbstub():
