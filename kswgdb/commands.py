@@ -21,6 +21,7 @@ from kswgdb.render.console import output_console
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
 from kswgdb.render.summary import render_summary
+from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
@@ -132,7 +133,7 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     if report.vmcore is not None:
         out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True,
                   soft_wrap=True)
-        out.print(f"  inspect: gdb {report.symbols} {report.vmcore}   "
+        out.print(f"  inspect: gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}   "
                   f"(or: crash {report.symbols} {report.vmcore})", markup=False, soft_wrap=True)
     for core in report.poll_vmcores:
         if core != report.vmcore:

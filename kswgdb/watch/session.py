@@ -29,7 +29,7 @@ from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
-from kswgdb.symbols.slide import KernelSlide
+from kswgdb.symbols.slide import KernelSlide, gdb_symbols
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
@@ -432,7 +432,9 @@ class WatchSession:
         """Serve the frozen guest, read-only, to gdb sessions until the user ends the run."""
         listener = Listener(port=address[1])
         try:
-            self.on_status(f"guest frozen; attach: gdb {self.image.symbols if self.image else ''} "
+            symbols = gdb_symbols(self.image.symbols if self.image else "",
+                                  self.placement.slide if self.placement else None)
+            self.on_status(f"guest frozen; attach: gdb {symbols} "
                            f"-ex 'target remote {listener.address}'  (Ctrl-C ends the run)")
             while True:
                 Relay(client, None, thread).serve(listener.accept(None))
