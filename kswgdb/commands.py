@@ -80,6 +80,10 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
     if report.fault:
         print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
               file=sys.stderr)
+        for line in report.qemu_stderr:
+            print(f"  qemu: {line}", file=sys.stderr)
+        if report.qemu_log is not None:
+            print(f"  QEMU's log kept: {report.qemu_log}", file=sys.stderr)
         return EXIT_INFRA
     return EXIT_HIT if report.hits or report.poll_hits else EXIT_OK
 

@@ -263,6 +263,15 @@ class Machine:
             f"QEMU exited with status {rc} {when}" + (f": {last}" if last else ""),
             argv=self.argv, console_tail=tail)
 
+    @property
+    def qemu_log_path(self) -> Path | None:
+        """QEMU's stdout and stderr (its run directory's ``qemu.log``), while the run lasts."""
+        return self.run_dir.paths.qemu_log if self.run_dir is not None else None
+
+    def qemu_log_tail(self) -> list[str]:
+        """The last lines QEMU itself printed (an assertion before an abort, say)."""
+        return self._qemu_log_tail()
+
     def _qemu_log_tail(self) -> list[str]:
         if self.run_dir is None:
             return []

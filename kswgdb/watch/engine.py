@@ -58,6 +58,7 @@ class WatchStats:
     refused_pool: int = 0     # no free slot: the call ran unwatched
     refused_check: int = 0    # no canary found where expected nor by the scan
     refused_stub: int = 0     # the stub would not insert the watchpoint
+    refused_below_sp: int = 0  # slot below SP at the probe: interrupt frames land there
     reentries: int = 0        # probe fired again for a live call (a loop)
     returns: int = 0
     stale: int = 0            # frames found dead without their return being seen
@@ -70,7 +71,8 @@ class WatchStats:
 
     @property
     def not_armed(self) -> int:
-        return self.skipped_depth + self.refused_pool + self.refused_check + self.refused_stub
+        return (self.skipped_depth + self.refused_pool + self.refused_check + self.refused_stub
+                + self.refused_below_sp)
 
 
 @dataclass
@@ -364,6 +366,13 @@ class Engine:
                     return
                 slot, old = found, expected
                 stats.found_by_scan += 1
+        if slot < sp:
+            # Free stack: the next call or interrupt frame lands there. Under
+            # TCG a watchpoint hit while the CPU pushes an interrupt or
+            # exception frame loses that interrupt, and a second push aborts
+            # QEMU 7.2 (see kswgdb.watch.loststops): never armed.
+            stats.refused_below_sp += 1
+            return
         if not self.pool.take():
             stats.refused_pool += 1
             return
@@ -674,6 +683,7 @@ class Engine:
                 "calls": stats.calls, "armed": stats.armed, "not_armed": stats.not_armed,
                 "skipped_depth": stats.skipped_depth, "refused_pool": stats.refused_pool,
                 "refused_check": stats.refused_check, "refused_stub": stats.refused_stub,
+                "refused_below_sp": stats.refused_below_sp,
                 "reentries": stats.reentries, "returns": stats.returns, "stale": stats.stale,
                 "hits": stats.hits, "found_by_scan": stats.found_by_scan,
                 "dead_frame_writes": stats.dead_frame_writes,

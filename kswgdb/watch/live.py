@@ -73,6 +73,7 @@ from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and
     Snapshot,
     WatchRow,
 )
+from kswgdb.watch.loststops import LostStopFinder
 from kswgdb.watch.physrun import PhysWatch
 from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.poller import PollHit
@@ -372,7 +373,8 @@ class LiveSession:
             client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
             try:
                 client.handshake()
-                self.run_on(StubTarget(client))
+                self.run_on(StubTarget(client, lost_stops=LostStopFinder(self.program.disasm)
+                                       if self.program is not None else None))
             finally:
                 if self._unwinder is not None:
                     self._unwinder.close()      # gdb never outlives the session

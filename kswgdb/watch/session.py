@@ -37,6 +37,7 @@ from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.layout import layout_for
+from kswgdb.watch.loststops import LostStopFinder
 from kswgdb.watch.modules import (
     ModuleArmer,
     ModuleFinder,
@@ -47,6 +48,7 @@ from kswgdb.watch.modules import (
 from kswgdb.watch.physrun import PhysWatch
 from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.poller import PollHit, PollStatus
+from kswgdb.watch.qemucrash import keep_qemu_log
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.spec import ArmSpec
@@ -103,6 +105,9 @@ class RunReport:
     backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
     backtrace_seconds: list[float] = field(default_factory=list)  # per gdb backtrace
     fault: str | None = None           # why the run ended badly (exit status 3), or None
+    qemu_stderr: list[str] = field(default_factory=list)  # QEMU's last lines, after a fault
+    qemu_log: Path | None = None       # its whole log, kept beside the event log
+    lost_stops: int = 0                # watch stops QEMU lost on another vCPU, collected
 
     @property
     def hits(self) -> list[Hit]:
@@ -210,6 +215,8 @@ class WatchSession:
         started = time.monotonic()
         ending = "interrupted"
         fault: str | None = None
+        qemu_said: list[str] = []
+        qemu_log: Path | None = None
         try:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
                          extra_cmdline=opts.cmdline, paused=True,
@@ -226,7 +233,9 @@ class WatchSession:
                 try:
                     client.handshake()
                     target = StubTarget(client, emulate=opts.emulate,
-                                        queue_watchpoints=accel.accel == "tcg")
+                                        queue_watchpoints=accel.accel == "tcg",
+                                        lost_stops=LostStopFinder(self.program.disasm)
+                                        if accel.accel == "tcg" else None)
                     modules_dir = self.image.modules_dir
                     with_modules = self.module_watches or (
                         self.image.guest == "linux" and modules_dir is not None
@@ -294,6 +303,8 @@ class WatchSession:
                     guest_exit = machine.wait_exit(5.0)
                     fault = exit_fault(guest_exit, result.detail,
                                        normal_exits(self.image.guest))
+                if fault is not None:
+                    qemu_said, qemu_log = keep_qemu_log(machine, opts.log_path)
                 console = machine.console.lines()
                 ending = fault or result.reason
         finally:
@@ -309,8 +320,9 @@ class WatchSession:
                 ending = ("interrupted (SIGINT)" if signum == signal.SIGINT
                           else f"terminated (exit status {128 + signum})")
                 fault = fault or ending
+            extra = {"qemu_stderr": qemu_said, "qemu_log": str(qemu_log)} if qemu_said else {}
             log.write("end", reason=ending, fault=fault is not None,
-                      **_guest_exit_fields(locals().get("guest_exit")))
+                      **_guest_exit_fields(locals().get("guest_exit")), **extra)
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
         if vmcore is None and self.phys is not None and self.phys.freeze.is_set():
@@ -326,7 +338,8 @@ class WatchSession:
             backtrace_failures=list(unwinder.failures) if unwinder is not None else [],
             backtrace_seconds=list(unwinder.seconds) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
-            symbols=self.image.symbols, fault=fault, **self._poll_report(polls),
+            symbols=self.image.symbols, fault=fault, qemu_stderr=qemu_said, qemu_log=qemu_log,
+            lost_stops=target.lost_collected, **self._poll_report(polls),
         )
 
     # ------------------------------------------------------------- polls
