@@ -78,19 +78,21 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         report = session.run()
     _render_report(report, options, out if not json_out else err)
     if report.fault:
-        print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
+        print(f"kswgdb: error: {report.fault}; {report.hit_count} hit(s) in the event log",
               file=sys.stderr)
         for line in report.qemu_stderr:
             print(f"  qemu: {line}", file=sys.stderr)
         if report.qemu_log is not None:
             print(f"  QEMU's log kept: {report.qemu_log}", file=sys.stderr)
         return EXIT_INFRA
-    return EXIT_HIT if report.hits or report.poll_hits else EXIT_OK
+    return EXIT_HIT if report.hit_count or report.poll_hits else EXIT_OK
 
 
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
     if report.summary or not report.polls:
         out.print(render_summary(report.summary))
+    if report.pool:
+        out.print(f"[dim]{report.pool}")
     if report.polls:
         out.print(render_poll_summary(report.polls))
     ending = report.result.reason
@@ -115,7 +117,7 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     for core in report.poll_vmcores:
         if core != report.vmcore:
             out.print(f"[dim]poll vmcore: {core}", markup=True)
-    hits = len(report.hits)
+    hits = report.hit_count
     if report.polls:
         out.print(f"[bold {'red' if hits + len(report.poll_hits) else 'green'}]{hits} watch "
                   f"hit(s), {len(report.poll_hits)} poll hit(s)")

@@ -13,7 +13,7 @@ from rich.table import Table
 #: Why a call went unwatched, as the summary spells it.
 NOT_ARMED = (("skipped_depth", "depth"), ("refused_pool", "no slot"),
              ("refused_check", "no canary"), ("refused_stub", "stub refused"),
-             ("refused_below_sp", "below SP"))
+             ("refused_below_sp", "below SP"), ("refused_max_watch", "mw full"))
 
 
 def render_summary(rows: list[dict], title: str = "watch summary") -> Table:

@@ -655,9 +655,7 @@ class LiveSession:
 
     def _pool_capacity(self) -> int:
         assert self.accel is not None
-        active = [s for i, s in enumerate(self._specs) if self._is_active(i)]
-        max_watch = max((s.max_watch for s in active), default=0)
-        return SlotPool.for_run(self.accel.accel, max_watch,
+        return SlotPool.for_run(self.accel.accel,
                                 self.options.slots or TCG_DEFAULT_SLOTS).capacity
 
     def _describe(self, index: int) -> str:

@@ -75,6 +75,7 @@ class RunOptions:
     release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
     hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
+    keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
 
 
 @dataclass
@@ -108,6 +109,8 @@ class RunReport:
     qemu_stderr: list[str] = field(default_factory=list)  # QEMU's last lines, after a fault
     qemu_log: Path | None = None       # its whole log, kept beside the event log
     lost_stops: int = 0                # watch stops QEMU lost on another vCPU, collected
+    hit_count: int = 0                 # all hits; `hits` keeps the latest RunOptions.keep_hits
+    pool: str = ""                     # the slot pool shared by every config, in one line
 
     @property
     def hits(self) -> list[Hit]:
@@ -201,8 +204,7 @@ class WatchSession:
             check_alignment(resolved, accel.accel)
         layout = self.layout
         assert layout is not None
-        max_watch = max((s.max_watch for s in self.specs), default=0)
-        pool = SlotPool.for_run(accel.accel, max_watch, opts.slots or TCG_DEFAULT_SLOTS)
+        pool = SlotPool.for_run(accel.accel, opts.slots or TCG_DEFAULT_SLOTS)
         exit_hook = None
         if layout.exit_function:
             try:
@@ -256,6 +258,7 @@ class WatchSession:
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
                         backtracer=unwinder,
                         release_by_read=opts.release_by_read and accel.accel == "tcg",
+                        keep_hits=opts.keep_hits,
                     )
                     engine.install()
                     if self.module_watches:
@@ -339,7 +342,9 @@ class WatchSession:
             backtrace_seconds=list(unwinder.seconds) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
             symbols=self.image.symbols, fault=fault, qemu_stderr=qemu_said, qemu_log=qemu_log,
-            lost_stops=target.lost_collected, **self._poll_report(polls),
+            lost_stops=target.lost_collected, hit_count=engine.hit_count,
+            pool=pool.describe(accel.accel),
+            **self._poll_report(polls),
         )
 
     # ------------------------------------------------------------- polls
