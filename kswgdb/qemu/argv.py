@@ -100,6 +100,7 @@ class QemuOptions:
     name: str | None = None
     extra_args: tuple[str, ...] = ()
     qemu_binary: str = QEMU_BINARY
+    initrd: Path | None = None      # None: image.initrd (a run's copy carries its command)
 
 
 def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -> list[str]:
@@ -126,8 +127,9 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
         argv += ["-bios", str(bios)]
 
     argv += ["-kernel", str(image.kernel)]
-    if image.initrd is not None:
-        argv += ["-initrd", str(image.initrd)]
+    initrd = opts.initrd or image.initrd
+    if initrd is not None:
+        argv += ["-initrd", str(initrd)]
     cmdline = image.cmdline_for(opts.scenario, opts.extra_cmdline)
     if cmdline:
         argv += ["-append", cmdline]

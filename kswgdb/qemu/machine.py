@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from kswgdb.image import Image
 from kswgdb.image import load as load_image
-from kswgdb.qemu import reaper
+from kswgdb.qemu import guestcmd, reaper
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.argv import QEMU_BINARY, QemuOptions, SharedRam, build_argv
 from kswgdb.qemu.console import Console
@@ -199,9 +199,12 @@ class Machine:
         # Always -S: the guest must not run (and possibly exit) before QMP is up,
         # or a fast guest's exit would look like a failed launch. `paused=False`
         # is honoured below with a `cont` once everything is connected.
+        # A Linux guest's command travels in the initramfs (kswgdb.qemu.guestcmd).
+        extra, initrd = guestcmd.prepare(self.image.guest, self.image.initrd,
+                                         self.extra_cmdline, paths.root)
         opts = QemuOptions(
             accel=self.accel_decision.accel, scenario=self.scenario,
-            extra_cmdline=self.extra_cmdline, paused=True,
+            extra_cmdline=extra, paused=True, initrd=initrd,
             shared_ram=self.shared_ram, ram_file=self.ram_path, **self._options,
         )
         self.argv = build_argv(self.image, paths, opts)

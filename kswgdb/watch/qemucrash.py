@@ -20,10 +20,13 @@ SHOWN_LINES = 5
 
 
 def keep_qemu_log(machine: Machine, event_log: Path | None) -> tuple[list[str], Path | None]:
-    """(QEMU's last non-empty stderr lines, the kept copy of its log or None)."""
+    """(QEMU's last non-empty stderr lines, the kept copy of its log or None).
+
+    A QEMU that said nothing (the guest panicked, say) leaves nothing behind.
+    """
     lines = [ln for ln in machine.qemu_log_tail() if ln.strip()][-SHOWN_LINES:]
     source = machine.qemu_log_path
-    if event_log is None or source is None or not source.exists():
+    if not lines or event_log is None or source is None or not source.exists():
         return lines, None
     kept = event_log.with_name(event_log.name.removesuffix(".jsonl") + ".qemu.log")
     try:
