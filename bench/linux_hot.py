@@ -30,8 +30,7 @@ Rows (``--full``: the sizes of issue 13's table):
 The time of a run is host wall time between the initramfs's ``KSWGDB-INIT ready``
 and ``KSWGDB-INIT done`` console lines (boot and symbol loading excluded). Per
 armed call = (median T_mode - median T_alone) / armed calls; slowdown = median
-T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call (for the
-never-called row: the two slowdowns net of 1).
+T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call.
 """
 
 from __future__ import annotations
@@ -223,8 +222,10 @@ while True:
         S["end"] = "interrupted"
         break
     if not DONE:
-        S["end"] = "stopped"
-        break
+        S["spurious"] = S.get("spurious", 0) + 1     # a stop nobody asked for
+        if S["spurious"] > 100:
+            S["end"] = "stopped"
+            break
     while DONE:
         DONE.pop().delete()
 ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -264,7 +265,8 @@ def run_gdb(image, row: Row, spec, timeout: float, workdir: Path) -> Run:
     if not result:
         run.failed = run.failed or "no result from gdb: " + " | ".join(text.splitlines()[-3:])
     run.armed, run.calls, run.hits = (result.get(k, 0) for k in ("armed", "calls", "hits"))
-    run.extra = {k: result.get(k) for k in ("returns", "refused", "errors", "last_error", "end")}
+    run.extra = {k: result.get(k) for k in ("returns", "refused", "errors", "last_error",
+                                            "spurious", "end")}
     if result.get("errors"):
         run.failed = run.failed or f"{result['errors']} errors in the gdb script"
     return run
@@ -305,9 +307,8 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
     k, g = out.get("kswgdb", {}), out.get("gdb", {})
     if row.name == "never":
         if k.get("slowdown") and g.get("slowdown"):
-            ratio = (k["slowdown"] - 1) / (g["slowdown"] - 1) if g["slowdown"] != 1 else None
             print(f"  never-called watch: kswgdb {k['slowdown']:.2f}x the guest alone "
-                  f"(aim <= 1.2x), gdb {g['slowdown']:.2f}x; net ratio {_fmt(ratio)}")
+                  f"(aim <= 1.2x), gdb {g['slowdown']:.2f}x")
     elif k.get("ms_per") and g.get("ms_per"):
         print(f"  per armed call: kswgdb {k['ms_per']:.1f} ms (aim <= 10), gdb "
               f"{g['ms_per']:.1f} ms; ratio kswgdb/gdb {k['ms_per'] / g['ms_per']:.2f} "
