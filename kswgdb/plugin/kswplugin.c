@@ -28,6 +28,8 @@
  *   pidoff=N comm=N    offsets of pid (4 bytes) and comm (16) in the task struct
  *   pool=N             how many watches may be live at once
  *   freeze=0|1         ask kswgdb to freeze at every hit
+ *   stores=2|1|0       store check with registers synced (default), without, none
+ *                      (1 and 0 are for measurements: see docs/plugin-engine.md)
  *   exitfn=ADDR        a function every dying task calls: its frames end there
  *   w=I/PROBE/CB/CO/B/O/L/D/GK/GV/P
  *                      watch I: probe address, CFA base (0 rsp, 1 rbp) and
@@ -117,6 +119,10 @@ static int64_t pid_off = -1, comm_off = -1;
 static int pool_cap = 256, pool_used, pool_high;
 static uint64_t task_exit_addr;     /* a function every dying task calls (0: none) */
 static int freeze_all;
+/* How stores are checked: 2 registers synced for the callback (exact RSP for the
+ * dead-frame rule, exact registers in the report), 1 without (cheaper; registers
+ * may lag within a translation block), 0 not at all (measurement only). */
+static int store_mode = 2;
 static uint64_t hit_seq;
 static atomic_int live_watches;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -597,8 +603,12 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_task_exit, QEMU_PLUGIN_CB_R_REGS,
                                                    NULL);
         }
+        if (store_mode == 0) {
+            continue;
+        }
         struct store_site *site = store_site_for(insn, pc);
-        qemu_plugin_register_vcpu_mem_cb(insn, on_store, QEMU_PLUGIN_CB_R_REGS,
+        qemu_plugin_register_vcpu_mem_cb(insn, on_store, store_mode == 2 ?
+                                         QEMU_PLUGIN_CB_R_REGS : QEMU_PLUGIN_CB_NO_REGS,
                                          QEMU_PLUGIN_MEM_W, site);
     }
 }
@@ -695,6 +705,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             comm_off = strtoll(v, NULL, 0);
         } else if (k == 4 && !strncmp(argv[i], "pool", k)) {
             pool_cap = (int)strtol(v, NULL, 0);
+        } else if (k == 6 && !strncmp(argv[i], "stores", k)) {
+            store_mode = (int)strtol(v, NULL, 0);
         } else if (k == 6 && !strncmp(argv[i], "exitfn", k)) {
             task_exit_addr = strtoull(v, NULL, 0);
         } else if (k == 6 && !strncmp(argv[i], "freeze", k)) {

@@ -70,7 +70,7 @@ def hit_from_event(event: dict[str, Any], specs: list[ArmSpec], sym: Symbolizer,
         chain = [int(ret, 16) for ret in event.get("fp_chain", [])]
         old, new = event["old"], event["new"]
         bytes.fromhex(old + new)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise PluginProtocolError(f"malformed hit from the plugin: {exc!r}") from exc
     insn_addr, text, context = _store_at(pc, regs, sym)
     backtrace = [BacktraceFrame(0, insn_addr, sym.symbol(insn_addr), sym.source(insn_addr))]

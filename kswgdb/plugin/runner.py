@@ -101,8 +101,11 @@ class PluginRun:
     """Prepare (policy, QEMU 10, plugin build), then run the guest once."""
 
     def __init__(self, options: RunOptions, qemu: Qemu10 | None = None,
-                 on_hit: Callable[[Hit], None] | None = None) -> None:
+                 on_hit: Callable[[Hit], None] | None = None,
+                 plugin_extra: tuple[str, ...] = ()) -> None:
+        """``plugin_extra``: more plugin arguments (measurements: ``stores=1``)."""
         self.options = options
+        self.plugin_extra = plugin_extra
         self.session = WatchSession(options)
         self.qemu = qemu
         self.on_hit = on_hit
@@ -166,6 +169,7 @@ class PluginRun:
             pool = min(opts.slots or TCG_DEFAULT_SLOTS, max_watch or TCG_DEFAULT_SLOTS)
             args = plugin_args(s.specs, s.layout, str(path), pool=pool,
                                freeze=opts.on_hit == "freeze", task_exit=self._task_exit())
+            args += self.plugin_extra
             extra = ("-L", str(self.qemu.datadir), "-plugin", plugin_option(str(self.plugin), args))
             with Machine(s.image, accel="tcg", scenario=opts.scenario, extra_cmdline=opts.cmdline,
                          paused=True, gdb=False, qemu_binary=str(self.qemu.binary),
