@@ -28,6 +28,7 @@
  *   pidoff=N comm=N    offsets of pid (4 bytes) and comm (16) in the task struct
  *   pool=N             how many watches may be live at once
  *   freeze=0|1         ask kswgdb to freeze at every hit
+ *   hold=MS            a freezing hit holds its vCPU until kswgdb's byte, MS at most
  *   stores=2|1|0       store check with registers synced (default), without, none
  *                      (1 and 0 are for measurements: see docs/plugin-engine.md)
  *   exitfn=ADDR        a function every dying task calls: its frames end there
@@ -48,6 +49,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <glib.h>
@@ -119,6 +121,7 @@ static int64_t pid_off = -1, comm_off = -1;
 static int pool_cap = 256, pool_used, pool_high;
 static uint64_t task_exit_addr;     /* a function every dying task calls (0: none) */
 static int freeze_all;
+static int hold_ms = 2000;      /* longest a freezing hit holds its vCPU for kswgdb */
 /* How stores are checked: 2 registers synced for the callback (exact RSP for the
  * dead-frame rule, exact registers in the report), 1 without (cheaper; registers
  * may lag within a translation block), 0 not at all (measurement only). */
@@ -450,6 +453,27 @@ static void put_backtrace(GString *s, uint64_t fp, uint64_t sp)
     g_string_append_c(s, ']');
 }
 
+/*
+ * A freezing hit keeps its vCPU here, right after the store, until kswgdb has
+ * asked QEMU to stop (QMP `stop`) and sends one byte back: the vCPU then pauses
+ * at its next instruction-block boundary instead of running on for the QMP
+ * round trip. Bounded by hold_ms, so a vanished kswgdb never hangs the guest.
+ */
+static void hold_for_freeze(void)
+{
+    pthread_mutex_lock(&out_lock);
+    int fd = sock_fd;
+    pthread_mutex_unlock(&out_lock);
+    if (fd < 0) {
+        return;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char byte;
+    if (poll(&p, 1, hold_ms) == 1 && read(fd, &byte, 1) != 1) {
+        return;
+    }
+}
+
 struct store_site {
     uint64_t pc;
     int is_rep;
@@ -538,6 +562,9 @@ next:
         g_string_append(line, "}\n");
         send_line(line->str, line->len);
         g_string_free(line, TRUE);
+        if (freeze) {
+            hold_for_freeze();
+        }
     }
 }
 
@@ -705,6 +732,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             comm_off = strtoll(v, NULL, 0);
         } else if (k == 4 && !strncmp(argv[i], "pool", k)) {
             pool_cap = (int)strtol(v, NULL, 0);
+        } else if (k == 4 && !strncmp(argv[i], "hold", k)) {
+            hold_ms = (int)strtol(v, NULL, 0);
         } else if (k == 6 && !strncmp(argv[i], "stores", k)) {
             store_mode = (int)strtol(v, NULL, 0);
         } else if (k == 6 && !strncmp(argv[i], "exitfn", k)) {

@@ -39,6 +39,8 @@ from kswgdb.watch.symbolize import ProgramSymbolizer
 SOCKET_NAME = "plugin.sock"
 #: How long QEMU may take from launch to the plugin's first line.
 HELLO_TIMEOUT = 30.0
+#: How long after sending QMP ``stop`` the held vCPU is let go (QEMU must have read it).
+RELEASE_AFTER = 0.05
 
 
 class PluginRunError(InfraError):
@@ -95,6 +97,21 @@ class _Link:
         self.closed.wait(timeout)
         with contextlib.suppress(OSError):
             self.conn.close()
+
+
+def _freeze(machine: Machine, conn: socket.socket) -> None:
+    """QMP ``stop`` while the plugin holds the hitting vCPU right after its store.
+
+    ``stop`` returns only once every vCPU has paused, and the held one pauses
+    only after the plugin lets it go: so the command goes out first, from a
+    thread, and the plugin is released once QEMU has had time to take it.
+    """
+    stopper = threading.Thread(target=machine.qmp.stop, name="kswgdb-freeze", daemon=True)
+    stopper.start()
+    time.sleep(RELEASE_AFTER)
+    with contextlib.suppress(OSError):
+        conn.sendall(b"g")
+    stopper.join(10.0)
 
 
 class PluginRun:
@@ -186,7 +203,7 @@ class PluginRun:
                 frozen = False
                 while time.monotonic() < deadline:
                     if freeze.is_set():
-                        machine.qmp.stop()
+                        _freeze(machine, conn)
                         frozen = True
                         break
                     ended = machine.wait_exit(0.05)

@@ -100,3 +100,16 @@ def test_clean_scenario_no_false_positive(kernel, qemu10):
     row = plugin.summary[0]
     assert row["armed"] == row["calls"] == row["returns"] == 1000
     assert "result=clean" in (plugin.verdict or "")
+
+
+def test_freeze_stops_the_guest_at_the_first_hit(kernel, qemu10):
+    """The plugin holds the writing vCPU until QMP `stop` is on its way: nothing after
+    the store runs on that vCPU, not even the corrupter's own ground-truth line."""
+    img = kernel[0]
+    watch = scenario_watch(img, 3)
+    report = PluginRun(RunOptions(scenario=3, watches=[watch], timeout=90, on_hit="freeze"),
+                       qemu=qemu10).run()
+    assert report.frozen and report.guest_exit is None
+    assert [h.writer.function for h in report.hits] == ["s3_corrupt_write"]
+    assert report.verdict is None
+    assert not any("KSWTEST corrupt" in line for line in report.console_log)
