@@ -33,14 +33,16 @@ Time of a run: host wall time between two console lines (test kernel:
 (median T_mode - median T_baseline) / armed calls. QEMU's CPU time (user +
 system, all its threads) is shown too, per call against the same baseline: the
 guest's wall time depends on how its tasks get scheduled on a shared host,
-QEMU's CPU time less so. A run with a hit (neither workload corrupts
-anything), a missing end line or a bad verdict is reported as failed, never
-averaged in.
+QEMU's CPU time less so. "work cpu" is QEMU's CPU between the two timing lines
+(read from /proc at each line): the workload without the boot. A run with a
+hit (neither workload corrupts anything), a missing end line or a bad verdict
+is reported as failed, never averaged in.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -70,6 +72,32 @@ BASELINE = {"alone": None, "alone10": None, "plugin": "alone10", "unarmed": "alo
 PLUGIN_EXTRA = {"noregs": ("stores=1",), "nostores": ("stores=0",)}
 LINUX_ROUND = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
 ac.STAMPED = (*ac.STAMPED, "KSWGDB-INIT ready", "KSWGDB-INIT done")
+_stamping_append = ac.console_mod.Console._append
+
+
+def _cpu_stamping_append(self, raw_lines):
+    """armed_call's stamps, plus QEMU's CPU seconds (utime + stime) at each stamp.
+
+    The workload's own CPU (between the two lines) leaves out boot, whose cost
+    the plugin's store callbacks raise too but which is not per armed call.
+    """
+    before = set(getattr(self, "bench_stamps", {}))
+    _stamping_append(self, raw_lines)
+    new = set(getattr(self, "bench_stamps", {})) - before
+    if new and ac._LAST_MACHINE and ac._LAST_MACHINE[0].pid:
+        cpu = _process_cpu(ac._LAST_MACHINE[0].pid)
+        self.__dict__.setdefault("bench_cpu", {}).update({key: cpu for key in new})
+
+
+def _process_cpu(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+ac.console_mod.Console._append = _cpu_stamping_append
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,9 @@ class Workload:
         start, end = stamps.get(self.start), stamps.get(self.end)
         if start and end:
             run.seconds = end[0] - start[0]
+        cpu = getattr(console, "bench_cpu", {}) if console is not None else {}
+        if cpu.get(self.start) is not None and cpu.get(self.end) is not None:
+            run.extra["workload_cpu"] = cpu[self.end] - cpu[self.start]
         else:
             run.failed = run.failed or f"no {self.end!r} line"
         if end and not self.linux and "result=clean" not in end[1]:
@@ -151,7 +182,7 @@ def run_plugin(work: Workload, qemu: Qemu10, watch: str, iters: int, timeout: fl
     s = report.summary[0] if report.summary else {}
     run.calls = s.get("calls", 0) if mode == "unarmed" else s.get("armed", 0)
     run.hits = len(report.hits)
-    run.extra = {"returns": s.get("returns"), "stale": s.get("stale")}
+    run.extra.update(returns=s.get("returns"), stale=s.get("stale"))
     if not report.ended_cleanly:
         run.failed = run.failed or "the plugin sent no end line"
     if run.hits:
@@ -180,27 +211,35 @@ def report(runs: dict[str, list[ac.Run]], title: str) -> None:
     print(f"{title}; times in s, medians of good runs\n")
     medians: dict[str, float] = {}
     cpu: dict[str, float] = {}
+    wcpu: dict[str, float] = {}
     per_call: dict[str, float] = {}
     for mode, rs in runs.items():
         good = [r for r in rs if r.seconds is not None and not r.failed]
         if good:
             medians[mode] = statistics.median(r.seconds for r in good)
             cpu[mode] = statistics.median(r.cpu_qemu for r in good)
+            loads = [r.extra["workload_cpu"] for r in good if "workload_cpu" in r.extra]
+            if loads:
+                wcpu[mode] = statistics.median(loads)
     print(f"{'mode':9} {'runs':>5} {'failed':>6} {'median s':>9} {'calls':>6} "
-          f"{'per call':>11} {'QEMU cpu s':>10} {'cpu/call':>11}  baseline")
+          f"{'per call':>11} {'QEMU cpu s':>10} {'cpu/call':>11} {'work cpu s':>10} "
+          f"{'wcpu/call':>11}  baseline")
     for mode, rs in runs.items():
         failed = sum(1 for r in rs if r.failed)
         calls = statistics.median([r.calls for r in rs if not r.failed] or [0])
         base = BASELINE[mode]
-        per = cpu_per = "-"
+        per = cpu_per = wcpu_per = "-"
         if base and mode in medians and base in medians and calls:
             per_call[mode] = (medians[mode] - medians[base]) / calls
             per = f"{per_call[mode] * 1e6:.1f} us"
             cpu_per = f"{(cpu[mode] - cpu[base]) / calls * 1e6:.1f} us"
+        if base and mode in wcpu and base in wcpu and calls:
+            wcpu_per = f"{(wcpu[mode] - wcpu[base]) / calls * 1e6:.1f} us"
         med = f"{medians[mode]:.3f}" if mode in medians else "-"
         cpu_s = f"{cpu[mode]:.2f}" if mode in cpu else "-"
+        wcpu_s = f"{wcpu[mode]:.2f}" if mode in wcpu else "-"
         print(f"{mode:9} {len(rs):>5} {failed:>6} {med:>9} {calls:>6.0f} {per:>11} "
-              f"{cpu_s:>10} {cpu_per:>11}  {base or ''}")
+              f"{cpu_s:>10} {cpu_per:>11} {wcpu_s:>10} {wcpu_per:>11}  {base or ''}")
         for r in rs:
             if r.failed:
                 print(f"    failed run: {r.failed}")
