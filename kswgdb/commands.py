@@ -24,6 +24,7 @@ from kswgdb.render.summary import render_summary
 from kswgdb.run.oneshot import RunReport, WatchSession
 from kswgdb.run.options import RunOptions, default_log_path, options_from_args
 from kswgdb.run.rig import Sink
+from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 
@@ -111,18 +112,24 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         raise
     _render_report(report, options, out if not json_out else err)
     if report.fault:
-        print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
+        print(f"kswgdb: error: {report.fault}; {report.hit_count} hit(s) in the event log",
               file=sys.stderr)
+        for line in report.qemu_stderr:
+            print(f"  qemu: {line}", file=sys.stderr)
+        if report.qemu_log is not None:
+            print(f"  QEMU's log kept: {report.qemu_log}", file=sys.stderr)
     else:
         for line in report.unarmed:
             print(f"kswgdb: warning: {line}", file=sys.stderr)
-    return status_of_run(len(report.hits) + len(report.poll_hits), report.fault,
+    return status_of_run(report.hit_count + len(report.poll_hits), report.fault,
                          unarmed=bool(report.unarmed) and not options.allow_unarmed)
 
 
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
     if report.summary or not report.polls:
         out.print(render_summary(report.summary))
+    if report.pool:
+        out.print(f"[dim]{report.pool}")
     if report.polls:
         out.print(render_poll_summary(report.polls))
     ending = report.result.reason
@@ -148,12 +155,12 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     if report.vmcore is not None:
         out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True,
                   soft_wrap=True)
-        out.print(f"  inspect: gdb {report.symbols} {report.vmcore}   "
+        out.print(f"  inspect: gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}   "
                   f"(or: crash {report.symbols} {report.vmcore})", markup=False, soft_wrap=True)
     for core in report.poll_vmcores:
         if core != report.vmcore:
             out.print(f"[dim]poll vmcore: {core}", markup=True, soft_wrap=True)
-    hits = len(report.hits)
+    hits = report.hit_count
     if report.polls:
         out.print(f"[bold {'red' if hits + len(report.poll_hits) else 'green'}]{hits} watch "
                   f"hit(s), {len(report.poll_hits)} poll hit(s)")

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -161,15 +162,18 @@ def _fill(outcome: RunOutcome, report: RunReport, options: RunOptions,
     outcome.seconds = round(report.seconds, 3)
     outcome.calls = sum(int(w.get("calls", 0)) for w in report.summary)
     outcome.armed = sum(int(w.get("armed", 0)) for w in report.summary)
-    outcome.hits, outcome.poll_hits = len(report.hits), len(report.poll_hits)
-    outcome.vmcore = str(report.vmcore) if report.vmcore is not None else None
-    outcome.verdict = report.verdict
-    hits = [(signature.of_hit(h.to_json()), h) for h in report.hits]
-    hits += [(signature.of_poll_hit(dataclasses.asdict(p)), p) for p in report.poll_hits]
-    for sig, hit in hits:
-        outcome.signatures[sig.key] = outcome.signatures.get(sig.key, 0) + 1
+    outcome.hits = max(report.hit_count, len(report.hits))
+    outcome.poll_hits = len(report.poll_hits)
+    kept = [(signature.of_hit(h.to_json()), h) for h in report.hits]
+    kept += [(signature.of_poll_hit(dataclasses.asdict(p)), p) for p in report.poll_hits]
+    for sig, hit in kept:
         if sig.key not in outcome.examples:
             outcome.examples[sig.key] = _example(sig, hit)
+    # Counted from the event log, which has every hit (the report keeps the latest).
+    outcome.signatures = logged_signatures(Path(outcome.log)) or {
+        sig.key: sum(1 for s, _h in kept if s == sig) for sig, _h in kept}
+    for key in outcome.signatures:
+        outcome.examples.setdefault(key, _logged_example(Path(outcome.log), key))
     if keep_status:
         outcome.status = "fault"
         return
@@ -179,6 +183,41 @@ def _fill(outcome: RunOutcome, report: RunReport, options: RunOptions,
     outcome.status = {ExitStatus.HIT: "caught", ExitStatus.OK: "clean",
                       ExitStatus.UNARMED: "unarmed"}.get(status, "fault")
     outcome.reason = report.fault or ("; ".join(report.unarmed) or None)
+
+
+def logged_signatures(log: Path) -> dict[str, int]:
+    """Every hit's signature in a run's event log, counted."""
+    counts: dict[str, int] = {}
+    for event in _events(log):
+        kind = event.get("event")
+        if kind in ("hit", "poll-hit"):
+            sig = signature.of_hit(event) if kind == "hit" else signature.of_poll_hit(event)
+            counts[sig.key] = counts.get(sig.key, 0) + 1
+    return counts
+
+
+def _logged_example(log: Path, key: str) -> dict:
+    """A signature whose hits were no longer kept in memory: its first logged hit."""
+    for event in _events(log):
+        if event.get("event") == "hit" and signature.of_hit(event).key == key:
+            return {"signature": signature.of_hit(event).to_json(), "hit": event,
+                    "panel": f"(panel not kept: hit #{event.get('seq')} in {log})\n"}
+        if event.get("event") == "poll-hit" and signature.of_poll_hit(event).key == key:
+            return {"signature": signature.of_poll_hit(event).to_json(), "hit": event,
+                    "panel": f"(panel not kept: poll hit in {log})\n"}
+    return {"signature": {"key": key}, "hit": {}, "panel": ""}
+
+
+def _events(log: Path) -> list[dict]:
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
 
 
 def _example(sig: signature.Signature, hit: Hit | PollHit) -> dict:

@@ -10,6 +10,7 @@
 - `stub_target`  `StubTarget`: the engine's `Target` over the gdbstub (host emulation,
                  queued Z2, batched reads)
 - `faults`       which guest endings are faults (exit 3), and the hang/QMP `Watchdog`
+- `qemucrash`    QEMU's last stderr lines shown and its log kept after a fault
 - `oneshot`      the `kswgdb run` driver (`WatchSession`) and its `RunReport`
 - `live`         the TUI's controller (`LiveSession`): a worker thread, a command queue,
                  snapshots, a `RunState`

@@ -75,6 +75,7 @@ from kswgdb.run.oneshot import freeze_vmcore
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
 from kswgdb.run.rig import Rig, Sink
+from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.config import parse_watch
 from kswgdb.watch.engine import Engine
 from kswgdb.watch.hits import EventLog, Hit
@@ -581,12 +582,15 @@ class LiveSession:
         self._vmcore = path
         if self.log is not None:
             self.log.write("freeze", why=why, vmcore=str(path) if path else None)
-        listener = self.rig.plan.listener if self.rig is not None else None
+        rig = self.rig
+        listener = rig.plan.listener if rig is not None else None
+        symbols = gdb_symbols(self.symbols_path or "", rig.placement.slide
+                              if rig is not None and rig.placement is not None else None)
         if listener is not None:
-            self.note(f"frozen ({why}); attach: gdb {self.symbols_path} -ex 'target remote "
+            self.note(f"frozen ({why}); attach: gdb {symbols} -ex 'target remote "
                       f"{listener.address}'" + (f"; vmcore {path}" if path else ""))
         elif path is not None:
-            self.note(f"frozen ({why}); vmcore {path}; inspect: gdb {self.symbols_path} {path}")
+            self.note(f"frozen ({why}); vmcore {path}; inspect: gdb {symbols} {path}")
         else:
             self.note(f"frozen ({why})")
 
@@ -632,8 +636,7 @@ class LiveSession:
 
     def _pool_capacity(self) -> int:
         assert self.rig is not None
-        return self.rig.pool_capacity(
-            [s for i, s in enumerate(self._specs) if self._is_active(i)])
+        return self.rig.pool_capacity()
 
     def _describe(self, index: int) -> str:
         resolved = self._resolved[index] if index < len(self._resolved) else None

@@ -23,7 +23,7 @@ from kswgdb.run.faults import exit_fault, normal_exits
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
 from kswgdb.run.rig import Rig, Sink, open_rig
-from kswgdb.symbols.slide import KernelSlide
+from kswgdb.symbols.slide import KernelSlide, gdb_symbols
 from kswgdb.watch.engine import EngineResult
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.kaslr import placement_ending
@@ -60,6 +60,11 @@ class RunReport:
     fault: str | None = None           # why the run ended badly (exit status 3), or None
     unarmed: list[str] = field(default_factory=list)   # one line per never-armed watch
     slide: KernelSlide | None = None   # where the kernel was found (KASLR)
+    qemu_stderr: list[str] = field(default_factory=list)  # QEMU's last lines, after a fault
+    qemu_log: Path | None = None       # its whole log, kept beside the event log
+    lost_stops: int = 0                # watch stops QEMU lost on another vCPU, collected
+    hit_count: int = 0                 # all hits; `hits` keeps the latest RunOptions.keep_hits
+    pool: str = ""                     # the slot pool shared by every config, in one line
 
     @property
     def hits(self) -> list[Hit]:
@@ -252,14 +257,21 @@ class WatchSession:
             unexpected_stops=rig.engine.unexpected_stops if rig.engine is not None else 0,
             max_live_watches=rig.pool.high_water if rig.pool is not None else 0,
             symbols=plan.image.symbols, fault=rig.fault, unarmed=rig.unarmed,
-            slide=rig.placement.slide if rig.placement is not None else None, **polls,
+            slide=rig.placement.slide if rig.placement is not None else None,
+            qemu_stderr=rig.qemu_stderr, qemu_log=rig.qemu_log,
+            lost_stops=getattr(target, "lost_collected", 0),
+            hit_count=rig.engine.hit_count if rig.engine is not None else 0,
+            pool=rig.pool.describe(plan.accel.accel) if rig.pool is not None else "",
+            **polls,
         )
 
     def _lend_to_gdb(self, rig: Rig, thread: int) -> None:
         """Serve the frozen guest, read-only, to gdb sessions until the user ends the run."""
         listener = rig.plan.listener
         assert listener is not None and rig.client is not None
-        self.sink.status(f"guest frozen; attach: gdb {rig.plan.image.symbols} "
+        symbols = gdb_symbols(rig.plan.image.symbols,
+                              rig.placement.slide if rig.placement else None)
+        self.sink.status(f"guest frozen; attach: gdb {symbols} "
                          f"-ex 'target remote {listener.address}'  (Ctrl-C ends the run)")
         while True:
             Relay(rig.client, None, thread).serve(listener.accept(None))

@@ -34,6 +34,7 @@ class RunOptions:
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
     paused: bool = False               # tui: frozen before the first instruction until `c`
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
+    keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
     seed: int | None = None            # the guest's seed word (`kswgdb.run.seed`)
 
 

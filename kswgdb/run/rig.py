@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kswgdb.errors import BadInput, KswError
@@ -39,12 +40,14 @@ from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
 from kswgdb.run.faults import Watchdog
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
+from kswgdb.run.qemucrash import keep_qemu_log
 from kswgdb.run.stub_target import StubTarget
 from kswgdb.symbols.program import Program
 from kswgdb.watch.engine import Engine, EngineResult
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.kaslr import KernelPlacement, place_kernel, slide_fields
 from kswgdb.watch.layout import exit_hook_address, layout_for
+from kswgdb.watch.loststops import LostStopFinder
 from kswgdb.watch.modules import ModuleArmer, ModuleFinder, ModuleSymbolizer
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.symbolize import ProgramSymbolizer
@@ -152,6 +155,9 @@ class Rig:
         #: The driver's engine result (`end`), and the never-armed warnings (`close`).
         self.result: EngineResult | None = None
         self.unarmed: list[str] = []
+        #: QEMU's last stderr lines and its kept log, after a fault.
+        self.qemu_stderr: list[str] = []
+        self.qemu_log: Path | None = None
         self._logged_start = False
         self.started = time.monotonic()
         #: How the rig ended, for the ``end`` event (set by the driver through `end`).
@@ -253,7 +259,7 @@ class Rig:
                 find_modules=self._module_finder(program, symbolizer, target),
                 symbol_offset=self.placement.slide.virtual if self.placement else 0)
             self._stack.callback(self.unwinder.close)     # gdb never outlives the rig
-        self.pool = SlotPool(capacity=self.pool_capacity(self.specs))
+        self.pool = SlotPool(capacity=self.pool_capacity())
         # The engine appends to ``self.specs`` as watches are added (modules, the TUI).
         self.engine = Engine(
             target, self.specs, self.layout, self.symbolizer, self.pool,
@@ -261,6 +267,7 @@ class Rig:
             freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=self.exit_hook,
             backtracer=self.unwinder,
             release_by_read=opts.release_by_read and plan.accel.accel == "tcg",
+            keep_hits=opts.keep_hits,
         )
         self.engine.install()
         if plan.module_watches:
@@ -288,6 +295,9 @@ class Rig:
         self.placement = placement
         self.sink.status(placement.slide.describe())
         if placement.program is not plan.program:
+            lost = getattr(target, "lost_stops", None)
+            if lost is not None:
+                lost.disasm = placement.program.disasm      # the guest's addresses
             with self.symbols_lock:
                 self.program_view = placement.program
                 self.layout = layout_for(placement.program, plan.image.guest)
@@ -295,9 +305,11 @@ class Rig:
                 self.exit_hook = exit_hook_address(placement.program, self.layout)
 
     def _stub_target(self, client: RemoteClient) -> StubTarget:
-        """The engine's target over the stub: host emulation, queued Z2 under TCG."""
-        return StubTarget(client, emulate=self.plan.options.emulate,
-                          queue_watchpoints=self.plan.accel.accel == "tcg")
+        """The engine's target over the stub: host emulation, queued Z2 and, under TCG, the
+        watch stops QEMU loses on another vCPU collected (`kswgdb.watch.loststops`)."""
+        tcg = self.plan.accel.accel == "tcg"
+        return StubTarget(client, emulate=self.plan.options.emulate, queue_watchpoints=tcg,
+                          lost_stops=LostStopFinder(self.plan.program.disasm) if tcg else None)
 
     def _symbolizer(self, program: Program) -> Any:
         plan = self.plan
@@ -315,10 +327,10 @@ class Rig:
             return ModuleFinder(program, modules_dir, symbolizer, target.read)
         return None
 
-    def pool_capacity(self, specs: list) -> int:
-        """Watchpoint slots for ``specs`` (KVM: 4; TCG: --slots, at least the widest watch)."""
-        max_watch = max((s.max_watch for s in specs), default=0)
-        return SlotPool.for_run(self.plan.accel.accel, max_watch,
+    def pool_capacity(self) -> int:
+        """Watchpoint slots shared by every config: KVM's 4 debug registers, else --slots
+        (a config's ``mw`` is its own bound, counted by the engine)."""
+        return SlotPool.for_run(self.plan.accel.accel,
                                 self.plan.options.slots or TCG_DEFAULT_SLOTS).capacity
 
     # ------------------------------------------------------------- running
@@ -384,6 +396,10 @@ class Rig:
             self.fault = self.fault or self.ending
         if self.phys is not None:
             self.phys.stop()            # a hit in hand (vCPU snapshot, dump) finishes first
+        if self.fault is not None and self.machine is not None:
+            # What QEMU said, kept beside the event log before its run directory goes.
+            self.qemu_stderr, self.qemu_log = keep_qemu_log(self.machine,
+                                                            self.plan.options.log_path)
         self._stack.close()
 
     def _write_end(self) -> None:
@@ -404,8 +420,10 @@ class Rig:
         failure = sys.exc_info()[1]
         if failure is not None and self.fault is None:
             self.ending = self.fault = _ending_of(failure)
+        extra = ({"qemu_stderr": self.qemu_stderr, "qemu_log": str(self.qemu_log)}
+                 if self.qemu_stderr else {})
         self.log.write("end", reason=self.ending, fault=self.fault is not None,
-                       **_guest_exit_fields(self.guest_exit))
+                       **_guest_exit_fields(self.guest_exit), **extra)
 
 
 def open_rig(plan: Plan, sink: Sink | None = None, **kwargs: Any) -> Rig:

@@ -88,6 +88,9 @@ def test_tool_signalled_while_watches_are_armed(tmp_path: Path, sig: signal.Sign
     hits = run.assert_log_complete(expect_end=sig != signal.SIGKILL)
     assert len(hits) >= 2
     if sig != signal.SIGKILL:
+        shown = " ".join(run.stderr().split())      # the result is printed before the status
+        assert "watch summary" in shown and f"event log: {run.log}" in shown
+        assert f"{len(hits)} hit(s)" in shown
         end = run.events()[-1]
         assert end["fault"] is True and end["reason"] == {
             signal.SIGINT: "interrupted (SIGINT)",

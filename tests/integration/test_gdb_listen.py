@@ -37,6 +37,9 @@ def test_frozen_guest_served_on_loopback_until_ctrl_c(tmp_path: Path) -> None:
     run.proc.send_signal(signal.SIGINT)
     assert run.finish() == 130, run.stderr()
     assert run.last_error_line() == "kswgdb: interrupted"
+    shown = " ".join(run.stderr().split())          # the result is not lost on Ctrl-C
+    assert "watch summary" in shown and f"event log: {run.log}" in shown
+    assert "1 hit(s)" in shown
     run.assert_nothing_left()
     vmcores = list(tmp_path.glob("kswgdb-vmcore-*.elf"))
     assert len(vmcores) == 1 and stat.S_IMODE(vmcores[0].stat().st_mode) == 0o600

@@ -56,6 +56,8 @@ class FakeMachine:
         self.qmp = FakeQmp()
         self.gdb_socket = Path("/nonexistent/gdb.sock")
         self.ram_path = None
+        self.qemu_log_path: Path | None = None      # QEMU said nothing
+        self.stderr_tail: list[str] = []
         self.launched = self.closed = self.running = False
 
     def launch(self) -> None:
@@ -63,6 +65,9 @@ class FakeMachine:
 
     def resume(self) -> None:
         pass
+
+    def qemu_log_tail(self) -> list[str]:
+        return list(self.stderr_tail)
 
     def wait_exit(self, timeout: float) -> GuestExit:
         return self.exit

@@ -140,18 +140,27 @@ def test_qemu_gone_mid_request_is_a_fault(tmp_path, wiring):
     w = wiring(raises=StubClosed("connection reset by peer"))
     session = one_shot(plan, w)
     killed = GuestExit("killed", status=-9, reason="SIGKILL")
+    qemu_log = tmp_path / "qemu.log"
+    qemu_log.write_text("qemu-system-x86_64: assertion failed\n")
     opts = session.rig_options
     make = opts["machine_factory"]
-    opts["machine_factory"] = lambda image, **kw: _with_exit(make(image, **kw), killed)
+    opts["machine_factory"] = lambda image, **kw: _with_exit(make(image, log_dir=qemu_log,
+                                                                  **kw), killed)
     report = session.run()
     assert report.fault and "QEMU was killed" in report.fault
     assert status_of_run(len(report.hits), report.fault) == ExitStatus.INFRA
     end = assert_released(plan, w)
     assert end["fault"] is True and end["guest_exit"] == "killed"
+    assert report.qemu_stderr == ["qemu-system-x86_64: assertion failed"]
+    assert report.qemu_log is not None and report.qemu_log.read_text() == qemu_log.read_text()
+    assert end["qemu_stderr"] == report.qemu_stderr
 
 
 def _with_exit(machine: FakeMachine, guest_exit: GuestExit) -> FakeMachine:
     machine.exit = guest_exit
+    log = machine.kwargs.get("log_dir")
+    machine.stderr_tail = ["qemu-system-x86_64: assertion failed", ""]
+    machine.qemu_log_path = log
     return machine
 
 
