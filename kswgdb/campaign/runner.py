@@ -47,22 +47,25 @@ class Campaign:
         self.summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------ loop
-    def run(self) -> ExitStatus:
+    def run(self) -> int:
         """Run to a stop; the summary is written however it ends (Ctrl-C included)."""
         interrupted = False
         try:
             self._loop()
         except (KeyboardInterrupt, SystemExit) as exc:
             interrupted = True
-            self.ending = ("interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt)
-                           else f"terminated (exit status {exc.code})")
+            if isinstance(exc, KeyboardInterrupt):
+                self.ending, signalled = "interrupted (SIGINT)", int(ExitStatus.INTERRUPTED)
+            else:
+                self.ending = f"terminated (exit status {exc.code})"
+                signalled = exc.code if isinstance(exc.code, int) else int(ExitStatus.INFRA)
             self._absorb(self.pool.close())
-            self.write_summary(interrupted=True)
+            self.write_summary(signalled)
             raise
         finally:
             if not interrupted:
                 self._absorb(self.pool.close())
-        return self.write_summary(interrupted=False)
+        return self.write_summary()
 
     def _loop(self) -> None:
         while True:
@@ -142,8 +145,9 @@ class Campaign:
         self.tally.add(outcome)
         self.on_run_end(outcome)
 
-    def write_summary(self, interrupted: bool) -> ExitStatus:
-        status = self.tally.status(watches=bool(self.opts.run.watches), interrupted=interrupted)
+    def write_summary(self, signalled: int | None = None) -> int:
+        """Write summary.json/.txt (again: each call has the latest); the exit status."""
+        status = self.tally.status(watches=bool(self.opts.run.watches), signalled=signalled)
         self.summary = summary_json(self.opts, self.tally, self.ending, int(status),
                                     self.started_wall)
         self.dir.write_summary(self.summary, summary_text(self.summary))

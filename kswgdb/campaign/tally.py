@@ -105,12 +105,13 @@ class Tally:
     def runs_per_minute(self) -> float:
         return 60.0 * self.done / self.elapsed if self.elapsed > 0 else 0.0
 
-    def status(self, watches: bool, interrupted: bool = False) -> ExitStatus:
+    def status(self, watches: bool, signalled: int | None = None) -> int:
         """1 if anything was caught; else 4 if the campaign watched functions
         (``watches``) and no run ever armed one (runs that never started
-        included); else 0. After Ctrl-C, 130 whatever was caught (the summary says)."""
-        if interrupted:
-            return ExitStatus.INTERRUPTED
+        included); else 0. Ended by a signal: its status (Ctrl-C 130, SIGTERM
+        143) whatever was caught (the summary says what)."""
+        if signalled is not None:
+            return signalled
         if self.hits:
             return ExitStatus.HIT
         if watches and self.armed == 0:

@@ -163,6 +163,8 @@ def _fill(outcome: RunOutcome, report: RunReport, options: RunOptions,
     outcome.calls = sum(int(w.get("calls", 0)) for w in report.summary)
     outcome.armed = sum(int(w.get("armed", 0)) for w in report.summary)
     outcome.hits = max(report.hit_count, len(report.hits))
+    outcome.vmcore = str(report.vmcore) if report.vmcore is not None else None
+    outcome.verdict = report.verdict
     outcome.poll_hits = len(report.poll_hits)
     kept = [(signature.of_hit(h.to_json()), h) for h in report.hits]
     kept += [(signature.of_poll_hit(dataclasses.asdict(p)), p) for p in report.poll_hits]

@@ -152,7 +152,7 @@ def test_statuses_nothing_caught_never_armed_interrupted():
     never.add(outcome(2, status="failed", armed=0))
     assert never.status(watches=True) == ExitStatus.UNARMED
     assert never.status(watches=False) == ExitStatus.OK          # polls only
-    assert clean.status(watches=True, interrupted=True) == ExitStatus.INTERRUPTED
+    assert clean.status(watches=True, signalled=130) == ExitStatus.INTERRUPTED
 
 
 def test_one_vmcore_per_signature(tmp_path):
