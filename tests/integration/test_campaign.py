@@ -21,14 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers.cli_run import ROOT, alive
+from tests.integration.helpers.cli_run import ROOT, CliRun, alive
 
 WATCH = "fn=s3_victim fo=0x23"
 BASE = ["campaign", "--scenario", "4", "--watch", WATCH, "--accel", "tcg",
         "--backtrace", "fp", "--timeout", "90"]
 
 
-class Campaign:
+class Campaign(CliRun):
+    """A `kswgdb campaign` process (`CliRun`'s finish and stderr, its own start)."""
+
     def __init__(self, tmp_path: Path, *args: str, seed: int) -> None:
         self.dir = tmp_path / "campaign"
         self.seed = seed
@@ -67,17 +69,6 @@ class Campaign:
             time.sleep(0.02)
         raise AssertionError(f"no QEMU of the campaign within {timeout}s")
 
-    def finish(self, timeout: float = 400.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
-
     def summary(self) -> dict:
         return json.loads((self.dir / "summary.json").read_text())
 
@@ -102,7 +93,7 @@ class Campaign:
 
 def test_scenario_4_under_several_seeds_is_caught_and_deduplicated(tmp_path: Path) -> None:
     run = Campaign(tmp_path, "--jobs", "2", "--runs", "3", seed=41000)
-    assert run.finish() == 1, run.stderr()
+    assert run.finish(400) == 1, run.stderr()
     summary = run.summary()
     assert summary["counts"]["runs"] == 3 and summary["counts"]["caught"] == 3
     assert summary["counts"]["armed"] > 0 and summary["ending"] == "3 runs done"
@@ -141,7 +132,7 @@ def test_each_run_has_its_seed_and_its_replay_line_reproduces_it(tmp_path: Path)
     """A canary's old value is the guard the guest derived from its seed: every run's
     hits show its own seed's guard, and so does the replay of its line."""
     run = Campaign(tmp_path, "--jobs", "2", "--runs", "2", seed=42000)
-    assert run.finish() == 1, run.stderr()
+    assert run.finish(400) == 1, run.stderr()
     summary = run.summary()
     for r in summary["runs"]:
         olds = {json.loads(ln)["old"] for ln in Path(r["log"]).read_text().splitlines()
@@ -164,7 +155,7 @@ def test_each_run_has_its_seed_and_its_replay_line_reproduces_it(tmp_path: Path)
 
 def test_until_hits_stops_the_campaign(tmp_path: Path) -> None:
     run = Campaign(tmp_path, "--until-hits", "1", seed=43000)
-    assert run.finish() == 1, run.stderr()
+    assert run.finish(400) == 1, run.stderr()
     summary = run.summary()
     assert summary["ending"] == "--until-hits 1 reached"
     assert summary["counts"]["hits"] >= 1 and summary["counts"]["runs"] <= 2
@@ -174,7 +165,7 @@ def test_until_hits_stops_the_campaign(tmp_path: Path) -> None:
 def test_budget_stops_the_campaign_and_the_running_guests(tmp_path: Path) -> None:
     started = time.monotonic()
     run = Campaign(tmp_path, "--budget", "10s", "--cmdline", "runs=30", seed=44000)
-    status = run.finish()
+    status = run.finish(400)
     took = time.monotonic() - started
     summary = run.summary()
     assert summary["ending"] == "--budget 10s spent", summary["ending"]
@@ -190,7 +181,7 @@ def test_a_run_killed_mid_campaign_is_recorded_and_the_rest_goes_on(tmp_path: Pa
     qemu = run.wait_qemu()
     time.sleep(1.0)
     os.kill(qemu, signal.SIGKILL)
-    assert run.finish() == 1, run.stderr()
+    assert run.finish(400) == 1, run.stderr()
     summary = run.summary()
     by_index = {r["index"]: r for r in summary["runs"]}
     assert len(by_index) == 3
