@@ -394,13 +394,15 @@ class Rig:
             self.ending = ("interrupted (SIGINT)" if signum == signal.SIGINT
                            else f"terminated (exit status {128 + signum})")
             self.fault = self.fault or self.ending
-        if self.phys is not None:
-            self.phys.stop()            # a hit in hand (vCPU snapshot, dump) finishes first
-        if self.fault is not None and self.machine is not None:
-            # What QEMU said, kept beside the event log before its run directory goes.
-            self.qemu_stderr, self.qemu_log = keep_qemu_log(self.machine,
-                                                            self.plan.options.log_path)
-        self._stack.close()
+        try:
+            if self.phys is not None:
+                self.phys.stop()        # a hit in hand (vCPU snapshot, dump) finishes first
+            if self.fault is not None and self.machine is not None:
+                # What QEMU said, kept beside the event log before its run directory goes.
+                self.qemu_stderr, self.qemu_log = keep_qemu_log(self.machine,
+                                                                self.plan.options.log_path)
+        finally:
+            self._stack.close()         # whatever failed above, everything is released
 
     def _write_end(self) -> None:
         """The log's last two events (registered first, so it runs last before the close)."""
