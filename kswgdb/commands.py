@@ -72,7 +72,7 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
             out.print(render_hit(hit))
 
     def on_status(message: str) -> None:
-        err.print(f"[dim]{message}", soft_wrap=True)
+        err.print(f"[dim]{message}")
         if spinner is not None and message.startswith("guest running"):
             spinner.stop()      # the guest runs: nothing may print over a live spinner
 
@@ -82,7 +82,7 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
     session.prepare()
     for resolved in session.resolved:
         err.print(f"[dim]watch {resolved.config.text or resolved.config.canonical()}: "
-                  f"{resolved.describe()}", soft_wrap=True)
+                  f"{resolved.describe()}")
         for warning in resolved.warnings:
             err.print(f"[yellow]warning: {warning}")
     with spinner or contextlib.nullcontext():
@@ -110,19 +110,18 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
     out.print(f"[dim]{ending}; {report.seconds:.2f}s; {report.packets} packets, "
               f"{report.steps} steps; accelerator {report.accel.accel}; "
-              f"backtraces {report.backtrace}", soft_wrap=True)
+              f"backtraces {report.backtrace}")
     if report.verdict:
-        out.print(f"[dim]guest: {report.verdict}", soft_wrap=True)
+        out.print(f"[dim]guest: {report.verdict}")
     if options.log_path:
-        out.print(f"[dim]event log: {options.log_path}", soft_wrap=True)
+        out.print(f"[dim]event log: {options.log_path}")
     if report.vmcore is not None:
-        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True,
-                  soft_wrap=True)
+        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True)
         out.print(f"  inspect: gdb {report.symbols} {report.vmcore}   "
-                  f"(or: crash {report.symbols} {report.vmcore})", markup=False, soft_wrap=True)
+                  f"(or: crash {report.symbols} {report.vmcore})", markup=False)
     for core in report.poll_vmcores:
         if core != report.vmcore:
-            out.print(f"[dim]poll vmcore: {core}", markup=True, soft_wrap=True)
+            out.print(f"[dim]poll vmcore: {core}", markup=True)
     hits = len(report.hits)
     if report.polls:
         out.print(f"[bold {'red' if hits + len(report.poll_hits) else 'green'}]{hits} watch "
@@ -139,11 +138,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
     with Machine(img, accel=args.accel, scenario=args.scenario, extra_cmdline=args.cmdline,
                  paused=False) as machine:
         _stderr().print(f"[dim]accelerator: {machine.accel_decision.accel} "
-                        f"({machine.accel_decision.reason})", soft_wrap=True)
+                        f"({machine.accel_decision.reason})")
         ended = machine.wait_exit(args.timeout)
         for line in machine.console.lines():
-            out.print(line, markup=False, soft_wrap=True)
-        out.print(f"[dim]guest ended: {ended}", soft_wrap=True)
+            out.print(line, markup=False)
+        out.print(f"[dim]guest ended: {ended}")
         if ended.kind == "timeout":
             return 3
     return EXIT_OK
@@ -181,7 +180,7 @@ def cmd_symbols(args: argparse.Namespace) -> int:
         raise BadInput(f"no function matches {args.pattern!r} in {img.symbols}")
     for name in sorted(names):
         sym = program.symtab.function(name)
-        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False, soft_wrap=True)
+        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False)
     return EXIT_OK
 
 
@@ -189,7 +188,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
     from kswgdb.qemu.accel import decide
 
     decision = decide("auto")
-    output_console().print(f"{decision.accel}: {decision.reason}", soft_wrap=True)
+    output_console().print(f"{decision.accel}: {decision.reason}")
     return EXIT_OK
 
 
@@ -197,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     img = image_mod.load(None)
     watch = scenario_watch(img, 3)
     _stderr().print(f"[bold]kswgdb demo[/]: scenario 3 (silent corruption) of {img.name}, "
-                    f"watching with: [bold]{watch}", soft_wrap=True)
+                    f"watching with: [bold]{watch}")
     options = RunOptions(image=None, scenario=3, watches=[watch], log_path=default_log_path())
     run_and_render(options)
     return EXIT_OK

@@ -42,6 +42,7 @@ CASES = [
     (["run", "--accel", "kvm", *WATCH], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
     (["boot", "--accel", "kvm"], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
     (["run", "--log", "/nonexistent/dir/ev.jsonl", *WATCH], "no such directory /nonexistent/dir"),
+    (["symbols", "--image", ""], "image: an empty name"),
 ]
 
 
@@ -88,7 +89,7 @@ def test_unparsable_image_memory(memory: str, tmp_path: Path,
     desc = tmp_path / "bad.toml"
     desc.write_text(toml)
     line = _refused(["run", str(desc), *WATCH], capsys)
-    assert f"image bad: memory = '{memory}' is not a size from 1M to 1T" in line, line
+    assert f"image kswtest: memory = '{memory}' is not a size from 1M to 1T" in line, line
 
 
 def test_good_numbers_pass_the_checks(capsys: pytest.CaptureFixture[str]) -> None:
