@@ -90,14 +90,14 @@ def test_make_setup_installs_into_a_project_venv(marked_python: Path, tmp_path: 
     venv_python = clone / ".venv" / "bin" / "python"
     probe = subprocess.run([str(venv_python), "-c", "import sys, kswgdb, rich, unicorn; "
                             "print(sys.base_prefix); print(kswgdb.__file__)"],
-                           capture_output=True, text=True, check=False, cwd=tmp_path)
+                           capture_output=True, text=True, check=False, cwd=tmp_path,
+                           env=env)
     assert probe.returncode == 0, probe.stderr
     base, where = probe.stdout.split()
     assert base == "/usr" and where == str(clone / "kswgdb" / "__init__.py"), probe.stdout
     # ...and nothing went into the system Python.
     system = subprocess.run([str(marked_python), "-c", "import kswgdb"], capture_output=True,
-                            text=True, check=False, cwd=tmp_path,
-                            env={k: v for k, v in env.items() if k != "PYTHONPATH"})
+                            text=True, check=False, cwd=tmp_path, env=env)
     assert system.returncode != 0 and "No module named 'kswgdb'" in system.stderr
 
     # A second run does nothing; demo and test use the venv's interpreter.
