@@ -12,7 +12,8 @@ IMAGE  := images/kswtest.elf
 # Debian packages `make setup` installs when their command is missing.
 APT_GET ?= apt-get
 
-.PHONY: all setup guest test unit integration demo lint bench clean image-linux test-linux
+.PHONY: all setup guest test unit integration demo lint bench clean image-linux test-linux \
+	qemu10 integration-qemu10
 
 all: guest
 
@@ -40,10 +41,12 @@ guest: $(IMAGE)
 $(IMAGE): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/tools/*.py) guest/Makefile
 	$(MAKE) -C guest
 
-# Everything, in one pytest run: unit, integration on the test kernel, and the Debian
-# kernel suite (tests/linux; its image is built from Debian's packages on first use).
-test: setup guest image-linux
+# Everything: unit, integration on the test kernel and the Debian kernel suite (tests/linux;
+# its image is built from Debian's packages on first use) with the system's QEMU, then the
+# integration suite again with QEMU 10.0 (fetched from Debian's packages on first use).
+test: setup guest image-linux qemu10
 	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
+	KSWGDB_QEMU=$(CURDIR)/$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 unit: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
@@ -76,7 +79,23 @@ $(LINUX_STAMP): images/linux/build.py images/linux/init | $(STAMP)
 test-linux: setup image-linux
 	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -s -p no:cacheprovider tests/linux
 
+# QEMU 10.0 from Debian's bookworm-backports packages, unpacked into tools/qemu/cache/10.0
+# with a private apt state (nothing installed, the system's apt state untouched). The
+# integration suite runs against it as well as against the system's QEMU (7.2 on
+# Debian 12); docs/qemu-versions.md says what differs.
+QEMU10_DIR   := tools/qemu/cache/10.0
+QEMU10       := $(QEMU10_DIR)/bin/qemu-system-x86_64
+QEMU10_STAMP := $(QEMU10_DIR)/.stamp
+qemu10: $(QEMU10_STAMP)
+$(QEMU10_STAMP): tools/qemu/fetch.py
+	$(PYTHON) tools/qemu/fetch.py --dest $(QEMU10_DIR)
+	@touch $@
+
+# The test-kernel integration suite against QEMU 10.0 (also part of `make test`).
+integration-qemu10: setup guest qemu10
+	KSWGDB_QEMU=$(CURDIR)/$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
 clean:
 	$(MAKE) -C guest clean
-	rm -rf images/linux/cache images/linux/out
+	rm -rf images/linux/cache images/linux/out tools/qemu/cache
 	rm -rf $(VENV) .setup.stamp

@@ -12,20 +12,11 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kswgdb.errors import BadInput
 
-if TYPE_CHECKING:
-    from kswgdb.image import Image
-
 #: The longest run or boot kswgdb accepts (a little over a year: anything beyond is a typo).
 MAX_SECONDS = 3.2e7
-#: Guest RAM an image may ask for: below 1 MiB nothing boots, beyond 1 TiB is a typo.
-MIN_MEMORY, MAX_MEMORY = 1 << 20, 1 << 40
-#: Physical addresses of the x86 PC below 4 GiB are RAM or device memory; above it
-#: there is only the RAM that did not fit below.
-LOW_4G = 1 << 32
 #: Watchpoint slots under TCG: each one slows guest accesses to its page; 64+ were
 #: measured to work, beyond a thousand nothing is gained.
 MAX_SLOTS = 1024
@@ -95,7 +86,6 @@ def check_against_image(args: argparse.Namespace) -> None:
     from kswgdb import image as image_mod
 
     img = image_mod.load(args.image)
-    memory = image_memory(img)
     img.check_scenario(args.scenario)
     if getattr(args, "accel", None) == "kvm":
         from kswgdb.qemu.accel import decide
@@ -107,24 +97,8 @@ def check_against_image(args: argparse.Namespace) -> None:
 
         for text in polls:
             spec = parse_poll(text)
-            # Below 4 GiB: RAM and device memory; above it at most the RAM itself.
-            limit = LOW_4G + memory
-            if spec.addr + spec.length > limit:
+            if spec.addr + spec.length > img.phys_limit:
                 raise BadInput(
                     f"--poll {text!r}: pa {spec.addr:#x}+{spec.length} is beyond guest memory "
                     f"(image {img.name} has {img.memory} of RAM: nothing lies at or above "
-                    f"{limit:#x})")
-
-
-def image_memory(img: Image) -> int:
-    """The image's ``memory`` in bytes, refused unless QEMU's ``-m`` takes it as a sane size."""
-    from kswgdb.qemu.argv import parse_size
-
-    try:
-        size = parse_size(img.memory)
-    except ValueError:
-        size = -1
-    if not MIN_MEMORY <= size <= MAX_MEMORY:
-        raise BadInput(f"image {img.name}: memory = {img.memory!r} is not a size from 1M to "
-                       "1T (a number of MiB, or with K, M, G or T: 512M, 2G)")
-    return size
+                    f"{img.phys_limit:#x})")

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import Literal
 
 from kswgdb.errors import BadInput
-from kswgdb.qemu.argv import QEMU_BINARY
 
 AccelName = Literal["tcg", "kvm"]
 AccelRequest = Literal["auto", "tcg", "kvm"]
@@ -144,16 +142,11 @@ def precheck(facts: HostFacts) -> str | None:
     return None
 
 
-def qemu_version(binary: str = QEMU_BINARY) -> str:
-    """QEMU's version string ("7.2.22"), part of the cache key."""
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    words = out.split()
-    return words[3] if len(words) > 3 and words[:3] == ["QEMU", "emulator", "version"] \
-        else (out.splitlines() or ["unknown"])[0]
+def qemu_version(binary: str | None = None) -> str:
+    """QEMU's ``-version`` banner (version and distribution revision), part of the cache key."""
+    from kswgdb.qemu import binary as qemu_binary  # lazy: keeps accel importable alone
+
+    return (qemu_binary.detect(binary) if binary else qemu_binary.selected()).banner
 
 
 def default_cache_path() -> Path:
@@ -205,7 +198,7 @@ def decide(
     facts: HostFacts | None = None,
     probe: Probe | None = None,
     cache: AccelCache | None = None,
-    qemu_binary: str = QEMU_BINARY,
+    qemu_binary: str | None = None,
     version: str | None = None,
 ) -> AccelDecision:
     """Turn ``--accel auto|tcg|kvm`` into a decision (see the module docstring)."""

@@ -241,6 +241,16 @@ def _flag(values: dict[str, str], long: str) -> bool:
     raise BadInput(f"{KEYS[long]}={values[long]!r} must be 0 or 1")
 
 
+def parse_var(raw: str) -> VarRef:
+    """``NAME`` or ``NAME[i]`` (``var=`` and ``disasm --var``)."""
+    return _var(raw)
+
+
+def parse_number(raw: str, key: str) -> int:
+    """A decimal or 0x-hex number for ``key``, as in a config."""
+    return _number(raw, key)
+
+
 def _var(raw: str) -> VarRef:
     m = _VAR_RE.match(raw)
     if m is None:

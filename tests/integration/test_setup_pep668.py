@@ -97,7 +97,8 @@ def test_make_setup_installs_into_a_project_venv(marked_python: Path, tmp_path: 
     assert base == "/usr" and where == str(clone / "kswgdb" / "__init__.py"), probe.stdout
     # ...and nothing went into the system Python.
     system = subprocess.run([str(marked_python), "-c", "import kswgdb"], capture_output=True,
-                            text=True, check=False, cwd=tmp_path, env=env)
+                            text=True, check=False, cwd=tmp_path,
+                            env={k: v for k, v in env.items() if k != "PYTHONPATH"})
     assert system.returncode != 0 and "No module named 'kswgdb'" in system.stderr
 
     # A second run does nothing; demo and test use the venv's interpreter.

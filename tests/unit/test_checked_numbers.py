@@ -38,7 +38,7 @@ CASES = [
     (["run", "--hang-timeout", "nan", *WATCH], "seconds out of range: 'nan'"),
     (["run", "--watch", "fn=s3_victim fo=0x23 ph=yes"], "ph='yes' must be 0 or 1"),
     (["disasm", "s3_victim", "--var", "nosuch"],
-     "--var nosuch: "),
+     "--var nosuch: s3_victim has no local or parameter 'nosuch'"),
     (["run", "--accel", "kvm", *WATCH], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
     (["boot", "--accel", "kvm"], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
     (["run", "--log", "/nonexistent/dir/ev.jsonl", *WATCH], "no such directory /nonexistent/dir"),
@@ -89,7 +89,7 @@ def test_unparsable_image_memory(memory: str, tmp_path: Path,
     desc = tmp_path / "bad.toml"
     desc.write_text(toml)
     line = _refused(["run", str(desc), *WATCH], capsys)
-    assert f"image kswtest: memory = '{memory}' is not a size from 1M to 1T" in line, line
+    assert f"image bad: memory = '{memory}' is not a size from 1M to 1T" in line, line
 
 
 def test_good_numbers_pass_the_checks(capsys: pytest.CaptureFixture[str]) -> None:
