@@ -58,6 +58,10 @@ class WatchStats:
     refused_pool: int = 0     # no free slot: the call ran unwatched
     refused_check: int = 0    # no canary found where expected nor by the scan
     refused_stub: int = 0     # the stub would not insert the watchpoint
+    refused_below_sp: int = 0  # slot below SP at the probe: interrupt frames land there
+    refused_max_watch: int = 0  # this config's own mw= watches were all live
+    live: int = 0             # watches of this config armed now
+    live_high: int = 0        # the most armed at once
     reentries: int = 0        # probe fired again for a live call (a loop)
     returns: int = 0
     stale: int = 0            # frames found dead without their return being seen
@@ -70,7 +74,8 @@ class WatchStats:
 
     @property
     def not_armed(self) -> int:
-        return self.skipped_depth + self.refused_pool + self.refused_check + self.refused_stub
+        return (self.skipped_depth + self.refused_pool + self.refused_check + self.refused_stub
+                + self.refused_below_sp + self.refused_max_watch)
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Engine:
         exit_hook_addr: int | None = None,
         backtracer: Callable[[Stop, Registers], list[BacktraceFrame] | None] | None = None,
         release_by_read: bool = False,
+        keep_hits: int | None = None,
     ) -> None:
         """``release_by_read``: see a config's release by a read watchpoint when it can.
 
@@ -121,7 +127,9 @@ class Engine:
         self.backtracer = backtracer
         self.stats = [WatchStats() for _ in specs]
         self.frames = TaskFrames()
-        self.hits: list[Hit] = []
+        self.hits: list[Hit] = []       # the latest ``keep_hits`` (all when None)
+        self.hit_count = 0
+        self.keep_hits = keep_hits
         self.hit_repeats: dict[int, int] = {}      # hit seq -> later traps of its rep store
         self.unexpected_stops = 0
         self.spurious_watch_reports = 0
@@ -368,8 +376,18 @@ class Engine:
                     return
                 slot, old = found, expected
                 stats.found_by_scan += 1
+        if slot < sp:
+            # Free stack: the next call or interrupt frame lands there. Under
+            # TCG a watchpoint hit while the CPU pushes an interrupt or
+            # exception frame loses that interrupt, and a second push aborts
+            # QEMU 7.2 (see kswgdb.watch.loststops): never armed.
+            stats.refused_below_sp += 1
+            return
+        if spec.max_watch and stats.live >= spec.max_watch:
+            stats.refused_max_watch += 1    # KStackWatch's mw: this config's own bound
+            return
         if not self.pool.take():
-            stats.refused_pool += 1
+            stats.refused_pool += 1         # the run's pool (debug registers, --slots)
             return
         try:
             self.target.set_watchpoint(slot, spec.length)
@@ -382,6 +400,8 @@ class Engine:
             owner_task=task, depth=depth, armed_at=time.time(),
         )
         stats.armed += 1
+        stats.live += 1
+        stats.live_high = max(stats.live_high, stats.live)
 
     def _watch_release_reads(self, frame: Frame, spec: ArmSpec) -> None:
         reads = tuple(dict.fromkeys((frame.cfa + offset, length)
@@ -462,6 +482,7 @@ class Engine:
         if frame.watch is not None:
             self.target.clear_watchpoint(frame.watch.addr, frame.watch.length)
             self.pool.give()
+            self.stats[frame.spec_index].live -= 1
             self._last_writer.pop(id(frame.watch), None)
             frame.watch = None
         for addr, length in frame.release_reads:
@@ -620,7 +641,7 @@ class Engine:
             (self.sym.function(f.pc) or "") in self.layout.irq_functions for f in backtrace
         )
         hit = Hit(
-            seq=len(self.hits) + 1,
+            seq=self.hit_count + 1,
             wall_time=time.time(),
             guest_time=guest.guest_time(self.layout, self._read),
             cpu=max(0, stop.thread - 1),
@@ -651,6 +672,11 @@ class Engine:
         watch.hits += 1
         stats.hits += 1
         self.hits.append(hit)
+        self.hit_count += 1
+        if self.keep_hits is not None and len(self.hits) > self.keep_hits:
+            # Written to the event log and rendered already: a storm of hits
+            # must not grow the process (the log holds them all).
+            del self.hits[:len(self.hits) - max(self.keep_hits, 1)]
         if self.log is not None:
             self.log.write_hit(hit)
         if self.on_hit is not None:
@@ -709,6 +735,9 @@ class Engine:
                 "calls": stats.calls, "armed": stats.armed, "not_armed": stats.not_armed,
                 "skipped_depth": stats.skipped_depth, "refused_pool": stats.refused_pool,
                 "refused_check": stats.refused_check, "refused_stub": stats.refused_stub,
+                "refused_below_sp": stats.refused_below_sp,
+                "refused_max_watch": stats.refused_max_watch, "max_watch": spec.max_watch,
+                "live_high": stats.live_high,
                 "reentries": stats.reentries, "returns": stats.returns, "stale": stats.stale,
                 "hits": stats.hits, "found_by_scan": stats.found_by_scan,
                 "dead_frame_writes": stats.dead_frame_writes,
