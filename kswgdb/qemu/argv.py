@@ -107,6 +107,7 @@ class QemuOptions:
     extra_args: tuple[str, ...] = ()
     qemu_binary: str = QEMU_BINARY
     firmware_dirs: tuple[Path, ...] = ()   # the binary's -L help, for "qboot"
+    version_args: tuple[str, ...] = ()     # what this QEMU version needs (Quirks.tcg_args)
 
 
 def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -> list[str]:
@@ -122,6 +123,7 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
     cpu = opts.cpu if opts.cpu is not None else (KVM_CPU if opts.accel == "kvm" else None)
     if cpu:
         argv += ["-cpu", cpu]
+    argv += list(opts.version_args)
     argv += ["-smp", str(opts.smp or image.cpus)]
     argv += ["-m", memory]
 

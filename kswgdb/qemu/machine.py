@@ -58,7 +58,8 @@ PANIC_SCAN_LINES = 400
 
 #: QemuOptions fields a caller may pass through Machine(**options).
 _OPTION_NAMES = {f.name for f in dataclasses.fields(QemuOptions)} - {
-    "accel", "scenario", "extra_cmdline", "paused", "shared_ram", "ram_file", "firmware_dirs"}
+    "accel", "scenario", "extra_cmdline", "paused", "shared_ram", "ram_file", "firmware_dirs",
+    "version_args"}
 
 
 class Machine:
@@ -222,6 +223,8 @@ class Machine:
             shared_ram=self.shared_ram, ram_file=self.ram_path,
             **{**self._options, "qemu_binary": self.qemu.path},
             firmware_dirs=self.qemu.firmware_dirs,
+            version_args=self.qemu.quirks.tcg_args() if self.accel_decision.accel == "tcg"
+            else (),
         )
         self.argv = build_argv(self.image, paths, opts)
         log.debug("launching %s", self.argv)

@@ -175,3 +175,30 @@ def test_cli_bad_qemu_is_one_line_exit_2(how: str, tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "kswgdb: error: QEMU not found: /nonexistent/qemu "
         f"({'--qemu' if how == 'flag' else binary.ENV_VAR})"]
+
+
+@pytest.mark.parametrize(("version", "loops"), [
+    ((7, 2, 22), False), ((9, 2, 3), False), ((10, 0, 0), True), ((10, 0, 2), True)])
+def test_rep_string_quirk_by_version(version: tuple[int, int, int], loops: bool) -> None:
+    """From 10.0 a REP string instruction is one stop; icount makes it one per iteration."""
+    quirks = Quirks.of(QemuVersion(*version))
+    assert quirks.rep_string_loops is loops
+    assert quirks.tcg_args() == (("-icount", "shift=auto") if loops else ())
+
+
+def test_version_args_go_on_the_command_line(tmp_path: Path) -> None:
+    from kswgdb.image import Image
+    from kswgdb.qemu.argv import QemuOptions, build_argv
+    from kswgdb.qemu.rundir import RunPaths
+
+    kernel = tmp_path / "k.elf"
+    kernel.write_bytes(b"\x7fELF")
+    image = Image(name="t", path=tmp_path / "t.toml", kernel=kernel, symbols=kernel,
+                  cmdline="", memory="64M", cpus=2, machine="pc", bios=None)
+    paths = RunPaths(tmp_path)
+    plain = build_argv(image, paths, QemuOptions())
+    looped = build_argv(image, paths, QemuOptions(version_args=("-icount", "shift=auto")))
+    assert "-icount" not in plain
+    at = looped.index("-icount")
+    assert looped[at + 1] == "shift=auto"
+    assert looped[:at] + looped[at + 2:] == plain
