@@ -580,6 +580,9 @@ static const struct {
 	{ "dma-corruption", scenario8 },
 	{ "cpu-phys-write", scenario9 },
 	{ "constant-changed", scenario10 },
+	{ "array-loop-init", scenario11 },
+	{ "array-rep-stos-init", scenario12 },
+	{ "array-helper-init", scenario13 },
 };
 #define NR_SCENARIOS ((long)(sizeof(scenarios) / sizeof(scenarios[0])))
 

@@ -17,7 +17,10 @@ the worst failure for this tool — it looks exactly like "no corruption" — so
    by hostname, kernel release, QEMU version and a hash of the CPU model and
    flags — anything that could change the answer changes the key.
 
-An explicit ``tcg`` or ``kvm`` is obeyed without probing.
+An explicit ``tcg`` is obeyed without probing. An explicit ``kvm`` goes through the
+same checks and is refused (`BadInput`, before any guest starts) with the reason
+when they say KVM cannot fire a data watchpoint here: a run that cannot catch
+anything must not look like a clean one.
 """
 
 from __future__ import annotations
@@ -202,33 +205,39 @@ def decide(
     if request == "tcg":
         return AccelDecision("tcg", "requested", "requested")
     facts = facts or read_host_facts()
-    if request == "kvm":
-        if not facts.kvm_exists or not facts.kvm_accessible:
-            raise BadInput(f"--accel kvm: {precheck(facts)}")
-        return AccelDecision("kvm", "requested", "requested")
-    if request != "auto":
+    if request not in ("auto", "kvm"):
         raise BadInput(f"--accel must be auto, tcg or kvm, not {request!r}")
 
     why_not = precheck(facts)
     if why_not is not None:
+        if request == "kvm":
+            raise BadInput(f"--accel kvm: {why_not} (use --accel tcg or auto)")
         return AccelDecision("tcg", why_not, "precheck")
 
+    result, source = _probe_result(facts, probe, cache, qemu_binary, version)
+    if result.fired:
+        reason = f"KVM write watchpoint probe fired ({result.detail})"
+        return AccelDecision("kvm", f"requested; {reason}" if request == "kvm" else reason, source)
+    why_not = f"a write watchpoint did not fire under KVM ({result.detail})"
+    if request == "kvm":
+        raise BadInput(f"--accel kvm: {why_not} (use --accel tcg or auto)")
+    return AccelDecision("tcg", why_not, source)
+
+
+def _probe_result(facts: HostFacts, probe: Probe | None, cache: AccelCache | None,
+                  qemu_binary: str, version: str | None) -> tuple[ProbeResult, DecisionSource]:
+    """The probe's verdict for this host: from the cache, else by running it (then cached)."""
     cache = cache or AccelCache()
     key = facts.cache_key(version or qemu_version(qemu_binary))
     result = cache.get(key)
-    source: DecisionSource = "cached"
-    if result is None:
-        if probe is None:
-            from kswgdb.qemu.probe import probe_watchpoint  # lazy: probe boots a Machine
+    if result is not None:
+        return result, "cached"
+    if probe is None:
+        from kswgdb.qemu.probe import probe_watchpoint  # lazy: probe boots a Machine
 
-            def probe(accel: AccelName) -> ProbeResult:
-                return probe_watchpoint(accel, qemu_binary=qemu_binary)
+        def probe(accel: AccelName) -> ProbeResult:
+            return probe_watchpoint(accel, qemu_binary=qemu_binary)
 
-        result = probe("kvm")
-        cache.put(key, result)
-        source = "probed"
-    if result.fired:
-        return AccelDecision("kvm", f"KVM write watchpoint probe fired ({result.detail})", source)
-    return AccelDecision(
-        "tcg", f"a write watchpoint did not fire under KVM ({result.detail})", source
-    )
+    result = probe("kvm")
+    cache.put(key, result)
+    return result, "probed"

@@ -23,14 +23,13 @@ Choices made here, and why:
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kswgdb.image import Image
+from kswgdb.image import Image, parse_size  # noqa: F401  (parse_size: re-exported)
 from kswgdb.qemu.rundir import RunPaths
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -52,20 +51,6 @@ TCG_ACCEL = "tcg,thread=single"
 KVM_CPU = "host,-arch-capabilities"
 
 SharedRam = Literal["file", "memfd"] | None
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes in a QEMU-style size ("128M", "1G", "512"); a bare number means MiB as in ``-m``."""
-    if isinstance(text, int):
-        return text << 20
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"not a memory size: {text!r}")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-
 
 def bios_path(bios: str | None, firmware_dirs: Sequence[Path] = ()) -> Path | None:
     """The firmware file for an image's ``bios`` key: "qboot", a path, or None (QEMU's own).

@@ -111,8 +111,17 @@ class Program:
         """Decoded code, frame states and canary of a function (cached)."""
         sym = self.symtab.function(func) if isinstance(func, str) else func
         if sym.addr not in self._analyses:
-            self._analyses[sym.addr] = analyze(self.disasm, sym)
+            analysis = analyze(self.disasm, sym)
+            analysis.find_objects = lambda: self.stack_objects(analysis)
+            self._analyses[sym.addr] = analysis
         return self._analyses[sym.addr]
+
+    def stack_objects(self, analysis: FunctionAnalysis) -> list[tuple[int, int]]:
+        """The function's locals in its frame as (CFA offset, size), from DWARF."""
+        region = analysis.frame.straight_line()
+        body_pc = region[-1].end if region else analysis.symbol.addr
+        return [(v.cfa_offset, v.total_size) for v in self.locals_at(body_pc)
+                if v.on_stack and v.cfa_offset is not None and v.total_size]
 
     def writer_of(self, pc: int) -> Instruction | None:
         """The instruction that made a write watchpoint stop with PC = ``pc``."""

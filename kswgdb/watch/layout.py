@@ -92,3 +92,13 @@ def _linux(p: Program) -> GuestLayout:
         irq_functions=("common_interrupt", "sysvec_apic_timer_interrupt",
                        "__sysvec_apic_timer_interrupt", "handle_irq_event"),
     )
+
+
+def exit_hook_address(program: Program, layout: GuestLayout) -> int | None:
+    """Where the layout's task-exit function starts in ``program`` (None: no hook)."""
+    if not layout.exit_function:
+        return None
+    try:
+        return program.function(layout.exit_function).addr
+    except KswError:
+        return None

@@ -29,6 +29,7 @@ from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
+from kswgdb.symbols.slide import KernelSlide
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
@@ -36,7 +37,8 @@ from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
-from kswgdb.watch.layout import layout_for
+from kswgdb.watch.kaslr import KernelPlacement, place_kernel, placement_ending, slide_fields
+from kswgdb.watch.layout import exit_hook_address, layout_for
 from kswgdb.watch.modules import (
     ModuleArmer,
     ModuleFinder,
@@ -52,6 +54,7 @@ from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.spec import ArmSpec
 from kswgdb.watch.stub_target import StubTarget
 from kswgdb.watch.symbolize import ProgramSymbolizer
+from kswgdb.watch.unarmed import run_warnings
 
 
 @dataclass
@@ -73,6 +76,7 @@ class RunOptions:
     release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
     hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
+    allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
 
 
 @dataclass
@@ -103,6 +107,8 @@ class RunReport:
     backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
     backtrace_seconds: list[float] = field(default_factory=list)  # per gdb backtrace
     fault: str | None = None           # why the run ended badly (exit status 3), or None
+    unarmed: list[str] = field(default_factory=list)   # one line per never-armed watch
+    slide: KernelSlide | None = None   # where the kernel was found (KASLR)
 
     @property
     def hits(self) -> list[Hit]:
@@ -152,6 +158,7 @@ class WatchSession:
         self.phys: PhysWatch | None = None
         self.backtrace_mode = "fp"
         self.module_watches: list[ModuleWatch] = []
+        self.placement: KernelPlacement | None = None   # where run found the kernel
 
     # ----------------------------------------------------------- prepare
     def prepare(self) -> None:
@@ -198,12 +205,6 @@ class WatchSession:
         assert layout is not None
         max_watch = max((s.max_watch for s in self.specs), default=0)
         pool = SlotPool.for_run(accel.accel, max_watch, opts.slots or TCG_DEFAULT_SLOTS)
-        exit_hook = None
-        if layout.exit_function:
-            try:
-                exit_hook = self.program.function(layout.exit_function).addr
-            except BadInput:
-                exit_hook = None
         log = EventLog(opts.log_path, echo=self.log_echo)
         self.on_status(f"backtraces: {BACKTRACE_WHAT[self.backtrace_mode]}")
         unwinder: GdbUnwinder | None = None
@@ -214,35 +215,47 @@ class WatchSession:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
                          extra_cmdline=opts.cmdline, paused=True,
                          shared_ram="file" if self.poll_specs else False) as machine:
-                log.write("start", image=str(self.image.path), accel=accel.accel,
-                          accel_reason=accel.reason, scenario=opts.scenario,
-                          watches=[r.describe() for r in self.resolved],
-                          configs=[s.text for s in self.specs],
-                          polls=[p.canonical() for p in self.poll_specs],
-                          backtrace=self.backtrace_mode)
-                if self.poll_specs:
-                    self._start_polls(machine, log, engine_attached=True)
                 client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
                 try:
                     client.handshake()
                     target = StubTarget(client, emulate=opts.emulate,
                                         queue_watchpoints=accel.accel == "tcg")
+                    # KASLR: the guest runs to its entry point; from here on every
+                    # address is the guest's (kswgdb.watch.kaslr).
+                    self.placement = placement = place_kernel(
+                        target, self.program, self.image.guest, accel.accel,
+                        started + opts.timeout)
+                    program = placement.program
+                    specs = placement.specs(self.specs)
+                    if program is not self.program:
+                        layout = layout_for(program, self.image.guest)
+                    self.on_status(placement.slide.describe())
+                    log.write("start", image=str(self.image.path), accel=accel.accel,
+                              accel_reason=accel.reason, scenario=opts.scenario,
+                              watches=[r.describe() for r in self.resolved],
+                              configs=[s.text for s in self.specs],
+                              polls=[p.canonical() for p in self.poll_specs],
+                              backtrace=self.backtrace_mode, **slide_fields(placement))
+                    if self.poll_specs:
+                        self._start_polls(machine, log, engine_attached=True)
+                    exit_hook = exit_hook_address(program, layout)
                     modules_dir = self.image.modules_dir
                     with_modules = self.module_watches or (
                         self.image.guest == "linux" and modules_dir is not None
                         and modules_dir.is_dir())
-                    symbolizer = (ModuleSymbolizer(self.program) if with_modules
-                                  else ProgramSymbolizer(self.program))
+                    symbolizer = (ModuleSymbolizer(program) if with_modules
+                                  else ProgramSymbolizer(program))
                     if self.backtrace_mode == "gdb":
                         finder = None
                         if isinstance(symbolizer, ModuleSymbolizer) and modules_dir is not None:
                             with contextlib.suppress(BadInput):
-                                finder = ModuleFinder(self.program, modules_dir, symbolizer,
+                                finder = ModuleFinder(program, modules_dir, symbolizer,
                                                       target.read)
                         unwinder = GdbUnwinder(target, self.image.symbols, symbolizer,
-                                               find_modules=finder)
+                                               find_modules=finder,
+                                               symbol_offset=placement.slide.virtual)
                     engine = Engine(
-                        target, self.specs, layout, symbolizer, pool,
+                        target, specs, layout, symbolizer, pool,
                         log=log, on_hit=self.on_hit,
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
                         backtracer=unwinder,
@@ -251,7 +264,7 @@ class WatchSession:
                     engine.install()
                     if self.module_watches:
                         assert isinstance(symbolizer, ModuleSymbolizer)
-                        ModuleArmer(self.program, self.module_watches, symbolizer,
+                        ModuleArmer(program, self.module_watches, symbolizer,
                                     self.on_status).install(engine)
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
@@ -267,7 +280,7 @@ class WatchSession:
                             or watchdog.should_stop()
 
                     try:
-                        result = engine.run(
+                        result = placement_ending(placement, engine.hits) or engine.run(
                             deadline=deadline, should_stop=should_stop,
                             halt=phys.freeze.is_set if phys is not None else None)
                     except StubClosed as exc:
@@ -299,6 +312,10 @@ class WatchSession:
         finally:
             polls = self._stop_polls()
             summary = engine.summary() if "engine" in locals() else []
+            unarmed = run_warnings(summary, self.module_watches, self.placement,
+                                   locals().get("result"), opts.timeout)
+            if unarmed:
+                log.write("unarmed", warnings=unarmed)
             log.write("summary", watches=summary, polls=[vars(p) for p in polls])
             failure = sys.exc_info()[1]
             if failure is not None:
@@ -326,7 +343,9 @@ class WatchSession:
             backtrace_failures=list(unwinder.failures) if unwinder is not None else [],
             backtrace_seconds=list(unwinder.seconds) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
-            symbols=self.image.symbols, fault=fault, **self._poll_report(polls),
+            symbols=self.image.symbols, fault=fault, unarmed=unarmed,
+            slide=self.placement.slide if self.placement is not None else None,
+            **self._poll_report(polls),
         )
 
     # ------------------------------------------------------------- polls
@@ -334,9 +353,12 @@ class WatchSession:
         """Map the guest's RAM and start polling while the guest is still paused (-S)."""
         assert self.image is not None
         vmcores = self.options.log_path.parent if self.options.log_path else Path.cwd()
-        self.phys = PhysWatch(machine, self.program, self.poll_specs, guest=self.image.guest,
+        placed = self.placement
+        self.phys = PhysWatch(machine, placed.program if placed else self.program,
+                              self.poll_specs, guest=self.image.guest,
                               log=log, on_hit=self.on_poll_hit,
-                              engine_attached=engine_attached, vmcore_dir=vmcores)
+                              engine_attached=engine_attached, vmcore_dir=vmcores,
+                              slide=placed.slide if placed else None)
         self.phys.start()
         for line in self.phys.describe():
             self.on_status(line)

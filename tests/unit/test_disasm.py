@@ -83,14 +83,21 @@ def test_suggested_offset_is_the_boundary_after_the_canary_store(flavour: str) -
         assert analysis.code.at(store.end).flow is None
 
 
-def test_suggested_offset_for_a_local_follows_its_last_initialising_store() -> None:
+def test_suggested_offset_for_a_local_follows_every_store_of_the_function() -> None:
+    """recurse stores mark, hands &mark to publish(), and stores it again after the
+    recursion: the only point after all three is after the last store."""
     prog = _program("global")
     rec = prog.analyze("recurse")
     mark = prog.local("recurse", "mark", rec.symbol.addr + rec.suggest_offset())
+    plan = rec.plan(FrameSlot(mark.cfa_offset, 4))
+    assert [(w.kind, w.insn.mnemonic) for w in plan.writers] == \
+        [("store", "mov"), ("call", "call"), ("store", "mov")]
+    assert plan.safe and plan.fo == plan.writers[-1].insn.end - rec.symbol.addr
     stores = rec.init_stores(FrameSlot(mark.cfa_offset, 4))
     assert [s.insn.text for s in stores] == ["mov dword ptr [rbp - 0x1c], edi"]
-    assert rec.suggest_offset(FrameSlot(mark.cfa_offset, 4)) == \
-        stores[-1].insn.end - rec.symbol.addr
+    early = stores[-1].insn.end - rec.symbol.addr
+    assert rec.after_init_offset(FrameSlot(mark.cfa_offset, 4)) == early
+    assert "itself writes the watched bytes at" in plan.check(early, "the watched bytes")
     assert rec.slot("rbp", -0x1c, 4).cfa_offset == mark.cfa_offset
     assert rec.init_stores(rec.slot("rbp", -0x1c, 4)) == stores
     later = rec.init_stores(FrameSlot(mark.cfa_offset, 4), straight_only=False)
@@ -135,9 +142,9 @@ def test_writer_of_a_real_hardware_watchpoint_hit() -> None:
     needs_gdb()
     prog = _program("global")
     rec = prog.analyze("recurse")
-    resolved = resolve_watch(parse_watch(f"fn=recurse fo={rec.suggest_offset()} var=mark"), prog)
-    resolved = resolve_watch(parse_watch(f"fn=recurse fo={resolved.suggested_offset} var=mark"),
-                             prog)
+    mark = prog.local("recurse", "mark", rec.symbol.addr + rec.suggest_offset())
+    early = rec.after_init_offset(FrameSlot(mark.cfa_offset, 4))
+    resolved = resolve_watch(parse_watch(f"fn=recurse fo={early} var=mark"), prog)
     slot = resolved.slot
     (pc,) = gdb_values(binary("global"), f"*{resolved.arm_addr:#x}", ["$pc"],
                        after=["delete 1", f"watch -l *(int *)(${slot.base} + {slot.offset})",
@@ -246,8 +253,9 @@ def test_offset_mode_is_sp_after_the_instruction_at_fo(flavour: str) -> None:
 def test_resolve_warns_when_arming_before_the_own_initialising_store() -> None:
     prog = _program("global")
     r = _resolve(f"fn=recurse fo={prog.analyze('recurse').suggest_offset():#x} var=mark")
-    assert len(r.warnings) == 1 and "itself writes the slot at +0x" in r.warnings[0]
-    assert f"fo={r.suggested_offset:#x} arms after it" in r.warnings[0]
+    assert len(r.warnings) == 1
+    assert "arms before recurse itself writes mark at +0x18" in r.warnings[0]
+    assert f"fo={r.suggested_offset:#x} arms after every such write" in r.warnings[0]
     again = _resolve(f"fn=recurse fo={r.suggested_offset:#x} var=mark")
     assert again.warnings == () and str(again.slot) == "[rbp-0x1c]/4"
 
