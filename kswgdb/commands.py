@@ -21,6 +21,7 @@ from kswgdb.render.console import output_console
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
 from kswgdb.render.summary import render_summary
+from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
@@ -94,12 +95,16 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         report = session.run()
     _render_report(report, options, out if not json_out else err)
     if report.fault:
-        print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
+        print(f"kswgdb: error: {report.fault}; {report.hit_count} hit(s) in the event log",
               file=sys.stderr)
+        for line in report.qemu_stderr:
+            print(f"  qemu: {line}", file=sys.stderr)
+        if report.qemu_log is not None:
+            print(f"  QEMU's log kept: {report.qemu_log}", file=sys.stderr)
         return EXIT_INFRA
     for line in report.unarmed:
         print(f"kswgdb: warning: {line}", file=sys.stderr)
-    if report.hits or report.poll_hits:
+    if report.hit_count or report.poll_hits:
         return EXIT_HIT
     return EXIT_UNARMED if report.unarmed and not options.allow_unarmed else EXIT_OK
 
@@ -107,6 +112,8 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
     if report.summary or not report.polls:
         out.print(render_summary(report.summary))
+    if report.pool:
+        out.print(f"[dim]{report.pool}")
     if report.polls:
         out.print(render_poll_summary(report.polls))
     ending = report.result.reason
@@ -132,12 +139,12 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     if report.vmcore is not None:
         out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True,
                   soft_wrap=True)
-        out.print(f"  inspect: gdb {report.symbols} {report.vmcore}   "
+        out.print(f"  inspect: gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}   "
                   f"(or: crash {report.symbols} {report.vmcore})", markup=False, soft_wrap=True)
     for core in report.poll_vmcores:
         if core != report.vmcore:
             out.print(f"[dim]poll vmcore: {core}", markup=True, soft_wrap=True)
-    hits = len(report.hits)
+    hits = report.hit_count
     if report.polls:
         out.print(f"[bold {'red' if hits + len(report.poll_hits) else 'green'}]{hits} watch "
                   f"hit(s), {len(report.poll_hits)} poll hit(s)")

@@ -150,7 +150,9 @@ def load(spec: str | Path | None = None) -> Image:
             return None
         p = (base / data[key]).resolve()
         if not p.exists():
-            raise BadInput(f"image {toml_path.stem}: {key} file missing: {p}")
+            hint = " (build it with `make guest`)" if toml_path == IMAGES_DIR / \
+                f"{bundled.TEST_KERNEL}.toml" else ""
+            raise BadInput(f"image {toml_path.stem}: {key} file missing: {p}{hint}")
         return p
 
     kernel = _path("kernel")

@@ -93,6 +93,7 @@ class QemuOptions:
     qemu_binary: str = QEMU_BINARY
     firmware_dirs: tuple[Path, ...] = ()   # the binary's -L help, for "qboot"
     version_args: tuple[str, ...] = ()     # what this QEMU version needs (Quirks.tcg_args)
+    initrd: Path | None = None      # None: image.initrd (a run's copy carries its command)
 
 
 def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -> list[str]:
@@ -120,8 +121,9 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
         argv += ["-bios", str(bios)]
 
     argv += ["-kernel", str(image.kernel)]
-    if image.initrd is not None:
-        argv += ["-initrd", str(image.initrd)]
+    initrd = opts.initrd or image.initrd
+    if initrd is not None:
+        argv += ["-initrd", str(initrd)]
     cmdline = image.cmdline_for(opts.scenario, opts.extra_cmdline)
     if cmdline:
         argv += ["-append", cmdline]

@@ -39,7 +39,7 @@ from kswgdb.errors import KswError
 from kswgdb.image import Image
 from kswgdb.image import load as load_image
 from kswgdb.qemu import binary as qemu_binary
-from kswgdb.qemu import reaper
+from kswgdb.qemu import guestcmd, reaper
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.argv import QemuOptions, SharedRam, build_argv
 from kswgdb.qemu.binary import QemuBinary
@@ -217,9 +217,12 @@ class Machine:
         # Always -S: the guest must not run (and possibly exit) before QMP is up,
         # or a fast guest's exit would look like a failed launch. `paused=False`
         # is honoured below with a `cont` once everything is connected.
+        # A Linux guest's command travels in the initramfs (kswgdb.qemu.guestcmd).
+        extra, initrd = guestcmd.prepare(self.image.guest, self.image.initrd,
+                                         self.extra_cmdline, paths.root)
         opts = QemuOptions(
             accel=self.accel_decision.accel, scenario=self.scenario,
-            extra_cmdline=self.extra_cmdline, paused=True,
+            extra_cmdline=extra, paused=True, initrd=initrd,
             shared_ram=self.shared_ram, ram_file=self.ram_path,
             **{**self._options, "qemu_binary": self.qemu.path},
             firmware_dirs=self.qemu.firmware_dirs,
@@ -284,6 +287,15 @@ class Machine:
         return MachineStartError(
             f"QEMU exited with status {rc} {when}" + (f": {last}" if last else ""),
             argv=self.argv, console_tail=tail)
+
+    @property
+    def qemu_log_path(self) -> Path | None:
+        """QEMU's stdout and stderr (its run directory's ``qemu.log``), while the run lasts."""
+        return self.run_dir.paths.qemu_log if self.run_dir is not None else None
+
+    def qemu_log_tail(self) -> list[str]:
+        """The last lines QEMU itself printed (an assertion before an abort, say)."""
+        return self._qemu_log_tail()
 
     def _qemu_log_tail(self) -> list[str]:
         if self.run_dir is None:

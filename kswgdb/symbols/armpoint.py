@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kswgdb.symbols.disasm import FunctionCode, Instruction
-from kswgdb.symbols.frame import FRAME_POINTERS, FrameAnalysis, FrameState, pointer_offset
+from kswgdb.symbols.frame import (
+    FRAME_POINTERS,
+    FrameAnalysis,
+    FrameState,
+    is_aligned,
+    pointer_offset,
+)
 
 WriterKind = Literal["store", "push", "indexed", "string", "call"]
 
@@ -198,7 +204,7 @@ def _writes(insn: Instruction, state: FrameState, objects: Objects) -> list[Writ
 class Blocks:
     """Basic blocks of one function, their edges and dominators."""
 
-    def __init__(self, code: FunctionCode) -> None:
+    def __init__(self, code: FunctionCode, frame: FrameAnalysis | None = None) -> None:
         insns = code.instructions
         self.code = code
         leaders = {insns[0].addr} if insns else set()
@@ -228,8 +234,11 @@ class Blocks:
             if last.flow in ("jump", "cjump") and inside:
                 self.succs[b].append(self.block_of[last.target])     # type: ignore[index]
             elif last.flow in ("jump", "cjump") and last.target is None:
-                # through a register or a table: a tail call, or anywhere in here
-                self.succs[b].extend(range(n))
+                # Through a register or a table. With the frame gone (the return
+                # address on top) it is a tail call; else it may go anywhere in here.
+                state = frame.state_before(last.addr) if frame is not None else None
+                if state is None or state.sp != 8:
+                    self.succs[b].extend(range(n))
                 self.exits.append(b)
             elif last.flow == "ret" or (last.flow == "jump" and not inside):
                 self.exits.append(b)
@@ -332,7 +341,7 @@ class FunctionWriters:
 
     @classmethod
     def of(cls, frame: FrameAnalysis, objects: Objects | None = None) -> FunctionWriters:
-        return cls(frame, frame_writers(frame, objects), Blocks(frame.code))
+        return cls(frame, frame_writers(frame, objects), Blocks(frame.code, frame))
 
     def of_range(self, cfa_offset: int, length: int) -> list[Writer]:
         """The writers of any byte of the range that run while it is part of the frame."""
@@ -356,7 +365,7 @@ class FunctionWriters:
                 continue                  # unknown, or SP already above the range
             released = insn.flow == "ret" or (after is not None and after.sp is not None
                                               and -after.sp >= end)
-            if released:
+            if released and _frame_known(before):
                 rule = ("rbp", before.fp) if before.fp is not None else ("rsp", before.sp)
                 points.append((insn.addr, rule[0], rule[1]))
         return tuple(points)
@@ -410,11 +419,11 @@ class FunctionWriters:
     def _placeable(self, insn: Instruction, cfa_offset: int, length: int) -> bool:
         """After ``insn`` the range is inside the frame and RSP or RBP places it."""
         after = self.frame.state_after(insn.addr)
-        if after is None:
+        if after is None or after.from_cfa(cfa_offset) is None or not _frame_known(after):
             return False
-        if after.sp is not None:
+        if after.sp is not None and is_aligned(after.sp) == is_aligned(cfa_offset):
             return -after.sp <= cfa_offset
-        return after.fp is not None
+        return True
 
     def _best_candidate(self, cfa_offset: int, length: int, writers: list[Writer],
                         late: list[tuple[int, Writer]]) -> ArmPlan:
@@ -440,6 +449,12 @@ class FunctionWriters:
         return ArmPlan(name, start, cfa_offset, length, fo, False,
                        self.blocks.on_every_path(self.blocks.block_of[start + fo]), reason,
                        tuple(writers), frozenset(), tuple(late))
+
+
+def _frame_known(state: FrameState) -> bool:
+    """The CFA itself can be computed here (RBP, or RSP outside the aligned space):
+    what matching a stop to its frame and a release point need."""
+    return state.fp is not None and not is_aligned(state.fp) or state.cfa_sp is not None
 
 
 def _first_after_writer(code: FunctionCode, safe: list[tuple[int, bool]],

@@ -24,6 +24,19 @@ _CALLER_SAVED = frozenset({"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10",
 #: address at or above CFA + offset derived from a frame address (a pointer walking
 #: a local array in a loop), or ("const", value).
 Value = tuple[str, int]
+#: A function that realigns its stack (``and rsp, -16``) puts RSP at an address the
+#: code cannot place relative to the CFA: from there on ``sp`` is ALIGNED + (A - RSP),
+#: A being RSP just after the ``and``, and slots reached through RSP get offsets
+#: -ALIGNED + (slot - A). The two spaces never overlap, RBP (still CFA-relative)
+#: keeps placing the CFA itself, and a slot of the aligned space is placed from RSP.
+ALIGNED = 1 << 40
+
+
+def is_aligned(offset: int | None) -> bool:
+    """True for an offset of the aligned space (see `ALIGNED`), as sp or as a slot."""
+    return offset is not None and abs(offset) >= ALIGNED // 2
+
+
 #: Kinds of values that point into the frame.
 FRAME_POINTERS = ("cfa", "cfa+")
 #: Visits of one instruction after which the dataflow stops widening pointers.
@@ -57,13 +70,19 @@ class FrameState:
         return None
 
     def from_cfa(self, cfa_offset: int, prefer: str = "rbp") -> tuple[str, int] | None:
-        """A CFA offset as (register, offset) using RBP if known here (or RSP)."""
+        """A CFA offset as (register, offset) using RBP if known here (or RSP); a slot
+        of the aligned space only from RSP in the same space."""
         order = ("rbp", "rsp") if prefer == "rbp" else ("rsp", "rbp")
         for base in order:
             known = self.fp if base == "rbp" else self.sp
-            if known is not None:
+            if known is not None and is_aligned(known) == is_aligned(cfa_offset):
                 return base, cfa_offset + known
         return None
+
+    @property
+    def cfa_sp(self) -> int | None:
+        """CFA - RSP when it is a real distance (not in the aligned space)."""
+        return None if is_aligned(self.sp) else self.sp
 
 
 ENTRY = FrameState(sp=8, fp=None)
@@ -114,7 +133,9 @@ class FrameAnalysis:
         """Instructions from the entry up to (not including) the first call, jump,
         return or trap: the region where the function initialises its frame."""
         out = []
-        for insn in self.code.instructions:
+        for i, insn in enumerate(self.code.instructions):
+            if i == 0 and insn.flow == "call":
+                continue        # the ftrace hook (call __fentry__): returns with all as it was
             if insn.flow is not None:
                 break
             out.append(insn)
@@ -227,6 +248,8 @@ def step(state: FrameState, insn: Instruction) -> FrameState:
     elif m == "mov" and only_regs and dst in ("rsp", "rbp") and src in ("rsp", "rbp"):
         value = sp if src == "rsp" else fp
         sp, fp = (value, fp) if dst == "rsp" else (sp, value)
+    elif m == "and" and dst == "rsp" and only_regs and insn.imm is not None and insn.imm < 0:
+        sp = ALIGNED                # realigned: RSP is A from here (see ALIGNED)
     elif m == "lea" and dst in ("rsp", "rbp"):
         ref = insn.address_ref
         off = state.cfa_offset(ref.base, ref.disp) if ref and ref.index is None else None

@@ -120,8 +120,17 @@ class Program:
         """The function's locals in its frame as (CFA offset, size), from DWARF."""
         region = analysis.frame.straight_line()
         body_pc = region[-1].end if region else analysis.symbol.addr
-        return [(v.cfa_offset, v.total_size) for v in self.locals_at(body_pc)
-                if v.on_stack and v.cfa_offset is not None and v.total_size]
+        state = analysis.frame.state_after(region[-1].addr) if region else None
+        out = []
+        for v in self.locals_at(body_pc):
+            loc = v.location
+            cfa = loc.cfa_offset
+            if cfa is None and state is not None and loc.base is not None \
+                    and loc.offset is not None:
+                cfa = state.cfa_offset(loc.base, loc.offset)    # DW_OP_breg7 (realigned)
+            if v.on_stack and cfa is not None and v.total_size:
+                out.append((cfa, v.total_size))
+        return out
 
     def writer_of(self, pc: int) -> Instruction | None:
         """The instruction that made a write watchpoint stop with PC = ``pc``."""

@@ -51,6 +51,13 @@ class KernelSlide:
         return f"kaslr slide {self.virtual:+#x}{phys} ({self.found_by})"
 
 
+def gdb_symbols(path: object, slide: KernelSlide | None) -> str:
+    """How gdb's command line names the symbol file: moved by the slide when there is one."""
+    if slide is None or not slide.virtual:
+        return str(path)
+    return f"-ex 'symbol-file -o {slide.virtual:#x} {path}'"
+
+
 class SlidSymbolTable:
     """A `SymbolTable` read through a slide: the same questions, guest addresses."""
 
@@ -166,5 +173,5 @@ def slid_program(program: Program, slide: int) -> Program:
     return SlidProgram(base, slide)
 
 
-__all__ = ["KERNEL_MAP_END", "KERNEL_MAP_START", "SLIDE_ALIGN", "KernelSlide",
+__all__ = ["KERNEL_MAP_END", "KERNEL_MAP_START", "SLIDE_ALIGN", "KernelSlide", "gdb_symbols",
            "SlidProgram", "SlidSymbolTable", "slid_program"]

@@ -22,7 +22,7 @@ from kswgdb.symbols.armpoint import ArmPlan
 from kswgdb.symbols.disasm import Instruction
 from kswgdb.symbols.dwarf import DwarfInfo
 from kswgdb.symbols.elf import Symbol, SymbolTable
-from kswgdb.symbols.frame import FrameState
+from kswgdb.symbols.frame import FrameState, is_aligned
 from kswgdb.symbols.locals import FrameVar
 from kswgdb.symbols.program import Program
 from kswgdb.symbols.prologue import CanarySlot, FrameSlot, FunctionAnalysis
@@ -112,7 +112,7 @@ class ResolvedWatch:
 
     def read_release_plan(self, exits: tuple[tuple[int, str, int], ...]) -> tuple:
         """Read watchpoints that see every release point (`kswgdb.watch.readrelease`)."""
-        if self.cfa_offset is None or self.analysis is None:
+        if self.cfa_offset is None or self.analysis is None or is_aligned(self.cfa_offset):
             return ()
         return read_exits(self.analysis.code, self.analysis.frame,
                           tuple(addr for addr, _, _ in exits), self.cfa_offset,
@@ -165,7 +165,8 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
     after_state = analysis.frame.state_after(probe_addr)
     sp_delta = None
     if before_state is not None and after_state is not None \
-            and before_state.sp is not None and after_state.sp is not None:
+            and before_state.sp is not None and after_state.sp is not None \
+            and is_aligned(before_state.sp) == is_aligned(after_state.sp):
         sp_delta = before_state.sp - after_state.sp
     warnings: list[str] = []
     canary = var = None
@@ -189,8 +190,9 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
     returns = tuple(i.addr for i in code.instructions if i.flow == "ret")
     frame_cfa = None
     if after_state is not None:
-        frame_cfa = (("rbp", after_state.fp) if after_state.fp is not None else
-                     ("rsp", after_state.sp) if after_state.sp is not None else None)
+        frame_cfa = (("rbp", after_state.fp) if after_state.fp is not None
+                     and not is_aligned(after_state.fp) else
+                     ("rsp", after_state.cfa_sp) if after_state.cfa_sp is not None else None)
     resolved = ResolvedWatch(cfg, func, probe_addr, insn, insn.end, sp_delta, slot, cfa, canary,
                              var, suggested, returns, tuple(warnings), frame_cfa, analysis)
     below_sp = cfa is not None and after_state is not None and after_state.sp is not None \

@@ -152,3 +152,11 @@ def test_poll_hints_map_the_kernel_image_at_both_slides(kernel: Program) -> None
     assert kernel_map("linux", kernel, KernelSlide(0, None, "not found")) is None
     ident = kernel_map("kswtest", None)
     assert ident is not None and ident.virtual_of(0x11_3000) == 0x11_3000
+
+
+def test_gdb_is_told_the_slide() -> None:
+    from kswgdb.symbols.slide import KernelSlide, gdb_symbols
+    assert gdb_symbols("vmlinux", None) == "vmlinux"
+    assert gdb_symbols("vmlinux", KernelSlide(0, 0, "stopped")) == "vmlinux"
+    assert gdb_symbols("vmlinux", KernelSlide(0x200000, 0, "stopped")) == \
+        "-ex 'symbol-file -o 0x200000 vmlinux'"
