@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from kswgdb import __version__
 from kswgdb.errors import BadInput, KswError
+from kswgdb.watch.hang import DEFAULT_HANG_TIMEOUT
 
 EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -53,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                      help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
                           "when gdb is installed) or fp (frame-pointer walk)")
-    run.add_argument("--hang-timeout", type=_seconds, default=0.0, metavar="S",
-                     help="end with status 3 if the guest prints nothing and stops nowhere "
-                          "for S seconds (default 0: never)")
+    run.add_argument("--hang-timeout", type=_seconds, default=DEFAULT_HANG_TIMEOUT, metavar="S",
+                     help="end with status 3 if the guest prints nothing, stops nowhere and "
+                          "its clock does not tick for S seconds (default "
+                          f"{DEFAULT_HANG_TIMEOUT:g}; 0: never)")
     run.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
                      help="freeze at the first hit and lend the frozen guest, read-only, to "
                           "gdb on this loopback TCP port until Ctrl-C")
