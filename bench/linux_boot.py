@@ -7,6 +7,12 @@
   syscall, from ``ls -l``); measured by wrapping the engine's probe handler.
 * lkdtm armed: the same for a watch on lkdtm_CORRUPT_STACK, a module function:
   module found on the kernel's list at load, watch armed, function triggered.
+* KASLR: the image boots with KASLR and kswgdb searches the slide
+  (`kswgdb.watch.kaslr`: ~480 breakpoints from reset to x86_64_start_kernel).
+  The first-armed time is also measured with ``nokaslr`` (the search still runs,
+  finds 0) and with ``nokaslr`` and no search at all (the path before KASLR
+  support): the cost of KASLR is the first row minus the last. "KASLR slide
+  search" is resume at reset -> stopped at the entry, as the session timed it.
 
 Runs are interleaved (boot, run, run, boot, ...) so a noisy neighbour hurts all
 alike; medians printed.
@@ -28,7 +34,10 @@ sys.path.insert(0, str(ROOT))
 from kswgdb.image import IMAGES_DIR  # noqa: E402
 from kswgdb.image import load as load_image  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
+from kswgdb.symbols.slide import KernelSlide  # noqa: E402
+from kswgdb.watch import session as session_mod  # noqa: E402
 from kswgdb.watch.engine import Engine  # noqa: E402
+from kswgdb.watch.kaslr import KernelPlacement, place_kernel  # noqa: E402
 from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
 
 READY = r"KSWGDB-INIT ready"
@@ -42,8 +51,16 @@ def boot_once(image) -> float:
         return time.monotonic() - t0
 
 
-def first_armed(image, watch: str, command: str) -> tuple[float, float]:
-    """(seconds to the first armed call, seconds for the whole run)."""
+def _no_search(target, program, guest, accel, deadline, should_stop=None):
+    """The run as it was before KASLR support: the file's addresses, no search."""
+    return KernelPlacement(KernelSlide(0, None, "no KASLR"), program)
+
+
+def first_armed(image, watch: str, command: str, kernel_args: str = "",
+                search: list[float] | None = None,
+                without_search: bool = False) -> tuple[float, float]:
+    """(seconds to the first armed call, seconds for the whole run); the KASLR search's
+    seconds appended to ``search``."""
     first: list[float] = []
     original = Engine._probe_one
 
@@ -54,38 +71,61 @@ def first_armed(image, watch: str, command: str) -> tuple[float, float]:
         return out
 
     Engine._probe_one = probe_one
+    if without_search:
+        session_mod.place_kernel = _no_search
     try:
         t0 = time.monotonic()
-        report = WatchSession(RunOptions(image=image.path, watches=[watch], accel="tcg",
-                                         timeout=120, cmdline=f"-- {command}")).run()
+        session = WatchSession(RunOptions(image=image.path, watches=[watch], accel="tcg",
+                                          timeout=120,
+                                          cmdline=f"{kernel_args} -- {command}".strip()))
+        report = session.run()
         total = time.monotonic() - t0
     finally:
         Engine._probe_one = original
+        session_mod.place_kernel = place_kernel
     if not first:
         raise RuntimeError(f"{watch}: no call was armed ({report.summary})")
+    if search is not None and session.placement is not None and session.placement.search:
+        search.append(session.placement.search.seconds)
     return first[0] - t0, total
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--kaslr-only", action="store_true",
+                    help="only the first-armed rows (KASLR, nokaslr, no search)")
     args = ap.parse_args()
     image = load_image(IMAGES_DIR / "linux.toml")
     rows: dict[str, list[float]] = {"boot to init ready": [], "run to first armed cp_new_stat": [],
+                                    "  same, nokaslr": [],
+                                    "  same, nokaslr, no search (before)": [],
+                                    "  KASLR slide search": [],
                                     "  whole run (ls -l /bin)": [],
                                     "run to lkdtm_CORRUPT_STACK armed": [],
                                     "  whole run (to the panic)": []}
     for _ in range(args.runs):
-        rows["boot to init ready"].append(boot_once(image))
-        a, b = first_armed(image, "fn=cp_new_stat fo=0x3d", "ls -l /bin > /dev/null")
+        if not args.kaslr_only:
+            rows["boot to init ready"].append(boot_once(image))
+        a, b = first_armed(image, "fn=cp_new_stat fo=0x3d", "ls -l /bin > /dev/null",
+                           search=rows["  KASLR slide search"])
         rows["run to first armed cp_new_stat"].append(a)
         rows["  whole run (ls -l /bin)"].append(b)
+        a, _ = first_armed(image, "fn=cp_new_stat fo=0x3d", "ls -l /bin > /dev/null", "nokaslr")
+        rows["  same, nokaslr"].append(a)
+        a, _ = first_armed(image, "fn=cp_new_stat fo=0x3d", "ls -l /bin > /dev/null", "nokaslr",
+                           without_search=True)
+        rows["  same, nokaslr, no search (before)"].append(a)
+        if args.kaslr_only:
+            continue
         a, b = first_armed(image, "fn=lkdtm_CORRUPT_STACK fo=0x1e", PROVOKE)
         rows["run to lkdtm_CORRUPT_STACK armed"].append(a)
         rows["  whole run (to the panic)"].append(b)
     print(f"{'TCG, Debian 6.1 cloud kernel':<36} {'median s':>9} {'min s':>7} {'max s':>7}"
           f"   ({args.runs} runs)")
     for label, values in rows.items():
+        if not values:
+            continue
         print(f"{label:<36} {statistics.median(values):9.2f} {min(values):7.2f} "
               f"{max(values):7.2f}")
     return 0

@@ -683,9 +683,9 @@ static const struct {
 	{ "dma-corruption", scenario8 },
 	{ "cpu-phys-write", scenario9 },
 	{ "constant-changed", scenario10 },
-	{ NULL, NULL },                 /* 11-13: reserved (arm-point analysis) */
-	{ NULL, NULL },
-	{ NULL, NULL },
+	{ "array-loop-init", scenario11 },
+	{ "array-rep-stos-init", scenario12 },
+	{ "array-helper-init", scenario13 },
 	{ "hit-storm", scenario14 },
 	{ "wedge", scenario15 },
 };

@@ -140,3 +140,11 @@ class GdbMI:
 def mi_quote(text: str) -> str:
     """Quote a path or argument for an MI command line (C-string rules)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cli_quote(path: str | object) -> str:
+    """A file name as one word of a gdb CLI command (quoted when it has spaces or quotes)."""
+    text = str(path)
+    if any(c.isspace() or c in "\"'\\" for c in text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import GdbError, StubClosed, StubError
-from kswgdb.gdbstub.mi import GdbMI, gdb_command, mi_quote
+from kswgdb.gdbstub.mi import GdbMI, cli_quote, gdb_command, mi_quote
 from kswgdb.gdbstub.server import Listener, StubServer
 from kswgdb.gdbstub.stopreply import StopReply, parse_thread_id
 from kswgdb.gdbstub.transport import Transport
@@ -161,7 +161,9 @@ class Backtracer:
         directory: str | None = None,
         gdb: str = "gdb",
         timeout: float = 60.0,
+        symbol_offset: int = 0,
     ) -> None:
+        """``symbol_offset``: load the symbols moved by it (a kernel's KASLR slide)."""
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="kswgdb-relay-")
         # gdb takes the socket path literally up to white space; such a
@@ -172,7 +174,9 @@ class Backtracer:
         try:
             self.mi.command("-gdb-set confirm off")
             self.mi.command("-gdb-set architecture i386:x86-64")
-            if symbol_file is not None:
+            if symbol_file is not None and symbol_offset:
+                self.mi.console(f"symbol-file -o {symbol_offset:#x} {cli_quote(symbol_file)}")
+            elif symbol_file is not None:
                 self.mi.command(f"-file-exec-and-symbols {mi_quote(symbol_file)}")
         except BaseException:
             self.close()

@@ -145,16 +145,19 @@ class Engine:
         self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
         self._read = target.read
         self.removed: set[int] = set()            # indices given to remove_spec
+        self._exit_hook_in = False                # the task-exit hook is wanted now
 
     # ---------------------------------------------------------------- set-up
     def install(self) -> None:
-        """Insert the probe breakpoints (and the task-exit hook) before the guest runs."""
+        """Insert the probe breakpoints before the guest runs.
+
+        The task-exit hook is not inserted here: it matters only while some
+        task has a live watched frame (see `_sync_exit_hook`), and every stop
+        it would cause costs a Linux guest a whole translation-cache flush.
+        """
         for addr in {*self._probes, *self._exits}:
             self.target.set_breakpoint(addr)
         self._ask_per_cpu_prefetch()
-        if self.exit_hook_addr is not None and self.exit_hook_addr not in {
-                *self._probes, *self._exits}:
-            self.target.set_breakpoint(self.exit_hook_addr)
 
     def _ask_per_cpu_prefetch(self) -> None:
         """Let a target that can read per-CPU data along with each stop's registers do so."""
@@ -351,6 +354,7 @@ class Engine:
         depth = self.frames.depth_at(task, index, cfa)
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
         self.frames.push(frame)
+        self._sync_exit_hook()
         if self._reads_release(spec):
             self._watch_release_reads(frame, spec)
         elif not spec.exits:
@@ -487,6 +491,30 @@ class Engine:
         self.frames.remove(frame)
         if frame.holds_return:
             self._release_return(frame.return_addr)
+        self._sync_exit_hook()
+
+    def _sync_exit_hook(self) -> None:
+        """Have the task-exit hook in exactly while some task has a live watched frame.
+
+        The hook exists to drop the frames of a task that dies inside a watched
+        call (its stack is freed and reused: a watch left there would report the
+        next owner's writes). With no live frame there is nothing to drop, so
+        it is taken out and a process exit costs no stop. Both changes are made
+        while the guest is already stopped (a probe, a release), so they ride
+        on that stop's resume and cost no stop of their own.
+        """
+        addr = self.exit_hook_addr
+        want = bool(self.frames.by_task)
+        if addr is None or want == self._exit_hook_in:
+            return
+        self._exit_hook_in = want
+        if (addr in self._probes or addr in self._exits or addr in self._hooks
+                or addr in self._return_bps):
+            return          # the breakpoint is held for another reason as well
+        if want:
+            self.target.set_breakpoint(addr)
+        else:
+            self.target.clear_breakpoint(addr)
 
     def _hold_return(self, addr: int) -> None:
         count = self._return_bps.get(addr, 0)
@@ -504,9 +532,9 @@ class Engine:
             self.target.clear_breakpoint(addr)
 
     def _static_breakpoint(self, addr: int) -> bool:
-        """Probe, release and task-exit breakpoints stay for the whole run."""
-        return (addr in self._probes or addr in self._exits or addr == self.exit_hook_addr
-                or addr in self._hooks)
+        """Probe, release and hook breakpoints, and the task-exit hook while it is in."""
+        return (addr in self._probes or addr in self._exits or addr in self._hooks
+                or (self._exit_hook_in and addr == self.exit_hook_addr))
 
     # ------------------------------------------------------------------ hit
     def _on_watch(self, stop: Stop) -> str:
@@ -689,6 +717,13 @@ class Engine:
         if not self._static_breakpoint(addr) and addr not in self._return_bps:
             self.target.set_breakpoint(addr)
         self._hooks[addr] = callback
+
+    def remove_hook(self, addr: int) -> None:
+        """Stop calling the hook at ``addr``; its breakpoint goes unless held otherwise."""
+        if self._hooks.pop(addr, None) is None:
+            return
+        if not self._static_breakpoint(addr) and addr not in self._return_bps:
+            self.target.clear_breakpoint(addr)
 
     def live_watches(self) -> int:
         return sum(1 for f in self.frames.all() if f.watch is not None)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kswgdb.gdbstub.mi import cli_quote
 from kswgdb.gdbstub.relay import Backtracer
 from kswgdb.gdbstub.stopreply import parse_stop_reply
 from kswgdb.qemu.rundir import RUN_PREFIX, owned_tempdir
@@ -44,8 +45,11 @@ class GdbUnwinder:
 
     def __init__(self, target: StubTarget, symbol_file: str | Path, symbolizer,
                  gdb: str = "gdb", timeout: float = 30.0,
-                 find_modules: Callable[[], None] | None = None) -> None:
+                 find_modules: Callable[[], None] | None = None,
+                 symbol_offset: int = 0) -> None:
+        """``symbol_offset``: the kernel's KASLR slide, given to gdb as ``symbol-file -o``."""
         self.target = target
+        self.symbol_offset = symbol_offset
         self.symbol_file = str(symbol_file)
         self.sym = symbolizer
         self.gdb = gdb
@@ -72,7 +76,8 @@ class GdbUnwinder:
                 if self.relay_dir is None:
                     self.relay_dir = owned_tempdir(RUN_PREFIX + "relay-")
                 self.tracer = Backtracer(self.symbol_file, gdb=self.gdb, timeout=self.timeout,
-                                         directory=str(self.relay_dir))
+                                         directory=str(self.relay_dir),
+                                         symbol_offset=self.symbol_offset)
                 self.gdb_pid = self.tracer.mi.pid
             self._give_modules()
             thread = stop.thread or 1
@@ -180,9 +185,7 @@ class GdbUnwinder:
 
 def add_symbol_file_command(path: str | Path, sections: dict[str, int]) -> str:
     """gdb's ``add-symbol-file`` for a module whose sections sit at ``sections``."""
-    text = str(path)
-    if any(c.isspace() or c in "\"'\\" for c in text):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = cli_quote(path)
     placed = " ".join(f"-s {name} {addr:#x}" for name, addr in sections.items())
     return f"add-symbol-file {text} {placed}"
 

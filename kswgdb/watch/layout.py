@@ -98,3 +98,13 @@ def _linux(p: Program) -> GuestLayout:
                     "irq_entries_start", "spurious_entries_start", "error_entry",
                     "paranoid_entry", "xen_error_entry"),
     )
+
+
+def exit_hook_address(program: Program, layout: GuestLayout) -> int | None:
+    """Where the layout's task-exit function starts in ``program`` (None: no hook)."""
+    if not layout.exit_function:
+        return None
+    try:
+        return program.function(layout.exit_function).addr
+    except KswError:
+        return None

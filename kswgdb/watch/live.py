@@ -52,6 +52,7 @@ from kswgdb.watch.engine import Engine
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
+from kswgdb.watch.kaslr import place_kernel, slide_fields
 from kswgdb.watch.layout import layout_for
 from kswgdb.watch.livepolls import LivePolls
 from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and tests
@@ -411,6 +412,7 @@ class LiveSession:
         assert self.layout is not None and self.accel is not None
         self._target = target
         self._pool = SlotPool(capacity=self._pool_capacity())
+        slide = self._place_kernel(target)
         if symbolizer is None:
             assert self.program is not None
             symbolizer = ProgramSymbolizer(self.program)
@@ -425,7 +427,8 @@ class LiveSession:
         if isinstance(target, StubTarget) and self.image is not None and gdb_available():
             # Hit backtraces from gdb's DWARF CFI unwinder, as `kswgdb run` gives them;
             # gdb starts at the first hit only and is closed with the worker.
-            self._unwinder = GdbUnwinder(target, self.image.symbols, locked)
+            self._unwinder = GdbUnwinder(target, self.image.symbols, locked,
+                                         symbol_offset=slide.get("kaslr_slide", 0))
         self._engine = Engine(
             target, self._specs, self.layout, locked,
             self._pool, log=self.log, on_hit=self._on_hit,
@@ -437,8 +440,27 @@ class LiveSession:
             self.log.write("start", image=str(self.image.path), accel=self.accel.accel,
                            accel_reason=self.accel.reason, scenario=self.options.scenario,
                            watches=[r.describe() for r in self._resolved],
-                           configs=[s.text for s in self._specs], interactive=True)
+                           configs=[s.text for s in self._specs], interactive=True, **slide)
         self._loop()
+
+    def _place_kernel(self, target: Target) -> dict:
+        """KASLR (`kswgdb.watch.kaslr`): run a Linux guest to its entry, then work at the
+        guest's addresses: watches added later resolve against the relocated program."""
+        if not isinstance(target, StubTarget) or self.image is None or self.program is None:
+            return {}
+        assert self.accel is not None
+        timeout = self.options.timeout
+        placement = place_kernel(target, self.program, self.image.guest, self.accel.accel,
+                                 time.monotonic() + timeout if timeout else float("inf"))
+        if not placement.found:
+            raise KswError(placement.unarmed_reason() or "the kernel was not found")
+        if placement.program is not self.program:
+            with self._symbols_lock:
+                self.program = placement.program
+                self.layout = layout_for(self.program, self.image.guest)
+                self._specs = placement.specs(self._specs)
+            self.note(placement.slide.describe())
+        return slide_fields(placement)
 
     def _loop(self) -> None:
         assert self._target is not None

@@ -26,7 +26,9 @@ from pathlib import Path
 from kswgdb.errors import BadInput
 from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.program import Program
+from kswgdb.symbols.slide import KernelSlide
 from kswgdb.watch.hits import EventLog
+from kswgdb.watch.kernelmap import kernel_map
 from kswgdb.watch.memmap import parse_mtree
 from kswgdb.watch.physmem import GuestPhysMemory, parse_xp, xp_command
 from kswgdb.watch.pollconfig import PollSpec
@@ -34,9 +36,6 @@ from kswgdb.watch.poller import HitContext, Poller, PollHit, VcpuState
 
 #: The name Machine/argv give the shared RAM backend object.
 RAM_BACKEND = "ram0"
-#: Guests whose kernel identity-maps low physical memory (docs/contracts.md):
-#: there a physical address is also the virtual address a CPU store uses.
-IDENTITY_MAPPED = {"kswtest": 1 << 32}
 
 _CPU_RE = re.compile(r"^CPU#(\d+)", re.MULTILINE)
 _PC_RE = re.compile(r"\b[RE]IP=([0-9a-fA-F]+)")
@@ -71,7 +70,9 @@ class PhysWatch:
         on_hit: Callable[[PollHit], None] | None = None,
         engine_attached: bool = False,
         vmcore_dir: Path | None = None,
+        slide: KernelSlide | None = None,
     ) -> None:
+        """``program`` at the guest's addresses, ``slide`` where the kernel is (Linux)."""
         if machine.ram_path is None:
             raise BadInput("physical polls need the machine's RAM in a shared file")
         self.machine = machine
@@ -90,7 +91,11 @@ class PhysWatch:
         self.memory = GuestPhysMemory(parse_mtree(text), machine.ram_path, RAM_BACKEND,
                                       self._qemu_read)
         self.poller = Poller(self.memory, on_hit=self._on_hit, context=self._context)
-        self._jiffies = self._global("jiffies")
+        #: Physical <-> virtual where it is fixed: the virtual-address hints, guest time.
+        self.kernel_map = kernel_map(guest, program, slide)
+        jiffies = self._global("jiffies")
+        self._jiffies = (self.kernel_map.physical_of(jiffies)
+                         if jiffies is not None and self.kernel_map is not None else None)
 
     # ----------------------------------------------------------- lifecycle
     def start(self) -> list[int]:
@@ -194,11 +199,12 @@ class PhysWatch:
 
     def hint(self, spec: PollSpec, addr: int) -> str | None:
         """The command that catches a *CPU* writer of this address exactly, next run."""
-        limit = IDENTITY_MAPPED.get(self.guest)
-        if limit is None or addr >= limit:
+        virtual = self.kernel_map.virtual_of(addr) if self.kernel_map is not None else None
+        if virtual is None:
             return None
         length = spec.length if not spec.region and spec.length in (1, 2, 4, 8) else 8
-        start = addr - addr % length
+        start = virtual - addr % length
+        phys_start = addr - addr % length
         what = ""
         if self.program is not None:
             sym = self.program.symbolize(start)
@@ -207,11 +213,12 @@ class PhysWatch:
         command = (f"gdb {self.program.path if self.program else 'vmlinux'} "
                    f"-ex 'target remote <gdbstub>' "
                    f"-ex 'watch -l *(unsigned {ctype} *){start:#x}'")
-        if self.memory.read_ram(start, length) is None:
+        if self.memory.read_ram(phys_start, length) is None:
             return (f"{start:#x} is a device register, not RAM: a CPU store to it is caught "
                     f"by a write watchpoint ({command}); changes the device makes itself "
                     "are visible only to a poll")
-        return (f"virtual {start:#x}{what} is the same byte (identity map): a CPU store there "
+        return (f"virtual {start:#x}{what} is the same byte ({self.kernel_map.what}): a CPU "
+                "store there "
                 f"is caught exactly, writer and all, by a write watchpoint: {command}; "
                 "if it never fires while this poll does, the writer is not a CPU (e.g. DMA)")
 

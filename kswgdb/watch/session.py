@@ -29,6 +29,7 @@ from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
 from kswgdb.symbols.match import check_kernel_matches
 from kswgdb.symbols.program import Program
+from kswgdb.symbols.slide import KernelSlide, gdb_symbols
 from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignment_warning
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.engine import Engine, EngineResult
@@ -42,7 +43,8 @@ from kswgdb.watch.hang import (
     tick_physical_address,
 )
 from kswgdb.watch.hits import EventLog, Hit
-from kswgdb.watch.layout import layout_for
+from kswgdb.watch.kaslr import KernelPlacement, place_kernel, placement_ending, slide_fields
+from kswgdb.watch.layout import exit_hook_address, layout_for
 from kswgdb.watch.loststops import LostStopFinder
 from kswgdb.watch.modules import (
     ModuleArmer,
@@ -60,6 +62,7 @@ from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.spec import ArmSpec
 from kswgdb.watch.stub_target import StubTarget
 from kswgdb.watch.symbolize import ProgramSymbolizer
+from kswgdb.watch.unarmed import run_warnings
 
 
 @dataclass
@@ -82,6 +85,7 @@ class RunOptions:
     hang_timeout: float = DEFAULT_HANG_TIMEOUT  # no console, stop or tick this long: a wedge
                                        # (0: never; see kswgdb.watch.hang)
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
+    allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
     keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
 
 
@@ -113,6 +117,8 @@ class RunReport:
     backtrace_failures: list[str] = field(default_factory=list)  # gdb failed: fp used
     backtrace_seconds: list[float] = field(default_factory=list)  # per gdb backtrace
     fault: str | None = None           # why the run ended badly (exit status 3), or None
+    unarmed: list[str] = field(default_factory=list)   # one line per never-armed watch
+    slide: KernelSlide | None = None   # where the kernel was found (KASLR)
     qemu_stderr: list[str] = field(default_factory=list)  # QEMU's last lines, after a fault
     qemu_log: Path | None = None       # its whole log, kept beside the event log
     lost_stops: int = 0                # watch stops QEMU lost on another vCPU, collected
@@ -167,6 +173,7 @@ class WatchSession:
         self.phys: PhysWatch | None = None
         self.backtrace_mode = "fp"
         self.module_watches: list[ModuleWatch] = []
+        self.placement: KernelPlacement | None = None   # where run found the kernel
 
     # ----------------------------------------------------------- prepare
     def prepare(self) -> None:
@@ -212,12 +219,6 @@ class WatchSession:
         layout = self.layout
         assert layout is not None
         pool = SlotPool.for_run(accel.accel, opts.slots or TCG_DEFAULT_SLOTS)
-        exit_hook = None
-        if layout.exit_function:
-            try:
-                exit_hook = self.program.function(layout.exit_function).addr
-            except BadInput:
-                exit_hook = None
         log = EventLog(opts.log_path, echo=self.log_echo)
         self.on_status(f"backtraces: {BACKTRACE_WHAT[self.backtrace_mode]}")
         unwinder: GdbUnwinder | None = None
@@ -230,14 +231,6 @@ class WatchSession:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
                          extra_cmdline=opts.cmdline, paused=True,
                          shared_ram="file" if self.poll_specs else False) as machine:
-                log.write("start", image=str(self.image.path), accel=accel.accel,
-                          accel_reason=accel.reason, scenario=opts.scenario,
-                          watches=[r.describe() for r in self.resolved],
-                          configs=[s.text for s in self.specs],
-                          polls=[p.canonical() for p in self.poll_specs],
-                          backtrace=self.backtrace_mode)
-                if self.poll_specs:
-                    self._start_polls(machine, log, engine_attached=True)
                 client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
                 try:
                     client.handshake()
@@ -245,22 +238,44 @@ class WatchSession:
                                         queue_watchpoints=accel.accel == "tcg",
                                         lost_stops=LostStopFinder(self.program.disasm)
                                         if accel.accel == "tcg" else None)
+                    # KASLR: the guest runs to its entry point; from here on every
+                    # address is the guest's (kswgdb.watch.kaslr).
+                    self.placement = placement = place_kernel(
+                        target, self.program, self.image.guest, accel.accel,
+                        started + opts.timeout)
+                    program = placement.program
+                    if target.lost_stops is not None:
+                        target.lost_stops.disasm = program.disasm    # the guest's addresses
+                    specs = placement.specs(self.specs)
+                    if program is not self.program:
+                        layout = layout_for(program, self.image.guest)
+                    self.on_status(placement.slide.describe())
+                    log.write("start", image=str(self.image.path), accel=accel.accel,
+                              accel_reason=accel.reason, scenario=opts.scenario,
+                              watches=[r.describe() for r in self.resolved],
+                              configs=[s.text for s in self.specs],
+                              polls=[p.canonical() for p in self.poll_specs],
+                              backtrace=self.backtrace_mode, **slide_fields(placement))
+                    if self.poll_specs:
+                        self._start_polls(machine, log, engine_attached=True)
+                    exit_hook = exit_hook_address(program, layout)
                     modules_dir = self.image.modules_dir
                     with_modules = self.module_watches or (
                         self.image.guest == "linux" and modules_dir is not None
                         and modules_dir.is_dir())
-                    symbolizer = (ModuleSymbolizer(self.program) if with_modules
-                                  else ProgramSymbolizer(self.program))
+                    symbolizer = (ModuleSymbolizer(program) if with_modules
+                                  else ProgramSymbolizer(program))
                     if self.backtrace_mode == "gdb":
                         finder = None
                         if isinstance(symbolizer, ModuleSymbolizer) and modules_dir is not None:
                             with contextlib.suppress(BadInput):
-                                finder = ModuleFinder(self.program, modules_dir, symbolizer,
+                                finder = ModuleFinder(program, modules_dir, symbolizer,
                                                       target.read)
                         unwinder = GdbUnwinder(target, self.image.symbols, symbolizer,
-                                               find_modules=finder)
+                                               find_modules=finder,
+                                               symbol_offset=placement.slide.virtual)
                     engine = Engine(
-                        target, self.specs, layout, symbolizer, pool,
+                        target, specs, layout, symbolizer, pool,
                         log=log, on_hit=self.on_hit,
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
                         backtracer=unwinder,
@@ -270,7 +285,7 @@ class WatchSession:
                     engine.install()
                     if self.module_watches:
                         assert isinstance(symbolizer, ModuleSymbolizer)
-                        ModuleArmer(self.program, self.module_watches, symbolizer,
+                        ModuleArmer(program, self.module_watches, symbolizer,
                                     self.on_status).install(engine)
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
@@ -291,7 +306,7 @@ class WatchSession:
                             or watchdog.should_stop()
 
                     try:
-                        result = engine.run(
+                        result = placement_ending(placement, engine.hits) or engine.run(
                             deadline=deadline, should_stop=should_stop,
                             halt=phys.freeze.is_set if phys is not None else None)
                     except StubClosed as exc:
@@ -325,6 +340,10 @@ class WatchSession:
         finally:
             polls = self._stop_polls()
             summary = engine.summary() if "engine" in locals() else []
+            unarmed = run_warnings(summary, self.module_watches, self.placement,
+                                   locals().get("result"), opts.timeout)
+            if unarmed:
+                log.write("unarmed", warnings=unarmed)
             log.write("summary", watches=summary, polls=[vars(p) for p in polls])
             failure = sys.exc_info()[1]
             if failure is not None:
@@ -353,7 +372,9 @@ class WatchSession:
             backtrace_failures=list(unwinder.failures) if unwinder is not None else [],
             backtrace_seconds=list(unwinder.seconds) if unwinder is not None else [],
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
-            symbols=self.image.symbols, fault=fault, qemu_stderr=qemu_said, qemu_log=qemu_log,
+            symbols=self.image.symbols, fault=fault, unarmed=unarmed,
+            slide=self.placement.slide if self.placement is not None else None,
+            qemu_stderr=qemu_said, qemu_log=qemu_log,
             lost_stops=target.lost_collected, hit_count=engine.hit_count,
             pool=pool.describe(accel.accel),
             **self._poll_report(polls),
@@ -369,9 +390,12 @@ class WatchSession:
         """Map the guest's RAM and start polling while the guest is still paused (-S)."""
         assert self.image is not None
         vmcores = self.options.log_path.parent if self.options.log_path else Path.cwd()
-        self.phys = PhysWatch(machine, self.program, self.poll_specs, guest=self.image.guest,
+        placed = self.placement
+        self.phys = PhysWatch(machine, placed.program if placed else self.program,
+                              self.poll_specs, guest=self.image.guest,
                               log=log, on_hit=self.on_poll_hit,
-                              engine_attached=engine_attached, vmcore_dir=vmcores)
+                              engine_attached=engine_attached, vmcore_dir=vmcores,
+                              slide=placed.slide if placed else None)
         self.phys.start()
         for line in self.phys.describe():
             self.on_status(line)
@@ -445,7 +469,9 @@ class WatchSession:
         """Serve the frozen guest, read-only, to gdb sessions until the user ends the run."""
         listener = Listener(port=address[1])
         try:
-            self.on_status(f"guest frozen; attach: gdb {self.image.symbols if self.image else ''} "
+            symbols = gdb_symbols(self.image.symbols if self.image else "",
+                                  self.placement.slide if self.placement else None)
+            self.on_status(f"guest frozen; attach: gdb {symbols} "
                            f"-ex 'target remote {listener.address}'  (Ctrl-C ends the run)")
             while True:
                 Relay(client, None, thread).serve(listener.accept(None))

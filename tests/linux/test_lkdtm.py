@@ -55,10 +55,10 @@ def _memset_line(module_program: Program) -> tuple[str, int]:
     raise AssertionError("memset not found in __lkdtm_CORRUPT_STACK's source")
 
 
-def _run(image, watch: str, command: str, timeout: float, tmp_path: Path):
+def _run(image, watch: str, command: str, timeout: float, tmp_path: Path, kernel_args: str = ""):
     session = WatchSession(RunOptions(
         image=image.path, watches=[watch], accel="tcg", timeout=timeout,
-        cmdline=f"-- {command}", log_path=tmp_path / "events.jsonl"))
+        cmdline=f"{kernel_args} -- {command}".strip(), log_path=tmp_path / "events.jsonl"))
     t0 = time.monotonic()
     report = session.run()
     return report, time.monotonic() - t0
@@ -75,6 +75,7 @@ def test_lkdtm_corrupt_stack_caught_at_the_memset(image, func: str, tmp_path: Pa
     print(f"\n{func}: {watch}: {seconds:.1f} s, summary {report.summary}")
 
     assert len(report.hits) == 1, [h.writer.symbol for h in report.hits]
+    _assert_kaslr_found(report, tmp_path)
     hit = report.hits[0]
     assert hit.watched_func == func and hit.what.startswith("canary")
     # The writing instruction: the memset, inlined as `rep stosb`, in LKDTM's helper.
@@ -130,12 +131,26 @@ def _assert_syscall_backtrace(hit, func: str, report) -> None:
         hit.backtrace[-1]                                # an untyped asm symbol, offset known
 
 
+def _assert_kaslr_found(report, tmp_path: Path) -> None:
+    """The image boots with KASLR: the slide was found at the entry, 2 MiB aligned, logged."""
+    assert report.slide is not None and report.slide.found_by == "stopped at x86_64_start_kernel"
+    assert report.slide.virtual % 0x20_0000 == 0 and report.slide.physical is not None
+    start = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["kaslr_slide"] == report.slide.virtual
+
+
 def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> None:
-    """cp_new_stat (every stat syscall; a 144-byte struct stat on the stack, so a canary)."""
+    """cp_new_stat (every stat syscall; a 144-byte struct stat on the stack, so a canary),
+    under KASLR: the slide kswgdb found is the one the kernel itself reports (kallsyms)."""
     kernel = Program.load(image.symbols)
     watch = _suggested(kernel, "cp_new_stat")
-    workload = "for i in 1 2 3 4; do ls -l /bin /sys/kernel/debug > /dev/null; done"
+    workload = ("grep -w _text /proc/kallsyms; "
+                "for i in 1 2 3 4; do ls -l /bin /sys/kernel/debug > /dev/null; done")
     report, seconds = _run(image, watch, workload, 240.0, tmp_path)
+    _assert_kaslr_found(report, tmp_path)
+    text = re.search(r"^([0-9a-f]{16}) T _text$", "\n".join(report.console_log), re.MULTILINE)
+    assert text is not None, report.console_log[-20:]
+    assert int(text.group(1), 16) == kernel.linker_symbol("_text") + report.slide.virtual
     row = report.summary[0]
     print(f"\ncp_new_stat: {watch}: {seconds:.1f} s: calls {row['calls']} armed {row['armed']} "
           f"returns {row['returns']} hits {row['hits']} not armed {row['not_armed']}")
@@ -146,6 +161,15 @@ def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> N
     assert row["hits"] == 0 and report.hits == []
     assert row["not_armed"] == 0
     assert row["returns"] + row["stale"] == row["armed"]
+
+
+def test_nokaslr_kernel_is_found_at_slide_zero(image, tmp_path: Path) -> None:
+    """The same watch with ``nokaslr`` on the kernel command line: slide 0, armed as before."""
+    watch = _suggested(Program.load(image.symbols), "cp_new_stat")
+    report, _ = _run(image, watch, "ls -l /bin > /dev/null", 120.0, tmp_path, "nokaslr")
+    assert report.slide is not None and report.slide.virtual == 0
+    assert report.slide.physical == 0 and report.fault is None
+    assert report.summary[0]["armed"] > 0 and report.unarmed == []
 
 
 def test_boot_with_accel_auto_picks_tcg_and_says_why(image) -> None:
