@@ -26,16 +26,21 @@ from typing import Literal
 
 from kswgdb.errors import BadInput
 
-Kind = Literal["func", "object"]
+#: "code": an untyped (STT_NOTYPE) label in an executable section, such as the
+#: entry stubs of an assembly file (Linux's local ``error_entry``, the test
+#: kernel's ``isr_common``): it names code, never data.
+Kind = Literal["func", "object", "code"]
 Bind = Literal["global", "local", "weak"]
 
 _EM_X86_64 = 62
 _SHT_SYMTAB, _SHT_NOBITS, _SHT_NOTE = 2, 8, 7
 _SHF_ALLOC = 0x2
+_SHF_EXECINSTR = 0x4
+_STT_NOTYPE = 0
 _STT = {1: "object", 2: "func"}
 _STB = {0: "local", 1: "global", 2: "weak"}
 _BIND_RANK = {"global": 0, "weak": 1, "local": 2}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,25 @@ class SymbolTable:
             return Symbolized(sym.name, addr - sym.addr, size)
         return Symbolized(sym.name, addr - sym.addr, sym.size)
 
+    def code_extent(self, addr: int) -> tuple[Symbol, int] | None:
+        """(the function or code label ``addr`` is in, its end): a known start to decode from.
+
+        A sized function or label gives its own end; an unsized assembly label
+        (``isr_table``, ``entry_SYSCALL_64``) runs to the next symbol.
+        """
+        sym = self.containing(addr, "func") or self.containing(addr, "code")
+        if sym is not None:
+            return sym, sym.end
+        sym = self._nearest_unsized(addr)
+        if sym is None or sym.kind not in ("func", "code"):
+            return None
+        i = bisect.bisect_right(self._starts, addr)
+        region = self._region_index(addr)
+        end = self._starts[i] if i < len(self._starts) else addr + 1
+        if region is not None:
+            end = min(end, self.regions[region].addr + self.regions[region].size)
+        return sym, end
+
     def _nearest_unsized(self, addr: int) -> Symbol | None:
         """A zero-size label just before ``addr`` (assembly entry points have no size)."""
         i = bisect.bisect_right(self._starts, addr)
@@ -268,7 +292,8 @@ def _parse_mapped(path: Path, data: mmap.mmap) -> SymbolTable:
     if symtab is None:
         raise BadInput(f"{path} has no symbols (.symtab missing: stripped?)")
     strtab = sections[symtab[6]]
-    symbols = _read_symbols(data, symtab, strtab)
+    code_sections = {i for i, sh in enumerate(sections) if sh[2] & _SHF_EXECINSTR}
+    symbols = _read_symbols(data, symtab, strtab, code_sections)
     if not symbols:
         raise BadInput(f"{path} has no function or object symbols")
     build_id = next((bid for sh in sections if sh[1] == _SHT_NOTE
@@ -277,13 +302,16 @@ def _parse_mapped(path: Path, data: mmap.mmap) -> SymbolTable:
     return SymbolTable(path, elf_type, build_id, symbols, regions)
 
 
-def _read_symbols(data: mmap.mmap, symtab: tuple, strtab: tuple) -> list[Symbol]:
+def _read_symbols(data: mmap.mmap, symtab: tuple, strtab: tuple,
+                  code_sections: set[int] = frozenset()) -> list[Symbol]:  # type: ignore[assignment]
     raw = data[symtab[4]:symtab[4] + symtab[5]]
     strings = data[strtab[4]:strtab[4] + strtab[5]]
     out: list[Symbol] = []
     for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack(
             "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
         kind = _STT.get(st_info & 0xF)
+        if kind is None and st_info & 0xF == _STT_NOTYPE and st_shndx in code_sections:
+            kind = "code"
         bind = _STB.get(st_info >> 4)
         if kind is None or bind is None or st_shndx == 0 or not st_name:
             continue

@@ -105,6 +105,13 @@ class SlidSymbolTable:
     def symbolize(self, addr: int) -> Symbolized | None:
         return self.base.symbolize(self.to_file(addr))
 
+    def code_extent(self, addr: int) -> tuple[Symbol, int] | None:
+        found = self.base.code_extent(self.to_file(addr))
+        if found is None:
+            return None
+        sym, end = found
+        return self._sym(sym), self.to_guest(end)
+
     def read_bytes(self, addr: int, n: int) -> bytes:
         return self.base.read_bytes(self.to_file(addr), n)
 

@@ -637,7 +637,9 @@ class Engine:
             backtrace = self.backtracer(stop, regs)
         if backtrace is None:
             backtrace = self._fp_backtrace(regs, insn_addr)
-        irq = any(
+        # In an interrupt: a handler is on the backtrace, or the write is the entry
+        # code's own (the stub pushing registers, or the CPU pushing the frame).
+        irq = self.layout.is_entry_code(self.sym.function(insn_addr)) or any(
             (self.sym.function(f.pc) or "") in self.layout.irq_functions for f in backtrace
         )
         hit = Hit(
