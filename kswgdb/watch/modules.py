@@ -317,6 +317,10 @@ class ModuleSymbolizer(ProgramSymbolizer):
         hit = self._find(pc)
         return super().stack_push(pc) if hit is None else hit[1].stack_push(hit[2])
 
+    def is_store(self, pc: int) -> bool:
+        hit = self._find(pc)
+        return super().is_store(pc) if hit is None else hit[1].is_store(hit[2])
+
 
 def _module_text(program: Program, addr: int, text: str, to_guest: Callable[[int], int]) -> str:
     """An instruction of a module as the loaded module has it, not as the file does.
