@@ -229,12 +229,16 @@ def cmd_symbols(args: argparse.Namespace) -> int:
     img = image_mod.load(args.image)
     program = Program.load(img.symbols)
     out = output_console()
-    names = [n for n in program.symtab.names("func") if args.pattern in n]
-    if not names:
+    table = program.symtab
+    found = sorted((s for s in table.symbols if s.kind == "func" and args.pattern in s.name),
+                   key=lambda s: (s.name, s.addr))
+    if not found:
         raise BadInput(f"no function matches {args.pattern!r} in {img.symbols}")
-    for name in sorted(names):
-        sym = program.symtab.function(name)
-        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False, soft_wrap=True)
+    for sym in found:
+        # a static name several files define: say how a config picks this one
+        pick = f"  fn={sym.name}@{sym.addr:#x}" if len(table.lookup_all(sym.name)) > 1 else ""
+        out.print(f"{sym.addr:#018x} {sym.size:#7x} {sym.name}{pick}", markup=False,
+                  soft_wrap=True)
     return EXIT_OK
 
 

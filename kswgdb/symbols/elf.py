@@ -19,7 +19,9 @@ import hashlib
 import mmap
 import os
 import pickle
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,7 +42,11 @@ _STT_NOTYPE = 0
 _STT = {1: "object", 2: "func"}
 _STB = {0: "local", 1: "global", 2: "weak"}
 _BIND_RANK = {"global": 0, "weak": 1, "local": 2}
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
+_HEX_RE = re.compile(r"0[xX][0-9a-fA-F]+\Z")
+#: Suffixes GCC gives the copies it makes of a function (IPA SRA, constant
+#: propagation, partial inlining, cold splitting, local calling convention).
+_CLONE_KINDS = frozenset({"isra", "constprop", "part", "cold", "lto_priv", "localalias"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +152,74 @@ class SymbolTable:
             raise BadInput(f"{name!r} is ambiguous: {len(found)} local symbols at {where}")
         return found[0]
 
-    def function(self, name: str) -> Symbol:
-        """The function called ``name``; the message suggests close names if none."""
-        return self.lookup(name, "func")
+    def function(self, name: str, file_of: Callable[[int], str | None] | None = None
+                 ) -> Symbol:
+        """The function ``name`` names: ``NAME``, ``NAME@0xADDR``, ``NAME@FILE`` (with
+        ``file_of``, an address's source file) or ``0xADDR`` (its start). A static
+        name several files define is refused with the candidates and how to pick one;
+        a missing name with its compiler clones (``NAME.isra.0``) if any."""
+        if _HEX_RE.match(name):
+            return self._function_at(int(name, 16), name)
+        base, _, pick = name.partition("@")
+        found = [s for s in self.lookup_all(base) if s.kind == "func"]
+        if not found:
+            clones = self._clones(base)
+            if clones:
+                raise BadInput(f"no function named {base!r} in {self.path.name}, but the "
+                               f"compiler made {', '.join(clones)} from it: use "
+                               f"fn={clones[0]}")
+            return self.lookup(base, "func")            # the "did you mean" message
+        if pick:
+            chosen = self._pick(base, found, pick, file_of)
+            if len(chosen) == 1:
+                return chosen[0]
+            found = chosen or found
+        elif len(found) == 1 or found[0].bind != "local":
+            return found[0]
+        raise BadInput(self._ambiguous(base, found, file_of))
+
+    def _function_at(self, addr: int, text: str) -> Symbol:
+        sym = self.containing(addr, "func")
+        if sym is None:
+            raise BadInput(f"no function at {text} in {self.path.name}")
+        if sym.addr != addr:
+            raise BadInput(f"{text} is inside {sym.name} (+{addr - sym.addr:#x}): give the "
+                           f"function's start, {sym.addr:#x}")
+        return sym
+
+    def _pick(self, base: str, found: list[Symbol], pick: str,
+              file_of: Callable[[int], str | None] | None) -> list[Symbol]:
+        if _HEX_RE.match(pick):
+            chosen = [s for s in found if s.addr == int(pick, 16)]
+            if not chosen:
+                raise BadInput(f"no function {base} at {pick}: "
+                               + self._ambiguous(base, found, file_of, head=False))
+            return chosen
+        if file_of is None:
+            raise BadInput(f"fn={base}@{pick}: picking by source file needs DWARF; "
+                           "pick by address, fn=NAME@0xADDR")
+        chosen = [s for s in found if (file_of(s.addr) or "").endswith(pick)]
+        if not chosen:
+            raise BadInput(f"no function {base} in a file ending {pick!r}: "
+                           + self._ambiguous(base, found, file_of, head=False))
+        return chosen
+
+    def _ambiguous(self, base: str, found: list[Symbol],
+                   file_of: Callable[[int], str | None] | None, head: bool = True) -> str:
+        def where(s: Symbol) -> str:
+            f = file_of(s.addr) if file_of is not None else None
+            return f"{base}@{s.addr:#x}" + (f" ({f})" if f else "")
+
+        listed = ", ".join(where(s) for s in found)
+        start = f"{base!r} is ambiguous: {len(found)} static functions: " if head else \
+            "candidates: "
+        return f"{start}{listed}; pick one with fn=NAME@0xADDR, fn=NAME@FILE or fn=0xADDR"
+
+    def _clones(self, base: str) -> list[str]:
+        """GCC's clones of ``base``: ``base.isra.0``, ``base.constprop.0``, ``base.part.0``..."""
+        prefix = base + "."
+        return sorted(n for n in self._by_name if n.startswith(prefix)
+                      and n[len(prefix):].split(".")[0] in _CLONE_KINDS)
 
     def address_of(self, name: str) -> int:
         """Address of a global variable or function (e.g. ``__stack_chk_guard``)."""

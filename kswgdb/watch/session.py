@@ -201,7 +201,8 @@ class WatchSession:
             check_stack_reach(resolved, layout.thread_size)
         self.resolved = [with_alignment_warning(r) for r in self.resolved]
         check_kernel_matches(self.image.kernel, self.image.symbols,
-                             sorted({r.function.name for r in self.resolved}))
+                             sorted({f"{r.function.name}@{r.function.addr:#x}"
+                                     for r in self.resolved}))
         self.resolved += [m.resolved for m in self.module_watches]
 
     # --------------------------------------------------------------- run

@@ -62,6 +62,12 @@ class ProgramSymbolizer:
             return pc, "(unknown: no instruction ends here)", ()
         return insn.addr, insn.text, self._context(insn)
 
+    def is_store(self, pc: int) -> bool:
+        """Does an instruction that stores to memory explain a watch stop at ``pc``?"""
+        insn = self.program.writer_of(pc)
+        return insn is not None and (bool(insn.mem_writes) or insn.is_rep_string_store
+                                     or insn.is_push or insn.flow == "call")
+
     def stack_push(self, pc: int) -> bool:
         """Was the write that stopped at ``pc`` a push onto the stack?
 
