@@ -2,9 +2,10 @@
 
 Importing this module patches two things in this process (nothing is edited on
 disk): `Console._append` stamps, with the host's monotonic clock, the first
-console line containing each key given to `stamp_lines`, and `Machine.__enter__`
-remembers the machine last started (``LAST_MACHINE``), so a benchmark can reach
-the console and QMP of a machine that a `WatchSession` started for it.
+console line containing each key given to `stamp_lines`, and `Machine.launch`
+(which ``with Machine(...)`` and a `kswgdb.run.rig.Rig` both call) remembers the
+machine last started (``LAST_MACHINE``), so a benchmark can reach the console and
+QMP of a machine that a `WatchSession` started for it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from kswgdb.qemu.machine import Machine
 KEYS: list[str] = []
 LAST_MACHINE: list[Machine] = []
 _orig_append = console_mod.Console._append
-_orig_enter = machine_mod.Machine.__enter__
+_orig_launch = machine_mod.Machine.launch
 
 
 def stamp_lines(*keys: str) -> None:
@@ -42,11 +43,11 @@ def _stamping_append(self, raw_lines):
                 seen[key] = (now, text)
 
 
-def _remembering_enter(self):
-    result = _orig_enter(self)
+def _remembering_launch(self, *args, **kwargs):
+    result = _orig_launch(self, *args, **kwargs)
     LAST_MACHINE[:] = [self]
     return result
 
 
 console_mod.Console._append = _stamping_append
-machine_mod.Machine.__enter__ = _remembering_enter
+machine_mod.Machine.launch = _remembering_launch

@@ -18,6 +18,7 @@ from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never,
 from kswgdb.campaign.args import add_parser as campaign_parser
 from kswgdb.errors import BadInput, KswError
 from kswgdb.exitcodes import ExitStatus, signalled, unexpected
+from kswgdb.run.hang import DEFAULT_HANG_TIMEOUT
 
 QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
              "tested: 7.2 and 10.0)")
@@ -141,9 +142,10 @@ def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
     p.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                    help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
                         "when gdb is installed) or fp (frame-pointer walk)")
-    p.add_argument("--hang-timeout", type=_seconds, default=0.0, metavar="S",
-                   help="end with status 3 if the guest prints nothing and stops nowhere "
-                        "for S seconds (default 0: never)")
+    p.add_argument("--hang-timeout", type=_seconds, default=DEFAULT_HANG_TIMEOUT, metavar="S",
+                   help="end with status 3 if the guest prints nothing, stops nowhere and "
+                        "its clock does not tick for S seconds (default "
+                        f"{DEFAULT_HANG_TIMEOUT:g}; 0: never)")
     p.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
                    help="freeze at the first hit and lend the frozen guest, read-only, to "
                         "gdb on this loopback TCP port until Ctrl-C")

@@ -28,6 +28,8 @@ from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 
+#: A wedged guest's run ends with its last console lines (kswgdb.run.hang).
+HUNG, HUNG_CONSOLE_LINES = "the guest hung", 10
 #: The test-kernel scenario the demo runs (3: silent corruption by another thread).
 DEMO_SCENARIO = 3
 
@@ -112,12 +114,17 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         raise
     _render_report(report, options, out if not json_out else err)
     if report.fault:
+        # What QEMU or the wedged guest said last comes first: the error stays the last line.
+        if report.fault.startswith(HUNG):
+            print("the guest's last console lines:", file=sys.stderr)
+            for line in report.console_log[-HUNG_CONSOLE_LINES:]:
+                print(f"  | {line}", file=sys.stderr)
+        for line in report.qemu_stderr:
+            print(f"qemu: {line}", file=sys.stderr)
+        if report.qemu_log is not None:
+            print(f"QEMU's log kept: {report.qemu_log}", file=sys.stderr)
         print(f"kswgdb: error: {report.fault}; {report.hit_count} hit(s) in the event log",
               file=sys.stderr)
-        for line in report.qemu_stderr:
-            print(f"  qemu: {line}", file=sys.stderr)
-        if report.qemu_log is not None:
-            print(f"  QEMU's log kept: {report.qemu_log}", file=sys.stderr)
     else:
         for line in report.unarmed:
             print(f"kswgdb: warning: {line}", file=sys.stderr)
@@ -138,6 +145,8 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
         if report.guest_exit.panic:
             out.print(f"the guest kernel panicked: {report.guest_exit.panic}",
                       markup=False, style="bold")
+    elif report.fault and report.fault.startswith(HUNG):
+        ending = "guest wedged, ended by the hang watchdog"
     elif ending == "deadline":
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
     elif ending == "mismatch":
@@ -235,12 +244,16 @@ def cmd_symbols(args: argparse.Namespace) -> int:
     img = image_mod.load(args.image)
     program = Program.load(img.symbols)
     out = output_console()
-    names = [n for n in program.symtab.names("func") if args.pattern in n]
-    if not names:
+    table = program.symtab
+    found = sorted((s for s in table.symbols if s.kind == "func" and args.pattern in s.name),
+                   key=lambda s: (s.name, s.addr))
+    if not found:
         raise BadInput(f"no function matches {args.pattern!r} in {img.symbols}")
-    for name in sorted(names):
-        sym = program.symtab.function(name)
-        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False, soft_wrap=True)
+    for sym in found:
+        # a static name several files define: say how a config picks this one
+        pick = f"  fn={sym.name}@{sym.addr:#x}" if len(table.lookup_all(sym.name)) > 1 else ""
+        out.print(f"{sym.addr:#018x} {sym.size:#7x} {sym.name}{pick}", markup=False,
+                  soft_wrap=True)
     return ExitStatus.OK
 
 

@@ -115,6 +115,8 @@ def resolve(spec: str | Path | None) -> Path:
     """Find an image description from a name (``kswtest``), a TOML path or a directory."""
     if spec is None:
         spec = DEFAULT_IMAGE
+    if not str(spec).strip():
+        raise BadInput("image: an empty name (give a name such as kswtest, or a .toml path)")
     path = Path(spec)
     candidates = [path]
     if path.suffix != ".toml":

@@ -11,6 +11,8 @@
                  queued Z2, batched reads)
 - `faults`       which guest endings are faults (exit 3), and the hang/QMP `Watchdog`
 - `qemucrash`    QEMU's last stderr lines shown and its log kept after a fault
+- `hang`         a wedged guest told from a quiet one (its clock read through QMP), and
+                 the kernel's own stall reports
 - `oneshot`      the `kswgdb run` driver (`WatchSession`) and its `RunReport`
 - `live`         the TUI's controller (`LiveSession`): a worker thread, a command queue,
                  snapshots, a `RunState`

@@ -422,7 +422,8 @@ class LiveSession:
                 stop = target.wait_stop(POLL_SECONDS)
                 if stop is None:
                     timed_out = deadline is not None and time.monotonic() >= deadline
-                    if rig.watchdog is not None and rig.watchdog.should_stop():
+                    if rig.hung():
+                        assert rig.watchdog is not None
                         raise InfraError(rig.watchdog.reason or "the run was stopped")
                     if not timed_out and self._queue.empty() and not self.polls.freeze_pending():
                         self._publish()

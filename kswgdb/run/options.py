@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kswgdb.run.hang import DEFAULT_HANG_TIMEOUT
+
 
 @dataclass
 class RunOptions:
@@ -30,7 +32,8 @@ class RunOptions:
     emulate: bool = True               # leave breakpoints by host emulation, not steps
     backtrace: str = "auto"            # "gdb" | "fp" | "auto" (gdb when installed)
     release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
-    hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT  # no console, stop or tick this long: a wedge
+                                       # (0: never; see kswgdb.run.hang)
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
     paused: bool = False               # tui: frozen before the first instruction until `c`
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)

@@ -115,7 +115,8 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
     for watch in resolved:
         check_stack_reach(watch, layout.thread_size)
     resolved = [with_alignment_warning(r) for r in resolved]
-    check_kernel_matches(image.kernel, image.symbols, sorted({r.function.name for r in resolved}))
+    check_kernel_matches(image.kernel, image.symbols,
+                         sorted({f"{r.function.name}@{r.function.addr:#x}" for r in resolved}))
     accel = decide(opts.accel)
     for watch in resolved + [m.resolved for m in module_watches]:
         check_alignment(watch, accel.accel)

@@ -39,6 +39,7 @@ from kswgdb.qemu import reaper
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
 from kswgdb.run.faults import Watchdog
+from kswgdb.run.hang import GuestClock, StallReporter, tick_physical_address
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
 from kswgdb.run.qemucrash import keep_qemu_log
 from kswgdb.run.stub_target import StubTarget
@@ -145,6 +146,7 @@ class Rig:
         self.pool: SlotPool | None = None
         self.phys: PhysWatch | None = None
         self.watchdog: Watchdog | None = None
+        self._stalls: StallReporter | None = None
         #: Where the kernel runs (KASLR; set by `attach`), and the program, layout,
         #: specs and exit hook at the guest's addresses (the plan's when not slid).
         self.placement: KernelPlacement | None = None
@@ -276,11 +278,21 @@ class Rig:
                         self.sink.status, unreadable=(ErrorReply,)).install(self.engine)
         if self.machine is not None:
             machine = self.machine
+            ticks = GuestClock(machine, tick_physical_address(self.layout.ticks_addr,
+                                                              self.layout.flavour))
             self.watchdog = Watchdog(
-                activity=lambda: machine.console.mark() + target.packets_sent,
+                activity=lambda: machine.console.mark() + target.packets_sent + ticks(),
                 qmp_lost=lambda: not machine.qmp.connected and machine.running,
                 hang_timeout=opts.hang_timeout)
+            self._stalls = StallReporter(machine.console.lines, machine.console.mark,
+                                         self._stall)
         return self.engine
+
+    def _stall(self, line: str) -> None:
+        """A kernel stall report on the console: said at once, and logged."""
+        self.sink.status(f"guest reports a stall: {line.strip()}")
+        if self.log is not None:
+            self.log.write("guest-stall", line=line.strip())
 
     def _place_kernel(self, target: Target) -> None:
         """Where the kernel runs (KASLR); the program, layout, specs and exit hook there."""
@@ -341,7 +353,14 @@ class Rig:
 
     def should_stop(self) -> bool:
         """Between stops: a poll froze the guest, it hung, or QMP was lost."""
-        return self.poll_frozen or (self.watchdog is not None and self.watchdog.should_stop())
+        return self.poll_frozen or self.hung()
+
+    def hung(self) -> bool:
+        """Between stops: the guest wedged or QMP was lost (`watchdog.reason` says which);
+        kernel stall reports on the console are passed on meanwhile."""
+        if self._stalls is not None:
+            self._stalls.check()
+        return self.watchdog is not None and self.watchdog.should_stop()
 
     def interrupt(self) -> None:
         """Stop a running guest through the stub, if the link is still there."""
@@ -394,13 +413,15 @@ class Rig:
             self.ending = ("interrupted (SIGINT)" if signum == signal.SIGINT
                            else f"terminated (exit status {128 + signum})")
             self.fault = self.fault or self.ending
-        if self.phys is not None:
-            self.phys.stop()            # a hit in hand (vCPU snapshot, dump) finishes first
-        if self.fault is not None and self.machine is not None:
-            # What QEMU said, kept beside the event log before its run directory goes.
-            self.qemu_stderr, self.qemu_log = keep_qemu_log(self.machine,
-                                                            self.plan.options.log_path)
-        self._stack.close()
+        try:
+            if self.phys is not None:
+                self.phys.stop()        # a hit in hand (vCPU snapshot, dump) finishes first
+            if self.fault is not None and self.machine is not None:
+                # What QEMU said, kept beside the event log before its run directory goes.
+                self.qemu_stderr, self.qemu_log = keep_qemu_log(self.machine,
+                                                                self.plan.options.log_path)
+        finally:
+            self._stack.close()         # whatever failed above, everything is released
 
     def _write_end(self) -> None:
         """The log's last two events (registered first, so it runs last before the close)."""

@@ -37,13 +37,17 @@ class HitBuilder:
 
     def build(self, seq: int, stop: Stop, regs: Registers, spec: ArmSpec, watch: ArmedWatch,
               writer_task: int, new: bytes,
-              writer: tuple[int, str, tuple[tuple[int, str], ...]]) -> Hit:
-        """The hit numbered ``seq``; ``writer`` is the symbolizer's (address, text, context)."""
+              writer: tuple[int, str, tuple[tuple[int, str], ...]],
+              unchanged: bool = False) -> Hit:
+        """The hit numbered ``seq``; ``writer`` is the symbolizer's (address, text, context);
+        ``unchanged``: the store wrote the value already there."""
         insn_addr, text, context = writer
         backtrace = self.backtracer(stop, regs) if self.backtracer is not None else None
         if backtrace is None:
             backtrace = fp_backtrace(self.layout, self.sym, self.read, regs, insn_addr)
-        irq = any(
+        # In an interrupt: a handler is on the backtrace, or the write is the entry
+        # code's own (the stub pushing registers, or the CPU pushing the frame).
+        irq = self.layout.is_entry_code(self.sym.function(insn_addr)) or any(
             (self.sym.function(f.pc) or "") in self.layout.irq_functions for f in backtrace
         )
         return Hit(
@@ -73,6 +77,7 @@ class HitBuilder:
             registers=dict(regs.values),
             backtrace=tuple(backtrace),
             interrupt=irq,
+            unchanged=unchanged,
         )
 
 

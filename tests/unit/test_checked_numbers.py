@@ -42,6 +42,7 @@ CASES = [
     (["run", "--accel", "kvm", *WATCH], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
     (["boot", "--accel", "kvm"], "--accel kvm: no vmx/svm flag in /proc/cpuinfo"),
     (["run", "--log", "/nonexistent/dir/ev.jsonl", *WATCH], "no such directory /nonexistent/dir"),
+    (["symbols", "--image", ""], "image: an empty name"),
 ]
 
 

@@ -345,3 +345,22 @@ def test_ctrl_c_prints_the_summary_the_log_and_the_hits_before_the_status(
     assert f"event log: {plan.options.log_path}" in out and "1 hit(s)" in out
     assert err.strip().splitlines()[-1] == "kswgdb: interrupted"
     assert_released(plan, w)
+
+
+def test_a_failure_while_closing_still_releases_the_rest(tmp_path, wiring):
+    plan = fake_plan(tmp_path, [canary_spec()])
+    plan.poll_specs = [parse_poll("pa=0x1000 len=8 to=0x33")]
+    w = wiring()
+    rig = Rig(plan, None, **w.rig_options())
+    rig.launch()
+    rig.attach()
+    phys = w.phys[0]
+
+    def broken_stop() -> None:
+        raise RuntimeError("poller wedged")
+
+    phys.stop = broken_stop
+    with pytest.raises(RuntimeError, match="poller wedged"):
+        rig.close()
+    end = assert_released(plan, w)          # the machine, client and polls all let go
+    assert end["reason"] == "poller wedged" and end["fault"] is True
