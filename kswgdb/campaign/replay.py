@@ -33,8 +33,7 @@ def replay_argv(opts: RunOptions, seed: int, log: Path | None = None,
         argv += ["--slots", str(opts.slots)]
     if opts.backtrace != "auto":
         argv += ["--backtrace", opts.backtrace]
-    if opts.hang_timeout:
-        argv += ["--hang-timeout", f"{opts.hang_timeout:g}"]
+    argv += ["--hang-timeout", f"{opts.hang_timeout:g}"]     # always: its default may change
     if opts.allow_unarmed:
         argv.append("--allow-unarmed")
     if log is not None:
