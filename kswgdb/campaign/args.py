@@ -32,3 +32,6 @@ def add_parser(sub: argparse._SubParsersAction, watch_options: Callable[..., Non
     p.add_argument("--dir", default=None, metavar="PATH",
                    help="the campaign directory, new or empty (default: "
                         "./kswgdb-campaign-DATE-TIME)")
+    p.add_argument("--cluster", default=None, metavar="tcp://HOST:PORT",
+                   help="run the guests on this Dask scheduler's workers (each needs QEMU "
+                        "and the same image files, checked by sha256); --jobs runs at once")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from kswgdb.campaign import options as campaign_options
 from kswgdb.campaign.directory import CampaignDir
@@ -25,13 +26,14 @@ def cmd_campaign(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> int:
     plan = prepare(opts.run)          # every check `kswgdb run` makes, nothing started
     plan.close()
     opts.run.image = str(plan.image.path)   # replay lines name the image exactly
+    pool = _cluster_pool(opts, plan) if opts.cluster else None
     directory = CampaignDir.create(opts.directory)
     directory.write_command(opts.argv)
     out, err = output_console(), output_console(stderr=True)
     err.print(f"[dim]campaign directory: {directory.path}", soft_wrap=True)
     view = LiveView(err) if err.is_terminal else PlainView(sys.stderr)
     campaign = Campaign(opts, directory, on_progress=view.progress,
-                        on_run_end=view.run_ended)
+                        on_run_end=view.run_ended, pool=pool)
     try:
         with view:
             status = campaign.run()
@@ -47,3 +49,12 @@ def cmd_campaign(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> int:
     out.print(f"[dim]campaign directory: {directory.path} (summary.json, summary.txt, "
               "replay.txt, runs/)", soft_wrap=True)
     return status
+
+
+def _cluster_pool(opts, plan):
+    """The cluster's pool (`BadInput` if no scheduler answers), with the image's digests."""
+    from kswgdb.campaign.cluster import ClusterPool, image_digests
+
+    image = plan.image
+    files = [image.path, image.kernel, image.symbols, getattr(image, "initrd", None)]
+    return ClusterPool(opts.cluster, image_digests([Path(f) for f in files if f]))

@@ -34,6 +34,7 @@ class CampaignOptions:
     directory: Path | None = None       # None: kswgdb-campaign-DATE-TIME in the cwd
     argv: tuple[str, ...] = ()          # the campaign's own command line, kept in the directory
     qemu: str | None = None             # --qemu, repeated in replay lines
+    cluster: str | None = None          # a Dask scheduler's address: runs go there
 
     @property
     def run_limit(self) -> int | None:
@@ -71,7 +72,7 @@ def campaign_options_from_args(args: argparse.Namespace, argv: tuple[str, ...] =
         run=run, jobs=args.jobs, runs=args.runs, until_hits=args.until_hits,
         budget=args.budget, seed_start=seed,
         directory=Path(args.dir) if args.dir else None, argv=argv,
-        qemu=getattr(args, "qemu", None))
+        qemu=getattr(args, "qemu", None), cluster=getattr(args, "cluster", None))
 
 
 def check(opts: CampaignOptions) -> None:

@@ -125,15 +125,18 @@ class Campaign:
             elif kind == "died":
                 self._record(run, self._lost(run, payload))
 
-    def _lost(self, run: Running, exitcode: int | None) -> dict:
-        how = (f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0
+    def _lost(self, run: Running, exitcode: int | str | None) -> dict:
+        """A run without an outcome: its process died (exit code) or its task failed (text)."""
+        how = (f"killed by signal {-exitcode}" if isinstance(exitcode, int) and exitcode < 0
                else f"exit code {exitcode}")
-        why = ("hung: no result " f"{self.opts.hard_deadline:g}s after start"
-               if run.hung else f"the run's worker process died ({how})")
+        why = (f"hung: no result {self.opts.hard_deadline:g}s after start" if run.hung
+               else exitcode if isinstance(exitcode, str)
+               else f"the run's worker process died ({how})")
         outcome = RunOutcome(index=run.job.index, seed=run.job.seed, status="failed",
                              exit_status=int(ExitStatus.INFRA), reason=why,
                              seconds=round(time.monotonic() - run.started, 3),
-                             log=str(run.job.log_path), pid=run.process.pid)
+                             log=str(run.job.log_path),
+                             pid=run.process.pid if run.process is not None else None)
         return dataclasses.asdict(outcome)
 
     def _record(self, run: Running, outcome: dict) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers.cli_run import ROOT, CliRun, alive
+from tests.integration.helpers.procs import processes
 
 WATCH = "fn=s3_victim fo=0x23"
 BASE = ["campaign", "--scenario", "4", "--watch", WATCH, "--accel", "tcg",
@@ -45,17 +46,11 @@ class Campaign(CliRun):
     def qemus(self) -> list[int]:
         """Live QEMUs of this campaign: their command line carries one of our seeds."""
         found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
+        for pid, _ppid, argv in processes():
             if any(a.startswith(b"kswgdb-kswtest") for a in argv) and any(
                     f"seed={self.seed + i}".encode() in a.split()
-                    for a in argv for i in range(64)) and alive(int(entry.name)):
-                found.append(int(entry.name))
+                    for a in argv for i in range(64)) and alive(pid):
+                found.append(pid)
         self.seen_qemus.update(found)
         return found
 
