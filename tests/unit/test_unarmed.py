@@ -94,7 +94,7 @@ def _report(hits: int = 0, unarmed: tuple[str, ...] = ()) -> SimpleNamespace:
         packets=0, steps=0, accel=AccelDecision("tcg", "test", "probe"), backtrace="fp",
         verdict=None, vmcore=None, poll_vmcores=[], hits=[object()] * hits, poll_hits=[],
         fault=None, unarmed=list(unarmed), symbols=None,
-        slide=KernelSlide(0x3000_0000, None, "stopped at x86_64_start_kernel"))
+        slide=KernelSlide(0x3000_0000, None, "first kernel-map write"))
 
 
 @pytest.mark.parametrize(("hits", "unarmed", "allow", "status"), [
