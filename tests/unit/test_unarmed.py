@@ -12,6 +12,7 @@ import pytest
 
 from kswgdb import commands
 from kswgdb.cli import main
+from kswgdb.qemu import reaper
 from kswgdb.qemu.accel import AccelDecision
 from kswgdb.symbols.slide import KernelSlide
 from kswgdb.watch.engine import Engine, EngineResult
@@ -115,6 +116,7 @@ def test_exit_status_4_unless_allowed(monkeypatch, capsys, hits, unarmed, allow,
             return _report(hits, unarmed)
 
     monkeypatch.setattr(commands, "WatchSession", Session)
+    monkeypatch.setattr(reaper, "_signalled", None)     # another test's signal, not ours
     argv = ["run", "--watch", "fn=f", "--log", "/dev/null"] + (["--allow-unarmed"] if allow else [])
     assert main(argv) == status
     captured = capsys.readouterr()
