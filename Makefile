@@ -1,23 +1,39 @@
 # kswgdb: two commands on a fresh machine, `make demo` and `make test`.
 # Every target depends on what it needs, so either works on a clean clone.
 
-PYTHON ?= python3
-STAMP  := .setup.stamp
+# The Python side lives in a project venv: Debian 12's own python3 is "externally
+# managed" (PEP 668) and refuses `pip install` outside one. SYSTEM_PYTHON only
+# creates the venv; everything after runs $(PYTHON), the venv's interpreter.
+SYSTEM_PYTHON ?= python3
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.kswgdb-setup.stamp
 IMAGE  := images/kswtest.elf
+# Debian packages `make setup` installs when their command is missing.
+APT_GET ?= apt-get
 
-.PHONY: all setup guest test unit integration demo lint bench clean image-linux test-linux
+.PHONY: all setup guest test unit integration demo lint bench clean image-linux test-linux \
+	qemu10 integration-qemu10
 
 all: guest
 
-# Installs what is missing: QEMU and gdb from Debian packages (we are root), then the
-# Python package and its dependencies. The stamp keeps a second run instant.
+# Installs what is missing: QEMU, gdb, gcc, make and python3-venv from Debian packages
+# (as root), then kswgdb and its Python dependencies into $(VENV). The stamp, inside
+# the venv, keeps a second run instant; removing the venv redoes the Python part.
 setup: $(STAMP)
-$(STAMP): pyproject.toml
-	@if ! command -v qemu-system-x86_64 >/dev/null || ! command -v gdb >/dev/null; then \
-		echo "installing qemu-system-x86 and gdb with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			qemu-system-x86 gdb >/dev/null; \
+$(STAMP): pyproject.toml setup.py
+	@missing=""; \
+	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
+	command -v gdb >/dev/null || missing="$$missing gdb"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	command -v make >/dev/null || missing="$$missing make"; \
+	$(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt-get"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq \
+			$$missing >/dev/null || { echo "make setup: could not install$$missing (run as root)"; exit 1; }; \
 	fi
+	@test -x $(PYTHON) || { echo "creating the project venv $(VENV)"; $(SYSTEM_PYTHON) -m venv $(VENV); }
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
@@ -25,10 +41,12 @@ guest: $(IMAGE)
 $(IMAGE): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/tools/*.py) guest/Makefile
 	$(MAKE) -C guest
 
-# Everything, in one pytest run: unit, integration on the test kernel, and the Debian
-# kernel suite (tests/linux; its image is built from Debian's packages on first use).
-test: setup guest image-linux
+# Everything: unit, integration on the test kernel and the Debian kernel suite (tests/linux;
+# its image is built from Debian's packages on first use) with the system's QEMU, then the
+# integration suite again with QEMU 10.0 (fetched from Debian's packages on first use).
+test: setup guest image-linux qemu10
 	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
+	KSWGDB_QEMU=$(CURDIR)/$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 unit: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
@@ -52,7 +70,7 @@ bench: setup guest
 # makes a second run do nothing.
 LINUX_STAMP := images/linux/out/.stamp
 image-linux: $(LINUX_STAMP)
-$(LINUX_STAMP): images/linux/build.py images/linux/init
+$(LINUX_STAMP): images/linux/build.py images/linux/init | $(STAMP)
 	$(PYTHON) images/linux/build.py
 	@touch $@
 
@@ -61,7 +79,23 @@ $(LINUX_STAMP): images/linux/build.py images/linux/init
 test-linux: setup image-linux
 	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -s -p no:cacheprovider tests/linux
 
+# QEMU 10.0 from Debian's bookworm-backports packages, unpacked into tools/qemu/cache/10.0
+# with a private apt state (nothing installed, the system's apt state untouched). The
+# integration suite runs against it as well as against the system's QEMU (7.2 on
+# Debian 12); docs/qemu-versions.md says what differs.
+QEMU10_DIR   := tools/qemu/cache/10.0
+QEMU10       := $(QEMU10_DIR)/bin/qemu-system-x86_64
+QEMU10_STAMP := $(QEMU10_DIR)/.stamp
+qemu10: $(QEMU10_STAMP)
+$(QEMU10_STAMP): tools/qemu/fetch.py
+	$(PYTHON) tools/qemu/fetch.py --dest $(QEMU10_DIR)
+	@touch $@
+
+# The test-kernel integration suite against QEMU 10.0 (also part of `make test`).
+integration-qemu10: setup guest qemu10
+	KSWGDB_QEMU=$(CURDIR)/$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
 clean:
 	$(MAKE) -C guest clean
-	rm -rf images/linux/cache images/linux/out
-	rm -f $(STAMP)
+	rm -rf images/linux/cache images/linux/out tools/qemu/cache
+	rm -rf $(VENV) .setup.stamp

@@ -7,6 +7,13 @@ total) runs under TCG in six modes, interleaved rep by rep (the order rotates),
 because this shared machine is noisy (+-30% between runs):
 
   alone    no debugger: Machine(paused=False)
+  floor    QEMU's own cost of the two breakpoint stops an armed call needs, and
+           nothing else: a breakpoint at the probe and one at each release
+           point, toggled (at a probe stop the probe goes out and the release
+           points in, and back at a release stop), each stop answered by one
+           write holding the two changes and the ``c``: no register or memory
+           read, no step. Toggling misses the calls other tasks make meanwhile,
+           so its per-call cost is per probe stop. "floor ratio" = armed / floor
   armed    kswgdb (WatchSession), watching s3_victim's canary; every call armed;
            breakpoints are left by emulating their instruction on the host
   readrel  armed, with RunOptions.release_by_read: the release point is seen by a
@@ -84,12 +91,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "bench"))
+
+import stamps as bench_stamps  # noqa: E402  (bench/stamps.py: console line times)
 
 from kswgdb import image as image_mod  # noqa: E402
 from kswgdb.gdbstub import client as client_mod  # noqa: E402
+from kswgdb.gdbstub import requests as rq  # noqa: E402
 from kswgdb.gdbstub import transport as transport_mod  # noqa: E402
-from kswgdb.qemu import console as console_mod  # noqa: E402
-from kswgdb.qemu import machine as machine_mod  # noqa: E402
+from kswgdb.gdbstub.errors import StubClosed, StubTimeout  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.symbols.program import Program  # noqa: E402
 from kswgdb.watch import engine as engine_mod  # noqa: E402
@@ -99,40 +109,14 @@ from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
 
 SCENARIO = 6
 STAMPED = ("KSWTEST start", "KSWTEST stats", "KSWTEST verdict")
-MODES = ("alone", "armed", "readrel", "readrel-x", "stepped", "unarmed", "gdb")
+MODES = ("alone", "floor", "armed", "readrel", "readrel-x", "stepped", "unarmed", "gdb")
 
 # --------------------------------------------------------------------------
 # Instrumentation, bench-only (monkeypatches in this process; nothing is edited)
 # --------------------------------------------------------------------------
 
-_orig_append = console_mod.Console._append
-
-
-def _stamping_append(self, raw_lines):
-    """Console._append plus a host timestamp of the first START/STATS/VERDICT line."""
-    _orig_append(self, raw_lines)
-    now = time.monotonic()
-    stamps = self.__dict__.setdefault("bench_stamps", {})
-    for raw in raw_lines:
-        text = raw.decode("utf-8", "replace")
-        for key in STAMPED:
-            if text.startswith(key) and key not in stamps:
-                stamps[key] = (now, text)
-
-
-console_mod.Console._append = _stamping_append
-
-_LAST_MACHINE: list[Machine] = []
-_orig_enter = machine_mod.Machine.__enter__
-
-
-def _remembering_enter(self):
-    result = _orig_enter(self)
-    _LAST_MACHINE[:] = [self]
-    return result
-
-
-machine_mod.Machine.__enter__ = _remembering_enter
+bench_stamps.stamp_lines(*STAMPED)
+_LAST_MACHINE = bench_stamps.LAST_MACHINE
 
 _RETURNS = {"count": 0, "last": None}
 
@@ -257,7 +241,7 @@ class Run:
 
 
 def _stamps(console) -> dict:
-    return getattr(console, "bench_stamps", {}) if console is not None else {}
+    return bench_stamps.stamps(console)
 
 
 def _fill_times(run: Run, stamps: dict, last_return: float | None) -> None:
@@ -285,6 +269,73 @@ def _self_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+ROUND_TRIPS = {"count": 0}
+_orig_request = client_mod.RemoteClient.request
+_orig_pipeline = client_mod.RemoteClient.pipeline
+
+
+def _counting_request(self, payload, timeout=None):
+    ROUND_TRIPS["count"] += 1
+    return _orig_request(self, payload, timeout)
+
+
+def _counting_pipeline(self, payloads, timeout=None):
+    ROUND_TRIPS["count"] += 1
+    return _orig_pipeline(self, payloads, timeout)
+
+
+client_mod.RemoteClient.request = _counting_request
+client_mod.RemoteClient.pipeline = _counting_pipeline
+
+
+def run_floor(image, spec, iters: int, timeout: float) -> Run:
+    """The two breakpoint stops per call and nothing else (see ``floor`` above)."""
+    run = Run("floor")
+    probe = spec.probe_addr
+    releases = sorted({addr for addr, _, _ in spec.exits})
+    if not releases:
+        run.failed = "the watched function has no release point"
+        return run
+    to_release = [rq.remove_breakpoint(probe), *map(rq.insert_breakpoint, releases)]
+    to_probe = [*map(rq.remove_breakpoint, releases), rq.insert_breakpoint(probe)]
+    c0 = _children_cpu()
+    last = None
+    with Machine(image, accel="tcg", scenario=SCENARIO, extra_cmdline=f"iters={iters}",
+                 paused=True) as m:
+        client = client_mod.RemoteClient.connect(str(m.gdb_socket), timeout=10.0)
+        try:
+            client.handshake()
+            rq.check_ok(client.request(rq.insert_breakpoint(probe)), "Z0")
+            trips0, pairs, deadline = ROUND_TRIPS["count"], 0, time.monotonic() + timeout
+            at_probe = True         # which breakpoints are in: the next stop is at them
+            client.pipeline(["c"])
+            while time.monotonic() < deadline:
+                try:
+                    stop = client.wait_stop(max(0.1, deadline - time.monotonic()))
+                except (StubClosed, StubTimeout):
+                    break
+                if stop.exited:
+                    break
+                if at_probe:
+                    replies = client.pipeline([*to_release, "c"])
+                else:
+                    pairs += 1
+                    last = time.monotonic()
+                    replies = client.pipeline([*to_probe, "c"])
+                at_probe = not at_probe
+                for reply in replies:
+                    rq.check_ok(reply, "Z/z")
+            run.extra = {"round_trips": ROUND_TRIPS["count"] - trips0, "release_stops": pairs}
+        finally:
+            client.close()
+        m.wait_exit(10)
+        console = m.console
+    run.cpu_qemu = _children_cpu() - c0
+    run.calls = pairs
+    _fill_times(run, _stamps(console), last)
+    return run
+
+
 def run_alone(image, iters: int, timeout: float) -> Run:
     run = Run("alone")
     c0 = _children_cpu()
@@ -308,7 +359,7 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
     _RETURNS.update(count=0, last=None)
     _WEDGE.update(since=None, expect=iters)
     _LAST_MACHINE.clear()
-    c0, s0 = _children_cpu(), _self_cpu()
+    c0, s0, trips0 = _children_cpu(), _self_cpu(), ROUND_TRIPS["count"]
     session = WatchSession(RunOptions(image=image.path, scenario=SCENARIO, watches=[watch],
                                       accel="tcg", timeout=timeout, cmdline=f"iters={iters}",
                                       emulate=emulate, release_by_read=release_by_read))
@@ -327,7 +378,8 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
     run.calls = s["calls"] if mode == "unarmed" else s["armed"]
     run.packets, run.steps, run.hits = report.packets, report.steps, s["hits"]
     run.emulated = report.emulated
-    run.extra = {"reason": report.result.reason, "returns": s["returns"],
+    run.extra = {"round_trips": ROUND_TRIPS["count"] - trips0,
+                 "reason": report.result.reason, "returns": s["returns"],
                  "dead_frame_writes": s.get("dead_frame_writes"),
                  "unexpected_stops": report.unexpected_stops,
                  "read_releases": s.get("read_releases"), "foreign_reads": s.get("foreign_reads")}
@@ -693,9 +745,15 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
     print("(us/call net: (median start->last s3_victim return - median guest alone) / calls, "
           "over all reps, wedged ones included; ~: from start->verdict instead. "
           "CPU columns: whole run incl. boot; QEMU net of the guest alone)")
-    for mode in ("armed", "readrel", "readrel-x", "stepped", "unarmed"):
+    for mode in ("floor", "armed", "readrel", "readrel-x", "stepped", "unarmed"):
         rs = runs.get(mode, [])
-        if rs:
+        trips = _median([r.extra["round_trips"] / r.calls for r in rs
+                         if r.calls and "round_trips" in r.extra])
+        if trips is not None:
+            what = "probe+release stop pair" if mode == "floor" else "armed call"
+            print(f"{mode}: {trips:.2f} round trips per {what} (requests and pipelines, "
+                  "a resume included)   aim 2")
+        if rs and mode != "floor":
             pk = _median([r.packets / r.calls for r in rs if r.calls])
             st = _median([r.steps / r.calls for r in rs if r.calls])
             em = _median([r.emulated / r.calls for r in rs if r.calls])
@@ -715,6 +773,8 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
                 out.append(f"{x / y:.3f} ({how})")
         return "; ".join(out) or "-"
 
+    print(f"floor ratio kswgdb armed / floor (two bare breakpoint stops), per call net: "
+          f"{ratio('armed', 'floor')}")
     print(f"ratio kswgdb armed / gdb baseline, per call net: {ratio('armed', 'gdb')}"
           "   aim <= 0.3")
     print(f"ratio kswgdb readrel / gdb baseline, per call net: {ratio('readrel', 'gdb')}"
@@ -787,6 +847,8 @@ def main() -> int:
                 try:
                     if mode == "alone":
                         r = run_alone(image, args.iters, args.timeout)
+                    elif mode == "floor":
+                        r = run_floor(image, spec, args.iters, args.timeout)
                     elif mode == "armed":
                         r = run_kswgdb(image, watch, args.iters, args.timeout, "armed")
                     elif mode == "readrel":

@@ -209,6 +209,11 @@ void scenario8(int n, const char *name);
 void scenario9(int n, const char *name);
 void scenario10(int n, const char *name);
 
+/* ---- arrayscen.c (scenarios 11-13: local arrays initialised three ways) ---- */
+void scenario11(int n, const char *name);
+void scenario12(int n, const char *name);
+void scenario13(int n, const char *name);
+
 /* ---- boot.S ---- */
 extern char trampoline_start[], trampoline_end[];
 extern u8 boot_stack[];

@@ -565,6 +565,93 @@ static void scenario7(int n, const char *name)
 }
 
 /* ====================================================== dispatch */
+/* ==================================================== 14: hit-storm */
+/* Many watch hits in a short time on both CPUs (kswgdb's reliability test).
+ * W pairs of tasks (workers=, default 2): s14_victim publishes the address of
+ * its local `box` and spins (calls, timer interrupts: its stack page stays
+ * busy) until its partner s14_poker, on whichever CPU, has written `box`
+ * `iters` times (default 50) in s14_poke, each write a new value. Each pair
+ * does that `runs` times (default 10). The verdict's pokes= is the number of
+ * writes into a published box: a watcher of s14_victim's `box` must see
+ * exactly that many hits. */
+struct s14_pair {
+	unsigned long *volatile box;
+	long iters;
+	volatile int stop;
+	long pokes;
+};
+
+SCN void s14_poke(struct s14_pair *p, unsigned long *b)
+{
+	for (long i = 0; i < p->iters; i++)
+		WRITE_ONCE(*b, 0x5714000000000000UL | ((unsigned long)p->pokes << 16) | (unsigned long)i);
+	p->pokes++;
+}
+
+SCN void s14_poker(void *arg)
+{
+	struct s14_pair *p = arg;
+
+	while (!READ_ONCE(p->stop)) {
+		unsigned long *b = READ_ONCE(p->box);
+
+		if (b) {
+			s14_poke(p, launder(b));
+			__atomic_store_n(&p->box, NULL, __ATOMIC_SEQ_CST);
+		}
+	}
+}
+
+SCN unsigned long s14_victim(struct s14_pair *p)
+{
+	volatile unsigned long box = 0;
+	unsigned long acc = 1;
+
+	__atomic_store_n(&p->box, (unsigned long *)&box, __ATOMIC_SEQ_CST);
+	while (READ_ONCE(p->box))
+		acc = churn(acc, 16);
+	return acc ^ box;
+}
+
+static struct s14_pair s14_pairs[8];
+static long s14_runs;
+
+static void s14_task(void *arg)
+{
+	for (long r = 0; r < s14_runs; r++)
+		s14_victim(arg);
+}
+
+static void scenario14(int n, const char *name)
+{
+	long pairs = param_or(params.workers, 2), total = 0;
+	struct task *victims[8], *pokers[8];
+
+	s14_runs = param_or(params.runs, 10);
+	if (pairs > 8)
+		pairs = 8;
+	if (pairs < 1)
+		pairs = 1;
+	for (long w = 0; w < pairs; w++) {
+		char nm[16];
+		s14_pairs[w].iters = param_or(params.iters, 50);
+		snprintf(nm, sizeof(nm), "s14poke%ld", w);
+		pokers[w] = kthread_create(s14_poker, &s14_pairs[w], nm);
+		snprintf(nm, sizeof(nm), "s14vict%ld", w);
+		victims[w] = kthread_create(s14_task, &s14_pairs[w], nm);
+	}
+	for (long w = 0; w < pairs; w++)
+		task_join(victims[w]);
+	for (long w = 0; w < pairs; w++) {
+		WRITE_ONCE(s14_pairs[w].stop, 1);
+		task_join(pokers[w]);
+		total += s14_pairs[w].pokes * s14_pairs[w].iters;
+	}
+	stats();
+	kprintf("KSWTEST verdict scenario=%d name=%s result=corrupted pokes=%ld pairs=%ld runs=%ld"
+		" migrations=%lu\n", n, name, total, pairs, s14_runs, total_migrations);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(int n, const char *name);
@@ -580,12 +667,16 @@ static const struct {
 	{ "dma-corruption", scenario8 },
 	{ "cpu-phys-write", scenario9 },
 	{ "constant-changed", scenario10 },
+	{ "array-loop-init", scenario11 },
+	{ "array-rep-stos-init", scenario12 },
+	{ "array-helper-init", scenario13 },
+	{ "hit-storm", scenario14 },
 };
 #define NR_SCENARIOS ((long)(sizeof(scenarios) / sizeof(scenarios[0])))
 
 void run_scenario(long n)
 {
-	if (n < 0 || n >= NR_SCENARIOS) {
+	if (n < 0 || n >= NR_SCENARIOS || !scenarios[n].run) {
 		kprintf("KSWTEST no scenario (scenario=%ld; give scenario=0..%ld)\n", n,
 			NR_SCENARIOS - 1);
 		ksw_exit(EXIT_NO_SCENARIO);

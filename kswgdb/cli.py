@@ -3,6 +3,7 @@
 Exit codes are decided here and only here: 0 no hit, 1 hit(s) (so CI can gate on
 it), 2 bad input, 3 infrastructure failure (QEMU, gdb, the stub), 4 no hit but a
 watch that was never armed (`kswgdb.watch.unarmed`; not with --allow-unarmed), 130 Ctrl-C.
+``demo`` alone: 0 caught, 5 nothing caught (`commands.demo_status`).
 Every error reaches the user as one line: ``kswgdb: error: ...``.
 """
 
@@ -14,9 +15,12 @@ import sys
 from collections.abc import Sequence
 
 from kswgdb import __version__
+from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never, slot_count
 from kswgdb.errors import BadInput, KswError
 
 EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_UNARMED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
+             "tested: 7.2 and 10.0)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Catch silent kernel stack corruption at the instant of the write, from outside "
         "a QEMU guest: KStackWatch through the gdbstub."))
     parser.add_argument("--version", action="version", version=f"kswgdb {__version__}")
+    parser.add_argument("--qemu", default=None, metavar="PATH", help=QEMU_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot an image and watch stack slots")
     run.add_argument("image", nargs="?", default=None,
                      help="image name or description file (default: the bundled kswtest)")
-    run.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    run.add_argument("--scenario", type=scenario_number, default=None,
+                     help="test-kernel scenario to run")
     run.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
                      help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
     run.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
@@ -49,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="freeze: stop the guest at the first hit, dump a vmcore, show how "
                           "to attach gdb")
     run.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    run.add_argument("--slots", type=int, default=None,
+    run.add_argument("--slots", type=slot_count, default=None,
                      help="watchpoint slots under TCG (KVM always has 4)")
     run.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                      help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
@@ -66,14 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)
-    boot.add_argument("--scenario", type=int, default=None)
+    boot.add_argument("--scenario", type=scenario_number, default=None)
     _machine_options(boot)
 
     disasm = sub.add_parser("disasm", help="disassemble a function, mark canary and "
                                            "initialising stores, suggest fo")
     disasm.add_argument("func")
     disasm.add_argument("--image", default=None)
-    disasm.add_argument("--var", default=None, help="suggest an offset for this local instead")
+    disasm.add_argument("--var", default=None,
+                        help="suggest a watch on this local (NAME or NAME[i]) instead")
+    disasm.add_argument("--so", default=None,
+                        help="suggest a watch on SP+SO (SP in the body, after the prologue)")
+    disasm.add_argument("--wl", default=None, help="with --so: bytes to watch (1, 2, 4, 8)")
 
     symbols = sub.add_parser("symbols", help="list functions of an image's kernel")
     symbols.add_argument("pattern", nargs="?", default="")
@@ -88,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, default=120.0, metavar="S",
                    help="end the run after S seconds, said as such (default: %(default)g)")
     p.add_argument("--cmdline", default="", help="extra kernel command-line words")
 
@@ -118,14 +129,15 @@ def _tui_parser(sub) -> None:
                                      "guest runs, freeze it, read hits and the console")
     tui.add_argument("image", nargs="?", default=None,
                      help="image name or description file (default: the bundled kswtest)")
-    tui.add_argument("--scenario", type=int, default=None, help="test-kernel scenario to run")
+    tui.add_argument("--scenario", type=scenario_number, default=None,
+                     help="test-kernel scenario to run")
     tui.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
                      help="a KStackWatch config to start with (repeatable; `a` adds more)")
     tui.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
                      help="a physical-memory poll to start with, sampling from the guest's "
                           "first instruction (repeatable; `p` adds more)")
     tui.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    tui.add_argument("--timeout", type=float, default=0.0,
+    tui.add_argument("--timeout", type=seconds_or_never, default=0.0,
                      help="freeze the guest after S seconds (default: never)")
     tui.add_argument("--cmdline", default="", help="extra kernel command-line words")
     tui.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
@@ -133,7 +145,7 @@ def _tui_parser(sub) -> None:
     tui.add_argument("--paused", action="store_true",
                      help="stay frozen before the first guest instruction until `c`")
     tui.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    tui.add_argument("--slots", type=int, default=None,
+    tui.add_argument("--slots", type=slot_count, default=None,
                      help="watchpoint slots under TCG (KVM always has 4)")
 
 
@@ -143,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reaper.install()
     try:
         args = build_parser().parse_args(argv)
+        if args.command not in ("disasm", "symbols"):
+            from kswgdb.qemu import binary
+
+            binary.check_choice(args.qemu)   # a bad --qemu/KSWGDB_QEMU: exit 2 now
         from kswgdb import commands
 
         status = commands.dispatch(args)

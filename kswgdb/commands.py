@@ -15,7 +15,9 @@ from pathlib import Path
 from rich.console import Console
 
 from kswgdb import image as image_mod
+from kswgdb.argtypes import check_against_image
 from kswgdb.errors import BadInput
+from kswgdb.render.console import output_console
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
 from kswgdb.render.summary import render_summary
@@ -25,9 +27,14 @@ from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
 EXIT_OK, EXIT_HIT, EXIT_INFRA, EXIT_UNARMED = 0, 1, 3, 4
+#: `kswgdb demo` ran to the end and caught nothing: the demo failed (`make demo` fails).
+EXIT_DEMO_MISSED = 5
+#: The test-kernel scenario the demo runs (3: silent corruption by another thread).
+DEMO_SCENARIO = 3
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    check_against_image(args)
     handler = {
         "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
         "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui,
@@ -36,7 +43,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return output_console(stderr=True)
 
 
 def default_log_path() -> Path:
@@ -59,33 +66,45 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_and_render(options: RunOptions, json_out: bool = False) -> int:
-    out = Console(highlight=False)
+    out = output_console()
     err = _stderr()
+    spinner = err.status("booting the guest and arming watches...", spinner="dots") \
+        if not json_out and err.is_terminal else None
 
     def on_hit(hit: Hit) -> None:
         if not json_out:
+            if spinner is not None:
+                spinner.stop()
             out.print(render_hit(hit))
 
-    session = WatchSession(options, on_hit=on_hit, on_status=lambda m: err.print(f"[dim]{m}"),
+    def on_status(message: str) -> None:
+        err.print(f"[dim]{message}", soft_wrap=True)
+        if spinner is not None and message.startswith("guest running"):
+            spinner.stop()      # the guest runs: nothing may print over a live spinner
+
+    session = WatchSession(options, on_hit=on_hit, on_status=on_status,
                            log_echo=sys.stdout if json_out else None)
     session.on_poll_hit = lambda hit: None if json_out else out.print(render_poll_hit(hit))
     session.prepare()
     for resolved in session.resolved:
         err.print(f"[dim]watch {resolved.config.text or resolved.config.canonical()}: "
-                  f"{resolved.describe()}")
+                  f"{resolved.describe()}", soft_wrap=True)
         for warning in resolved.warnings:
             err.print(f"[yellow]warning: {warning}")
-    with err.status("booting the guest and arming watches...", spinner="dots") \
-            if not json_out and err.is_terminal else contextlib.nullcontext():
+    with spinner or contextlib.nullcontext():
         report = session.run()
     _render_report(report, options, out if not json_out else err)
     if report.fault:
-        print(f"kswgdb: error: {report.fault}; {len(report.hits)} hit(s) in the event log",
+        print(f"kswgdb: error: {report.fault}; {report.hit_count} hit(s) in the event log",
               file=sys.stderr)
+        for line in report.qemu_stderr:
+            print(f"  qemu: {line}", file=sys.stderr)
+        if report.qemu_log is not None:
+            print(f"  QEMU's log kept: {report.qemu_log}", file=sys.stderr)
         return EXIT_INFRA
     for line in report.unarmed:
         print(f"kswgdb: warning: {line}", file=sys.stderr)
-    if report.hits or report.poll_hits:
+    if report.hit_count or report.poll_hits:
         return EXIT_HIT
     return EXIT_UNARMED if report.unarmed and not options.allow_unarmed else EXIT_OK
 
@@ -93,6 +112,8 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
     if report.summary or not report.polls:
         out.print(render_summary(report.summary))
+    if report.pool:
+        out.print(f"[dim]{report.pool}")
     if report.polls:
         out.print(render_poll_summary(report.polls))
     ending = report.result.reason
@@ -110,19 +131,20 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
              and slide.found_by != "no KASLR" else "")
     out.print(f"[dim]{ending}; {report.seconds:.2f}s; {report.packets} packets, "
               f"{report.steps} steps; accelerator {report.accel.accel}; "
-              f"backtraces {report.backtrace}{kaslr}")
+              f"backtraces {report.backtrace}{kaslr}", soft_wrap=True)
     if report.verdict:
-        out.print(f"[dim]guest: {report.verdict}")
+        out.print(f"[dim]guest: {report.verdict}", soft_wrap=True)
     if options.log_path:
-        out.print(f"[dim]event log: {options.log_path}")
+        out.print(f"[dim]event log: {options.log_path}", soft_wrap=True)
     if report.vmcore is not None:
-        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True)
+        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True,
+                  soft_wrap=True)
         out.print(f"  inspect: gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}   "
-                  f"(or: crash {report.symbols} {report.vmcore})", markup=False)
+                  f"(or: crash {report.symbols} {report.vmcore})", markup=False, soft_wrap=True)
     for core in report.poll_vmcores:
         if core != report.vmcore:
-            out.print(f"[dim]poll vmcore: {core}", markup=True)
-    hits = len(report.hits)
+            out.print(f"[dim]poll vmcore: {core}", markup=True, soft_wrap=True)
+    hits = report.hit_count
     if report.polls:
         out.print(f"[bold {'red' if hits + len(report.poll_hits) else 'green'}]{hits} watch "
                   f"hit(s), {len(report.poll_hits)} poll hit(s)")
@@ -136,15 +158,15 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from kswgdb.qemu.machine import Machine
 
     img = image_mod.load(args.image)
-    out = Console(highlight=False)
+    out = output_console()
     with Machine(img, accel=args.accel, scenario=args.scenario, extra_cmdline=args.cmdline,
                  paused=False) as machine:
         _stderr().print(f"[dim]accelerator: {machine.accel_decision.accel} "
-                        f"({machine.accel_decision.reason})")
+                        f"({machine.accel_decision.reason})", soft_wrap=True)
         ended = machine.wait_exit(args.timeout)
         for line in machine.console.lines():
-            out.print(line, markup=False)
-        out.print(f"[dim]guest ended: {ended}")
+            out.print(line, markup=False, soft_wrap=True)
+        out.print(f"[dim]guest ended: {ended}", soft_wrap=True)
         if ended.kind == "timeout":
             return 3
     return EXIT_OK
@@ -163,8 +185,32 @@ def cmd_disasm(args: argparse.Namespace) -> int:
         found = find_module_function(img.modules_dir, args.func)
         if found is not None:       # a module function (addresses are placeholders)
             program = found[1]
-    Console(highlight=False).print(render_disasm(build_listing(program, args.func, var=args.var)))
+    request = disasm_request(args)
+    listing = build_listing(program, args.func, var=request)
+    if request.var is not None and all(v.name != request.var for v in listing.locals):
+        raise BadInput(f"--var {args.var}: {listing.note}")
+    output_console().print(render_disasm(listing))
     return EXIT_OK
+
+
+def disasm_request(args: argparse.Namespace):
+    """``--var``/``--so``/``--wl`` checked with the config parser's own rules."""
+    from kswgdb.symbols.listing import WatchRequest
+    from kswgdb.watch.config import parse_number, parse_var
+
+    if args.var is not None and (args.so is not None or args.wl is not None):
+        raise BadInput("--var takes its address and size from DWARF: drop --so/--wl")
+    if (args.so is None) != (args.wl is None):
+        raise BadInput("--so and --wl go together (SP offset and bytes to watch)")
+    if args.var is not None:
+        ref = parse_var(args.var)
+        return WatchRequest(var=ref.name, index=ref.index)
+    if args.so is not None:
+        wl = parse_number(args.wl, "watch_len")
+        if wl not in (1, 2, 4, 8):
+            raise BadInput(f"--wl {args.wl}: a watch covers 1, 2, 4 or 8 bytes")
+        return WatchRequest(so=parse_number(args.so, "sp_offset"), wl=wl)
+    return WatchRequest()
 
 
 def cmd_symbols(args: argparse.Namespace) -> int:
@@ -172,13 +218,13 @@ def cmd_symbols(args: argparse.Namespace) -> int:
 
     img = image_mod.load(args.image)
     program = Program.load(img.symbols)
-    out = Console(highlight=False)
+    out = output_console()
     names = [n for n in program.symtab.names("func") if args.pattern in n]
     if not names:
         raise BadInput(f"no function matches {args.pattern!r} in {img.symbols}")
     for name in sorted(names):
         sym = program.symtab.function(name)
-        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False)
+        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -186,18 +232,33 @@ def cmd_accel(args: argparse.Namespace) -> int:
     from kswgdb.qemu.accel import decide
 
     decision = decide("auto")
-    Console(highlight=False).print(f"{decision.accel}: {decision.reason}")
+    output_console().print(f"{decision.accel}: {decision.reason}", soft_wrap=True)
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     img = image_mod.load(None)
-    watch = scenario_watch(img, 3)
-    _stderr().print(f"[bold]kswgdb demo[/]: scenario 3 (silent corruption) of {img.name}, "
-                    f"watching with: [bold]{watch}")
-    options = RunOptions(image=None, scenario=3, watches=[watch], log_path=default_log_path())
-    run_and_render(options)
-    return EXIT_OK
+    watch = scenario_watch(img, DEMO_SCENARIO)
+    _stderr().print(f"[bold]kswgdb demo[/]: scenario {DEMO_SCENARIO} (silent corruption) of "
+                    f"{img.name}, watching with: [bold]{watch}", soft_wrap=True)
+    options = RunOptions(image=None, scenario=DEMO_SCENARIO, watches=[watch],
+                         log_path=default_log_path())
+    return demo_status(run_and_render(options))
+
+
+def demo_status(run_status: int) -> int:
+    """The demo's exit status from its run's: caught is success (0), nothing caught is 5.
+
+    A demo that shows nothing must not look like one that worked, so ``make demo``
+    fails; a fault keeps the run's own status (3) and its one line.
+    """
+    if run_status == EXIT_HIT:
+        return EXIT_OK
+    if run_status == EXIT_OK:
+        print(f"kswgdb: error: the demo caught nothing: scenario {DEMO_SCENARIO} ran to its "
+              "end and no watch fired", file=sys.stderr)
+        return EXIT_DEMO_MISSED
+    return run_status
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

@@ -8,15 +8,36 @@ TOML file, so an image directory can be copied anywhere.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kswgdb import bundled
 from kswgdb.errors import BadInput
 
-#: The directory of bundled images, next to the package in a source checkout.
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+#: The directory of bundled images, next to the package in a source checkout
+#: (an installed wheel has them as package data: `kswgdb.bundled`).
+IMAGES_DIR = bundled.SOURCE_IMAGES_DIR
 DEFAULT_IMAGE = "kswtest"
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: Guest RAM bounds: below 1 MiB nothing boots; above 1 TiB QEMU refuses on this host.
+MIN_MEMORY, MAX_MEMORY = 1 << 20, 1 << 40
+#: Physical addresses of the x86 PC below 4 GiB are RAM or device memory; above it
+#: there is only the RAM that did not fit below.
+LOW_4G = 1 << 32
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in a QEMU-style size ("128M", "1G", "512"); a bare number means MiB as in ``-m``."""
+    if isinstance(text, int):
+        return text << 20
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a memory size: {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 _KNOWN_KEYS = {
     "name", "description", "kernel", "symbols", "initrd", "cmdline", "memory",
@@ -53,6 +74,32 @@ class Image:
             words.append(extra)
         return " ".join(words)
 
+    @property
+    def memory_bytes(self) -> int:
+        """Guest RAM in bytes (checked when the description was loaded)."""
+        return parse_size(self.memory)
+
+    @property
+    def phys_limit(self) -> int:
+        """One past the highest guest-physical address that can hold anything.
+
+        Below 4 GiB: RAM and device memory (MMIO, the APICs, BARs). Above: at most
+        the RAM itself, whatever part of it the machine placed there.
+        """
+        return LOW_4G + self.memory_bytes
+
+    def check_scenario(self, scenario: int | None) -> None:
+        """Refuse a scenario the image does not have (one line naming those it has)."""
+        if scenario is None:
+            return
+        if scenario < 0:
+            raise BadInput(f"--scenario {scenario}: must not be negative")
+        if self.scenarios and str(scenario) not in self.scenarios:
+            have = ", ".join(sorted(self.scenarios, key=int)) if all(
+                k.isdigit() for k in self.scenarios) else ", ".join(sorted(self.scenarios))
+            raise BadInput(f"--scenario {scenario}: image {self.name} has no such scenario "
+                           f"(it has {have})")
+
     def qemu_args_for(self, scenario: int | None) -> tuple[str, ...]:
         """Extra QEMU arguments a scenario needs (its table's ``qemu_args``, e.g. a device)."""
         if scenario is None:
@@ -68,13 +115,20 @@ def resolve(spec: str | Path | None) -> Path:
     """Find an image description from a name (``kswtest``), a TOML path or a directory."""
     if spec is None:
         spec = DEFAULT_IMAGE
+    if not str(spec).strip():
+        raise BadInput("image: an empty name (give a name such as kswtest, or a .toml path)")
     path = Path(spec)
     candidates = [path]
     if path.suffix != ".toml":
-        candidates += [path / "image.toml", path.with_suffix(".toml"), IMAGES_DIR / f"{spec}.toml"]
+        candidates += [path / "image.toml", path.with_suffix(".toml")]
     for cand in candidates:
         if cand.is_file():
             return cand.resolve()
+    if path.suffix != ".toml" and "/" not in str(spec):
+        found = bundled.find_image(str(spec))
+        if found is not None:
+            return found.resolve()
+        candidates += bundled.image_candidates(str(spec))
     raise BadInput(f"image not found: {spec} (looked for {', '.join(map(str, candidates))})")
 
 
@@ -98,7 +152,9 @@ def load(spec: str | Path | None = None) -> Image:
             return None
         p = (base / data[key]).resolve()
         if not p.exists():
-            raise BadInput(f"image {toml_path.stem}: {key} file missing: {p}")
+            hint = " (build it with `make guest`)" if toml_path == IMAGES_DIR / \
+                f"{bundled.TEST_KERNEL}.toml" else ""
+            raise BadInput(f"image {toml_path.stem}: {key} file missing: {p}{hint}")
         return p
 
     kernel = _path("kernel")
@@ -110,8 +166,8 @@ def load(spec: str | Path | None = None) -> Image:
         symbols=_path("symbols") or kernel,
         initrd=_path("initrd"),
         cmdline=data.get("cmdline", ""),
-        memory=str(data.get("memory", "128M")),
-        cpus=int(data.get("cpus", 2)),
+        memory=_memory(toml_path, data.get("memory", "128M")),
+        cpus=_cpus(toml_path, data.get("cpus", 2)),
         machine=data.get("machine", "q35"),
         bios=data.get("bios"),
         guest=data.get("guest", "kswtest"),
@@ -120,3 +176,23 @@ def load(spec: str | Path | None = None) -> Image:
         scenarios={str(k): v for k, v in data.get("scenarios", {}).items()},
         modules_dir=_path("modules_dir"),
     )
+
+
+def _memory(toml_path: Path, raw: object) -> str:
+    """The ``memory`` value, refused unless QEMU's ``-m`` would take it as a sane size."""
+    text = str(raw)
+    try:
+        size = parse_size(raw if isinstance(raw, int) and not isinstance(raw, bool) else text)
+    except ValueError:
+        size = -1
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        raise BadInput(f"image {toml_path.stem}: memory = {text!r} is not a size from 1M to "
+                       "1T (a number of MiB, or with K, M, G or T: 512M, 2G)")
+    return text
+
+
+def _cpus(toml_path: Path, raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 255:
+        raise BadInput(f"image {toml_path.stem}: cpus = {raw!r} must be a whole number "
+                       "from 1 to 255")
+    return raw

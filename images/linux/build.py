@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from kswgdb.qemu.guestcmd import newc_entry  # noqa: E402 - the archive format, shared
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
 OUT = HERE / "out"
@@ -265,17 +268,6 @@ def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
 # -- initramfs --------------------------------------------------------------------
 
 
-def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0,
-                rdev: tuple[int, int] = (0, 0)) -> bytes:
-    """One newc record (``070701``): 13 hex fields, name, data, each 4-byte aligned."""
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
-    head = b"070701" + b"".join(b"%08X" % f for f in fields)
-    rec = head + name.encode() + b"\0"
-    rec += b"\0" * (-len(rec) % 4)
-    rec += data + b"\0" * (-len(data) % 4)
-    return rec
-
-
 def write_initramfs(busybox: Path, init: Path, module: Path, dest: Path) -> None:
     """A gzip'd newc cpio: /init, /bin/busybox, /lib/modules/lkdtm.ko and the mount points."""
     dirs = ["bin", "sbin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"]
@@ -285,15 +277,15 @@ def write_initramfs(busybox: Path, init: Path, module: Path, dest: Path) -> None
     blob = bytearray()
     ino = 1
     for d in dirs:
-        blob += _cpio_entry(d, 0o040755, ino=ino)
+        blob += newc_entry(d, 0o040755, ino=ino)
         ino += 1
     # The kernel opens /dev/console for init before devtmpfs is mounted.
-    blob += _cpio_entry("dev/console", 0o020600, ino=ino, rdev=(5, 1))
+    blob += newc_entry("dev/console", 0o020600, ino=ino, rdev=(5, 1))
     ino += 1
     for name, mode, data in files:
-        blob += _cpio_entry(name, mode, data, ino=ino)
+        blob += newc_entry(name, mode, data, ino=ino)
         ino += 1
-    blob += _cpio_entry("TRAILER!!!", 0)
+    blob += newc_entry("TRAILER!!!", 0)
     tmp = dest.with_name(dest.name + ".part")
     with gzip.open(tmp, "wb", compresslevel=6) as out:
         out.write(bytes(blob))

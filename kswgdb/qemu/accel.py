@@ -17,7 +17,10 @@ the worst failure for this tool — it looks exactly like "no corruption" — so
    by hostname, kernel release, QEMU version and a hash of the CPU model and
    flags — anything that could change the answer changes the key.
 
-An explicit ``tcg`` or ``kvm`` is obeyed without probing.
+An explicit ``tcg`` is obeyed without probing. An explicit ``kvm`` goes through the
+same checks and is refused (`BadInput`, before any guest starts) with the reason
+when they say KVM cannot fire a data watchpoint here: a run that cannot catch
+anything must not look like a clean one.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +38,6 @@ from pathlib import Path
 from typing import Literal
 
 from kswgdb.errors import BadInput
-from kswgdb.qemu.argv import QEMU_BINARY
 
 AccelName = Literal["tcg", "kvm"]
 AccelRequest = Literal["auto", "tcg", "kvm"]
@@ -141,16 +142,11 @@ def precheck(facts: HostFacts) -> str | None:
     return None
 
 
-def qemu_version(binary: str = QEMU_BINARY) -> str:
-    """QEMU's version string ("7.2.22"), part of the cache key."""
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    words = out.split()
-    return words[3] if len(words) > 3 and words[:3] == ["QEMU", "emulator", "version"] \
-        else (out.splitlines() or ["unknown"])[0]
+def qemu_version(binary: str | None = None) -> str:
+    """QEMU's ``-version`` banner (version and distribution revision), part of the cache key."""
+    from kswgdb.qemu import binary as qemu_binary  # lazy: keeps accel importable alone
+
+    return (qemu_binary.detect(binary) if binary else qemu_binary.selected()).banner
 
 
 def default_cache_path() -> Path:
@@ -202,40 +198,46 @@ def decide(
     facts: HostFacts | None = None,
     probe: Probe | None = None,
     cache: AccelCache | None = None,
-    qemu_binary: str = QEMU_BINARY,
+    qemu_binary: str | None = None,
     version: str | None = None,
 ) -> AccelDecision:
     """Turn ``--accel auto|tcg|kvm`` into a decision (see the module docstring)."""
     if request == "tcg":
         return AccelDecision("tcg", "requested", "requested")
     facts = facts or read_host_facts()
-    if request == "kvm":
-        if not facts.kvm_exists or not facts.kvm_accessible:
-            raise BadInput(f"--accel kvm: {precheck(facts)}")
-        return AccelDecision("kvm", "requested", "requested")
-    if request != "auto":
+    if request not in ("auto", "kvm"):
         raise BadInput(f"--accel must be auto, tcg or kvm, not {request!r}")
 
     why_not = precheck(facts)
     if why_not is not None:
+        if request == "kvm":
+            raise BadInput(f"--accel kvm: {why_not} (use --accel tcg or auto)")
         return AccelDecision("tcg", why_not, "precheck")
 
+    result, source = _probe_result(facts, probe, cache, qemu_binary, version)
+    if result.fired:
+        reason = f"KVM write watchpoint probe fired ({result.detail})"
+        return AccelDecision("kvm", f"requested; {reason}" if request == "kvm" else reason, source)
+    why_not = f"a write watchpoint did not fire under KVM ({result.detail})"
+    if request == "kvm":
+        raise BadInput(f"--accel kvm: {why_not} (use --accel tcg or auto)")
+    return AccelDecision("tcg", why_not, source)
+
+
+def _probe_result(facts: HostFacts, probe: Probe | None, cache: AccelCache | None,
+                  qemu_binary: str, version: str | None) -> tuple[ProbeResult, DecisionSource]:
+    """The probe's verdict for this host: from the cache, else by running it (then cached)."""
     cache = cache or AccelCache()
     key = facts.cache_key(version or qemu_version(qemu_binary))
     result = cache.get(key)
-    source: DecisionSource = "cached"
-    if result is None:
-        if probe is None:
-            from kswgdb.qemu.probe import probe_watchpoint  # lazy: probe boots a Machine
+    if result is not None:
+        return result, "cached"
+    if probe is None:
+        from kswgdb.qemu.probe import probe_watchpoint  # lazy: probe boots a Machine
 
-            def probe(accel: AccelName) -> ProbeResult:
-                return probe_watchpoint(accel, qemu_binary=qemu_binary)
+        def probe(accel: AccelName) -> ProbeResult:
+            return probe_watchpoint(accel, qemu_binary=qemu_binary)
 
-        result = probe("kvm")
-        cache.put(key, result)
-        source = "probed"
-    if result.fired:
-        return AccelDecision("kvm", f"KVM write watchpoint probe fired ({result.detail})", source)
-    return AccelDecision(
-        "tcg", f"a write watchpoint did not fire under KVM ({result.detail})", source
-    )
+    result = probe("kvm")
+    cache.put(key, result)
+    return result, "probed"

@@ -23,18 +23,18 @@ Choices made here, and why:
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kswgdb.image import Image
+from kswgdb.image import Image, parse_size  # noqa: F401  (parse_size: re-exported)
 from kswgdb.qemu.rundir import RunPaths
 
 QEMU_BINARY = "qemu-system-x86_64"
-QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
+QBOOT_NAME = "qboot.rom"
+QBOOT_ROM = Path("/usr/share/qemu") / QBOOT_NAME
 DEBUG_EXIT_IOBASE = 0xF4
 
 #: TCG with one host thread for all vCPUs (round-robin). Multi-threaded TCG loses
@@ -52,26 +52,17 @@ KVM_CPU = "host,-arch-capabilities"
 
 SharedRam = Literal["file", "memfd"] | None
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+def bios_path(bios: str | None, firmware_dirs: Sequence[Path] = ()) -> Path | None:
+    """The firmware file for an image's ``bios`` key: "qboot", a path, or None (QEMU's own).
 
-
-def parse_size(text: str | int) -> int:
-    """Bytes in a QEMU-style size ("128M", "1G", "512"); a bare number means MiB as in ``-m``."""
-    if isinstance(text, int):
-        return text << 20
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"not a memory size: {text!r}")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-
-
-def bios_path(bios: str | None) -> Path | None:
-    """The firmware file for an image's ``bios`` key: "qboot", a path, or None (QEMU's own)."""
+    "qboot" is the qboot.rom of the QEMU that runs: the first of its firmware
+    directories (``-L help``) that has one, else the system's `QBOOT_ROM`.
+    """
     if bios is None or bios == "":
         return None
     if bios == "qboot":
-        return QBOOT_ROM
+        return next((d / QBOOT_NAME for d in firmware_dirs if (d / QBOOT_NAME).is_file()),
+                    QBOOT_ROM)
     return Path(bios)
 
 
@@ -100,6 +91,9 @@ class QemuOptions:
     name: str | None = None
     extra_args: tuple[str, ...] = ()
     qemu_binary: str = QEMU_BINARY
+    firmware_dirs: tuple[Path, ...] = ()   # the binary's -L help, for "qboot"
+    version_args: tuple[str, ...] = ()     # what this QEMU version needs (Quirks.tcg_args)
+    initrd: Path | None = None      # None: image.initrd (a run's copy carries its command)
 
 
 def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -> list[str]:
@@ -107,7 +101,7 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
     opts = opts or QemuOptions()
     memory = opts.memory or image.memory
     machine = opts.machine or image.machine
-    bios = bios_path(image.bios if opts.bios == "image" else opts.bios)
+    bios = bios_path(image.bios if opts.bios == "image" else opts.bios, opts.firmware_dirs)
 
     argv: list[str] = [opts.qemu_binary]
     argv += ["-name", f"{_opt('kswgdb-' + (opts.name or image.name))},debug-threads=on"]
@@ -115,6 +109,7 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
     cpu = opts.cpu if opts.cpu is not None else (KVM_CPU if opts.accel == "kvm" else None)
     if cpu:
         argv += ["-cpu", cpu]
+    argv += list(opts.version_args)
     argv += ["-smp", str(opts.smp or image.cpus)]
     argv += ["-m", memory]
 
@@ -126,8 +121,9 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
         argv += ["-bios", str(bios)]
 
     argv += ["-kernel", str(image.kernel)]
-    if image.initrd is not None:
-        argv += ["-initrd", str(image.initrd)]
+    initrd = opts.initrd or image.initrd
+    if initrd is not None:
+        argv += ["-initrd", str(initrd)]
     cmdline = image.cmdline_for(opts.scenario, opts.extra_cmdline)
     if cmdline:
         argv += ["-append", cmdline]

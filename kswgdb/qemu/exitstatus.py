@@ -1,14 +1,20 @@
 """How a guest ended, decided from QEMU's exit status and its last QMP events.
 
 The test kernel reports through ``isa-debug-exit``: a write of ``code`` to port
-0xf4 makes QEMU call ``exit((code << 1) | 1)`` at once — no QMP event, the sockets
-just close. Everything else that ends a guest goes through QEMU's shutdown path
-and leaves a SHUTDOWN event whose ``reason`` tells the cases apart:
+0xf4 makes QEMU exit with status ``(code << 1) | 1``. Up to QEMU 9.0 it calls
+``exit()`` at once — no QMP event, the sockets just close. From 9.1 on it goes
+through QEMU's shutdown path like a power-off: a SHUTDOWN event with reason
+``guest-shutdown`` (and a ``W`` packet on the gdbstub), then the same odd status;
+only the status, and knowing the version (`kswgdb.qemu.version.Quirks`), tell it
+from a power-off, which exits 0. Everything else that ends a guest goes through
+QEMU's shutdown path and leaves a SHUTDOWN event whose ``reason`` tells the cases
+apart:
 
 =================  ===========================  =================================
 QEMU status        SHUTDOWN reason              kind
 =================  ===========================  =================================
 odd, no event      —                            ``debug-exit`` (code = status >> 1)
+odd (QEMU >= 9.1)  guest-shutdown               ``debug-exit`` (code = status >> 1)
 0                  guest-reset                  ``triple-fault`` (under -no-reboot a
                                                 triple fault or guest reset exits)
 0                  guest-shutdown               ``shutdown`` (ACPI power-off etc.)
@@ -97,14 +103,21 @@ def decode_exit(
     shutdown: dict[str, Any] | None = None,
     lines: Sequence[str] = (),
     panic: str | None = None,
+    *,
+    debug_exit_via_shutdown: bool = False,
 ) -> GuestExit:
     """Classify a finished QEMU from its exit status and last SHUTDOWN event (if any).
 
     ``panic`` is the guest kernel's panic line (`kernel_panic_line` of the
-    console); by default it is looked for in ``lines``.
+    console); by default it is looked for in ``lines``. ``debug_exit_via_shutdown``
+    is the running QEMU's quirk (`kswgdb.qemu.version.Quirks`): from 9.1 on, an
+    isa-debug-exit is a SHUTDOWN ``guest-shutdown`` with the odd status.
     """
     tail = tuple(lines)
     reason = str((shutdown or {}).get("data", {}).get("reason", "")) if shutdown else ""
+    if debug_exit_via_shutdown and reason == "guest-shutdown" and status > 0 and status & 1:
+        return GuestExit("debug-exit", status=status, code=status >> 1,
+                         reason="isa-debug-exit", lines=tail)
     panic = panic if panic is not None else kernel_panic_line(tail)
     if status >= 0 and panic and reason in ("guest-reset", "guest-panic", "guest-shutdown"):
         return GuestExit("panic", status=status, reason=reason, lines=tail, panic=panic)

@@ -35,11 +35,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from kswgdb.errors import KswError
 from kswgdb.image import Image
 from kswgdb.image import load as load_image
-from kswgdb.qemu import reaper
+from kswgdb.qemu import binary as qemu_binary
+from kswgdb.qemu import guestcmd, reaper
 from kswgdb.qemu.accel import AccelDecision, decide
-from kswgdb.qemu.argv import QEMU_BINARY, QemuOptions, SharedRam, build_argv
+from kswgdb.qemu.argv import QemuOptions, SharedRam, build_argv
+from kswgdb.qemu.binary import QemuBinary
 from kswgdb.qemu.console import Console
 from kswgdb.qemu.errors import MachineError, MachineStartError
 from kswgdb.qemu.exitstatus import GuestExit, decode_exit, kernel_panic_line
@@ -55,7 +58,8 @@ PANIC_SCAN_LINES = 400
 
 #: QemuOptions fields a caller may pass through Machine(**options).
 _OPTION_NAMES = {f.name for f in dataclasses.fields(QemuOptions)} - {
-    "accel", "scenario", "extra_cmdline", "paused", "shared_ram", "ram_file"}
+    "accel", "scenario", "extra_cmdline", "paused", "shared_ram", "ram_file", "firmware_dirs",
+    "version_args"}
 
 
 class Machine:
@@ -69,7 +73,9 @@ class Machine:
         private temporary directory (removed afterwards); ``keep_run_dir`` overrides.
     :param timeout: bound for launching (QEMU connecting its sockets, QMP handshake).
     :param options: any other `QemuOptions` field (machine, cpu, smp, memory, bios,
-        gdb, extra_args, qemu_binary...) as keyword arguments.
+        gdb, extra_args, qemu_binary...) as keyword arguments. Without ``qemu_binary``
+        the process's QEMU runs (`kswgdb.qemu.binary.selected`); either way its
+        version is detected once and kept in `qemu`.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Machine:
         self._options = options
 
         self.accel_decision: AccelDecision | None = None
+        self.qemu: QemuBinary | None = None   # detected at launch; its version decides quirks
         self.argv: list[str] = []
         self.run_dir: RunDir | None = None
         self.ram_path: Path | None = None
@@ -187,10 +194,21 @@ class Machine:
                                         console_tail=self._qemu_log_tail()) from exc
             raise
 
+    def _detect_qemu(self) -> QemuBinary:
+        """The QEMU to run (``qemu_binary=`` or the process's choice), version detected once."""
+        explicit = self._options.get("qemu_binary")
+        try:
+            return qemu_binary.detect(explicit) if explicit else qemu_binary.selected()
+        except KswError as exc:
+            if explicit:
+                raise MachineStartError(f"could not launch QEMU: {exc}", argv=[explicit]) from exc
+            raise
+
     def _launch(self) -> None:
+        self.qemu = self._detect_qemu()
         req = self._accel_request
         self.accel_decision = req if isinstance(req, AccelDecision) else decide(
-            req, qemu_binary=self._options.get("qemu_binary", QEMU_BINARY))
+            req, qemu_binary=self.qemu.path, version=self.qemu.banner)
         sweep_stale()
         self.run_dir = RunDir(self._run_dir_arg, keep=self._keep_run_dir)
         paths = self.run_dir.paths
@@ -199,10 +217,17 @@ class Machine:
         # Always -S: the guest must not run (and possibly exit) before QMP is up,
         # or a fast guest's exit would look like a failed launch. `paused=False`
         # is honoured below with a `cont` once everything is connected.
+        # A Linux guest's command travels in the initramfs (kswgdb.qemu.guestcmd).
+        extra, initrd = guestcmd.prepare(self.image.guest, self.image.initrd,
+                                         self.extra_cmdline, paths.root)
         opts = QemuOptions(
             accel=self.accel_decision.accel, scenario=self.scenario,
-            extra_cmdline=self.extra_cmdline, paused=True,
-            shared_ram=self.shared_ram, ram_file=self.ram_path, **self._options,
+            extra_cmdline=extra, paused=True, initrd=initrd,
+            shared_ram=self.shared_ram, ram_file=self.ram_path,
+            **{**self._options, "qemu_binary": self.qemu.path},
+            firmware_dirs=self.qemu.firmware_dirs,
+            version_args=self.qemu.quirks.tcg_args() if self.accel_decision.accel == "tcg"
+            else (),
         )
         self.argv = build_argv(self.image, paths, opts)
         log.debug("launching %s", self.argv)
@@ -262,6 +287,15 @@ class Machine:
         return MachineStartError(
             f"QEMU exited with status {rc} {when}" + (f": {last}" if last else ""),
             argv=self.argv, console_tail=tail)
+
+    @property
+    def qemu_log_path(self) -> Path | None:
+        """QEMU's stdout and stderr (its run directory's ``qemu.log``), while the run lasts."""
+        return self.run_dir.paths.qemu_log if self.run_dir is not None else None
+
+    def qemu_log_tail(self) -> list[str]:
+        """The last lines QEMU itself printed (an assertion before an abort, say)."""
+        return self._qemu_log_tail()
 
     def _qemu_log_tail(self) -> list[str]:
         if self.run_dir is None:
@@ -339,7 +373,10 @@ class Machine:
             lines = self._console.tail(TAIL_LINES)
             # The panic line comes before the panic's own stack dump: look further back.
             panic = kernel_panic_line(self._console.tail(PANIC_SCAN_LINES))
-        self._exit = decode_exit(rc, shutdown, lines, panic=panic)
+        self._exit = decode_exit(
+            rc, shutdown, lines, panic=panic,
+            debug_exit_via_shutdown=self.qemu is not None
+            and self.qemu.quirks.debug_exit_via_shutdown)
         return self._exit
 
     def kill(self) -> GuestExit:

@@ -21,7 +21,6 @@ from pathlib import Path
 from kswgdb.errors import InfraError
 from kswgdb.qemu import pvh
 from kswgdb.qemu.accel import AccelDecision, AccelName, ProbeResult
-from kswgdb.qemu.argv import QEMU_BINARY
 from kswgdb.qemu.machine import Machine
 
 #: Long enough for a slow (emulated) KVM to execute a store loop many times over.
@@ -31,7 +30,7 @@ PROBE_TIMEOUT = 5.0
 def probe_watchpoint(
     accel: AccelName,
     *,
-    qemu_binary: str = QEMU_BINARY,
+    qemu_binary: str | None = None,
     timeout: float = PROBE_TIMEOUT,
     machine: str = "pc",
     bios: str | None = "qboot",
@@ -53,8 +52,8 @@ def probe_watchpoint(
         image = prog.image(Path(tmp) / "watch-probe.elf", name="accel-probe",
                            machine=machine, bios=bios, memory="32M", cpus=1)
         try:
-            with Machine(image, accel=decision, paused=True, timeout=timeout,
-                         qemu_binary=qemu_binary) as m:
+            chosen = {"qemu_binary": qemu_binary} if qemu_binary else {}
+            with Machine(image, accel=decision, paused=True, timeout=timeout, **chosen) as m:
                 with RemoteClient.connect(str(m.gdb_socket), timeout) as client:
                     client.handshake()
                     client.insert_watchpoint(addr, 4, "write")

@@ -19,15 +19,20 @@ _MAX_BYTES = 8
 def render_disasm(listing: Listing) -> Table:
     """The listing as a table; print it with any rich Console."""
     sym = listing.function
-    title = Text(f"{sym.name} @ {sym.addr:#x}, {sym.size:#x} bytes")
+    title = Text(f"{sym.name} @ {sym.addr:#x}, {sym.size:#x} bytes", overflow="fold")
     if listing.canary is not None:
         title.append(f" - canary {listing.canary.location} from {listing.canary.guard_ref}")
     table = Table(title=title, box=None, show_header=True, header_style="bold",
                   pad_edge=False, caption=_caption(listing), caption_justify="left")
-    table.add_column("off", justify="right", no_wrap=True)
-    table.add_column("bytes", no_wrap=True, style="dim")
-    table.add_column("instruction", no_wrap=True)
-    table.add_column("note", overflow="fold")
+    # Narrow terminals: rows grow (bytes, instruction and note wrap at spaces), offsets
+    # keep their full width; nothing is ever ellipsized.
+    off_width = max((len(f"+{row.offset:#x}") for row in listing.rows), default=3)
+    table.add_column("off", justify="right", no_wrap=True, min_width=off_width)
+    table.add_column("bytes", overflow="fold", style="dim", max_width=3 * _MAX_BYTES + 2)
+    texts = [f"{row.insn.text} {row.comment}" for row in listing.rows]
+    notes = ["; ".join(row.marks) for row in listing.rows]
+    table.add_column("instruction", overflow="fold", min_width=_longest_word(texts))
+    table.add_column("note", overflow="fold", min_width=_longest_word(notes))
     for row in listing.rows:
         if row.source is not None:
             table.add_row("", "", Text(f"{row.source.basename}:{row.source.line}", style="dim"),
@@ -43,6 +48,11 @@ def render_disasm(listing: Listing) -> Table:
             Text("; ".join(row.marks), style="bold green" if row.suggested else note_style),
         )
     return table
+
+
+def _longest_word(texts: list[str]) -> int:
+    """The width a column needs so that no word in it is ever split."""
+    return max((len(word) for text in texts for word in text.split()), default=1)
 
 
 def _caption(listing: Listing) -> Text:

@@ -12,7 +12,8 @@ from rich.table import Table
 
 #: Why a call went unwatched, as the summary spells it.
 NOT_ARMED = (("skipped_depth", "depth"), ("refused_pool", "no slot"),
-             ("refused_check", "no canary"), ("refused_stub", "stub refused"))
+             ("refused_check", "no canary"), ("refused_stub", "stub refused"),
+             ("refused_below_sp", "below SP"), ("refused_max_watch", "mw full"))
 
 
 def render_summary(rows: list[dict], title: str = "watch summary") -> Table:
@@ -24,7 +25,7 @@ def render_summary(rows: list[dict], title: str = "watch summary") -> Table:
     table.add_column("returns", justify="right")
     table.add_column("hits", justify="right")
     for row in rows:
-        reasons = ", ".join(f"{row[key]} {word}" for key, word in NOT_ARMED if row[key])
+        reasons = ", ".join(f"{row[key]} {word}" for key, word in NOT_ARMED if row.get(key))
         not_armed = f"{row['not_armed']}" + (f" ({reasons})" if reasons else "")
         if row["not_armed"] - row["skipped_depth"]:
             not_armed = f"[yellow]{not_armed}"

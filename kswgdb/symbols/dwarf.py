@@ -42,6 +42,9 @@ class PcRange:
         return self.low <= pc < self.high
 
 
+_UNREAD = object()
+
+
 class DwarfInfo:
     """The DWARF of one ELF file, opened once and queried by address or name."""
 
@@ -54,6 +57,7 @@ class DwarfInfo:
         self._cu_ranges: list[tuple[int, int, int]] | None = None   # (low, high, cu_offset)
         self._cus: dict[int, CompileUnit] = {}
         self._subprograms: dict[int, list[tuple[PcRange, DIE]]] = {}
+        self._aranges: object = _UNREAD     # pyelftools re-parses .debug_aranges per call
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> DwarfInfo:
@@ -86,7 +90,9 @@ class DwarfInfo:
 
     def cu_at(self, pc: int) -> CompileUnit | None:
         """The compile unit whose code contains ``pc``."""
-        aranges = self.info.get_aranges()
+        if self._aranges is _UNREAD:
+            self._aranges = self.info.get_aranges()
+        aranges = self._aranges
         if aranges is not None:
             offset = aranges.cu_offset_at_addr(pc)
             if offset is not None:

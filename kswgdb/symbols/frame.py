@@ -20,8 +20,27 @@ from kswgdb.symbols.disasm import FunctionCode, Instruction, MemRef, full_reg
 
 _CALLER_SAVED = frozenset({"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"})
 
-#: A tracked register value: ("cfa", offset) = CFA + offset, or ("const", value).
+#: A tracked register value: ("cfa", offset) = CFA + offset, ("cfa+", offset) = an
+#: address at or above CFA + offset derived from a frame address (a pointer walking
+#: a local array in a loop), or ("const", value).
 Value = tuple[str, int]
+#: A function that realigns its stack (``and rsp, -16``) puts RSP at an address the
+#: code cannot place relative to the CFA: from there on ``sp`` is ALIGNED + (A - RSP),
+#: A being RSP just after the ``and``, and slots reached through RSP get offsets
+#: -ALIGNED + (slot - A). The two spaces never overlap, RBP (still CFA-relative)
+#: keeps placing the CFA itself, and a slot of the aligned space is placed from RSP.
+ALIGNED = 1 << 40
+
+
+def is_aligned(offset: int | None) -> bool:
+    """True for an offset of the aligned space (see `ALIGNED`), as sp or as a slot."""
+    return offset is not None and abs(offset) >= ALIGNED // 2
+
+
+#: Kinds of values that point into the frame.
+FRAME_POINTERS = ("cfa", "cfa+")
+#: Visits of one instruction after which the dataflow stops widening pointers.
+_WIDEN_AFTER = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +70,19 @@ class FrameState:
         return None
 
     def from_cfa(self, cfa_offset: int, prefer: str = "rbp") -> tuple[str, int] | None:
-        """A CFA offset as (register, offset) using RBP if known here (or RSP)."""
+        """A CFA offset as (register, offset) using RBP if known here (or RSP); a slot
+        of the aligned space only from RSP in the same space."""
         order = ("rbp", "rsp") if prefer == "rbp" else ("rsp", "rbp")
         for base in order:
             known = self.fp if base == "rbp" else self.sp
-            if known is not None:
+            if known is not None and is_aligned(known) == is_aligned(cfa_offset):
                 return base, cfa_offset + known
         return None
+
+    @property
+    def cfa_sp(self) -> int | None:
+        """CFA - RSP when it is a real distance (not in the aligned space)."""
+        return None if is_aligned(self.sp) else self.sp
 
 
 ENTRY = FrameState(sp=8, fp=None)
@@ -108,7 +133,9 @@ class FrameAnalysis:
         """Instructions from the entry up to (not including) the first call, jump,
         return or trap: the region where the function initialises its frame."""
         out = []
-        for insn in self.code.instructions:
+        for i, insn in enumerate(self.code.instructions):
+            if i == 0 and insn.flow == "call":
+                continue        # the ftrace hook (call __fentry__): returns with all as it was
             if insn.flow is not None:
                 break
             out.append(insn)
@@ -154,6 +181,7 @@ def _dataflow(code: FunctionCode) -> dict[int, FrameState]:
     before: dict[int, FrameState] = {code.instructions[0].addr: ENTRY}
     work = [code.instructions[0].addr]
     budget = 50 * len(code.instructions) + 100
+    visits: dict[int, int] = {}
     while work and budget:
         budget -= 1
         addr = work.pop()
@@ -170,17 +198,27 @@ def _dataflow(code: FunctionCode) -> dict[int, FrameState]:
             if not code.is_boundary(succ):
                 continue
             old = before.get(succ)
-            new = after if old is None else _merge(old, after)
+            visits[succ] = visits.get(succ, 0) + 1
+            new = after if old is None else _merge(old, after, visits[succ] <= _WIDEN_AFTER)
             if new != old:
                 before[succ] = new
                 work.append(succ)
     return before
 
 
-def _merge(a: FrameState, b: FrameState) -> FrameState:
-    """Keep what both paths agree on."""
-    regs = tuple(r for r in a.regs if r in b.regs)
-    return FrameState(a.sp if a.sp == b.sp else None, a.fp if a.fp == b.fp else None, regs)
+def _merge(a: FrameState, b: FrameState, widen: bool = True) -> FrameState:
+    """Keep what both paths agree on; two frame addresses in one register become
+    "a pointer at or above the lower one" (a loop walking an array), while ``widen``."""
+    theirs = dict(b.regs)
+    regs = []
+    for r, v in a.regs:
+        w = theirs.get(r)
+        if w == v:
+            regs.append((r, v))
+        elif widen and w is not None and v[0] in FRAME_POINTERS and w[0] in FRAME_POINTERS:
+            regs.append((r, ("cfa+", min(v[1], w[1]))))
+    return FrameState(a.sp if a.sp == b.sp else None, a.fp if a.fp == b.fp else None,
+                      tuple(regs))
 
 
 def step(state: FrameState, insn: Instruction) -> FrameState:
@@ -210,6 +248,8 @@ def step(state: FrameState, insn: Instruction) -> FrameState:
     elif m == "mov" and only_regs and dst in ("rsp", "rbp") and src in ("rsp", "rbp"):
         value = sp if src == "rsp" else fp
         sp, fp = (value, fp) if dst == "rsp" else (sp, value)
+    elif m == "and" and dst == "rsp" and only_regs and insn.imm is not None and insn.imm < 0:
+        sp = ALIGNED                # realigned: RSP is A from here (see ALIGNED)
     elif m == "lea" and dst in ("rsp", "rbp"):
         ref = insn.address_ref
         off = state.cfa_offset(ref.base, ref.disp) if ref and ref.index is None else None
@@ -244,14 +284,42 @@ def _track_regs(state: FrameState, insn: Instruction, regs: dict[str, Value],
         elif m == "mov" and only_regs and src is not None and src in regs:
             value = regs[src]
         elif m == "lea":
-            ref = insn.address_ref
-            if ref is not None:
-                off = state.cfa_offset(ref.base, ref.disp)
-                value = None if off is None else ("cfa", off)
+            value = _lea_value(state, insn.address_ref)
         elif m in ("add", "sub") and only_regs and insn.imm is not None and dst in regs:
             kind, v = regs[dst]
             value = (kind, v + (insn.imm if m == "add" else -insn.imm))
+        elif m == "add" and only_regs and (_frame_reg(state, dst) or _frame_reg(state, src)):
+            # pointer + index (either way round): still inside the same object
+            value = ("cfa+", _frame_reg(state, dst) or _frame_reg(state, src))  # type: ignore[arg-type]
     for r in insn.regs_written:
         regs.pop(r, None)
     if value is not None and dst is not None:
         regs[dst] = value
+
+
+def _lea_value(state: FrameState, ref: MemRef | None) -> Value | None:
+    """A frame address computed by ``lea``: exact, or derived from one (with an index)."""
+    if ref is None:
+        return None
+    exact = state.cfa_offset(ref.base, ref.disp) if ref.index is None else None
+    if exact is not None:
+        return ("cfa", exact)
+    anchor = pointer_offset(state, ref.base)
+    if anchor is None and ref.scale == 1:
+        anchor = pointer_offset(state, ref.index)
+    return None if anchor is None else ("cfa+", anchor)
+
+
+def _frame_reg(state: FrameState, reg: str | None) -> int | None:
+    """``reg``'s frame address (exact or the one it derives from); not RSP/RBP themselves."""
+    return None if reg in (None, "rsp", "rbp") else pointer_offset(state, reg)
+
+
+def pointer_offset(state: FrameState, reg: str | None) -> int | None:
+    """The (lowest) CFA offset ``reg`` points at, if it holds a frame address."""
+    if reg == "rsp":
+        return None if state.sp is None else -state.sp
+    if reg == "rbp":
+        return None if state.fp is None else -state.fp
+    v = state.reg(reg) if reg is not None else None
+    return v[1] if v is not None and v[0] in FRAME_POINTERS else None

@@ -12,14 +12,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kswgdb.errors import BadInput
+from kswgdb.symbols.armpoint import ArmPlan
 from kswgdb.symbols.disasm import Instruction
 from kswgdb.symbols.elf import Symbol
 from kswgdb.symbols.lines import SourceLine
 from kswgdb.symbols.locals import FrameVar
 from kswgdb.symbols.program import Program
-from kswgdb.symbols.prologue import CanarySlot, FrameSlot
+from kswgdb.symbols.prologue import CanarySlot, FrameSlot, FunctionAnalysis
+from kswgdb.symbols.watched import WATCH_LENGTHS, body_state, sp_range, watched_var
 
-WATCHABLE = (1, 2, 4, 8)
+WATCHABLE = WATCH_LENGTHS
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    """What ``disasm`` is asked to place: a local (``var``, optionally one element),
+    or ``so``/``wl`` relative to SP in the function's body; nothing: the canary."""
+
+    var: str | None = None
+    index: int | None = None
+    so: int | None = None
+    wl: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,8 +60,11 @@ class Listing:
     frame_pointer: bool = False     # CFA == RBP+16 in the body, so rbp offsets are meaningful
 
 
-def build_listing(program: Program, func: str, var: str | None = None) -> Listing:
-    """Decode and annotate ``func``; with ``var``, suggest a watch on that local."""
+def build_listing(program: Program, func: str, var: str | WatchRequest | None = None
+                  ) -> Listing:
+    """Decode and annotate ``func``; with ``var`` (a name or a `WatchRequest`), suggest
+    a watch on that instead of the canary."""
+    request = var if isinstance(var, WatchRequest) else WatchRequest(var=var)
     analysis = program.analyze(func)
     sym, code, frame, canary = analysis.symbol, analysis.code, analysis.frame, analysis.canary
     marks: dict[int, list[str]] = {}
@@ -66,16 +83,15 @@ def build_listing(program: Program, func: str, var: str | None = None) -> Listin
 
     body_pc = frame.straight_line()[-1].end if frame.straight_line() else sym.addr
     stack_locals = [v for v in program.locals_at(body_pc) if v.on_stack and not v.inlined]
+    straight = {i.addr for i in frame.straight_line()}
     for v in stack_locals:
         if v.cfa_offset is None or v.total_size is None:
             continue
-        straight = {w.insn.addr for w in analysis.init_stores(
-            FrameSlot(v.cfa_offset, v.total_size))}
-        for w in analysis.init_stores(FrameSlot(v.cfa_offset, v.total_size), straight_only=False):
+        for w in analysis.writers.of_range(v.cfa_offset, v.total_size):
             if canary is None or w.insn.addr != canary.store_addr:
                 mark(w.insn.addr, f"{'init' if w.insn.addr in straight else 'writes'} {v.name}")
 
-    suggested_offset, config, note = _suggest(program, analysis, stack_locals, var)
+    suggested_offset, config, note = _suggest(program, analysis, stack_locals, request)
     rows = []
     last_line: SourceLine | None = None
     for insn in code.instructions:
@@ -125,33 +141,85 @@ def _same_guard(ref, insn: Instruction, canary: CanarySlot) -> bool:
     return ref.segment == canary.guard_kind
 
 
-def _suggest(program: Program, analysis, stack_locals: list[FrameVar], var: str | None
-             ) -> tuple[int | None, str | None, str]:
-    """The arming offset and config: the named local, else the canary, else a local."""
+def _suggest(program: Program, analysis: FunctionAnalysis, stack_locals: list[FrameVar],
+             request: WatchRequest) -> tuple[int | None, str | None, str]:
+    """The arming offset, the config and a note: the asked-for local or SP range, else
+    the canary, else the first watchable local. Every offset is `armpoint`'s plan."""
     name = analysis.symbol.name
-    if var is not None:
-        chosen = [v for v in stack_locals if v.name == var]
-        if not chosen:
-            return None, None, f"{var} has no stack slot in {name}"
-        v = chosen[0]
-        elem = v.size or 0
-        index = (v.count - 1) if v.count else None
-        start = (v.cfa_offset or 0) + (index or 0) * elem
-        fo = analysis.suggest_offset(FrameSlot(start, elem))
-        ref = f"{var}[{index}]" if index is not None else var
-        return fo, f"fn={name} fo={fo:#x} var={ref}", ""
-    if analysis.canary is not None:
-        fo = analysis.suggest_offset()
-        return fo, f"fn={name} fo={fo:#x}", ""
+    state = body_state(analysis)
+    try:
+        if request.var is not None:
+            return _suggest_var(program, analysis, stack_locals, request)
+        if request.so is not None:
+            slot = sp_range(state, request.so, request.wl or 8)
+            if slot is None:
+                return None, None, f"SP is not known relative to {name}'s frame after its prologue"
+            return _sp_config(analysis, analysis.plan(slot), slot, "")
+        if analysis.canary is not None:
+            if analysis.canary.cfa_offset is None:
+                return None, None, f"{name}'s canary store cannot be placed in its frame"
+            plan = analysis.plan()
+            if plan.fo is None:
+                return None, None, plan.reason
+            return plan.fo, _config(name, plan, ""), _note(plan)
+    except BadInput as e:
+        return None, None, str(e)
     for v in stack_locals:
         elem = v.size or 0
         if v.cfa_offset is None or elem not in WATCHABLE:
             continue
-        fo = analysis.suggest_offset(FrameSlot(v.cfa_offset, elem))
-        state = analysis.frame.state_after(analysis.symbol.addr + fo)
-        if state is None or state.sp is None:
-            continue
-        so = v.cfa_offset + state.sp
-        return (fo, f"fn={name} fo={fo:#x} so={so:#x} wl={elem}",
-                f"no canary in {name}: watching local {v.name} instead")
+        slot = FrameSlot(v.cfa_offset, elem, v.name)
+        plan = analysis.plan(slot)
+        fo, config, note = _sp_config(analysis, plan, slot,
+                                      f"no canary in {name}: watching local {v.name} instead")
+        if config is not None:
+            return fo, config, note
     return None, None, f"no canary and no watchable stack local in {name}"
+
+
+def _suggest_var(program: Program, analysis: FunctionAnalysis, stack_locals: list[FrameVar],
+                 request: WatchRequest) -> tuple[int | None, str | None, str]:
+    name, var, index = analysis.symbol.name, request.var, request.index
+    assert var is not None
+    chosen = [v for v in stack_locals if v.name == var]
+    if index is None and chosen and chosen[0].count:
+        index = chosen[0].count - 1     # an array: its last element, next to the canary
+    state = body_state(analysis)
+    pc = analysis.frame.straight_line()[-1].end if analysis.frame.straight_line() else \
+        analysis.symbol.addr
+    watched = watched_var(program, analysis, var, index, pc, state)
+    if watched.slot is None:
+        return None, None, f"{watched.ref} cannot be placed in {name}'s frame"
+    plan = analysis.plan(watched.slot)
+    if plan.fo is None:
+        return None, None, plan.reason
+    arm_pc = analysis.code.after(analysis.symbol.addr + plan.fo)
+    again = watched_var(program, analysis, var, index,
+                        arm_pc.addr if arm_pc is not None else pc,
+                        analysis.frame.state_after(analysis.symbol.addr + plan.fo))
+    if again.cfa_offset != watched.cfa_offset:
+        return None, None, f"{watched.ref} moves in {name}'s frame: no single slot to watch"
+    return plan.fo, _config(name, plan, f" var={watched.ref}"), _note(plan)
+
+
+def _sp_config(analysis: FunctionAnalysis, plan: ArmPlan, slot: FrameSlot, note: str
+               ) -> tuple[int | None, str | None, str]:
+    """so=/wl= for ``slot`` relative to SP where ``plan`` arms."""
+    if plan.fo is None:
+        return None, None, plan.reason
+    after = analysis.frame.state_after(analysis.symbol.addr + plan.fo)
+    if after is None or after.sp is None:
+        return None, None, f"SP is not known at fo={plan.fo:#x} in {analysis.symbol.name}"
+    so = slot.cfa_offset + after.sp
+    sign = "-" if so < 0 else ""
+    extra = f" so={sign}{abs(so):#x} wl={slot.length}"
+    notes = "; ".join(n for n in (note, _note(plan)) if n)
+    return plan.fo, _config(analysis.symbol.name, plan, extra), notes
+
+
+def _config(name: str, plan: ArmPlan, extra: str) -> str:
+    return f"fn={name} fo={plan.fo:#x}{extra}"
+
+
+def _note(plan: ArmPlan) -> str:
+    return plan.reason

@@ -111,8 +111,26 @@ class Program:
         """Decoded code, frame states and canary of a function (cached)."""
         sym = self.symtab.function(func) if isinstance(func, str) else func
         if sym.addr not in self._analyses:
-            self._analyses[sym.addr] = analyze(self.disasm, sym)
+            analysis = analyze(self.disasm, sym)
+            analysis.find_objects = lambda: self.stack_objects(analysis)
+            self._analyses[sym.addr] = analysis
         return self._analyses[sym.addr]
+
+    def stack_objects(self, analysis: FunctionAnalysis) -> list[tuple[int, int]]:
+        """The function's locals in its frame as (CFA offset, size), from DWARF."""
+        region = analysis.frame.straight_line()
+        body_pc = region[-1].end if region else analysis.symbol.addr
+        state = analysis.frame.state_after(region[-1].addr) if region else None
+        out = []
+        for v in self.locals_at(body_pc):
+            loc = v.location
+            cfa = loc.cfa_offset
+            if cfa is None and state is not None and loc.base is not None \
+                    and loc.offset is not None:
+                cfa = state.cfa_offset(loc.base, loc.offset)    # DW_OP_breg7 (realigned)
+            if v.on_stack and cfa is not None and v.total_size:
+                out.append((cfa, v.total_size))
+        return out
 
     def writer_of(self, pc: int) -> Instruction | None:
         """The instruction that made a write watchpoint stop with PC = ``pc``."""

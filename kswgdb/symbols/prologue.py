@@ -7,21 +7,20 @@ Here the canary slot is read off the code instead: the load of the guard
 for Linux's per-CPU one) and the store of that register into the frame. (At
 -O2 the slot is not always rbp-8: rbp-0x18 is common.)
 
-The documented way to choose ``fo`` is "the first instruction after the last
-store that initialises the watched slot": arming earlier catches the function's
-own initialising writes, arming later leaves a window. `suggest_offset`
-applies that rule within the straight-line region before the first call or
-branch; because arming happens *after* the instruction at ``fo`` executes
-(kprobe post-handler semantics), when that next instruction is itself a call or
-branch the store's own offset is suggested.
+Where to arm (``fo``) is `kswgdb.symbols.armpoint`'s decision, for every mode:
+`FunctionAnalysis.plan` asks it, with the frame's DWARF locals (given by
+`kswgdb.symbols.program.Program`) bounding where pointer writes can land.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal, Protocol
 
 from kswgdb.errors import BadInput
+from kswgdb.symbols.armpoint import ArmPlan, FunctionWriters, Objects
 from kswgdb.symbols.disasm import Disassembler, FunctionCode, Instruction, MemRef, full_reg
 from kswgdb.symbols.elf import Symbol, SymbolTable
 from kswgdb.symbols.frame import FrameAnalysis, FrameWrite
@@ -83,13 +82,15 @@ class CanarySlot:
         return f"{self.location} (from {self.guard_ref})"
 
 
-@dataclass
+@dataclass(eq=False)
 class FunctionAnalysis:
     """One function's code, frame states and canary, computed once."""
 
     code: FunctionCode
     frame: FrameAnalysis
     canary: CanarySlot | None
+    #: The frame's stack objects (DWARF locals) as (CFA offset, size); none without DWARF.
+    find_objects: Callable[[], list[tuple[int, int]]] = field(default=lambda: [], repr=False)
 
     @property
     def symbol(self) -> Symbol:
@@ -114,8 +115,29 @@ class FunctionAnalysis:
     def init_stores(self, slot: Slot, *, straight_only: bool = True) -> list[FrameWrite]:
         return init_stores(self.frame, slot, straight_only=straight_only)
 
+    @cached_property
+    def writers(self) -> FunctionWriters:
+        """Every write of the function into its own frame (`kswgdb.symbols.armpoint`)."""
+        return FunctionWriters.of(self.frame, Objects(self.find_objects()))
+
+    def plan(self, slot: Slot | None = None) -> ArmPlan:
+        """Where a watch on ``slot`` (default: the canary) may be armed, and why."""
+        slot = slot if slot is not None else self.canary
+        if slot is None or slot.cfa_offset is None:
+            raise BadInput(f"{self.symbol.name}: the watched bytes cannot be placed in its frame")
+        return self.writers.plan(slot.cfa_offset, slot.length)
+
     def suggest_offset(self, slot: Slot | None = None) -> int:
-        """Where to arm for ``slot`` (default: the canary), after the frame set-up."""
+        """The ``fo`` `plan` suggests (safe, or its best candidate); BadInput if none."""
+        plan = self.plan(slot)
+        if plan.fo is None:
+            raise BadInput(plan.reason)
+        return plan.fo
+
+    def after_init_offset(self, slot: Slot | None = None) -> int:
+        """The first point after the straight-line prologue's stores into ``slot``: for a
+        watch that is *meant* to catch the function's own later write (KStackWatch's
+        recursion test), which `plan` would rightly call unsafe."""
         return suggest_offset(self.frame, slot if slot is not None else self.canary, self.canary)
 
 

@@ -48,8 +48,9 @@ _CANONICAL = {**{long: long for long in KEYS}, **{short: long for long, short in
 _SYMBOL_RE = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*\Z")
 _VAR_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>[^\]]*)\])?\Z")
 _NUMBER_RE = re.compile(r"(?P<sign>[+-]?)(?:0[xX](?P<hex>[0-9a-fA-F]+)|(?P<dec>[0-9]+))\Z")
-_TRUE = {"1", "y", "yes", "on", "true"}
-_FALSE = {"0", "n", "no", "off", "false"}
+#: Flags are 0 or 1, as KStackWatch's own parser takes them: "yes" is a typo, not a 1.
+_TRUE = {"1"}
+_FALSE = {"0"}
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,16 @@ def _flag(values: dict[str, str], long: str) -> bool:
     if raw in _FALSE:
         return False
     raise BadInput(f"{KEYS[long]}={values[long]!r} must be 0 or 1")
+
+
+def parse_var(raw: str) -> VarRef:
+    """``NAME`` or ``NAME[i]`` (``var=`` and ``disasm --var``)."""
+    return _var(raw)
+
+
+def parse_number(raw: str, key: str) -> int:
+    """A decimal or 0x-hex number for ``key``, as in a config."""
+    return _number(raw, key)
 
 
 def _var(raw: str) -> VarRef:

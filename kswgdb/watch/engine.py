@@ -58,6 +58,10 @@ class WatchStats:
     refused_pool: int = 0     # no free slot: the call ran unwatched
     refused_check: int = 0    # no canary found where expected nor by the scan
     refused_stub: int = 0     # the stub would not insert the watchpoint
+    refused_below_sp: int = 0  # slot below SP at the probe: interrupt frames land there
+    refused_max_watch: int = 0  # this config's own mw= watches were all live
+    live: int = 0             # watches of this config armed now
+    live_high: int = 0        # the most armed at once
     reentries: int = 0        # probe fired again for a live call (a loop)
     returns: int = 0
     stale: int = 0            # frames found dead without their return being seen
@@ -70,7 +74,8 @@ class WatchStats:
 
     @property
     def not_armed(self) -> int:
-        return self.skipped_depth + self.refused_pool + self.refused_check + self.refused_stub
+        return (self.skipped_depth + self.refused_pool + self.refused_check + self.refused_stub
+                + self.refused_below_sp + self.refused_max_watch)
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Engine:
         exit_hook_addr: int | None = None,
         backtracer: Callable[[Stop, Registers], list[BacktraceFrame] | None] | None = None,
         release_by_read: bool = False,
+        keep_hits: int | None = None,
     ) -> None:
         """``release_by_read``: see a config's release by a read watchpoint when it can.
 
@@ -121,7 +127,9 @@ class Engine:
         self.backtracer = backtracer
         self.stats = [WatchStats() for _ in specs]
         self.frames = TaskFrames()
-        self.hits: list[Hit] = []
+        self.hits: list[Hit] = []       # the latest ``keep_hits`` (all when None)
+        self.hit_count = 0
+        self.keep_hits = keep_hits
         self.hit_repeats: dict[int, int] = {}      # hit seq -> later traps of its rep store
         self.unexpected_stops = 0
         self.spurious_watch_reports = 0
@@ -137,16 +145,19 @@ class Engine:
         self._last_writer: dict[int, int] = {}    # id(watch) -> insn of its last hit
         self._read = target.read
         self.removed: set[int] = set()            # indices given to remove_spec
+        self._exit_hook_in = False                # the task-exit hook is wanted now
 
     # ---------------------------------------------------------------- set-up
     def install(self) -> None:
-        """Insert the probe breakpoints (and the task-exit hook) before the guest runs."""
+        """Insert the probe breakpoints before the guest runs.
+
+        The task-exit hook is not inserted here: it matters only while some
+        task has a live watched frame (see `_sync_exit_hook`), and every stop
+        it would cause costs a Linux guest a whole translation-cache flush.
+        """
         for addr in {*self._probes, *self._exits}:
             self.target.set_breakpoint(addr)
         self._ask_per_cpu_prefetch()
-        if self.exit_hook_addr is not None and self.exit_hook_addr not in {
-                *self._probes, *self._exits}:
-            self.target.set_breakpoint(self.exit_hook_addr)
 
     def _ask_per_cpu_prefetch(self) -> None:
         """Let a target that can read per-CPU data along with each stop's registers do so."""
@@ -343,6 +354,7 @@ class Engine:
         depth = self.frames.depth_at(task, index, cfa)
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
         self.frames.push(frame)
+        self._sync_exit_hook()
         if self._reads_release(spec):
             self._watch_release_reads(frame, spec)
         elif not spec.exits:
@@ -364,8 +376,18 @@ class Engine:
                     return
                 slot, old = found, expected
                 stats.found_by_scan += 1
+        if slot < sp:
+            # Free stack: the next call or interrupt frame lands there. Under
+            # TCG a watchpoint hit while the CPU pushes an interrupt or
+            # exception frame loses that interrupt, and a second push aborts
+            # QEMU 7.2 (see kswgdb.watch.loststops): never armed.
+            stats.refused_below_sp += 1
+            return
+        if spec.max_watch and stats.live >= spec.max_watch:
+            stats.refused_max_watch += 1    # KStackWatch's mw: this config's own bound
+            return
         if not self.pool.take():
-            stats.refused_pool += 1
+            stats.refused_pool += 1         # the run's pool (debug registers, --slots)
             return
         try:
             self.target.set_watchpoint(slot, spec.length)
@@ -378,6 +400,8 @@ class Engine:
             owner_task=task, depth=depth, armed_at=time.time(),
         )
         stats.armed += 1
+        stats.live += 1
+        stats.live_high = max(stats.live_high, stats.live)
 
     def _watch_release_reads(self, frame: Frame, spec: ArmSpec) -> None:
         reads = tuple(dict.fromkeys((frame.cfa + offset, length)
@@ -458,6 +482,7 @@ class Engine:
         if frame.watch is not None:
             self.target.clear_watchpoint(frame.watch.addr, frame.watch.length)
             self.pool.give()
+            self.stats[frame.spec_index].live -= 1
             self._last_writer.pop(id(frame.watch), None)
             frame.watch = None
         for addr, length in frame.release_reads:
@@ -466,6 +491,30 @@ class Engine:
         self.frames.remove(frame)
         if frame.holds_return:
             self._release_return(frame.return_addr)
+        self._sync_exit_hook()
+
+    def _sync_exit_hook(self) -> None:
+        """Have the task-exit hook in exactly while some task has a live watched frame.
+
+        The hook exists to drop the frames of a task that dies inside a watched
+        call (its stack is freed and reused: a watch left there would report the
+        next owner's writes). With no live frame there is nothing to drop, so
+        it is taken out and a process exit costs no stop. Both changes are made
+        while the guest is already stopped (a probe, a release), so they ride
+        on that stop's resume and cost no stop of their own.
+        """
+        addr = self.exit_hook_addr
+        want = bool(self.frames.by_task)
+        if addr is None or want == self._exit_hook_in:
+            return
+        self._exit_hook_in = want
+        if (addr in self._probes or addr in self._exits or addr in self._hooks
+                or addr in self._return_bps):
+            return          # the breakpoint is held for another reason as well
+        if want:
+            self.target.set_breakpoint(addr)
+        else:
+            self.target.clear_breakpoint(addr)
 
     def _hold_return(self, addr: int) -> None:
         count = self._return_bps.get(addr, 0)
@@ -483,9 +532,9 @@ class Engine:
             self.target.clear_breakpoint(addr)
 
     def _static_breakpoint(self, addr: int) -> bool:
-        """Probe, release and task-exit breakpoints stay for the whole run."""
-        return (addr in self._probes or addr in self._exits or addr == self.exit_hook_addr
-                or addr in self._hooks)
+        """Probe, release and hook breakpoints, and the task-exit hook while it is in."""
+        return (addr in self._probes or addr in self._exits or addr in self._hooks
+                or (self._exit_hook_in and addr == self.exit_hook_addr))
 
     # ------------------------------------------------------------------ hit
     def _on_watch(self, stop: Stop) -> str:
@@ -592,7 +641,7 @@ class Engine:
             (self.sym.function(f.pc) or "") in self.layout.irq_functions for f in backtrace
         )
         hit = Hit(
-            seq=len(self.hits) + 1,
+            seq=self.hit_count + 1,
             wall_time=time.time(),
             guest_time=guest.guest_time(self.layout, self._read),
             cpu=max(0, stop.thread - 1),
@@ -623,6 +672,11 @@ class Engine:
         watch.hits += 1
         stats.hits += 1
         self.hits.append(hit)
+        self.hit_count += 1
+        if self.keep_hits is not None and len(self.hits) > self.keep_hits:
+            # Written to the event log and rendered already: a storm of hits
+            # must not grow the process (the log holds them all).
+            del self.hits[:len(self.hits) - max(self.keep_hits, 1)]
         if self.log is not None:
             self.log.write_hit(hit)
         if self.on_hit is not None:
@@ -662,6 +716,13 @@ class Engine:
             self.target.set_breakpoint(addr)
         self._hooks[addr] = callback
 
+    def remove_hook(self, addr: int) -> None:
+        """Stop calling the hook at ``addr``; its breakpoint goes unless held otherwise."""
+        if self._hooks.pop(addr, None) is None:
+            return
+        if not self._static_breakpoint(addr) and addr not in self._return_bps:
+            self.target.clear_breakpoint(addr)
+
     def live_watches(self) -> int:
         return sum(1 for f in self.frames.all() if f.watch is not None)
 
@@ -674,6 +735,9 @@ class Engine:
                 "calls": stats.calls, "armed": stats.armed, "not_armed": stats.not_armed,
                 "skipped_depth": stats.skipped_depth, "refused_pool": stats.refused_pool,
                 "refused_check": stats.refused_check, "refused_stub": stats.refused_stub,
+                "refused_below_sp": stats.refused_below_sp,
+                "refused_max_watch": stats.refused_max_watch, "max_watch": spec.max_watch,
+                "live_high": stats.live_high,
                 "reentries": stats.reentries, "returns": stats.returns, "stale": stats.stale,
                 "hits": stats.hits, "found_by_scan": stats.found_by_scan,
                 "dead_frame_writes": stats.dead_frame_writes,

@@ -32,6 +32,9 @@ def normal_exits(flavour: str | None) -> frozenset[str]:
     """The guest endings that end a run normally for an image of ``flavour``."""
     return NORMAL_EXITS | FLAVOUR_NORMAL_EXITS.get(flavour or "", frozenset())
 
+#: Linux's panic when the command line has too many words it passes on to init.
+BOOT_VARS = "Too many boot "
+
 _EXIT_WORDS = {
     "triple-fault": "the guest triple-faulted",
     "shutdown": "the guest powered off",
@@ -46,6 +49,11 @@ def exit_fault(guest_exit: GuestExit | None, detail: str = "",
     """The fault line for a run whose guest ended with ``guest_exit``; None if normal."""
     if guest_exit is None:
         return f"the guest ended without an exit status ({detail or 'unknown'})"
+    if guest_exit.kind == "panic" and guest_exit.panic and BOOT_VARS in guest_exit.panic:
+        # Not the guest's doing: our command line gave init more words than the
+        # kernel hands on (32 arguments, 32 environment variables).
+        return (f"the kernel command line is too long for the guest kernel "
+                f"({guest_exit.panic.split('not syncing: ')[-1]})")
     if guest_exit.kind in normal:
         return None
     words = _EXIT_WORDS.get(guest_exit.kind, f"the guest ended: {guest_exit.kind}")

@@ -74,6 +74,7 @@ from kswgdb.watch.livestate import (  # noqa: F401 - re-exported for screens and
     Snapshot,
     WatchRow,
 )
+from kswgdb.watch.loststops import LostStopFinder
 from kswgdb.watch.physrun import PhysWatch
 from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.poller import PollHit
@@ -373,7 +374,8 @@ class LiveSession:
             client = RemoteClient.connect(str(machine.gdb_socket), timeout=10.0)
             try:
                 client.handshake()
-                self.run_on(StubTarget(client))
+                self.run_on(StubTarget(client, lost_stops=LostStopFinder(self.program.disasm)
+                                       if self.program is not None else None))
             finally:
                 if self._unwinder is not None:
                     self._unwinder.close()      # gdb never outlives the session
@@ -675,9 +677,7 @@ class LiveSession:
 
     def _pool_capacity(self) -> int:
         assert self.accel is not None
-        active = [s for i, s in enumerate(self._specs) if self._is_active(i)]
-        max_watch = max((s.max_watch for s in active), default=0)
-        return SlotPool.for_run(self.accel.accel, max_watch,
+        return SlotPool.for_run(self.accel.accel,
                                 self.options.slots or TCG_DEFAULT_SLOTS).capacity
 
     def _describe(self, index: int) -> str:

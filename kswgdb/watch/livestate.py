@@ -113,4 +113,5 @@ class Snapshot:
 
 
 NOT_ARMED_WORDS = (("skipped_depth", "depth"), ("refused_pool", "no slot"),
-                    ("refused_check", "no canary"), ("refused_stub", "stub refused"))
+                    ("refused_check", "no canary"), ("refused_stub", "stub refused"),
+                    ("refused_below_sp", "below SP"), ("refused_max_watch", "mw full"))

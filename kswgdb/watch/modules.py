@@ -186,18 +186,33 @@ class ModuleArmer:
         self.loaded: dict[str, LoadedModule] = {}
 
     def install(self, engine) -> None:  # engine: kswgdb.watch.engine.Engine
-        """Arm what is already loaded, and hook the load path for the rest."""
+        """Arm what is already loaded, and hook the load path for the rest.
+
+        The hook stays only while some watch waits for its module: each of its
+        stops costs the guest a translation-cache flush, for nothing once
+        every module watch is armed.
+        """
         self.engine = engine
         engine.add_hook(self.hook_addr, self._on_load)
         # A guest stopped before paging is on (at reset) has no module list to read yet.
         with contextlib.suppress(ErrorReply):
             self._scan(engine.target.read)
+        self._unhook_when_done()
 
     def _on_load(self, _stop) -> None:
         self._scan(self.engine.target.read)
+        self._unhook_when_done()
+
+    def pending(self) -> list[ModuleWatch]:
+        """The watches whose module has not been found loaded yet."""
+        return [w for w in self.watches if w.armed_index is None]
+
+    def _unhook_when_done(self) -> None:
+        if not self.pending():
+            self.engine.remove_hook(self.hook_addr)
 
     def _scan(self, read: ReadFn) -> None:
-        pending = {w.module for w in self.watches if w.armed_index is None}
+        pending = {w.module for w in self.pending()}
         if not pending:
             return
         present = loaded_modules(self.layout, read)

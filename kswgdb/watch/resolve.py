@@ -18,13 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kswgdb.errors import BadInput
+from kswgdb.symbols.armpoint import ArmPlan
 from kswgdb.symbols.disasm import Instruction
 from kswgdb.symbols.dwarf import DwarfInfo
 from kswgdb.symbols.elf import Symbol, SymbolTable
-from kswgdb.symbols.frame import FrameState
+from kswgdb.symbols.frame import FrameState, is_aligned
 from kswgdb.symbols.locals import FrameVar
 from kswgdb.symbols.program import Program
 from kswgdb.symbols.prologue import CanarySlot, FrameSlot, FunctionAnalysis
+from kswgdb.symbols.watched import sp_range, watched_var
 from kswgdb.watch.config import WatchConfig
 from kswgdb.watch.readrelease import read_exits
 from kswgdb.watch.spec import ArmSpec, GuardSource
@@ -110,7 +112,7 @@ class ResolvedWatch:
 
     def read_release_plan(self, exits: tuple[tuple[int, str, int], ...]) -> tuple:
         """Read watchpoints that see every release point (`kswgdb.watch.readrelease`)."""
-        if self.cfa_offset is None or self.analysis is None:
+        if self.cfa_offset is None or self.analysis is None or is_aligned(self.cfa_offset):
             return ()
         return read_exits(self.analysis.code, self.analysis.frame,
                           tuple(addr for addr, _, _ in exits), self.cfa_offset,
@@ -124,25 +126,9 @@ class ResolvedWatch:
         that is still watched: a false positive, and under QEMU 7.2 TCG a lost
         interrupt (the watchpoint fires in the middle of interrupt delivery).
         """
-        if self.cfa_offset is None:
+        if self.cfa_offset is None or self.analysis is None:
             return ()
-        end = self.cfa_offset + self.slot.length      # slot end, relative to the CFA
-        frame = self.analysis.frame
-        points = []
-        for insn in self.analysis.code.instructions:
-            before = frame.state_before(insn.addr)
-            after = frame.state_after(insn.addr)
-            if before is None or before.sp is None:
-                continue
-            if -before.sp >= end:
-                continue                  # SP already above the slot here
-            released = insn.flow == "ret" or (after is not None and after.sp is not None
-                                              and -after.sp >= end)
-            if not released:
-                continue
-            rule = ("rbp", before.fp) if before.fp is not None else ("rsp", before.sp)
-            points.append((insn.addr, rule[0], rule[1]))
-        return tuple(points)
+        return self.analysis.writers.releases(self.cfa_offset, self.slot.length)
 
     def describe(self) -> str:
         """One line for reports: where the watch points and why."""
@@ -171,7 +157,7 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
                        f"it falls inside the instruction at {before:#x}{what}; "
                        f"nearest boundaries {near}")
     if insn.flow is not None:
-        hint = _suggestion_text(analysis, None)
+        hint = _suggestion_text(cfg, program, analysis, probe_addr)
         raise BadInput(f"fo={cfg.offset:#x} is {_FLOW_WORDS[insn.flow]} ({insn.text}): watches arm "
                        f"after the instruction at fo has run (KStackWatch's kprobe post-handler); "
                        f"pick a straight-line instruction{hint}")
@@ -179,7 +165,8 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
     after_state = analysis.frame.state_after(probe_addr)
     sp_delta = None
     if before_state is not None and after_state is not None \
-            and before_state.sp is not None and after_state.sp is not None:
+            and before_state.sp is not None and after_state.sp is not None \
+            and is_aligned(before_state.sp) == is_aligned(after_state.sp):
         sp_delta = before_state.sp - after_state.sp
     warnings: list[str] = []
     canary = var = None
@@ -197,16 +184,24 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
         var, cfa, slot = _var_slot(cfg, program, analysis, after_state, insn.end)
     suggested = None
     if cfa is not None:
-        suggested = analysis.suggest_offset(canary or FrameSlot(cfa, slot.length))
-        warnings += _timing_warnings(cfg, analysis, FrameSlot(cfa, slot.length), probe_addr,
-                                     suggested)
+        plan = analysis.plan(canary or FrameSlot(cfa, slot.length))
+        suggested = plan.fo
+        warnings += _timing_warnings(cfg, analysis, plan, probe_addr)
     returns = tuple(i.addr for i in code.instructions if i.flow == "ret")
     frame_cfa = None
     if after_state is not None:
-        frame_cfa = (("rbp", after_state.fp) if after_state.fp is not None else
-                     ("rsp", after_state.sp) if after_state.sp is not None else None)
-    return ResolvedWatch(cfg, func, probe_addr, insn, insn.end, sp_delta, slot, cfa, canary,
-                         var, suggested, returns, tuple(warnings), frame_cfa, analysis)
+        frame_cfa = (("rbp", after_state.fp) if after_state.fp is not None
+                     and not is_aligned(after_state.fp) else
+                     ("rsp", after_state.cfa_sp) if after_state.cfa_sp is not None else None)
+    resolved = ResolvedWatch(cfg, func, probe_addr, insn, insn.end, sp_delta, slot, cfa, canary,
+                             var, suggested, returns, tuple(warnings), frame_cfa, analysis)
+    below_sp = cfa is not None and after_state is not None and after_state.sp is not None \
+        and cfa + slot.length <= -after_state.sp
+    if not below_sp and not resolved.release_points():
+        raise BadInput(f"no release point for {resolved.what()} at fo={cfg.offset:#x}: "
+                       f"{_no_release_reason(cfg, analysis, cfa)}; a watch left armed past "
+                       "the epilogue reports every later use of the stack")
+    return resolved
 
 
 def _canary_slot(cfg: WatchConfig, analysis: FunctionAnalysis, state: FrameState | None,
@@ -218,8 +213,7 @@ def _canary_slot(cfg: WatchConfig, analysis: FunctionAnalysis, state: FrameState
                        "stored into its frame): watch SP+so with wl=1/2/4/8, or var=NAME")
     if probe_addr < canary.store_addr:
         raise BadInput(f"fo={cfg.offset:#x} arms before {func.name} stores its canary at "
-                       f"+{canary.store_addr - func.addr:#x}: use fo="
-                       f"{analysis.suggest_offset():#x}")
+                       f"+{canary.store_addr - func.addr:#x}: use {_plan_words(analysis, None)}")
     if canary.cfa_offset is None or state is None:
         raise BadInput(f"cannot follow {func.name}'s stack pointer to fo={cfg.offset:#x}: "
                        "watch SP+so with wl= instead")
@@ -232,52 +226,33 @@ def _canary_slot(cfg: WatchConfig, analysis: FunctionAnalysis, state: FrameState
 
 def _var_slot(cfg: WatchConfig, program: Program, analysis: FunctionAnalysis,
               state: FrameState | None, arm_pc: int) -> tuple[FrameVar, int | None, WatchSlot]:
-    func = analysis.symbol
     ref = cfg.var
     assert ref is not None
-    var = program.local(func.name, ref.name, arm_pc)
-    if var.count is not None and ref.index is None:
-        raise BadInput(f"{ref.name} is an array of {var.count} x {var.size} bytes: "
-                       f"name one element, e.g. var={ref.name}[{var.count - 1}]")
-    if ref.index is not None:
-        if var.count is None:
-            raise BadInput(f"var={ref}: {ref.name} is not an array ({var.type_name})")
-        if ref.index >= var.count:
-            raise BadInput(f"var={ref}: index out of range ({ref.name} has {var.count} elements)")
-    length = var.size
-    if length not in (1, 2, 4, 8):
-        raise BadInput(f"{ref} is {length} bytes ({var.type_name}); a watch covers 1, 2, 4 or 8"
-                       " bytes: name a smaller part, or use so=/wl=")
-    index_off = (ref.index or 0) * length
-    loc = var.location
-    if loc.cfa_offset is not None:
-        cfa = loc.cfa_offset + index_off
-    elif state is not None and loc.base is not None and loc.offset is not None:
-        cfa = state.cfa_offset(loc.base, loc.offset + index_off)
-    else:
-        cfa = None
+    watched = watched_var(program, analysis, ref.name, ref.index, arm_pc, state)
+    cfa = watched.cfa_offset
     placed = state.from_cfa(cfa) if state is not None and cfa is not None else None
     if placed is None:
+        loc = watched.var.location
         if loc.base in ("rbp", "rsp") and loc.offset is not None:
-            return var, cfa, WatchSlot(loc.base, loc.offset + index_off, length)
+            return watched.var, cfa, WatchSlot(loc.base, loc.offset + watched.index_offset,
+                                               watched.length)
         raise BadInput(f"cannot place {ref} relative to RBP or RSP at fo={cfg.offset:#x} in "
-                       f"{func.name}")
-    return var, cfa, WatchSlot(placed[0], placed[1], length)
+                       f"{analysis.symbol.name}")
+    return watched.var, cfa, WatchSlot(placed[0], placed[1], watched.length)
 
 
-def _timing_warnings(cfg: WatchConfig, analysis: FunctionAnalysis, slot: FrameSlot,
-                     probe_addr: int, suggested: int | None) -> list[str]:
-    """Arming before the function's own initialising store means a certain false hit."""
+def _timing_warnings(cfg: WatchConfig, analysis: FunctionAnalysis, plan: ArmPlan,
+                     probe_addr: int) -> list[str]:
+    """Arming before the function's own store into the slot means a certain false hit."""
     out = []
     func = analysis.symbol
-    late = [w for w in analysis.init_stores(slot) if w.insn.addr > probe_addr]
-    if late:
-        w = late[-1]
-        out.append(f"{func.name} itself writes the slot at +{w.insn.addr - func.addr:#x} "
-                   f"({w.insn.text}) after arming: expect a hit from it"
-                   + (f"; fo={suggested:#x} arms after it" if suggested is not None else ""))
+    what = {"canary": "its canary", "offset": f"SP{cfg.sp_offset:+#x}",
+            "var": str(cfg.var)}[cfg.mode]
+    late = plan.check(cfg.offset, what)
+    if late is not None:
+        out.append(late)
     region = analysis.frame.straight_line()
-    if region and probe_addr > region[-1].addr:
+    if region and probe_addr > region[-1].addr and cfg.offset != plan.fo:
         first = analysis.code.after(region[-1].addr)
         if first is not None:
             out.append(f"fo={cfg.offset:#x} is after {func.name}'s first branch or call "
@@ -285,7 +260,43 @@ def _timing_warnings(cfg: WatchConfig, analysis: FunctionAnalysis, slot: FrameSl
     return out
 
 
-def _suggestion_text(analysis: FunctionAnalysis, slot: FrameSlot | None) -> str:
-    if analysis.canary is None and slot is None:
+def _mode_slot(cfg: WatchConfig, program: Program, analysis: FunctionAnalysis,
+               probe_addr: int) -> FrameSlot | None:
+    """The watched bytes of ``cfg``'s mode as a CFA range, if they can be placed at all."""
+    if cfg.mode == "canary":
+        return None
+    state = analysis.frame.state_after(probe_addr)
+    if cfg.mode == "offset":
+        return sp_range(state, cfg.sp_offset, cfg.watch_len)
+    assert cfg.var is not None
+    try:
+        nxt = analysis.code.after(probe_addr)
+        watched = watched_var(program, analysis, cfg.var.name, cfg.var.index,
+                              nxt.addr if nxt is not None else probe_addr, state)
+    except BadInput:
+        return None
+    return watched.slot
+
+
+def _plan_words(analysis: FunctionAnalysis, slot: FrameSlot | None) -> str:
+    """``fo=0x23``, or the best candidate with why it is not safe."""
+    try:
+        return analysis.plan(slot).suggestion()
+    except BadInput as e:
+        return f"no fo ({e})"
+
+
+def _suggestion_text(cfg: WatchConfig, program: Program, analysis: FunctionAnalysis,
+                     probe_addr: int) -> str:
+    """The suggestion for this watch's own mode (the canary's fo is no answer for a local)."""
+    slot = _mode_slot(cfg, program, analysis, probe_addr)
+    if slot is None and (cfg.mode != "canary" or analysis.canary is None):
         return ""
-    return f" (suggested: fo={analysis.suggest_offset(slot):#x})"
+    return f" (suggested for this watch: {_plan_words(analysis, slot)})"
+
+
+def _no_release_reason(cfg: WatchConfig, analysis: FunctionAnalysis, cfa: int | None) -> str:
+    if cfa is None:
+        return (f"the slot's place in {analysis.symbol.name}'s frame is not known statically "
+                "(the stack pointer cannot be followed there)")
+    return f"no instruction of {analysis.symbol.name} moves SP above the slot before returning"

@@ -39,6 +39,7 @@ from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.kaslr import KernelPlacement, place_kernel, placement_ending, slide_fields
 from kswgdb.watch.layout import exit_hook_address, layout_for
+from kswgdb.watch.loststops import LostStopFinder
 from kswgdb.watch.modules import (
     ModuleArmer,
     ModuleFinder,
@@ -49,6 +50,7 @@ from kswgdb.watch.modules import (
 from kswgdb.watch.physrun import PhysWatch
 from kswgdb.watch.pollconfig import PollSpec, parse_polls
 from kswgdb.watch.poller import PollHit, PollStatus
+from kswgdb.watch.qemucrash import keep_qemu_log
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.spec import ArmSpec
@@ -77,6 +79,7 @@ class RunOptions:
     hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
+    keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
 
 
 @dataclass
@@ -109,6 +112,11 @@ class RunReport:
     fault: str | None = None           # why the run ended badly (exit status 3), or None
     unarmed: list[str] = field(default_factory=list)   # one line per never-armed watch
     slide: KernelSlide | None = None   # where the kernel was found (KASLR)
+    qemu_stderr: list[str] = field(default_factory=list)  # QEMU's last lines, after a fault
+    qemu_log: Path | None = None       # its whole log, kept beside the event log
+    lost_stops: int = 0                # watch stops QEMU lost on another vCPU, collected
+    hit_count: int = 0                 # all hits; `hits` keeps the latest RunOptions.keep_hits
+    pool: str = ""                     # the slot pool shared by every config, in one line
 
     @property
     def hits(self) -> list[Hit]:
@@ -203,14 +211,15 @@ class WatchSession:
             check_alignment(resolved, accel.accel)
         layout = self.layout
         assert layout is not None
-        max_watch = max((s.max_watch for s in self.specs), default=0)
-        pool = SlotPool.for_run(accel.accel, max_watch, opts.slots or TCG_DEFAULT_SLOTS)
+        pool = SlotPool.for_run(accel.accel, opts.slots or TCG_DEFAULT_SLOTS)
         log = EventLog(opts.log_path, echo=self.log_echo)
         self.on_status(f"backtraces: {BACKTRACE_WHAT[self.backtrace_mode]}")
         unwinder: GdbUnwinder | None = None
         started = time.monotonic()
         ending = "interrupted"
         fault: str | None = None
+        qemu_said: list[str] = []
+        qemu_log: Path | None = None
         try:
             with Machine(self.image, accel=accel, scenario=opts.scenario,
                          extra_cmdline=opts.cmdline, paused=True,
@@ -219,13 +228,17 @@ class WatchSession:
                 try:
                     client.handshake()
                     target = StubTarget(client, emulate=opts.emulate,
-                                        queue_watchpoints=accel.accel == "tcg")
+                                        queue_watchpoints=accel.accel == "tcg",
+                                        lost_stops=LostStopFinder(self.program.disasm)
+                                        if accel.accel == "tcg" else None)
                     # KASLR: the guest runs to its entry point; from here on every
                     # address is the guest's (kswgdb.watch.kaslr).
                     self.placement = placement = place_kernel(
                         target, self.program, self.image.guest, accel.accel,
                         started + opts.timeout)
                     program = placement.program
+                    if target.lost_stops is not None:
+                        target.lost_stops.disasm = program.disasm    # the guest's addresses
                     specs = placement.specs(self.specs)
                     if program is not self.program:
                         layout = layout_for(program, self.image.guest)
@@ -260,6 +273,7 @@ class WatchSession:
                         freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=exit_hook,
                         backtracer=unwinder,
                         release_by_read=opts.release_by_read and accel.accel == "tcg",
+                        keep_hits=opts.keep_hits,
                     )
                     engine.install()
                     if self.module_watches:
@@ -307,6 +321,8 @@ class WatchSession:
                     guest_exit = machine.wait_exit(5.0)
                     fault = exit_fault(guest_exit, result.detail,
                                        normal_exits(self.image.guest))
+                if fault is not None:
+                    qemu_said, qemu_log = keep_qemu_log(machine, opts.log_path)
                 console = machine.console.lines()
                 ending = fault or result.reason
         finally:
@@ -326,8 +342,9 @@ class WatchSession:
                 ending = ("interrupted (SIGINT)" if signum == signal.SIGINT
                           else f"terminated (exit status {128 + signum})")
                 fault = fault or ending
+            extra = {"qemu_stderr": qemu_said, "qemu_log": str(qemu_log)} if qemu_said else {}
             log.write("end", reason=ending, fault=fault is not None,
-                      **_guest_exit_fields(locals().get("guest_exit")))
+                      **_guest_exit_fields(locals().get("guest_exit")), **extra)
             log.close()
         verdict = next((ln for ln in reversed(console) if "KSWTEST verdict" in ln), None)
         if vmcore is None and self.phys is not None and self.phys.freeze.is_set():
@@ -345,6 +362,9 @@ class WatchSession:
             unexpected_stops=engine.unexpected_stops, max_live_watches=pool.high_water,
             symbols=self.image.symbols, fault=fault, unarmed=unarmed,
             slide=self.placement.slide if self.placement is not None else None,
+            qemu_stderr=qemu_said, qemu_log=qemu_log,
+            lost_stops=target.lost_collected, hit_count=engine.hit_count,
+            pool=pool.describe(accel.accel),
             **self._poll_report(polls),
         )
 

@@ -27,12 +27,19 @@ class SlotPool:
     high_water: int = 0
 
     @classmethod
-    def for_run(cls, accel: str, max_watch: int, tcg_slots: int = TCG_DEFAULT_SLOTS) -> SlotPool:
-        """Capacity from the accelerator, narrowed by the config's ``mw`` (0 = all)."""
-        cap = KVM_DEBUG_REGISTERS if accel == "kvm" else tcg_slots
-        if max_watch > 0:
-            cap = min(cap, max_watch)
-        return cls(capacity=cap)
+    def for_run(cls, accel: str, tcg_slots: int = TCG_DEFAULT_SLOTS) -> SlotPool:
+        """Capacity from the accelerator: the 4 debug registers under KVM, else ``--slots``.
+
+        A config's ``mw`` is its own bound, counted by the engine per config:
+        one config's ``mw=1`` never limits another config.
+        """
+        return cls(capacity=KVM_DEBUG_REGISTERS if accel == "kvm" else tcg_slots)
+
+    def describe(self, accel: str) -> str:
+        """One line for the end of a run: the pool shared by every config."""
+        what = "x86 debug registers" if accel == "kvm" else "TCG watchpoints"
+        line = f"slot pool: {self.capacity} {what}, at most {self.high_water} in use"
+        return line + (f", {self.refused} call(s) found it full" if self.refused else "")
 
     def take(self) -> bool:
         if self.in_use >= self.capacity:

@@ -25,12 +25,14 @@ emulator refuses and for writes it must not apply itself (see `_apply_plan`).
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 
 from kswgdb.gdbstub import requests as rq
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import StubClosed, StubError, StubTimeout
 from kswgdb.gdbstub.stopreply import StopReply
 from kswgdb.watch.emulate import Emulated, InstructionEmulator, coalesce
+from kswgdb.watch.loststops import LostStopFinder
 from kswgdb.watch.target import Registers, Stop
 
 ENGINE_REGISTERS = ("rip", "rsp", "rbp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi",
@@ -48,12 +50,17 @@ class StubTarget:
     """`Target` over a `RemoteClient` connected to a stopped QEMU."""
 
     def __init__(self, client: RemoteClient, step_timeout: float = 10.0,
-                 emulate: bool = True, queue_watchpoints: bool = False) -> None:
+                 emulate: bool = True, queue_watchpoints: bool = False,
+                 lost_stops: LostStopFinder | None = None) -> None:
         """``emulate``: leave breakpoints by host emulation where safe (else always step).
 
         ``queue_watchpoints``: send ``Z2`` with the next batch instead of at
         once; only for stubs that never refuse one (TCG: unlimited), because a
         refusal then surfaces later as an error instead of a counted call.
+
+        ``lost_stops``: at each stop, look for a watchpoint stop QEMU 7.2 lost
+        on another vCPU and collect it (`kswgdb.watch.loststops`); needed with
+        two or more vCPUs under TCG, or QEMU aborts.
         """
         self.client = client
         self.step_timeout = step_timeout
@@ -71,7 +78,14 @@ class StubTarget:
         self._regs: dict[int, Registers] = {}
         self._stopped_thread: int | None = None
         self._stopped_pc: int | None = None
-        self._pending: Stop | None = None
+        self._pending: deque[Stop] = deque()
+        self.lost_stops = lost_stops
+        self._threads: list[int] | None = None
+        self.lost_collected = 0        # stale watchpoint stops of other vCPUs reported
+        self.lost_misses = 0           # collection steps that found nothing stale
+        self.lost_echoes = 0           # plain stops a collection step left pending, absorbed
+        self._echoes: set[int] = set()
+        self._reported: dict[int, dict[str, int]] = {}   # registers at each vCPU's last stop
         self.packets_sent = 0
         self.steps = 0
 
@@ -179,7 +193,7 @@ class StubTarget:
     # ------------------------------------------------------------ running
     def resume(self) -> None:
         thread, pc = self._stopped_thread, self._stopped_pc
-        if self._pending is not None:
+        if self._pending:
             self._forget_stop_state()
             return      # an event is already waiting: hand it out before running
         if thread is not None and pc is not None and pc in self._breakpoints:
@@ -187,7 +201,7 @@ class StubTarget:
             self._forget_stop_state()
             if not emulated:
                 self._step_off(thread)
-            if self._pending is not None:
+            if self._pending:
                 return
         self._forget_stop_state()
         payloads, self._queue = self._queue + ["c"], []
@@ -255,27 +269,86 @@ class StubTarget:
 
     def _step_off(self, thread: int) -> None:
         """Single-step ``thread`` off the breakpoint it sits on; keep any other stop."""
-        step = rq.step(thread, "s" in self.client.vcont_actions)
-        payloads, self._queue = self._queue + [step], []
-        self._check(self.client.pipeline(payloads), payloads[:-1])
-        self.packets_sent += len(payloads)
-        self.steps += 1
-        reply = self.client.wait_stop(self.step_timeout)
+        reply = self._step_alone(thread)
         stop = self._convert(reply, after_step=True)
         if stop is not None:
-            self._pending = stop
+            self._pending.append(stop)
 
     def wait_stop(self, timeout: float | None) -> Stop | None:
-        if self._pending is not None:
-            stop, self._pending = self._pending, None
-            return stop
+        if self._pending:
+            return self._pending.popleft()
         try:
             reply = self.client.wait_stop(timeout)
         except StubTimeout:
             return None
         except StubClosed:
             return Stop("exit", detail="gdbstub connection closed")
-        return self._convert(reply)
+        stop = self._convert(reply)
+        if stop is not None and stop.kind == "other" and stop.thread in self._echoes \
+                and stop.detail.startswith("T05"):
+            # The debug interrupt a collection step left pending (its stepped
+            # instruction touched a watched page again): nothing happened.
+            self._echoes.discard(stop.thread)
+            self.lost_echoes += 1
+            self.resume()
+            return None
+        if stop is None or stop.kind == "exit" or self.lost_stops is None:
+            return stop
+        lost = self._collect_lost(stop.thread)
+        if not lost:
+            return stop
+        # The lost stops happened first (their vCPU stopped before this one).
+        self._pending.extend([*lost[1:], stop])
+        return lost[0]
+
+    def _collect_lost(self, reported: int) -> list[Stop]:
+        """Watchpoint stops of the other vCPUs that QEMU did not report, made good.
+
+        Each is cleared in QEMU by single-stepping its vCPU alone (interrupts
+        masked): the step's stop reports the stale hit and clears it. The
+        engine gets the stop with the registers from before that step.
+        """
+        if not (self._watchpoints or self._read_watches):
+            return []
+        assert self.lost_stops is not None
+        if self._threads is None:
+            self._threads = self.client.threads()
+            self.packets_sent += 1
+        lost = []
+        for thread in self._threads:
+            if thread == reported:
+                continue
+            regs = self.registers(thread)
+            if self._reported.get(thread) == regs.values:
+                continue        # not run since its own stop was reported: nothing new
+            found = self.lost_stops.find(regs, list(self._watchpoints), list(self._read_watches))
+            if found is None:
+                continue
+            addr, access = found
+            self._clear_stale_hit(thread)
+            kind = "break" if regs.pc in self._breakpoints else "watch"
+            lost.append(Stop(kind, thread=thread, pc=regs.pc, watch_addr=addr,
+                             watch_access=access))
+        return lost
+
+    def _step_alone(self, thread: int) -> StopReply:
+        """One instruction of ``thread`` while the other vCPUs stay stopped; its stop reply."""
+        step = rq.step(thread, "s" in self.client.vcont_actions)
+        payloads, self._queue = self._queue + [step], []
+        self._check(self.client.pipeline(payloads), payloads[:-1])
+        self.packets_sent += len(payloads)
+        self.steps += 1
+        return self.client.wait_stop(self.step_timeout)
+
+    def _clear_stale_hit(self, thread: int) -> None:
+        reply = self._step_alone(thread)
+        if reply.exited or reply.kind in ("W", "X"):
+            self._pending.append(Stop("exit", exit_status=reply.exit_status, detail=reply.raw))
+        elif reply.watch_addr is None:
+            self.lost_misses += 1
+        else:
+            self.lost_collected += 1
+            self._echoes.add(thread)
 
     def interrupt(self) -> None:
         self.client.interrupt()
@@ -295,6 +368,7 @@ class StubTarget:
         self._forget_stop_state()
         regs = self.registers(thread)
         self._stopped_thread, self._stopped_pc = thread, regs.pc
+        self._reported[thread] = regs.values
         if reply.watch_addr is not None:
             # QEMU 7.2 reports only the last vCPU of a simultaneous stop; another
             # vCPU's watchpoint flag then rides on that vCPU's *next* stop, which

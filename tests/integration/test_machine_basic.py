@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kswgdb.image import Image
-from kswgdb.qemu import pvh
+from kswgdb.qemu import binary, pvh
 from kswgdb.qemu.errors import MachineStartError
 from tests.integration.helpers import MachineFactory
 
@@ -133,7 +133,7 @@ def test_launch_failure_carries_argv_and_qemu_output(machine: MachineFactory,
         machine(img, extra_args=("-device", "no-such-device-kswgdb"))
     err = info.value
     assert "exited with status 1" in str(err)
-    assert err.argv[0] == "qemu-system-x86_64" and "no-such-device-kswgdb" in err.argv
+    assert err.argv[0] == binary.selected_path()[0] and "no-such-device-kswgdb" in err.argv
     assert any("no-such-device-kswgdb" in line for line in err.console_tail)
     assert "command:" in err.details()
 

@@ -15,11 +15,13 @@ import re
 import pytest
 
 from kswgdb.image import Image
+from kswgdb.image import load as load_image
 from tests.integration.helpers import MachineFactory
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = range(11)
+#: Every scenario images/kswtest.toml describes.
+SCENARIOS = sorted(int(n) for n in load_image("kswtest").scenarios)
 #: Generous for TCG on a busy 2-core machine; a normal scenario takes well under 1 s.
 SCENARIO_TIMEOUT = 60.0
 

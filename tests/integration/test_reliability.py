@@ -88,21 +88,32 @@ def test_slow_rendering_loses_no_hit(tmp_path: Path) -> None:
 
 
 def test_slot_exhaustion_is_counted_and_shown(tmp_path: Path) -> None:
-    """mw=4 with 8 live victims: refused calls are counted, shown, and add up."""
+    """Two configs, mw=4 and mw=2, with 8 live victims: each mw is honoured on its own.
+
+    Every s3_victim frame lies inside an s3_enter_victim frame, so both
+    functions have 8 frames live at once: each config reaches its own mw and no
+    more; refused calls are counted, shown, and add up. The shared pool (256
+    TCG slots) is never full.
+    """
     log = tmp_path / "events.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "kswgdb", "run", "--scenario", "4", "--watch", f"{WATCH} mw=4",
-         "--accel", "tcg", "--log", str(log)],
+         "--watch", "fn=s3_enter_victim fo=0x18 mw=2", "--accel", "tcg", "--log", str(log)],
         capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode in (0, 1), proc.stderr
-    summary = next(json.loads(ln) for ln in log.read_text().splitlines()
-                   if '"event": "summary"' in ln)["watches"][0]
-    assert summary["refused_pool"] > 0
-    assert summary["calls"] == summary["armed"] + summary["not_armed"]
-    assert summary["not_armed"] == (summary["skipped_depth"] + summary["refused_pool"]
-                                    + summary["refused_check"] + summary["refused_stub"])
-    assert summary["armed"] >= 4
-    assert f"{summary['refused_pool']} no slot" in proc.stdout
+    victim, enter = next(json.loads(ln) for ln in log.read_text().splitlines()
+                         if '"event": "summary"' in ln)["watches"]
+    for summary, mw in ((victim, 4), (enter, 2)):
+        assert summary["max_watch"] == mw
+        assert summary["live_high"] == mw, summary
+        assert summary["refused_max_watch"] > 0 and summary["refused_pool"] == 0
+        assert summary["calls"] == summary["armed"] + summary["not_armed"]
+        assert summary["not_armed"] == sum(summary[k] for k in (
+            "skipped_depth", "refused_pool", "refused_check", "refused_stub",
+            "refused_below_sp", "refused_max_watch"))
+        assert f"{summary['refused_max_watch']} mw full" in proc.stdout
+    assert "slot pool: 256 TCG watchpoints, at most 6 in use" in proc.stdout
+    summary = victim
     shown = re.search(r"│\s+(\d+) │\s+(\d+) │ (\d+) \(", proc.stdout)
     assert shown and [int(g) for g in shown.groups()] == [
         summary["calls"], summary["armed"], summary["not_armed"]]

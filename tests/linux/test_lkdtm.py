@@ -208,3 +208,23 @@ def test_cli_lkdtm_hit_panel_exit_status_and_panic_line(image, tmp_path: Path) -
     end = json.loads(events[-1])
     assert end["event"] == "end" and end["guest_exit"] == "panic" and not end["fault"]
     assert end["panic"].startswith("Kernel panic - not syncing: stack-protector")
+
+
+def test_a_long_guest_command_runs_to_completion(image, tmp_path: Path) -> None:
+    """A 60-word command (the kernel panics past 32 words it hands to init) runs whole.
+
+    The words after ``--`` travel in the initramfs (kswgdb.qemu.guestcmd), so the
+    last word runs, with a watch armed on a hot path meanwhile.
+    """
+    kernel = Program.load(image.symbols)
+    watch = _suggested(kernel, "cp_new_stat")
+    steps = " ".join(f"s{i}" for i in range(1, 41))
+    command = f"for w in {steps}; do echo step-$w > /dev/null; done; ls -l /bin > /dev/null; " \
+              "echo KSWGDB-LONG last-word-ran"
+    assert len(command.split()) >= 40
+    report, _ = _run(image, watch, command, 240.0, tmp_path)
+    console = "\n".join(report.console_log)
+    assert report.fault is None, (report.fault, report.console_log[-5:])
+    assert "KSWGDB-LONG last-word-ran" in console and "KSWGDB-INIT done status=0" in console
+    assert "Too many boot" not in console
+    assert report.summary[0]["armed"] > 0

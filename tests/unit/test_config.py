@@ -24,7 +24,7 @@ GOOD = [
     ("fn=f fo=8 sp_offset=-0x10 watch_len=4", dict(offset=8, sp_offset=-0x10, watch_len=4)),
     ("fn=f fo=0 so=+16 wl=2", dict(sp_offset=16, watch_len=2)),
     ("fn=f fo=0x1C ac=1 ph=1", dict(offset=0x1c, auto_canary=True, panic_hit=True)),
-    ("fn=f fo=0 auto_canary=0 panic_hit=y", dict(auto_canary=False, panic_hit=True)),
+    ("fn=f fo=0 auto_canary=0 panic_hit=1", dict(auto_canary=False, panic_hit=True)),
     ("fn=foo.constprop.0 fo=4", dict(func="foo.constprop.0")),
     ("fn=f fo=0 wl=0", dict(watch_len=0, mode="canary")),
     ("fn=f fo=0 so=0 wl=1", dict(mode="offset", watch_len=1)),
@@ -45,6 +45,8 @@ GOOD = [
 ]
 
 BAD = [
+    ("fn=f fo=0 ph=yes", "ph='yes' must be 0 or 1"),
+    ("fn=f fo=0 ac=y", "ac='y' must be 0 or 1"),
     ("", "empty watch config"),
     ("   \t\n", "empty watch config"),
     ("fo=0x10", "missing fn="),

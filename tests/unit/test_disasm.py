@@ -13,6 +13,7 @@ from kswgdb.errors import BadInput
 from kswgdb.symbols.frame import FrameAnalysis
 from kswgdb.symbols.program import Program
 from kswgdb.symbols.prologue import FrameSlot, find_canary
+from kswgdb.symbols.watched import body_state, watched_var
 from kswgdb.watch.config import parse_watch
 from kswgdb.watch.resolve import resolve_watch
 from tests.fixtures.build import CANARY_FUNCS, binary, gdb_values, needs_gdb
@@ -45,7 +46,8 @@ def test_canary_found_in_canary_functions_only(flavour: str) -> None:
         kind = "gs" if flavour == "gs" else "global"
         assert canary.guard_kind == kind
         assert canary.guard_ref == ("gs:0x28" if kind == "gs" else "__stack_chk_guard")
-        assert canary.base == ("rsp" if flavour == "nofp" else "rbp")
+        # a realigned frame keeps its canary relative to the aligned RSP
+        assert canary.base == ("rsp" if flavour == "nofp" or name == "realigned" else "rbp")
         store = prog.analyze(name).code.at(canary.store_addr)
         assert store.mnemonic == "mov" and store.mem_writes[0].disp == canary.offset
         load = prog.analyze(name).code.at(canary.load_addr)
@@ -83,14 +85,21 @@ def test_suggested_offset_is_the_boundary_after_the_canary_store(flavour: str) -
         assert analysis.code.at(store.end).flow is None
 
 
-def test_suggested_offset_for_a_local_follows_its_last_initialising_store() -> None:
+def test_suggested_offset_for_a_local_follows_every_store_of_the_function() -> None:
+    """recurse stores mark, hands &mark to publish(), and stores it again after the
+    recursion: the only point after all three is after the last store."""
     prog = _program("global")
     rec = prog.analyze("recurse")
     mark = prog.local("recurse", "mark", rec.symbol.addr + rec.suggest_offset())
+    plan = rec.plan(FrameSlot(mark.cfa_offset, 4))
+    assert [(w.kind, w.insn.mnemonic) for w in plan.writers] == \
+        [("store", "mov"), ("call", "call"), ("store", "mov")]
+    assert plan.safe and plan.fo == plan.writers[-1].insn.end - rec.symbol.addr
     stores = rec.init_stores(FrameSlot(mark.cfa_offset, 4))
     assert [s.insn.text for s in stores] == ["mov dword ptr [rbp - 0x1c], edi"]
-    assert rec.suggest_offset(FrameSlot(mark.cfa_offset, 4)) == \
-        stores[-1].insn.end - rec.symbol.addr
+    early = stores[-1].insn.end - rec.symbol.addr
+    assert rec.after_init_offset(FrameSlot(mark.cfa_offset, 4)) == early
+    assert "itself writes the watched bytes at" in plan.check(early, "the watched bytes")
     assert rec.slot("rbp", -0x1c, 4).cfa_offset == mark.cfa_offset
     assert rec.init_stores(rec.slot("rbp", -0x1c, 4)) == stores
     later = rec.init_stores(FrameSlot(mark.cfa_offset, 4), straight_only=False)
@@ -135,9 +144,9 @@ def test_writer_of_a_real_hardware_watchpoint_hit() -> None:
     needs_gdb()
     prog = _program("global")
     rec = prog.analyze("recurse")
-    resolved = resolve_watch(parse_watch(f"fn=recurse fo={rec.suggest_offset()} var=mark"), prog)
-    resolved = resolve_watch(parse_watch(f"fn=recurse fo={resolved.suggested_offset} var=mark"),
-                             prog)
+    mark = prog.local("recurse", "mark", rec.symbol.addr + rec.suggest_offset())
+    early = rec.after_init_offset(FrameSlot(mark.cfa_offset, 4))
+    resolved = resolve_watch(parse_watch(f"fn=recurse fo={early} var=mark"), prog)
     slot = resolved.slot
     (pc,) = gdb_values(binary("global"), f"*{resolved.arm_addr:#x}", ["$pc"],
                        after=["delete 1", f"watch -l *(int *)(${slot.base} + {slot.offset})",
@@ -160,6 +169,34 @@ def test_writer_inside_rep_stos() -> None:
                        after=["delete 1", f"watch -l *(long *)(${base} + {off})", "continue"])
     writer = prog.writer_of(pc)
     assert writer.mnemonic == "rep stosq" and writer.addr == pc
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_realigned_frame_is_watchable_in_every_mode(flavour: str) -> None:
+    """and rsp, -64: slots from the live SP at the probe, the CFA and the release
+    point from RBP (never from an aligned SP), in canary, var= and so/wl modes."""
+    prog = _program(flavour)
+    rea = prog.analyze("realigned")
+    assert any(i.mnemonic == "and" and i.op_str.startswith("rsp") for i in rea.code.instructions)
+    canary_fo = rea.suggest_offset()
+    for text in (f"fn=realigned fo={canary_fo:#x}", "fn=realigned fo={fo:#x} var=buf[7]"):
+        if "{fo" in text:
+            buf = prog.local("realigned", "buf", rea.symbol.addr + canary_fo)
+            assert buf.location.base == "rsp" or buf.cfa_offset is not None
+            w = watched_var(prog, rea, "buf", 7, rea.symbol.addr + canary_fo, body_state(rea))
+            plan = rea.plan(w.slot)
+            assert plan.safe and [x.kind for x in plan.writers][-1] == "call"   # publish(buf)
+            text = text.format(fo=plan.fo)
+        r = resolve_watch(parse_watch(text), prog)
+        assert r.slot.base == "rsp" and r.frame_cfa is not None
+        assert r.frame_cfa[0] == "rbp" and r.frame_cfa[1] == 16
+        assert r.release_points() and all(base == "rbp" for _, base, _ in r.release_points())
+        spec = r.to_arm_spec()
+        assert spec.read_exits == ()
+    so = r.slot.offset
+    r2 = resolve_watch(parse_watch(f"fn=realigned fo={r.probe_addr - rea.symbol.addr:#x} "
+                                   f"so={so:#x} wl=8"), prog)
+    assert r2.cfa_offset == r.cfa_offset and r2.release_points() == r.release_points()
 
 
 # -- resolve_watch -----------------------------------------------------------------------
@@ -246,8 +283,9 @@ def test_offset_mode_is_sp_after_the_instruction_at_fo(flavour: str) -> None:
 def test_resolve_warns_when_arming_before_the_own_initialising_store() -> None:
     prog = _program("global")
     r = _resolve(f"fn=recurse fo={prog.analyze('recurse').suggest_offset():#x} var=mark")
-    assert len(r.warnings) == 1 and "itself writes the slot at +0x" in r.warnings[0]
-    assert f"fo={r.suggested_offset:#x} arms after it" in r.warnings[0]
+    assert len(r.warnings) == 1
+    assert "arms before recurse itself writes mark at +0x18" in r.warnings[0]
+    assert f"fo={r.suggested_offset:#x} arms after every such write" in r.warnings[0]
     again = _resolve(f"fn=recurse fo={r.suggested_offset:#x} var=mark")
     assert again.warnings == () and str(again.slot) == "[rbp-0x1c]/4"
 

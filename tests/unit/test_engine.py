@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from kswgdb.watch.engine import Engine
@@ -15,6 +16,7 @@ from tests.unit.fake_target import GUARD_ADDR, Event, FakeTarget, Program
 PROBE = 0x40_1010
 RET_SITE = 0x40_2222
 WRITER_PC = 0x40_3007
+PROBE_B = 0x40_5010
 
 LAYOUT = GuestLayout(flavour="fake", current_gs_offset=0)
 
@@ -134,7 +136,7 @@ def test_pool_exhaustion_is_counted_and_calls_add_up():
     frames = [prog.call(task=0x1000 * (t + 1), sp=0x8000_3f00 + 0x10000 * t) for t in range(6)]
     for t, f in enumerate(frames):
         prog.ret(task=0x1000 * (t + 1), frame=f)
-    pool = SlotPool.for_run("kvm", max_watch=0)
+    pool = SlotPool.for_run("kvm")
     engine = make([canary_spec()], fake, pool=pool)
     engine.run()
     stats = engine.stats[0]
@@ -143,10 +145,36 @@ def test_pool_exhaustion_is_counted_and_calls_add_up():
     assert fake.max_watchpoints_seen == 4 and pool.in_use == 0
 
 
-def test_max_watch_narrows_the_pool():
-    pool = SlotPool.for_run("tcg", max_watch=2)
-    assert pool.capacity == 2
-    assert SlotPool.for_run("kvm", max_watch=9).capacity == 4
+def test_the_pool_comes_from_the_accelerator_alone():
+    assert SlotPool.for_run("tcg", tcg_slots=7).capacity == 7
+    assert SlotPool.for_run("kvm").capacity == 4
+
+
+def test_each_config_has_its_own_mw_and_the_pool_is_shared():
+    """fn=a mw=1 next to fn=b (no mw): b is never limited by a's mw (issue 15)."""
+    fake = FakeTarget()
+    prog_a = Program(fake, PROBE, RET_SITE)
+    prog_b = Program(fake, PROBE_B, RET_SITE)
+    frames = []
+    for t in range(3):          # three tasks inside both functions at once
+        task = 0x1000 * (t + 1)
+        frames.append((task, prog_a.call(task=task, sp=0x8000_3f00 + 0x10000 * t),
+                       prog_b.call(task=task, sp=0x8000_3e00 + 0x10000 * t)))
+    for task, fa, fb in frames:
+        prog_b.ret(task=task, frame=fb)
+        prog_a.ret(task=task, frame=fa)
+    pool = SlotPool(capacity=64)
+    spec_b = dataclasses.replace(canary_spec(max_watch=2, text="fn=b fo=0x10 mw=2"),
+                                 probe_addr=PROBE_B)
+    engine = make([canary_spec(max_watch=1), spec_b], fake, pool=pool)
+    engine.run()
+    a, b = engine.stats
+    assert (a.armed, a.refused_max_watch, a.live_high) == (1, 2, 1)
+    assert (b.armed, b.refused_max_watch, b.live_high) == (2, 1, 2)
+    assert a.refused_pool == b.refused_pool == 0 and pool.high_water == 3 and pool.in_use == 0
+    rows = engine.summary()
+    assert [r["max_watch"] for r in rows] == [1, 2]
+    assert [r["refused_max_watch"] for r in rows] == [2, 1]
 
 
 def test_canary_not_at_prologue_slot_falls_back_to_scan():

@@ -128,12 +128,32 @@ def test_corrupt_cache_is_ignored(cache: AccelCache) -> None:
     assert json.loads(cache.path.read_text())  # rewritten
 
 
-def test_explicit_requests(cache: AccelCache) -> None:
+def test_explicit_tcg_is_obeyed_without_probing(cache: AccelCache) -> None:
     probe = FakeProbe(False)
     assert decide("tcg", probe=probe, cache=cache).accel == "tcg"
-    d = decide("kvm", facts=facts(cpu_flags=frozenset()), probe=probe, cache=cache)
-    assert (d.accel, d.source) == ("kvm", "requested")
     assert probe.calls == []
+
+
+def test_explicit_kvm_on_a_software_kvm_is_refused_at_once(cache: AccelCache) -> None:
+    probe = FakeProbe(True)
+    with pytest.raises(BadInput, match="--accel kvm: no vmx/svm flag.*never fire"):
+        decide("kvm", facts=facts(cpu_flags=frozenset(), kvm_modules=("kvm", "kvm_pvm")),
+               probe=probe, cache=cache)
+    assert probe.calls == []          # refused by the precheck: nothing booted
+
+
+def test_explicit_kvm_refused_when_the_probe_did_not_fire(cache: AccelCache) -> None:
+    probe = FakeProbe(False)
+    with pytest.raises(BadInput, match="--accel kvm: a write watchpoint did not fire"):
+        decide("kvm", facts=facts(), probe=probe, cache=cache, version="7.2")
+    with pytest.raises(BadInput):       # the cached verdict refuses as fast, with no probe
+        decide("kvm", facts=facts(), probe=probe, cache=cache, version="7.2")
+    assert probe.calls == ["kvm"]
+
+
+def test_explicit_kvm_accepted_when_the_probe_fired(cache: AccelCache) -> None:
+    d = decide("kvm", facts=facts(), probe=FakeProbe(True), cache=cache, version="7.2")
+    assert d.accel == "kvm" and d.reason.startswith("requested; KVM write watchpoint")
 
 
 def test_explicit_kvm_without_dev_kvm_is_bad_input() -> None:

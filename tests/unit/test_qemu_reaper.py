@@ -127,6 +127,7 @@ def test_sigint_chains_to_keyboard_interrupt() -> None:
 
 def test_ignored_signal_stays_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(reaper._previous, signal.SIGHUP, signal.SIG_IGN)
+    monkeypatch.setattr(reaper, "_signalled", None)    # the handler's mark stays in this test
     proc = reaper.spawn(["sleep", "60"])
     reaper._on_signal(signal.SIGHUP, None)      # returns, no exception
     assert proc.poll() is not None

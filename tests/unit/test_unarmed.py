@@ -93,8 +93,9 @@ def _report(hits: int = 0, unarmed: tuple[str, ...] = ()) -> SimpleNamespace:
     return SimpleNamespace(
         summary=[], polls=[], result=EngineResult("exit"), guest_exit=None, seconds=1.0,
         packets=0, steps=0, accel=AccelDecision("tcg", "test", "probe"), backtrace="fp",
-        verdict=None, vmcore=None, poll_vmcores=[], hits=[object()] * hits, poll_hits=[],
-        fault=None, unarmed=list(unarmed), symbols=None,
+        verdict=None, vmcore=None, poll_vmcores=[], hits=[object()] * hits,
+        hit_count=hits, poll_hits=[],
+        fault=None, unarmed=list(unarmed), symbols=None, pool="",
         slide=KernelSlide(0x3000_0000, None, "first kernel-map write"))
 
 

@@ -76,7 +76,7 @@ class CliRun:
         """The QEMU child's pid, once it exists (and note the run directory)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            kids = [p for p in children(self.proc.pid) if _comm(p).startswith("qemu")]
+            kids = [p for p in children(self.proc.pid) if _is_machine(p)]
             if kids:
                 self.qemu_pids = kids
                 self.dirs = run_dirs_of(self.proc.pid)
@@ -141,6 +141,19 @@ class CliRun:
             assert events[-1]["event"] == "end", events[-1]
             assert events[-2]["event"] == "summary"
         return hits
+
+
+def _is_machine(pid: int) -> bool:
+    """A guest's QEMU, not a ``qemu-system-x86_64 -version`` run by the version check.
+
+    A QEMU wrapper script (tools/qemu/fetch.py's) execs QEMU under its own pid, so
+    the arguments (``-name kswgdb-...``) identify the machine before and after.
+    """
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.startswith(b"kswgdb-") for arg in argv)
 
 
 def _comm(pid: int) -> str:

@@ -1,0 +1,389 @@
+"""Watching hot paths of Debian's kernel under TCG: guest alone, kswgdb, a plain gdb script.
+
+Usage: python3 bench/linux_hot.py [--reps 3] [--full] [--rows never,openat,statx]
+
+Each row is one busybox workload, run by the initramfs as the command after
+``--`` on the kernel command line (images/linux.toml, ``nokaslr``), in three modes
+interleaved rep by rep (the machine is shared and noisy: only figures of one run,
+side by side, are compared):
+
+  alone   no debugger (Machine(paused=False))
+  kswgdb  `WatchSession` watching the function's canary at the ``fo`` that
+          `kswgdb disasm` suggests (the gdbstub engine)
+  gdb     gdb in batch mode on the same QEMU command line, running the script a
+          user would write by hand: a breakpoint at the same probe whose
+          ``stop()`` reads the slot, compares it with the per-CPU canary
+          (``%gs:0x28``), sets a write watchpoint on the word at its address
+          (``watch -l``) and a breakpoint at each release point of the
+          function (the same ones kswgdb uses); the release
+          breakpoint returns True and the script's loop deletes the watchpoint
+          (gdb crashes if ``stop()`` deletes breakpoints). gdb loads the vmlinux
+          (its type names the watched word) before the guest starts: not timed.
+
+Rows (``--full``: the sizes of issue 13's table):
+
+  never   W1 = N x (cat /proc/self/stat, ls /, uname -a), watching __sys_connect,
+          which nothing in it calls: what a watch that never fires costs
+  openat  W1, watching do_sys_openat2 (a hot syscall path)
+  statx   3 x ``ls -l /`` (``--full``: 3 x ``ls -l /bin``), watching vfs_statx
+
+The time of a run is host wall time between the initramfs's ``KSWGDB-INIT ready``
+and ``KSWGDB-INIT done`` console lines (boot and symbol loading excluded). Per
+armed call = (median T_mode - median T_alone) / armed calls; slowdown = median
+T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "bench"))
+
+import stamps as bench_stamps  # noqa: E402  (bench/stamps.py: console line times)
+
+from kswgdb.image import IMAGES_DIR  # noqa: E402
+from kswgdb.image import load as load_image  # noqa: E402
+from kswgdb.qemu.machine import Machine  # noqa: E402
+from kswgdb.symbols.listing import build_listing  # noqa: E402
+from kswgdb.symbols.program import Program  # noqa: E402
+from kswgdb.watch.session import RunOptions, WatchSession  # noqa: E402
+
+LINUX_TOML = IMAGES_DIR / "linux.toml"
+READY, DONE = "KSWGDB-INIT ready", "KSWGDB-INIT done"
+MODES = ("alone", "kswgdb", "gdb")
+W1 = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    func: str
+    command: str
+    what: str
+
+
+def rows(full: bool) -> list[Row]:
+    n_never, n_hot, k_statx, where = (300, 300, 3, "/bin") if full else (100, 10, 3, "/")
+    loop = f"for i in $(seq {{n}}); do {W1}; done"
+    return [
+        Row("never", "__sys_connect", loop.format(n=n_never), f"W1 x{n_never}, never called"),
+        Row("openat", "do_sys_openat2", loop.format(n=n_hot), f"W1 x{n_hot}"),
+        Row("statx", "vfs_statx",
+            f"for i in $(seq {k_statx}); do ls -l {where} >/dev/null; done",
+            f"ls -l {where} x{k_statx}"),
+    ]
+
+
+bench_stamps.stamp_lines(READY, DONE)
+_LAST_MACHINE = bench_stamps.LAST_MACHINE
+
+
+@dataclass
+class Run:
+    mode: str
+    seconds: float | None = None
+    armed: int = 0
+    calls: int = 0
+    hits: int = 0
+    packets: int = 0
+    failed: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _window(console, run: Run) -> None:
+    stamps = bench_stamps.stamps(console)
+    if READY in stamps and DONE in stamps:
+        run.seconds = stamps[DONE][0] - stamps[READY][0]
+        if "status=0" not in stamps[DONE][1]:
+            run.failed = run.failed or f"workload failed: {stamps[DONE][1].strip()}"
+    else:
+        run.failed = run.failed or f"no {READY}/{DONE} lines on the console"
+
+
+def run_alone(image, row: Row, timeout: float) -> Run:
+    run = Run("alone")
+    with Machine(image, accel="tcg", extra_cmdline=f"-- {row.command}", paused=False) as m:
+        try:
+            m.wait_for(DONE, timeout)
+        except Exception as exc:  # noqa: BLE001
+            run.failed = f"no end: {exc}".splitlines()[0]
+        m.wait_exit(10)
+        _window(m.console, run)
+    return run
+
+
+def run_kswgdb(image, row: Row, watch: str, timeout: float) -> Run:
+    run = Run("kswgdb")
+    _LAST_MACHINE.clear()
+    session = WatchSession(RunOptions(image=image.path, watches=[watch], accel="tcg",
+                                      timeout=timeout, cmdline=f"-- {row.command}"))
+    report = session.run()
+    _window(_LAST_MACHINE[0].console if _LAST_MACHINE else None, run)
+    s = report.summary[0]
+    run.armed, run.calls, run.hits, run.packets = s["armed"], s["calls"], s["hits"], \
+        report.packets
+    run.extra = {"returns": s["returns"], "stale": s["stale"], "not_armed": s["not_armed"],
+                 "unexpected_stops": report.unexpected_stops, "steps": report.steps,
+                 "emulated": report.emulated, "refusals": report.emulation_refusals}
+    if report.fault:
+        run.failed = run.failed or report.fault
+    if run.hits:
+        run.failed = run.failed or f"{run.hits} hits on a clean workload (false positive)"
+    return run
+
+
+GDB_SCRIPT = r'''
+import gdb, json, os, resource
+P = json.loads(os.environ["LINUX_HOT_PARAMS"])
+for cmd in ("set pagination off", "set confirm off", "set can-use-hw-watchpoints 1",
+            "set print thread-events off", "set width 0"):
+    gdb.execute(cmd)
+gdb.execute("target remote " + P["sock"])
+inf = gdb.selected_inferior()
+S = dict(calls=0, armed=0, returns=0, hits=0, refused=0, errors=0, end="?")
+LIVE = {}      # CFA -> watchpoint, for calls in flight
+DONE = []      # watchpoints whose call has released its frame: the loop deletes them
+MASK = (1 << 64) - 1
+
+def reg(name):
+    return int(gdb.selected_frame().read_register(name)) & MASK
+
+def word(addr):
+    return int.from_bytes(inf.read_memory(addr, 8).tobytes(), "little")
+
+def base(which):
+    return reg("rbp") if which == "rbp" else reg("rsp")
+
+class Watch(gdb.Breakpoint):
+    def stop(self):
+        S["hits"] += 1
+        return False
+
+class Release(gdb.Breakpoint):
+    def __init__(self, addr, cfa_base, cfa_offset):
+        super().__init__("*%#x" % addr, internal=True)
+        self.silent = True
+        self.cfa_base, self.cfa_offset = cfa_base, cfa_offset
+    def stop(self):
+        try:
+            watch = LIVE.pop(base(self.cfa_base) + self.cfa_offset, None)
+            if watch is None:
+                return False        # a call that was not armed
+            S["returns"] += 1
+            DONE.append(watch)
+            return True             # gdb 13 crashes if stop() deletes breakpoints
+        except Exception as exc:
+            S["errors"] += 1
+            S["last_error"] = repr(exc)
+            return False
+
+class Probe(gdb.Breakpoint):
+    def stop(self):
+        try:
+            S["calls"] += 1
+            cfa = base(P["cfa_base"]) + P["cfa_offset"]
+            slot = base(P["base"]) + P["offset"]
+            if word(slot) != word(reg("gs_base") + P["guard_gs"]) or cfa in LIVE:
+                S["refused"] += 1
+                return False
+            LIVE[cfa] = Watch("*(unsigned long *)%#x" % slot, gdb.BP_WATCHPOINT,
+                              gdb.WP_WRITE, internal=True)
+            S["armed"] += 1
+            return False
+        except Exception as exc:
+            S["errors"] += 1
+            S["last_error"] = repr(exc)
+            return False
+
+Probe("*%#x" % P["probe"], internal=True)
+for addr, cfa_base, cfa_offset in P["exits"]:
+    Release(addr, cfa_base, cfa_offset)
+while True:
+    try:
+        gdb.execute("continue")
+    except gdb.error as exc:        # "Remote connection closed": the guest powered off
+        S["end"] = str(exc)
+        break
+    except KeyboardInterrupt:
+        S["end"] = "interrupted"
+        break
+    if not DONE:
+        S["spurious"] = S.get("spurious", 0) + 1     # a stop nobody asked for
+        if S["spurious"] > 100:
+            S["end"] = "stopped"
+            break
+    while DONE:
+        DONE.pop().delete()
+ru = resource.getrusage(resource.RUSAGE_SELF)
+S["cpu"] = ru.ru_utime + ru.ru_stime
+print("LINUX_HOT_RESULT " + json.dumps(S), flush=True)
+'''
+
+
+def run_gdb(image, row: Row, spec, timeout: float, workdir: Path) -> Run:
+    run = Run("gdb")
+    script, out_path = workdir / "linux_hot_gdb.py", workdir / "gdb.out"
+    script.write_text(GDB_SCRIPT)
+    with Machine(image, accel="tcg", extra_cmdline=f"-- {row.command}", paused=True) as m:
+        params = {"sock": str(m.gdb_socket), "probe": spec.probe_addr,
+                  "cfa_base": spec.cfa_base, "cfa_offset": spec.cfa_offset,
+                  "base": spec.base, "offset": spec.offset, "guard_gs": spec.guard.offset,
+                  "exits": [list(e) for e in spec.exits]}
+        env = dict(os.environ, LINUX_HOT_PARAMS=json.dumps(params), DEBUGINFOD_URLS="")
+        with open(out_path, "w") as out:
+            proc = subprocess.Popen(["gdb", "-nx", "-batch", "-x", str(script),
+                                     str(image.symbols)], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            run.failed = f"gdb still running after {timeout:g}s"
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        m.wait_exit(10)
+        _window(m.console, run)
+    text = out_path.read_text(errors="replace")
+    line = next((ln for ln in text.splitlines() if ln.startswith("LINUX_HOT_RESULT ")), None)
+    result = json.loads(line.split(" ", 1)[1]) if line else {}
+    if not result:
+        run.failed = run.failed or "no result from gdb: " + " | ".join(text.splitlines()[-3:])
+    run.armed, run.calls, run.hits = (result.get(k, 0) for k in ("armed", "calls", "hits"))
+    run.extra = {k: result.get(k) for k in ("returns", "refused", "errors", "last_error",
+                                            "spurious", "end")}
+    if result.get("errors"):
+        run.failed = run.failed or f"{result['errors']} errors in the gdb script"
+    return run
+
+
+# ------------------------------------------------------------------ report
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _fmt(value, spec=".2f"):
+    return "-" if value is None else format(value, spec)
+
+
+def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
+    t = {m: _median([r.seconds for r in rs if not r.failed]) for m, rs in runs.items()}
+    armed = {m: _median([r.armed for r in rs if not r.failed]) for m, rs in runs.items()}
+    alone = t.get("alone")
+    out: dict = {"row": row.name}
+    print(f"\n{row.name}: {row.what}, watching {row.func}")
+    print(f"  {'mode':7} {'ok/reps':>7} {'median s':>9} {'slowdown':>9} {'armed':>6} "
+          f"{'ms/armed call':>13} {'packets/armed':>13}")
+    for mode in MODES:
+        if mode not in runs:
+            continue
+        rs = runs[mode]
+        ok = [r for r in rs if not r.failed]
+        slow = t[mode] / alone if t.get(mode) is not None and alone else None
+        per = None
+        if mode != "alone" and alone is not None and t[mode] is not None and armed[mode]:
+            per = (t[mode] - alone) / armed[mode] * 1e3
+        pk = _median([r.packets / r.armed for r in ok if r.armed]) if mode == "kswgdb" else None
+        out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "ms_per": per}
+        print(f"  {mode:7} {len(ok):>3}/{len(rs):<3} {_fmt(t[mode], '.3f'):>9} "
+              f"{_fmt(slow):>8}x {_fmt(armed[mode], '.0f'):>6} {_fmt(per, '.1f'):>13} "
+              f"{_fmt(pk, '.1f'):>13}")
+    k, g = out.get("kswgdb", {}), out.get("gdb", {})
+    if row.name == "never":
+        if k.get("slowdown") and g.get("slowdown"):
+            print(f"  never-called watch: kswgdb {k['slowdown']:.2f}x the guest alone "
+                  f"(aim <= 1.2x), gdb {g['slowdown']:.2f}x")
+    elif k.get("ms_per") and g.get("ms_per"):
+        print(f"  per armed call: kswgdb {k['ms_per']:.1f} ms (aim <= 10), gdb "
+              f"{g['ms_per']:.1f} ms; ratio kswgdb/gdb {k['ms_per'] / g['ms_per']:.2f} "
+              "(aim <= 0.5)")
+    for mode, rs in runs.items():
+        for i, r in enumerate(rs):
+            if r.failed or verbose:
+                print(f"  {mode} rep {i + 1}: {r.failed or 'ok'}; calls {r.calls}, {r.extra}")
+    return out
+
+
+def machine_facts() -> str:
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                          text=True).stdout.splitlines()[0]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"machine: nproc {os.cpu_count()}, {platform.machine()}, {qemu}, loadavg {load}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="the workload sizes of issue 13")
+    ap.add_argument("--rows", default="never,openat,statx")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--timeout", type=float, default=600.0, help="hard bound per run (s)")
+    ap.add_argument("--verbose", action="store_true", help="counts of every run")
+    args = ap.parse_args()
+    chosen = [r for r in rows(args.full) if r.name in args.rows.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    if not chosen or any(m not in MODES for m in modes):
+        ap.error("--rows: never,openat,statx; --modes: alone,kswgdb,gdb")
+    if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
+        print("linux_hot: the Debian image is not built (make image-linux)", file=sys.stderr)
+        return 2
+    if "gdb" in modes and shutil.which("gdb") is None:
+        ap.error("gdb not found")
+    image = load_image(LINUX_TOML)
+    program = Program.load(image.symbols)
+    print(machine_facts())
+    workdir = Path(tempfile.mkdtemp(prefix="kswgdb-linux-hot-"))
+    results = []
+    t_all = time.monotonic()
+    try:
+        for row in chosen:
+            watch = build_listing(program, row.func).suggested_config
+            prep = WatchSession(RunOptions(image=image.path, watches=[watch]))
+            prep.prepare()
+            spec = prep.specs[0]
+            print(f"\n[{row.name}] watch {watch!r}: probe {spec.probe_addr:#x}, "
+                  f"{len(spec.exits)} release points; {args.reps} reps interleaved", flush=True)
+            runs: dict[str, list[Run]] = {m: [] for m in modes}
+            for rep in range(args.reps):
+                order = modes[rep % len(modes):] + modes[:rep % len(modes)]
+                for mode in order:
+                    t0 = time.monotonic()
+                    try:
+                        if mode == "alone":
+                            r = run_alone(image, row, args.timeout)
+                        elif mode == "kswgdb":
+                            r = run_kswgdb(image, row, watch, args.timeout)
+                        else:
+                            r = run_gdb(image, row, spec, args.timeout, workdir)
+                    except Exception as exc:  # noqa: BLE001 - one bad run must not end it
+                        r = Run(mode, failed=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    runs[mode].append(r)
+                    print(f"  rep {rep + 1} {mode:6} {_fmt(r.seconds, '.3f')} s, armed "
+                          f"{r.armed}, run took {time.monotonic() - t0:.1f}s"
+                          + (f" FAILED: {r.failed}" if r.failed else ""), flush=True)
+            results.append(report(row, runs, args.verbose))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\ntotal bench time {time.monotonic() - t_all:.0f}s; {machine_facts()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
