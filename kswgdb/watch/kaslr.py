@@ -135,6 +135,9 @@ def find_slide(target: Target, program: Program, accel: str, deadline: float,
         target.resume()     # not ours (cannot happen at boot): carry on
     target.clear_watchpoint(KERNEL_MAP_START, MAP_LENGTH)
     seconds = time.monotonic() - started
+    read_through = getattr(target, "read_through", None)
+    if read_through is not None:
+        read_through(stop.thread)   # the booting vCPU's page tables map the kernel
     code = target.read(stop.pc, CHECK_BYTES)
     slide = slide_at(program, stop.pc, code, slides)
     name, entry = entry_function(program)
