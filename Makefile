@@ -88,7 +88,7 @@ QEMU10       := $(QEMU10_DIR)/bin/qemu-system-x86_64
 QEMU10_STAMP := $(QEMU10_DIR)/.stamp
 qemu10: $(QEMU10_STAMP)
 $(QEMU10_STAMP): tools/qemu/fetch.py
-	$(PYTHON) tools/qemu/fetch.py --dest $(QEMU10_DIR)
+	$(SYSTEM_PYTHON) tools/qemu/fetch.py --dest $(QEMU10_DIR)
 	@touch $@
 
 # The test-kernel integration suite against QEMU 10.0 (also part of `make test`).

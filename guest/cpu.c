@@ -60,10 +60,18 @@ static void exception(struct regs *r)
 	      r->rsp, r->rbp);
 }
 
+/* Scenario 15 (wedge): each CPU masks its LAPIC timer at its next tick. */
+volatile int timers_stopped;
+
 void timer_interrupt(void)
 {
 	struct percpu *pc = this_cpu();
 
+	if (timers_stopped) {
+		lapic_write(LAPIC_LVT_TIMER, lapic_read(LAPIC_LVT_TIMER) | (1u << 16));
+		lapic_write(LAPIC_EOI, 0);
+		return;
+	}
 	pc->irq_depth++;
 	pc->ticks++;
 	if (pc->cpu == 0)

@@ -652,6 +652,22 @@ static void scenario14(int n, const char *name)
 		" migrations=%lu\n", n, name, total, pairs, s14_runs, total_migrations);
 }
 
+/* ======================================================= 15: wedge */
+/* A silent wedge, as a guest whose timer interrupt was lost for good: every
+ * CPU masks its LAPIC timer at its next tick, then this CPU halts with
+ * interrupts off. Nothing advances any more: no console line, no tick, no call
+ * of a watched function. Only a debugger's hang watchdog can end such a run. */
+extern volatile int timers_stopped;
+
+static void scenario15(int n, const char *name)
+{
+	kprintf("KSWTEST wedge scenario=%d name=%s jiffies=%lu: stopping every timer\n", n, name,
+		jiffies);
+	timers_stopped = 1;
+	for (;;)
+		asm volatile("cli; hlt" ::: "memory");
+}
+
 static const struct {
 	const char *name;
 	void (*run)(int n, const char *name);
@@ -671,6 +687,7 @@ static const struct {
 	{ "array-rep-stos-init", scenario12 },
 	{ "array-helper-init", scenario13 },
 	{ "hit-storm", scenario14 },
+	{ "wedge", scenario15 },
 };
 #define NR_SCENARIOS ((long)(sizeof(scenarios) / sizeof(scenarios[0])))
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from kswgdb import __version__
 from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never, slot_count
 from kswgdb.errors import BadInput, KswError
+from kswgdb.watch.hang import DEFAULT_HANG_TIMEOUT
 
 EXIT_OK, EXIT_HIT, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_UNARMED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
@@ -60,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                      help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
                           "when gdb is installed) or fp (frame-pointer walk)")
-    run.add_argument("--hang-timeout", type=_seconds, default=0.0, metavar="S",
-                     help="end with status 3 if the guest prints nothing and stops nowhere "
-                          "for S seconds (default 0: never)")
+    run.add_argument("--hang-timeout", type=_seconds, default=DEFAULT_HANG_TIMEOUT, metavar="S",
+                     help="end with status 3 if the guest prints nothing, stops nowhere and "
+                          "its clock does not tick for S seconds (default "
+                          f"{DEFAULT_HANG_TIMEOUT:g}; 0: never)")
     run.add_argument("--allow-unarmed", action="store_true",
                      help="a watch that was never armed is no failure: exit 0, not 4 "
                           "(the warning is still printed)")

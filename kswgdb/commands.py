@@ -26,6 +26,9 @@ from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 from kswgdb.watch.session import RunOptions, RunReport, WatchSession
 
+#: A wedged guest's run ends with its last console lines (kswgdb.watch.hang).
+HUNG, HUNG_CONSOLE_LINES = "the guest hung", 10
+
 EXIT_OK, EXIT_HIT, EXIT_INFRA, EXIT_UNARMED = 0, 1, 3, 4
 #: `kswgdb demo` ran to the end and caught nothing: the demo failed (`make demo` fails).
 EXIT_DEMO_MISSED = 5
@@ -95,12 +98,17 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         report = session.run()
     _render_report(report, options, out if not json_out else err)
     if report.fault:
+        # What QEMU or the wedged guest said last comes first: the error stays the last line.
+        if report.fault.startswith(HUNG):
+            print("the guest's last console lines:", file=sys.stderr)
+            for line in report.console_log[-HUNG_CONSOLE_LINES:]:
+                print(f"  | {line}", file=sys.stderr)
+        for line in report.qemu_stderr:
+            print(f"qemu: {line}", file=sys.stderr)
+        if report.qemu_log is not None:
+            print(f"QEMU's log kept: {report.qemu_log}", file=sys.stderr)
         print(f"kswgdb: error: {report.fault}; {report.hit_count} hit(s) in the event log",
               file=sys.stderr)
-        for line in report.qemu_stderr:
-            print(f"  qemu: {line}", file=sys.stderr)
-        if report.qemu_log is not None:
-            print(f"  QEMU's log kept: {report.qemu_log}", file=sys.stderr)
         return EXIT_INFRA
     for line in report.unarmed:
         print(f"kswgdb: warning: {line}", file=sys.stderr)
@@ -122,6 +130,8 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
         if report.guest_exit.panic:
             out.print(f"the guest kernel panicked: {report.guest_exit.panic}",
                       markup=False, style="bold")
+    elif report.fault and report.fault.startswith(HUNG):
+        ending = "guest wedged, ended by the hang watchdog"
     elif ending == "deadline":
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
     elif ending == "mismatch":
@@ -219,12 +229,16 @@ def cmd_symbols(args: argparse.Namespace) -> int:
     img = image_mod.load(args.image)
     program = Program.load(img.symbols)
     out = output_console()
-    names = [n for n in program.symtab.names("func") if args.pattern in n]
-    if not names:
+    table = program.symtab
+    found = sorted((s for s in table.symbols if s.kind == "func" and args.pattern in s.name),
+                   key=lambda s: (s.name, s.addr))
+    if not found:
         raise BadInput(f"no function matches {args.pattern!r} in {img.symbols}")
-    for name in sorted(names):
-        sym = program.symtab.function(name)
-        out.print(f"{sym.addr:#018x} {sym.size:#7x} {name}", markup=False, soft_wrap=True)
+    for sym in found:
+        # a static name several files define: say how a config picks this one
+        pick = f"  fn={sym.name}@{sym.addr:#x}" if len(table.lookup_all(sym.name)) > 1 else ""
+        out.print(f"{sym.addr:#018x} {sym.size:#7x} {sym.name}{pick}", markup=False,
+                  soft_wrap=True)
     return EXIT_OK
 
 

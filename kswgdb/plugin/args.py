@@ -61,7 +61,10 @@ def plugin_args(specs: list[ArmSpec], layout: GuestLayout, sock: str, *, pool: i
 
 
 def plugin_option(path: str, args: list[str]) -> str:
-    """The value of QEMU's ``-plugin`` option."""
+    """The value of QEMU's ``-plugin`` option (``file=`` is implied by the first field)."""
+    if "," in path:
+        raise BadInput(f"plugin path {path!r} contains a comma (QEMU's option separator): "
+                       "move the checkout or set KSWGDB_QEMU10_DIR to a path without one")
     return ",".join([path, *args])
 
 

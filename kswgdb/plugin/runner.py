@@ -39,6 +39,11 @@ from kswgdb.watch.symbolize import ProgramSymbolizer
 SOCKET_NAME = "plugin.sock"
 #: How long QEMU may take from launch to the plugin's first line.
 HELLO_TIMEOUT = 30.0
+#: How often the guest's end is looked for; how often QMP is asked for a crashed state.
+POLL_PERIOD = 0.02
+STATE_CHECK_PERIOD = 1.0
+#: How long an exiting QEMU (its plugin said ``end``) may take to be gone.
+EXIT_WAIT = 30.0
 #: How long after sending QMP ``stop`` the held vCPU is let go (QEMU must have read it).
 RELEASE_AFTER = 0.05
 
@@ -148,6 +153,33 @@ class PluginRun:
         except BadInput:
             return None
 
+    @staticmethod
+    def _watch(machine: Machine, conn: socket.socket, link: _Link, freeze: threading.Event,
+               final: dict[str, Any], deadline: float) -> GuestExit | None:
+        """Wait for the guest's end, a freeze (None) or the deadline.
+
+        QEMU's process is watched directly; QMP (which `Machine.wait_exit` asks
+        about a crashed run state) only once a second, since QEMU's main loop
+        answers nothing while a vCPU is in the middle of exiting. The plugin's
+        ``end`` line means QEMU is exiting: its process is then waited for.
+        """
+        checked = 0.0
+        while (now := time.monotonic()) < deadline:
+            if freeze.is_set():
+                _freeze(machine, conn)
+                return None
+            if link.error is not None:
+                raise PluginRunError(f"plugin link failed: {link.error}")
+            if not machine.running or final.get("end"):
+                return machine.wait_exit(EXIT_WAIT)
+            if now - checked >= STATE_CHECK_PERIOD:
+                checked = now
+                ended = machine.wait_exit(0.0)
+                if ended.kind != "timeout":
+                    return ended
+            time.sleep(POLL_PERIOD)
+        return machine.wait_exit(0.0)
+
     def run(self) -> PluginReport:
         if self.plugin is None:
             self.prepare()
@@ -198,22 +230,9 @@ class PluginRun:
                     raise PluginRunError("the plugin did not connect to kswgdb") from exc
                 link = _Link(conn, on_event)
                 machine.resume()
-                deadline = started + opts.timeout
-                guest_exit = None
-                frozen = False
-                while time.monotonic() < deadline:
-                    if freeze.is_set():
-                        _freeze(machine, conn)
-                        frozen = True
-                        break
-                    ended = machine.wait_exit(0.05)
-                    if ended.kind != "timeout":
-                        guest_exit = ended
-                        break
-                    if link.error is not None:
-                        raise PluginRunError(f"plugin link failed: {link.error}")
-                if guest_exit is None and not frozen:
-                    guest_exit = machine.wait_exit(0.0)
+                guest_exit = self._watch(machine, conn, link, freeze, final,
+                                         started + opts.timeout)
+                frozen = guest_exit is None
                 console = machine.console.lines()
             link.close(5.0)
             if link.error is not None:

@@ -14,15 +14,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from kswgdb.watch.hits import Hit
+from kswgdb.watch.hits import Hit, slot_value
 
-
-def value(hexbytes: str) -> str:
-    """Guest bytes as the little-endian number a 1/2/4/8-byte slot holds."""
-    raw = bytes.fromhex(hexbytes)
-    if len(raw) in (1, 2, 4, 8):
-        return f"{int.from_bytes(raw, 'little'):#0{2 + 2 * len(raw)}x}"
-    return raw.hex()
+#: Guest bytes as the number the slot holds (the event log writes the same form).
+value = slot_value
 
 
 def headline(hit: Hit) -> Text:
@@ -41,7 +36,9 @@ def render_hit(hit: Hit) -> Panel:
     facts.add_column()
     facts.add_row("address", f"{hit.addr:#x} ({hit.length} bytes)")
     facts.add_row("value", Text.assemble(
-        (value(hit.old), "green"), " -> ", (value(hit.new), "bold red")))
+        (value(hit.old), "green"), " -> ", (value(hit.new), "bold red"),
+        ("  (value unchanged: the store wrote what was there)" if hit.unchanged else "",
+         "yellow")))
     facts.add_row("writer", f"task {hit.writer_task} on CPU {hit.cpu}")
     owner = f"task {hit.owner}, {hit.watched_func} at depth {hit.depth}"
     if hit.owner.task == hit.writer_task.task:

@@ -30,8 +30,12 @@ def render_summary(rows: list[dict], title: str = "watch summary") -> Table:
         if row["not_armed"] - row["skipped_depth"]:
             not_armed = f"[yellow]{not_armed}"
         hits = f"[bold red]{row['hits']}" if row["hits"] else "0"
+        if row.get("unchanged_hits"):
+            hits += f" ({row['unchanged_hits']} unchanged)"
         if row.get("rep_repeats"):
             hits += f" (+{row['rep_repeats']} rep)"
+        if row.get("filtered_reports"):
+            hits += f" ({row['filtered_reports']} stub reports dropped)"
         table.add_row(row["config"], str(row["calls"]), str(row["armed"]), not_armed,
                       str(row["returns"]), hits)
     return table

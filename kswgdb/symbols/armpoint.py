@@ -370,14 +370,30 @@ class FunctionWriters:
                 points.append((insn.addr, rule[0], rule[1]))
         return tuple(points)
 
+    def _no_release(self, cfa_offset: int) -> str:
+        """Why no instruction releases the range, in one line."""
+        name = self.frame.code.name
+        if cfa_offset >= 0:
+            return (f"the watched bytes are at or above {name}'s CFA (an argument passed on "
+                    "the stack, in the caller's frame): watch them in the caller")
+        states = [s for s in self.frame.before.values()]
+        if any(s.fp is not None and is_aligned(s.fp) for s in states):
+            return (f"{name} realigns its stack through a copy of the entry SP (DRAP): its "
+                    "CFA is known from neither RBP nor RSP, so no release point can be "
+                    "matched to a frame; a watch would stay armed")
+        if not any(i.flow == "ret" or i.flow == "jump" for i in self.frame.code.instructions
+                   if self.frame.state_before(i.addr) is not None):
+            return f"{name} never returns (no return reachable): a watch would stay armed"
+        return (f"{name} never releases the watched bytes (SP is not followed to a return "
+                "on some path): a watch would stay armed")
+
     def plan(self, cfa_offset: int, length: int, extra: Sequence[Writer] = ()) -> ArmPlan:
         """Where to arm a watch on ``[cfa_offset, +length)`` of the frame."""
         code, blocks = self.frame.code, self.blocks
         name = code.name
         if not self.releases(cfa_offset, length):
             return ArmPlan(name, code.start, cfa_offset, length, None, False, False,
-                           f"{name} never releases the watched bytes (no return, or SP is "
-                           "not followed to one): a watch would stay armed", ())
+                           self._no_release(cfa_offset), ())
         writers = sorted({*self.of_range(cfa_offset, length), *extra},
                          key=lambda w: w.insn.addr)
         writer_addrs = {w.insn.addr for w in writers}

@@ -209,6 +209,21 @@ class Disassembler:
         sym = self.symtab.containing(pc, "func")
         return self.function(sym) if sym is not None and sym.size else None
 
+    def code_at(self, pc: int) -> FunctionCode | None:
+        """The code around ``pc`` decoded from a known start: a function, or an
+        assembly label (local, untyped, unsized: entry stubs) up to the next symbol."""
+        func = self.function_at(pc)
+        if func is not None:
+            return func
+        found = self.symtab.code_extent(pc)
+        if found is None:
+            return None
+        sym, end = found
+        if sym.addr not in self._functions:
+            code = self.symtab.read_bytes(sym.addr, end - sym.addr)
+            self._functions[sym.addr] = FunctionCode(sym, self.decode(code, sym.addr))
+        return self._functions[sym.addr]
+
     def decode(self, code: bytes, addr: int) -> list[Instruction]:
         """Decode a byte run; undecodable bytes become one-byte ``(bad)`` entries."""
         out: list[Instruction] = []
@@ -231,22 +246,25 @@ class Disassembler:
     def instruction_before(self, pc: int) -> Instruction | None:
         """The instruction that ends at ``pc``: the writer of a data breakpoint hit.
 
-        Decodes the containing function from its start. If ``pc`` is a function's
-        first byte, the writer was the caller's ``call`` (it pushed the return
-        address): None, and the caller should retry with the return address.
-        None too if ``pc`` is inside a function but not on a boundary. Outside
-        known functions, tries every start within 15 bytes back and keeps the
-        candidates that end exactly at pc, preferring a store.
+        Decodes forward from a known start: the containing function, or the
+        assembly label (entry code: local or untyped symbols) before ``pc``. If
+        ``pc`` is a function's first byte, the writer was the caller's ``call``
+        (it pushed the return address) or the CPU delivering an interrupt: None.
+        None too if ``pc`` is not on a boundary of that decoding, or if no symbol
+        gives a start: x86 cannot be decoded backwards, and a guess could begin
+        in the middle of an instruction.
         """
-        func = self.function_at(pc)
+        func = self.code_at(pc)
         if func is not None:
             # Off a boundary, our decoding and the guest disagree (patched code, or a
             # different build): guessing would name a wrong instruction.
             return func.ending_at(pc) if func.is_boundary(pc) else None
-        prev = self.symtab.containing(pc - 1, "func")
-        if prev is not None and prev.size and prev.end == pc:
-            return self.function(prev).ending_at(pc)
-        return self._scan_back(pc)
+        prev = self.code_at(pc - 1)
+        if prev is not None:
+            return prev.ending_at(pc)
+        # No known start to decode forward from: scanning back could start in
+        # the middle of an instruction, so say nothing rather than guess.
+        return None
 
     def likely_writer(self, pc: int) -> Instruction | None:
         """Like `instruction_before`, but knows that ``rep stos``/``rep movs`` trap

@@ -166,7 +166,10 @@ class DwarfInfo:
             return None
         if cu.cu_offset not in self._subprograms:
             found = []
-            for die in cu.iter_DIEs():
+            # Out-of-line C functions are children of the CU: walking only those
+            # (pyelftools skips each child's subtree by DW_AT_sibling) reads a
+            # fraction of a big CU's DIEs.
+            for die in cu.get_top_DIE().iter_children():
                 if die.tag == "DW_TAG_subprogram":
                     for r in self.die_ranges(die):
                         found.append((r, die))

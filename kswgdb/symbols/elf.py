@@ -19,23 +19,34 @@ import hashlib
 import mmap
 import os
 import pickle
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from kswgdb.errors import BadInput
 
-Kind = Literal["func", "object"]
+#: "code": an untyped (STT_NOTYPE) label in an executable section, such as the
+#: entry stubs of an assembly file (Linux's local ``error_entry``, the test
+#: kernel's ``isr_common``): it names code, never data.
+Kind = Literal["func", "object", "code"]
 Bind = Literal["global", "local", "weak"]
 
 _EM_X86_64 = 62
 _SHT_SYMTAB, _SHT_NOBITS, _SHT_NOTE = 2, 8, 7
 _SHF_ALLOC = 0x2
+_SHF_EXECINSTR = 0x4
+_STT_NOTYPE = 0
 _STT = {1: "object", 2: "func"}
 _STB = {0: "local", 1: "global", 2: "weak"}
 _BIND_RANK = {"global": 0, "weak": 1, "local": 2}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 3
+_HEX_RE = re.compile(r"0[xX][0-9a-fA-F]+\Z")
+#: Suffixes GCC gives the copies it makes of a function (IPA SRA, constant
+#: propagation, partial inlining, cold splitting, local calling convention).
+_CLONE_KINDS = frozenset({"isra", "constprop", "part", "cold", "lto_priv", "localalias"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +152,74 @@ class SymbolTable:
             raise BadInput(f"{name!r} is ambiguous: {len(found)} local symbols at {where}")
         return found[0]
 
-    def function(self, name: str) -> Symbol:
-        """The function called ``name``; the message suggests close names if none."""
-        return self.lookup(name, "func")
+    def function(self, name: str, file_of: Callable[[int], str | None] | None = None
+                 ) -> Symbol:
+        """The function ``name`` names: ``NAME``, ``NAME@0xADDR``, ``NAME@FILE`` (with
+        ``file_of``, an address's source file) or ``0xADDR`` (its start). A static
+        name several files define is refused with the candidates and how to pick one;
+        a missing name with its compiler clones (``NAME.isra.0``) if any."""
+        if _HEX_RE.match(name):
+            return self._function_at(int(name, 16), name)
+        base, _, pick = name.partition("@")
+        found = [s for s in self.lookup_all(base) if s.kind == "func"]
+        if not found:
+            clones = self._clones(base)
+            if clones:
+                raise BadInput(f"no function named {base!r} in {self.path.name}, but the "
+                               f"compiler made {', '.join(clones)} from it: use "
+                               f"fn={clones[0]}")
+            return self.lookup(base, "func")            # the "did you mean" message
+        if pick:
+            chosen = self._pick(base, found, pick, file_of)
+            if len(chosen) == 1:
+                return chosen[0]
+            found = chosen or found
+        elif len(found) == 1 or found[0].bind != "local":
+            return found[0]
+        raise BadInput(self._ambiguous(base, found, file_of))
+
+    def _function_at(self, addr: int, text: str) -> Symbol:
+        sym = self.containing(addr, "func")
+        if sym is None:
+            raise BadInput(f"no function at {text} in {self.path.name}")
+        if sym.addr != addr:
+            raise BadInput(f"{text} is inside {sym.name} (+{addr - sym.addr:#x}): give the "
+                           f"function's start, {sym.addr:#x}")
+        return sym
+
+    def _pick(self, base: str, found: list[Symbol], pick: str,
+              file_of: Callable[[int], str | None] | None) -> list[Symbol]:
+        if _HEX_RE.match(pick):
+            chosen = [s for s in found if s.addr == int(pick, 16)]
+            if not chosen:
+                raise BadInput(f"no function {base} at {pick}: "
+                               + self._ambiguous(base, found, file_of, head=False))
+            return chosen
+        if file_of is None:
+            raise BadInput(f"fn={base}@{pick}: picking by source file needs DWARF; "
+                           "pick by address, fn=NAME@0xADDR")
+        chosen = [s for s in found if (file_of(s.addr) or "").endswith(pick)]
+        if not chosen:
+            raise BadInput(f"no function {base} in a file ending {pick!r}: "
+                           + self._ambiguous(base, found, file_of, head=False))
+        return chosen
+
+    def _ambiguous(self, base: str, found: list[Symbol],
+                   file_of: Callable[[int], str | None] | None, head: bool = True) -> str:
+        def where(s: Symbol) -> str:
+            f = file_of(s.addr) if file_of is not None else None
+            return f"{base}@{s.addr:#x}" + (f" ({f})" if f else "")
+
+        listed = ", ".join(where(s) for s in found)
+        start = f"{base!r} is ambiguous: {len(found)} static functions: " if head else \
+            "candidates: "
+        return f"{start}{listed}; pick one with fn=NAME@0xADDR, fn=NAME@FILE or fn=0xADDR"
+
+    def _clones(self, base: str) -> list[str]:
+        """GCC's clones of ``base``: ``base.isra.0``, ``base.constprop.0``, ``base.part.0``..."""
+        prefix = base + "."
+        return sorted(n for n in self._by_name if n.startswith(prefix)
+                      and n[len(prefix):].split(".")[0] in _CLONE_KINDS)
 
     def address_of(self, name: str) -> int:
         """Address of a global variable or function (e.g. ``__stack_chk_guard``)."""
@@ -184,6 +260,25 @@ class SymbolTable:
             size = (self._starts[i] if i < len(self._starts) else addr + 1) - sym.addr
             return Symbolized(sym.name, addr - sym.addr, size)
         return Symbolized(sym.name, addr - sym.addr, sym.size)
+
+    def code_extent(self, addr: int) -> tuple[Symbol, int] | None:
+        """(the function or code label ``addr`` is in, its end): a known start to decode from.
+
+        A sized function or label gives its own end; an unsized assembly label
+        (``isr_table``, ``entry_SYSCALL_64``) runs to the next symbol.
+        """
+        sym = self.containing(addr, "func") or self.containing(addr, "code")
+        if sym is not None:
+            return sym, sym.end
+        sym = self._nearest_unsized(addr)
+        if sym is None or sym.kind not in ("func", "code"):
+            return None
+        i = bisect.bisect_right(self._starts, addr)
+        region = self._region_index(addr)
+        end = self._starts[i] if i < len(self._starts) else addr + 1
+        if region is not None:
+            end = min(end, self.regions[region].addr + self.regions[region].size)
+        return sym, end
 
     def _nearest_unsized(self, addr: int) -> Symbol | None:
         """A zero-size label just before ``addr`` (assembly entry points have no size)."""
@@ -268,7 +363,8 @@ def _parse_mapped(path: Path, data: mmap.mmap) -> SymbolTable:
     if symtab is None:
         raise BadInput(f"{path} has no symbols (.symtab missing: stripped?)")
     strtab = sections[symtab[6]]
-    symbols = _read_symbols(data, symtab, strtab)
+    code_sections = {i for i, sh in enumerate(sections) if sh[2] & _SHF_EXECINSTR}
+    symbols = _read_symbols(data, symtab, strtab, code_sections)
     if not symbols:
         raise BadInput(f"{path} has no function or object symbols")
     build_id = next((bid for sh in sections if sh[1] == _SHT_NOTE
@@ -277,13 +373,16 @@ def _parse_mapped(path: Path, data: mmap.mmap) -> SymbolTable:
     return SymbolTable(path, elf_type, build_id, symbols, regions)
 
 
-def _read_symbols(data: mmap.mmap, symtab: tuple, strtab: tuple) -> list[Symbol]:
+def _read_symbols(data: mmap.mmap, symtab: tuple, strtab: tuple,
+                  code_sections: set[int] = frozenset()) -> list[Symbol]:  # type: ignore[assignment]
     raw = data[symtab[4]:symtab[4] + symtab[5]]
     strings = data[strtab[4]:strtab[4] + strtab[5]]
     out: list[Symbol] = []
     for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack(
             "<IBBHQQ", raw[:len(raw) - len(raw) % 24]):
         kind = _STT.get(st_info & 0xF)
+        if kind is None and st_info & 0xF == _STT_NOTYPE and st_shndx in code_sections:
+            kind = "code"
         bind = _STB.get(st_info >> 4)
         if kind is None or bind is None or st_shndx == 0 or not st_name:
             continue

@@ -145,7 +145,7 @@ def _suggest(program: Program, analysis: FunctionAnalysis, stack_locals: list[Fr
              request: WatchRequest) -> tuple[int | None, str | None, str]:
     """The arming offset, the config and a note: the asked-for local or SP range, else
     the canary, else the first watchable local. Every offset is `armpoint`'s plan."""
-    name = analysis.symbol.name
+    name = program.config_name(analysis.symbol)
     state = body_state(analysis)
     try:
         if request.var is not None:
@@ -154,7 +154,7 @@ def _suggest(program: Program, analysis: FunctionAnalysis, stack_locals: list[Fr
             slot = sp_range(state, request.so, request.wl or 8)
             if slot is None:
                 return None, None, f"SP is not known relative to {name}'s frame after its prologue"
-            return _sp_config(analysis, analysis.plan(slot), slot, "")
+            return _sp_config(analysis, analysis.plan(slot), slot, "", name)
         if analysis.canary is not None:
             if analysis.canary.cfa_offset is None:
                 return None, None, f"{name}'s canary store cannot be placed in its frame"
@@ -171,7 +171,8 @@ def _suggest(program: Program, analysis: FunctionAnalysis, stack_locals: list[Fr
         slot = FrameSlot(v.cfa_offset, elem, v.name)
         plan = analysis.plan(slot)
         fo, config, note = _sp_config(analysis, plan, slot,
-                                      f"no canary in {name}: watching local {v.name} instead")
+                                      f"no canary in {name}: watching local {v.name} instead",
+                                      name)
         if config is not None:
             return fo, config, note
     return None, None, f"no canary and no watchable stack local in {name}"
@@ -179,7 +180,7 @@ def _suggest(program: Program, analysis: FunctionAnalysis, stack_locals: list[Fr
 
 def _suggest_var(program: Program, analysis: FunctionAnalysis, stack_locals: list[FrameVar],
                  request: WatchRequest) -> tuple[int | None, str | None, str]:
-    name, var, index = analysis.symbol.name, request.var, request.index
+    name, var, index = program.config_name(analysis.symbol), request.var, request.index
     assert var is not None
     chosen = [v for v in stack_locals if v.name == var]
     if index is None and chosen and chosen[0].count:
@@ -202,8 +203,8 @@ def _suggest_var(program: Program, analysis: FunctionAnalysis, stack_locals: lis
     return plan.fo, _config(name, plan, f" var={watched.ref}"), _note(plan)
 
 
-def _sp_config(analysis: FunctionAnalysis, plan: ArmPlan, slot: FrameSlot, note: str
-               ) -> tuple[int | None, str | None, str]:
+def _sp_config(analysis: FunctionAnalysis, plan: ArmPlan, slot: FrameSlot, note: str,
+               name: str) -> tuple[int | None, str | None, str]:
     """so=/wl= for ``slot`` relative to SP where ``plan`` arms."""
     if plan.fo is None:
         return None, None, plan.reason
@@ -214,7 +215,7 @@ def _sp_config(analysis: FunctionAnalysis, plan: ArmPlan, slot: FrameSlot, note:
     sign = "-" if so < 0 else ""
     extra = f" so={sign}{abs(so):#x} wl={slot.length}"
     notes = "; ".join(n for n in (note, _note(plan)) if n)
-    return plan.fo, _config(analysis.symbol.name, plan, extra), notes
+    return plan.fo, _config(name, plan, extra), notes
 
 
 def _config(name: str, plan: ArmPlan, extra: str) -> str:

@@ -35,6 +35,7 @@ class Program:
         self._dwarf = dwarf
         self._open_dwarf = open_dwarf   # how to open the DWARF on first use (default: the file)
         self._analyses: dict[int, FunctionAnalysis] = {}
+        self._locals: dict[int, list[FrameVar]] = {}
         self.facts = facts          # remembered DWARF answers (None: always ask the DWARF)
         #: A relocatable file's (a module's) code relocations by field address, loaded
         #: on first use; None for linked files, whose fields hold their final values.
@@ -99,7 +100,26 @@ class Program:
     # -- questions ---------------------------------------------------------------
 
     def function(self, name: str) -> Symbol:
-        return self.symtab.function(name)
+        """``NAME``, ``NAME@0xADDR``, ``NAME@FILE`` or ``0xADDR`` (`SymbolTable.function`)."""
+        return self.symtab.function(name, self._file_of if self.has_dwarf else None)
+
+    def config_name(self, sym: Symbol) -> str:
+        """How a watch config names ``sym`` unambiguously: NAME, or NAME@0xADDR for a
+        static name several files define."""
+        same = [s for s in self.symtab.lookup_all(sym.name) if s.kind == "func"]
+        if len(same) > 1 and (sym.bind == "local" or same[0].addr != sym.addr):
+            return f"{sym.name}@{sym.addr:#x}"
+        return sym.name
+
+    def _file_of(self, addr: int) -> str | None:
+        """The file that compiled the code at ``addr`` (its CU: compat_binfmt_elf.c, not
+        the binfmt_elf.c it includes), else its source line's file."""
+        cu = self.dwarf.cu_at(addr)
+        name = cu.get_top_DIE().attributes.get("DW_AT_name") if cu is not None else None
+        if name is not None:
+            return name.value.decode("utf-8", "replace")
+        line = self.source_line(addr)
+        return line.file if line is not None else None
 
     def symbolize(self, addr: int) -> Symbolized | None:
         return self.symtab.symbolize(addr)
@@ -109,7 +129,7 @@ class Program:
 
     def analyze(self, func: str | Symbol) -> FunctionAnalysis:
         """Decoded code, frame states and canary of a function (cached)."""
-        sym = self.symtab.function(func) if isinstance(func, str) else func
+        sym = self.function(func) if isinstance(func, str) else func
         if sym.addr not in self._analyses:
             analysis = analyze(self.disasm, sym)
             analysis.find_objects = lambda: self.stack_objects(analysis)
@@ -140,7 +160,9 @@ class Program:
         return find_local(self.dwarf, func, name, pc)
 
     def locals_at(self, pc: int) -> list[FrameVar]:
-        return frame_variables(self.dwarf, pc) if self.has_dwarf else []
+        if pc not in self._locals:
+            self._locals[pc] = frame_variables(self.dwarf, pc) if self.has_dwarf else []
+        return self._locals[pc]
 
     def member_offset(self, type_name: str, member: str) -> int:
         return self._fact(f"offsetof({type_name}, {member})",

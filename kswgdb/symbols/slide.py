@@ -16,6 +16,7 @@ linked at 0) and module addresses do not.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -89,8 +90,11 @@ class SlidSymbolTable:
     def lookup(self, name: str, kind: Kind | None = None) -> Symbol:
         return self._sym(self.base.lookup(name, kind))
 
-    def function(self, name: str) -> Symbol:
-        return self.lookup(name, "func")
+    def function(self, name: str, file_of: Callable[[int], str | None] | None = None
+                 ) -> Symbol:
+        """As `SymbolTable.function`; an ``@0xADDR`` or ``0xADDR`` is the file's address
+        (what ``kswgdb symbols`` prints), the answer the guest's."""
+        return self._sym(self.base.function(name, file_of))
 
     def address_of(self, name: str) -> int:
         return self.lookup(name).addr
@@ -104,6 +108,13 @@ class SlidSymbolTable:
 
     def symbolize(self, addr: int) -> Symbolized | None:
         return self.base.symbolize(self.to_file(addr))
+
+    def code_extent(self, addr: int) -> tuple[Symbol, int] | None:
+        found = self.base.code_extent(self.to_file(addr))
+        if found is None:
+            return None
+        sym, end = found
+        return self._sym(sym), self.to_guest(end)
 
     def read_bytes(self, addr: int, n: int) -> bytes:
         return self.base.read_bytes(self.to_file(addr), n)

@@ -45,7 +45,9 @@ KEYS: dict[str, str] = {
 }
 _CANONICAL = {**{long: long for long in KEYS}, **{short: long for long, short in KEYS.items()}}
 
-_SYMBOL_RE = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*\Z")
+#: NAME, NAME@0xADDR, NAME@FILE (a static defined in several files) or 0xADDR.
+_SYMBOL_RE = re.compile(
+    r"(?:[A-Za-z_.$][A-Za-z0-9_.$]*(?:@[A-Za-z0-9_./+-]+)?|0[xX][0-9a-fA-F]+)\Z")
 _VAR_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>[^\]]*)\])?\Z")
 _NUMBER_RE = re.compile(r"(?P<sign>[+-]?)(?:0[xX](?P<hex>[0-9a-fA-F]+)|(?P<dec>[0-9]+))\Z")
 #: Flags are 0 or 1, as KStackWatch's own parser takes them: "yes" is a typo, not a 1.

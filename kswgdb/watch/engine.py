@@ -71,6 +71,8 @@ class WatchStats:
     rep_repeats: int = 0      # further traps of a `rep` store already reported as a hit
     read_releases: int = 0    # returns seen by a read watchpoint (release_by_read)
     foreign_reads: int = 0    # read-watch stops that were not this frame's release
+    unchanged_hits: int = 0   # hits whose store wrote the value already there (in hits)
+    filtered_reports: int = 0  # stub reports with no new store behind them (dropped)
 
     @property
     def not_armed(self) -> int:
@@ -554,10 +556,12 @@ class Engine:
             watch = frame.watch
             assert watch is not None
             new = self._read(watch.addr, watch.length)
-            if new == watch.old_value:
-                # The bytes are what they were when armed (or at the last hit):
-                # a late, duplicated report of a write already seen, not a new one.
+            unchanged = new == watch.old_value
+            if unchanged and not self._new_store(stop, watch):
+                # Same bytes and no store behind the report (or the store just
+                # reported again): the stub's duplicate, not a write.
                 self.spurious_watch_reports += 1
+                self.stats[frame.spec_index].filtered_reports += 1
                 continue
             if writer_task == watch.owner_task and (
                     self._frame_is_dead(frame, regs) or self._pushed_over(watch, regs, stop.pc)):
@@ -567,9 +571,19 @@ class Engine:
                 # positive). Not a corruption; the return stop follows.
                 self.stats[frame.spec_index].dead_frame_writes += 1
                 continue
-            if self._record_hit(stop, regs, frame, watch, writer_task, new):
+            if self._record_hit(stop, regs, frame, watch, writer_task, new, unchanged):
                 verdict = "freeze"
         return verdict
+
+    def _new_store(self, stop: Stop, watch: ArmedWatch) -> bool:
+        """A store at the reported instruction, other than the one last reported:
+        a write of the value already there (a hardware watchpoint fires on it, and a
+        foreign write into a live frame is the bug whatever it wrote)."""
+        is_store = getattr(self.sym, "is_store", None)
+        if is_store is None or not is_store(stop.pc):
+            return False
+        insn_addr = self.sym.writer(stop.pc, self.target.registers(stop.thread))[0]
+        return self._last_writer.get(id(watch)) != insn_addr
 
     def _pushed_over(self, watch: ArmedWatch, regs: Registers, pc: int) -> bool:
         """The owner pushed onto the slot: its SP was above it, so the frame is gone.
@@ -616,7 +630,7 @@ class Engine:
 
     def _record_hit(
         self, stop: Stop, regs: Registers, frame: Frame, watch: ArmedWatch, writer_task: int,
-        new: bytes,
+        new: bytes, unchanged: bool = False,
     ) -> bool:
         spec, stats = self.specs[frame.spec_index], self.stats[frame.spec_index]
         insn_addr, text, context = self.sym.writer(stop.pc, regs)
@@ -637,7 +651,9 @@ class Engine:
             backtrace = self.backtracer(stop, regs)
         if backtrace is None:
             backtrace = self._fp_backtrace(regs, insn_addr)
-        irq = any(
+        # In an interrupt: a handler is on the backtrace, or the write is the entry
+        # code's own (the stub pushing registers, or the CPU pushing the frame).
+        irq = self.layout.is_entry_code(self.sym.function(insn_addr)) or any(
             (self.sym.function(f.pc) or "") in self.layout.irq_functions for f in backtrace
         )
         hit = Hit(
@@ -667,10 +683,12 @@ class Engine:
             registers=dict(regs.values),
             backtrace=tuple(backtrace),
             interrupt=irq,
+            unchanged=unchanged,
         )
         watch.old_value = new
         watch.hits += 1
         stats.hits += 1
+        stats.unchanged_hits += unchanged
         self.hits.append(hit)
         self.hit_count += 1
         if self.keep_hits is not None and len(self.hits) > self.keep_hits:
@@ -743,6 +761,8 @@ class Engine:
                 "dead_frame_writes": stats.dead_frame_writes,
                 "rep_repeats": stats.rep_repeats,
                 "read_releases": stats.read_releases, "foreign_reads": stats.foreign_reads,
+                "unchanged_hits": stats.unchanged_hits,
+                "filtered_reports": stats.filtered_reports,
             })
         return out
 

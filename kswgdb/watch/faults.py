@@ -65,7 +65,8 @@ class Watchdog:
     """Decides, between stops, that a run must end: a hang or a lost QMP link.
 
     ``activity`` returns a number that grows whenever the guest did something
-    visible (a console line, a stop handled by the engine); if it has not moved
+    visible (a console line, a stop handled by the engine, a tick of its clock:
+    `kswgdb.watch.hang`); if it has not moved
     for ``hang_timeout`` seconds the guest is declared hung. ``qmp_lost`` says
     the QMP connection dropped while QEMU is still alive: kswgdb could no longer
     stop, dump or quit the guest cleanly, so the run ends at once.
@@ -93,7 +94,7 @@ class Watchdog:
             self._last_seen, self._last_change = seen, now
             return False
         if now - self._last_change >= self.hang_timeout:
-            self.reason = (f"the guest hung: no console output and no stop for "
-                           f"{self.hang_timeout:g}s (--hang-timeout)")
+            self.reason = (f"the guest hung: no console output, no stop and no clock tick "
+                           f"for {self.hang_timeout:g}s (--hang-timeout)")
             return True
         return False

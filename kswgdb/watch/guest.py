@@ -53,6 +53,12 @@ class GuestLayout:
     exit_function: str | None = None         # a function every dying task calls
     ticks_addr: int | None = None            # a global tick counter (guest time)
     irq_functions: tuple[str, ...] = ()      # functions that mean "interrupt context"
+    #: Name prefixes of the interrupt and exception entry code (assembly stubs that
+    #: push registers onto the interrupted stack before any C handler runs).
+    entry_code: tuple[str, ...] = ()
+
+    def is_entry_code(self, name: str | None) -> bool:
+        return bool(name) and any(name.startswith(p) for p in self.entry_code)  # type: ignore[union-attr]
 
 
 def stack_base(layout: GuestLayout, sp: int) -> int:

@@ -79,11 +79,16 @@ class Hit:
     registers: dict[str, int] = field(default_factory=dict)
     backtrace: tuple[BacktraceFrame, ...] = ()
     interrupt: bool = False
+    unchanged: bool = False   # the store wrote the value already there
 
     def to_json(self) -> dict[str, Any]:
+        """The JSONL ``hit`` event: values as the panel shows them (``old``/``new``,
+        the slot's little-endian number), the guest bytes beside them (``*_bytes``)."""
         data = asdict(self)
         data["event"] = "hit"
         data["addr"] = hex(self.addr)
+        data["old"], data["new"] = slot_value(self.old), slot_value(self.new)
+        data["old_bytes"], data["new_bytes"] = self.old, self.new
         data["registers"] = {k: hex(v) for k, v in self.registers.items()}
         data["writer"]["pc_reported"] = hex(self.writer.pc_reported)
         data["writer"]["insn_addr"] = hex(self.writer.insn_addr)
@@ -91,6 +96,14 @@ class Hit:
         for frame in data["backtrace"]:
             frame["pc"] = hex(frame["pc"])
         return data
+
+
+def slot_value(hexbytes: str) -> str:
+    """Guest bytes as the little-endian number a 1/2/4/8-byte slot holds (else hex bytes)."""
+    raw = bytes.fromhex(hexbytes)
+    if len(raw) in (1, 2, 4, 8):
+        return f"{int.from_bytes(raw, 'little'):#0{2 + 2 * len(raw)}x}"
+    return raw.hex()
 
 
 class EventLog:

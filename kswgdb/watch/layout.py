@@ -45,6 +45,7 @@ def _kswtest(p: Program) -> GuestLayout:
         exit_function="task_exit",
         ticks_addr=_try(p.global_address, "jiffies"),
         irq_functions=("timer_interrupt", "interrupt_dispatch"),
+        entry_code=("isr_table", "isr_common"),
     )
 
 
@@ -91,6 +92,11 @@ def _linux(p: Program) -> GuestLayout:
         ticks_addr=_try(p.global_address, "jiffies_64") or _try(p.global_address, "jiffies"),
         irq_functions=("common_interrupt", "sysvec_apic_timer_interrupt",
                        "__sysvec_apic_timer_interrupt", "handle_irq_event"),
+        # arch/x86/entry/entry_64.S and idtentry.h: the IDT stubs and what they call
+        # before the C handler (error_entry, paranoid_entry: local, untyped symbols).
+        entry_code=("asm_exc_", "asm_sysvec_", "asm_common_interrupt", "asm_spurious_interrupt",
+                    "irq_entries_start", "spurious_entries_start", "error_entry",
+                    "paranoid_entry", "xen_error_entry"),
     )
 
 

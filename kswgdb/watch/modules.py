@@ -332,6 +332,10 @@ class ModuleSymbolizer(ProgramSymbolizer):
         hit = self._find(pc)
         return super().stack_push(pc) if hit is None else hit[1].stack_push(hit[2])
 
+    def is_store(self, pc: int) -> bool:
+        hit = self._find(pc)
+        return super().is_store(pc) if hit is None else hit[1].is_store(hit[2])
+
 
 def _module_text(program: Program, addr: int, text: str, to_guest: Callable[[int], int]) -> str:
     """An instruction of a module as the loaded module has it, not as the file does.
@@ -348,12 +352,24 @@ def _module_text(program: Program, addr: int, text: str, to_guest: Callable[[int
     insn = func.at(addr) if func is not None else None
     reloc = None if insn is None else program.relocation_in(insn.addr, insn.end)
     if insn is None or reloc is None:
-        return _HEX.sub(lambda m: hex(to_guest(int(m.group(0), 16))), text)
+        moved = _HEX.sub(lambda m: hex(to_guest(int(m.group(0), 16))), text)
+        if insn is not None and insn.flow in ("call", "jump", "cjump") and insn.target:
+            return f"{moved} <{_name(program, insn.target)}>"
+        return moved
     if insn.flow in ("call", "jump", "cjump"):
         target = reloc.branch_target(insn.end)
-        where = hex(to_guest(target)) if target is not None else reloc.describe(insn.end)
-        return f"{insn.mnemonic} {where}"
+        if target is None:
+            return f"{insn.mnemonic} {reloc.describe(insn.end)}"
+        return f"{insn.mnemonic} {hex(to_guest(target))} <{_name(program, target)}>"
     return f"{text}  ; {reloc.describe(insn.end)}"
+
+
+def _name(program: Program, addr: int) -> str:
+    """A module address (placeholder) as name+offset, or its hex if no symbol holds it."""
+    where = program.symbolize(addr)
+    if where is None:
+        return hex(addr)
+    return where.name if where.offset == 0 else f"{where.name}+{where.offset:#x}"
 
 
 __all__ = ["BadInput", "LOAD_HOOK", "ModuleArmer", "ModuleFinder", "ModuleLayout",

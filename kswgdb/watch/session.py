@@ -36,6 +36,12 @@ from kswgdb.watch.engine import Engine, EngineResult
 from kswgdb.watch.faults import Watchdog, exit_fault, normal_exits
 from kswgdb.watch.gdb_backtrace import GdbUnwinder, gdb_available
 from kswgdb.watch.guest import GuestLayout
+from kswgdb.watch.hang import (
+    DEFAULT_HANG_TIMEOUT,
+    GuestClock,
+    StallReporter,
+    tick_physical_address,
+)
 from kswgdb.watch.hits import EventLog, Hit
 from kswgdb.watch.kaslr import KernelPlacement, place_kernel, placement_ending, slide_fields
 from kswgdb.watch.layout import exit_hook_address, layout_for
@@ -76,7 +82,8 @@ class RunOptions:
     emulate: bool = True               # leave breakpoints by host emulation, not steps
     backtrace: str = "auto"            # "gdb" | "fp" | "auto" (gdb when installed)
     release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
-    hang_timeout: float = 0.0          # > 0: a guest silent and stop-less this long is a fault
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT  # no console, stop or tick this long: a wedge
+                                       # (0: never; see kswgdb.watch.hang)
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
     keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
@@ -194,7 +201,8 @@ class WatchSession:
             check_stack_reach(resolved, layout.thread_size)
         self.resolved = [with_alignment_warning(r) for r in self.resolved]
         check_kernel_matches(self.image.kernel, self.image.symbols,
-                             sorted({r.function.name for r in self.resolved}))
+                             sorted({f"{r.function.name}@{r.function.addr:#x}"
+                                     for r in self.resolved}))
         self.resolved += [m.resolved for m in self.module_watches]
 
     # --------------------------------------------------------------- run
@@ -282,14 +290,19 @@ class WatchSession:
                                     self.on_status).install(engine)
                     self.on_status("guest running, watches installed")
                     deadline = started + opts.timeout
+                    ticks = GuestClock(machine, tick_physical_address(layout.ticks_addr,
+                                                                      layout.flavour))
                     watchdog = Watchdog(
-                        activity=lambda: machine.console.mark() + target.packets_sent,
+                        activity=lambda: machine.console.mark() + target.packets_sent + ticks(),
                         qmp_lost=lambda: not machine.qmp.connected and machine.running,
                         hang_timeout=opts.hang_timeout)
+                    stalls = StallReporter(machine.console.lines, machine.console.mark,
+                                           lambda line: self._stall(log, line))
                     phys = self.phys
 
                     def should_stop() -> bool:
                         # A poll's freeze stops the engine too; so does a hang or lost QMP.
+                        stalls.check()
                         return (phys is not None and phys.freeze.is_set()) \
                             or watchdog.should_stop()
 
@@ -367,6 +380,11 @@ class WatchSession:
             pool=pool.describe(accel.accel),
             **self._poll_report(polls),
         )
+
+    def _stall(self, log: EventLog, line: str) -> None:
+        """A kernel stall report on the console: said at once, and logged."""
+        self.on_status(f"guest reports a stall: {line.strip()}")
+        log.write("guest-stall", line=line.strip())
 
     # ------------------------------------------------------------- polls
     def _start_polls(self, machine: Machine, log: EventLog, engine_attached: bool) -> None:

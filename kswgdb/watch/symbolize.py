@@ -30,8 +30,9 @@ class ProgramSymbolizer:
         return str(where) if where is not None else f"{addr:#x}"
 
     def function(self, addr: int) -> str | None:
-        sym = self.program.symtab.containing(addr, "func")
-        return sym.name if sym is not None else None
+        """The function, or the assembly label (entry code), ``addr`` is in."""
+        found = self.program.symtab.code_extent(addr)
+        return found[0].name if found is not None else None
 
     def source(self, addr: int) -> SourceLine | None:
         line = self.program.source_line(addr)
@@ -44,6 +45,13 @@ class ProgramSymbolizer:
         return address; that is said in words, since memory is not at hand here.
         """
         insn = self.program.writer_of(pc)
+        code = self.program.disasm.code_at(pc)
+        if code is not None and code.symbol.kind == "code" and (
+                insn is None or not insn.writes_memory):
+            # Entry code, and no instruction before the stop wrote memory: the
+            # write was the CPU pushing the interrupt frame on its way in.
+            return pc, ("(the CPU delivering an interrupt or exception: it pushed the "
+                        f"interrupt frame; the stop is at {self.symbol(pc)})"), ()
         if insn is None:
             func = self.program.disasm.function_at(pc)
             if func is not None and pc == func.start:
@@ -53,6 +61,12 @@ class ProgramSymbolizer:
                             "does the symbol file match the guest?)"), ()
             return pc, "(unknown: no instruction ends here)", ()
         return insn.addr, insn.text, self._context(insn)
+
+    def is_store(self, pc: int) -> bool:
+        """Does an instruction that stores to memory explain a watch stop at ``pc``?"""
+        insn = self.program.writer_of(pc)
+        return insn is not None and (bool(insn.mem_writes) or insn.is_rep_string_store
+                                     or insn.is_push or insn.flow == "call")
 
     def stack_push(self, pc: int) -> bool:
         """Was the write that stopped at ``pc`` a push onto the stack?

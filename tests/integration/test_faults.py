@@ -64,7 +64,8 @@ def test_guest_hang_is_detected(tmp_path: Path) -> None:
     run.wait_qemu()
     assert run.finish(120) == 3, run.stderr()
     assert run.last_error_line().startswith(
-        "kswgdb: error: the guest hung: no console output and no stop for 2s"), run.stderr()
+        "kswgdb: error: the guest hung: no console output, no stop and no clock tick for 2s"), \
+        run.stderr()
     run.assert_nothing_left()
     assert len(run.assert_log_complete()) == 1
 

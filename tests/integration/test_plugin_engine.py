@@ -7,7 +7,7 @@ report the same hits (writer instruction, watched slot, old and new bytes,
 depth) and the same counts; in the multi-task scenario each engine's hits
 must match the guest's own ground truth; in the clean scenario neither may
 report anything. QEMU 10 and the plugin header are fetched from Debian's
-packages on first use (`kswgdb.plugin.fetch`); without them the tests skip,
+packages on first use (`kswgdb.plugin.fetch`); without them the tests fail,
 saying why.
 """
 
@@ -34,7 +34,7 @@ def qemu10():
         qemu = fetch()
         build(qemu)
     except FetchError as exc:
-        pytest.skip(f"QEMU 10 / plugin header unavailable: {exc}")
+        pytest.fail(f"QEMU 10 / plugin header unavailable: {exc}")
     return qemu
 
 

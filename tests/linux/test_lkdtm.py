@@ -127,8 +127,9 @@ def _assert_syscall_backtrace(hit, func: str, report) -> None:
         assert expected in names, names
     assert names.index("vfs_write") < names.index("ksys_write") < names.index("do_syscall_64")
     assert names[-1] == "entry_SYSCALL_64", names        # and nothing past the kernel entry
-    assert re.match(r"entry_SYSCALL_64\+0x[0-9a-f]+$", hit.backtrace[-1].symbol), \
-        hit.backtrace[-1]                                # an untyped asm symbol, offset known
+    # An untyped asm symbol (a "code" label, sized by SYM_CODE_END), offset known.
+    assert re.match(r"entry_SYSCALL_64\+0x[0-9a-f]+(/0x[0-9a-f]+)?$",
+                    hit.backtrace[-1].symbol), hit.backtrace[-1]
 
 
 def _assert_kaslr_found(report, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from kswgdb.watch.hits import EventLog, SourceLine
 from kswgdb.watch.slots import SlotPool
 from kswgdb.watch.spec import ArmSpec, GuardSource
 from kswgdb.watch.target import Registers
-from tests.unit.fake_target import GUARD_ADDR, Event, FakeTarget, Program
+from tests.unit.fake_target import GUARD, GUARD_ADDR, Event, FakeTarget, Program
 
 PROBE = 0x40_1010
 RET_SITE = 0x40_2222
@@ -73,6 +73,35 @@ def test_corrupting_write_into_live_frame_is_a_hit_naming_the_writer():
     assert (stats.calls, stats.armed, stats.returns, stats.hits) == (1, 1, 1, 1)
     assert fake.watchpoints == set()          # disarmed at return
     assert fake.breakpoints == {PROBE}        # return breakpoint given back
+
+
+class StoreSymbols(FakeSymbols):
+    """A symbolizer that can say whether a store explains a stop (the real ones can)."""
+
+    def is_store(self, pc: int) -> bool:
+        return pc == WRITER_PC
+
+
+def test_foreign_write_of_the_same_value_is_a_hit_marked_unchanged():
+    """A hardware watchpoint fires on a store of the value already there; a foreign write
+    into a live frame is the bug whatever it wrote. A report with no store behind it is
+    dropped, and both are counted in the summary."""
+    fake = FakeTarget()
+    prog = Program(fake, PROBE, RET_SITE)
+    f = prog.call(task=0xA000, sp=0x8000_3f00)
+    prog.store(task=0xB000, addr=f["canary"], value=GUARD, pc=WRITER_PC, sp=0x9000_3f00)
+    prog.store(task=0xB000, addr=f["canary"], value=GUARD, pc=WRITER_PC + 0x40, sp=0x9000_3f00)
+    prog.ret(task=0xA000, frame=f)
+    engine = Engine(fake, [canary_spec()], LAYOUT, StoreSymbols(), SlotPool(capacity=64))
+    engine.install()
+    hits = engine.run().hits
+    assert len(hits) == 1 and hits[0].unchanged and hits[0].old == hits[0].new
+    row = engine.summary()[0]
+    assert (row["hits"], row["unchanged_hits"], row["filtered_reports"]) == (1, 1, 1)
+    event = hits[0].to_json()
+    assert event["unchanged"] is True
+    assert event["new"] == f"{int.from_bytes(GUARD, 'little'):#018x}"   # as the panel shows it
+    assert event["new_bytes"] == GUARD.hex()
 
 
 def test_write_after_return_is_not_a_hit():

@@ -59,7 +59,7 @@ def test_watchdog_hang_needs_silence_for_the_whole_period() -> None:
     clock.now = 13.9
     assert not dog.should_stop()
     clock.now = 14.0
-    assert dog.should_stop() and "no console output and no stop for 5s" in dog.reason
+    assert dog.should_stop() and "no console output, no stop and no clock tick for 5s" in dog.reason
 
 
 def test_watchdog_off_by_default_but_qmp_loss_always_counts() -> None:

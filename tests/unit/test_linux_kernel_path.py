@@ -66,7 +66,7 @@ def test_module_instructions_name_their_relocated_targets(module_ko: Path) -> No
     assert "call ext_hook" in texts, texts
     assert "call ext_print" in texts, texts
     helper_at = mod.to_guest(mod.program.function("helper").addr)
-    assert f"call {helper_at:#x}" in texts, texts
+    assert f"call {helper_at:#x} <helper>" in texts, texts      # named, at its guest address
     # The string load names the string it loads instead of showing 0.
     assert any("; .rodata" in t for t in texts), texts
     # No branch reads as going to the instruction right after it (the unrelocated 0).

@@ -78,6 +78,8 @@ def test_plugin_args_layout_and_limits():
     with pytest.raises(BadInput, match="at least one"):
         plugin_args([], LAYOUT, "/s", pool=1)
     assert plugin_option("/p/k.so", ["a=1", "b=2"]) == "/p/k.so,a=1,b=2"
+    with pytest.raises(BadInput, match="comma"):
+        plugin_option("/p,q/k.so", [])
 
 
 def hit_event(**over) -> dict:

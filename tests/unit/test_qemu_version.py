@@ -151,7 +151,7 @@ def test_qboot_is_the_running_qemus_own(tmp_path: Path) -> None:
     assert bios_path("qboot") == QBOOT_ROM
 
 
-@pytest.mark.parametrize(("run", "demo"), [(1, 0), (0, EXIT_DEMO_MISSED), (3, 3), (2, 2)])
+@pytest.mark.parametrize(("run", "demo"), [(1, 0), (0, EXIT_DEMO_MISSED), (3, 3), (2, 2), (4, 4)])
 def test_demo_status(run: int, demo: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert demo_status(run) == demo
     err = capsys.readouterr().err

@@ -13,6 +13,7 @@ import pytest
 from kswgdb.errors import BadInput
 from kswgdb.symbols import elf
 from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable
+from kswgdb.watch.config import parse_watch
 from tests.fixtures.build import binary
 
 
@@ -103,11 +104,38 @@ def test_lookup_prefers_global_and_refuses_ambiguous_locals() -> None:
     assert table.function("helper").addr == 0x2000
     assert [s.addr for s in table.lookup_all("helper")] == [0x2000, 0x1000]
     assert table.function("only").addr == 0x5000
-    with pytest.raises(BadInput, match=r"'tmp' is ambiguous: 2 local symbols at 0x3000, 0x4000"):
+    with pytest.raises(BadInput) as e:
         table.function("tmp")
+    assert str(e.value) == ("'tmp' is ambiguous: 2 static functions: tmp@0x3000, tmp@0x4000; "
+                            "pick one with fn=NAME@0xADDR, fn=NAME@FILE or fn=0xADDR")
     with pytest.raises(BadInput, match=r"no function named 'helpr' .*did you mean helper"):
         table.function("helpr")
     assert str(table.symbolize(0x4004)) == "tmp+0x4/0x10"
+
+
+def test_every_function_can_be_named() -> None:
+    """tmp@ADDR, tmp@FILE, a bare start address, and clones found from their base name."""
+    syms = [Symbol("tmp", 0x3000, 0x10, "func", "local"),
+            Symbol("tmp", 0x4000, 0x10, "func", "local"),
+            Symbol("load.isra.0", 0x5000, 0x10, "func", "local")]
+    table = SymbolTable(Path("/x/vmlinux"), "exec", None, syms, [])
+    files = {0x3000: "fs/a.c", 0x4000: "fs/compat_a.c"}
+    assert table.function("tmp@0x4000").addr == 0x4000
+    assert table.function("tmp@/a.c", files.get).addr == 0x3000
+    assert table.function("tmp@compat_a.c", files.get).addr == 0x4000
+    assert table.function("0x3000").name == "tmp"
+    with pytest.raises(BadInput, match=r"0x3004 is inside tmp \(\+0x4\): give the function's "
+                                       r"start, 0x3000"):
+        table.function("0x3004")
+    with pytest.raises(BadInput, match=r"tmp@0x3000 \(fs/a.c\), tmp@0x4000 \(fs/compat_a.c\)"):
+        table.function("tmp", files.get)
+    with pytest.raises(BadInput, match=r"no function tmp in a file ending 'b.c': candidates"):
+        table.function("tmp@b.c", files.get)
+    with pytest.raises(BadInput, match=r"compiler made load.isra.0 from it: use "
+                                       r"fn=load.isra.0"):
+        table.function("load")
+    assert parse_watch("fn=tmp@fs/a.c fo=0x4").func == "tmp@fs/a.c"
+    assert parse_watch("fn=0xffffffff813ce620 fo=0").func == "0xffffffff813ce620"
 
 
 def test_cache_is_used_and_invalidated(monkeypatch, tmp_path) -> None:

@@ -1,0 +1,144 @@
+"""The arming analysis over a whole vmlinux: how many watches it can place, and how fast.
+
+For every function of the image's kernel with a stack canary (and, with
+``--locals``, for every stack local of 1, 2, 4 or 8 bytes or the last element of an
+array), asks `kswgdb.symbols.armpoint` where to arm, exactly as ``kswgdb disasm``
+does, and then checks that ``run`` accepts the suggestion (`resolve_watch`):
+
+* placeable: a safe point after every write of the function itself, on every path
+  (or on some paths only: counted apart);
+* best candidate: no safe point, the suggestion is the least bad one (the line says why);
+* refused: no suggestion, with the reason (grouped by its first words);
+* run refuses: a suggestion ``run`` rejects (must be 0).
+
+Stack-realigning functions (``and rsp, -N``) with a canary are counted apart: every
+one should be placeable. Times are process CPU seconds (the machine is shared),
+with wall seconds beside them.
+
+Usage: python bench/armpoint.py [--image images/linux.toml] [--locals] [--every N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kswgdb.errors import BadInput  # noqa: E402
+from kswgdb.image import load as load_image  # noqa: E402
+from kswgdb.symbols.listing import WatchRequest, build_listing  # noqa: E402
+from kswgdb.symbols.program import Program  # noqa: E402
+from kswgdb.watch.config import parse_watch  # noqa: E402
+from kswgdb.watch.resolve import resolve_watch  # noqa: E402
+
+
+def _reason_key(note: str) -> str:
+    """A refusal's kind: its words without names and numbers."""
+    words = re.sub(r"0x[0-9a-f]+|[+-]?\d+|'[^']*'|\S+@\S+", "N", note)
+    words = re.sub(r"\b[a-z_][a-z0-9_.]*\b(?= (itself|never|has|'s))", "F", words)
+    return " ".join(words.split()[:9])
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, str] = {}
+
+    def add(self, kind: str, note: str = "", example: str = "") -> None:
+        self.counts[kind] += 1
+        if note:
+            key = _reason_key(note)
+            self.reasons[key] += 1
+            self.examples.setdefault(key, example or note)
+
+    def report(self, title: str) -> None:
+        total = sum(self.counts.values())
+        print(f"\n{title}: {total} watches")
+        for kind in ("placeable", "some paths", "best candidate", "refused", "run refuses"):
+            n = self.counts[kind]
+            print(f"  {kind:15} {n:6}  {100 * n / max(total, 1):5.1f} %")
+        if self.reasons:
+            print("  reasons (no safe point, or no suggestion):")
+            for key, n in self.reasons.most_common(8):
+                print(f"    {n:6}  {key} ...   e.g. {self.examples[key][:110]}")
+
+
+def _judge(program: Program, name: str, request: WatchRequest, tally: Tally) -> bool:
+    listing = build_listing(program, name, request)
+    if listing.suggested_config is None:
+        tally.add("refused", listing.note, f"{name}: {listing.note}")
+        return False
+    try:
+        resolve_watch(parse_watch(listing.suggested_config), program)
+    except BadInput as e:
+        tally.add("run refuses", str(e), f"{listing.suggested_config}: {e}")
+        return False
+    analysis = program.analyze(name)
+    plan_note = listing.note
+    if "not safe" in plan_note or "no point in" in plan_note:
+        tally.add("best candidate", plan_note, f"{name}: {plan_note}")
+    elif "not on every path" in plan_note:
+        tally.add("some paths")
+    else:
+        tally.add("placeable")
+    del analysis
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image", default=str(ROOT / "images" / "linux.toml"))
+    ap.add_argument("--locals", action="store_true", help="also every stack local (var=)")
+    ap.add_argument("--every", type=int, default=1, help="only every Nth function")
+    args = ap.parse_args()
+
+    image = load_image(args.image)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    program = Program.load(image.symbols)
+    funcs = sorted({s.addr: s for s in program.symtab.symbols
+                    if s.kind == "func" and s.size}.values(), key=lambda s: s.addr)
+    funcs = funcs[::args.every]
+    print(f"{image.symbols}: {len(funcs)} functions (every {args.every}), "
+          f"symbols loaded in {time.process_time() - cpu0:.1f} s CPU")
+    canary, realigned, var = Tally(), Tally(), Tally()
+    with_canary = decoded = 0
+    for i, sym in enumerate(funcs):
+        name = program.config_name(sym)
+        try:
+            analysis = program.analyze(name)
+        except BadInput:
+            continue
+        decoded += 1
+        if analysis.canary is not None:
+            with_canary += 1
+            ok = _judge(program, name, WatchRequest(), canary)
+            if any(x.mnemonic == "and" and x.op_str.startswith("rsp")
+                   for x in analysis.code.instructions):
+                realigned.add("placeable" if ok else "refused")
+        if args.locals:
+            region = analysis.frame.straight_line()
+            pc = region[-1].end if region else sym.addr
+            for v in program.locals_at(pc):
+                if v.on_stack and not v.inlined and (v.size or 0) in (1, 2, 4, 8):
+                    _judge(program, name, WatchRequest(var=v.name), var)
+        if i and i % 2000 == 0:
+            print(f"  ... {i} functions, {time.process_time() - cpu0:.0f} s CPU", flush=True)
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    print(f"\n{decoded} functions decoded, {with_canary} with a canary; "
+          f"{cpu:.1f} s CPU ({wall:.1f} s wall) for the whole pass")
+    canary.report("canary (fn=F fo=SUGGESTED)")
+    realigned.report("  of which stack-realigning (and rsp, -N)")
+    if args.locals:
+        var.report("var= (every stack local of 1/2/4/8 bytes, arrays: last element)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The TCG plugin engine on the Debian kernel: a hot syscall path watched, no false hit.
+
+Every call of ``do_sys_openat2`` (each ``open``) is armed at the fo kswgdb suggests
+and released at its release point inside QEMU 10; busybox runs a few hundred
+opens. Nothing corrupts the stack, so any hit is a false positive.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kswgdb.image import IMAGES_DIR
+from kswgdb.image import load as load_image
+from kswgdb.plugin.build import build
+from kswgdb.plugin.fetch import FetchError, fetch
+from kswgdb.plugin.runner import PluginRun
+from kswgdb.symbols.listing import build_listing
+from kswgdb.symbols.program import Program
+from kswgdb.watch.session import RunOptions
+
+WORKLOAD = ("i=0; while [ $i -lt 40 ]; do cat /proc/self/stat >/dev/null; ls / >/dev/null; "
+            "uname -a >/dev/null; i=$((i+1)); done")
+
+
+def test_plugin_watches_a_hot_path_with_no_false_positive() -> None:
+    if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
+        pytest.fail("the Debian image is not built: run `make image-linux` (make test-linux does)")
+    try:
+        qemu = fetch()
+        build(qemu)
+    except FetchError as exc:
+        pytest.fail(f"QEMU 10 / plugin header unavailable: {exc}")
+    image = load_image(IMAGES_DIR / "linux.toml")
+    watch = build_listing(Program.load(image.symbols), "do_sys_openat2").suggested_config
+    assert watch
+    report = PluginRun(RunOptions(image=image.path, watches=[watch], timeout=300,
+                                  cmdline=f"-- {WORKLOAD}"), qemu=qemu).run()
+    row = report.summary[0]
+    print(f"\nplugin, do_sys_openat2: {watch}: {report.seconds:.1f} s: {row}")
+    assert report.ended_cleanly
+    assert "KSWGDB-INIT done status=0" in "\n".join(report.console_log)
+    assert row["armed"] >= 150 and row["not_armed"] == 0
+    assert row["hits"] == 0 and report.hits == []
+    assert row["returns"] + row["stale"] == row["armed"]
