@@ -8,11 +8,11 @@
 * lkdtm armed: the same for a watch on lkdtm_CORRUPT_STACK, a module function:
   module found on the kernel's list at load, watch armed, function triggered.
 * KASLR: the image boots with KASLR and kswgdb searches the slide
-  (`kswgdb.watch.kaslr`: ~480 breakpoints from reset to x86_64_start_kernel).
+  (`kswgdb.watch.kaslr`: one watchpoint over the kernel map from reset).
   The first-armed time is also measured with ``nokaslr`` (the search still runs,
   finds 0) and with ``nokaslr`` and no search at all (the path before KASLR
   support): the cost of KASLR is the first row minus the last. "KASLR slide
-  search" is resume at reset -> stopped at the entry, as the session timed it.
+  search" is resume at reset -> the kernel's first write there, as the session timed it.
 
 Runs are interleaved (boot, run, run, boot, ...) so a noisy neighbour hurts all
 alike; medians printed.
@@ -23,7 +23,6 @@ Usage: python bench/linux_boot.py [--runs 3]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.table import print_medians  # noqa: E402
 from kswgdb.image import IMAGES_DIR  # noqa: E402
 from kswgdb.image import load as load_image  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
@@ -122,13 +122,7 @@ def main() -> int:
         a, b = first_armed(image, "fn=lkdtm_CORRUPT_STACK fo=0x1e", PROVOKE)
         rows["run to lkdtm_CORRUPT_STACK armed"].append(a)
         rows["  whole run (to the panic)"].append(b)
-    print(f"{'TCG, Debian 6.1 cloud kernel':<36} {'median s':>9} {'min s':>7} {'max s':>7}"
-          f"   ({args.runs} runs)")
-    for label, values in rows.items():
-        if not values:
-            continue
-        print(f"{label:<36} {statistics.median(values):9.2f} {min(values):7.2f} "
-              f"{max(values):7.2f}")
+    print_medians("TCG, Debian 6.1 cloud kernel", f"{args.runs} runs", rows)
     return 0
 
 

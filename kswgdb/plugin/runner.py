@@ -1,6 +1,6 @@
 """Run a watch with the TCG plugin engine: no gdbstub, no breakpoint stop.
 
-The watch policy is the gdbstub engine's (``WatchSession.prepare``: configs
+The watch policy is the gdbstub engine's (`kswgdb.run.prepare.prepare`: configs
 parsed and resolved against the kernel's symbols into `ArmSpec`s, the guest
 layout from its DWARF); only the execution differs. QEMU 10 (plugin API 4)
 is started with ``kswplugin.so`` and those numbers as plugin arguments; the
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kswgdb.errors import BadInput, InfraError
+from kswgdb.errors import InfraError
 from kswgdb.plugin import protocol
 from kswgdb.plugin.args import plugin_args, plugin_option
 from kswgdb.plugin.build import build
@@ -31,8 +31,8 @@ from kswgdb.plugin.fetch import Qemu10, fetch
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
 from kswgdb.qemu.rundir import owned_tempdir
-from kswgdb.run.oneshot import WatchSession
 from kswgdb.run.options import RunOptions
+from kswgdb.run.prepare import Plan, prepare
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS
 from kswgdb.watch.symbolize import ProgramSymbolizer
@@ -129,14 +129,14 @@ class PluginRun:
         """``plugin_extra``: more plugin arguments (measurements: ``stores=1``)."""
         self.options = options
         self.plugin_extra = plugin_extra
-        self.session = WatchSession(options)
+        self.session: Plan | None = None       # what `prepare` checked
         self.qemu = qemu
         self.on_hit = on_hit
         self.plugin: Path | None = None
 
     def prepare(self) -> None:
         """Every input checked and the plugin built before anything starts."""
-        self.session.prepare()
+        self.session = prepare(self.options)
         if self.session.module_watches or self.session.poll_specs:
             raise InfraError("the plugin engine prototype watches kernel functions only "
                              "(no module watches, no --poll)")
@@ -145,14 +145,8 @@ class PluginRun:
 
     def _task_exit(self) -> int | None:
         """The function every dying task calls, as the gdbstub engine's exit hook."""
-        s = self.session
-        assert s.layout is not None and s.program is not None
-        if not s.layout.exit_function:
-            return None
-        try:
-            return s.program.function(s.layout.exit_function).addr
-        except BadInput:
-            return None
+        assert self.session is not None
+        return self.session.exit_hook
 
     @staticmethod
     def _watch(machine: Machine, conn: socket.socket, link: _Link, freeze: threading.Event,
@@ -185,7 +179,7 @@ class PluginRun:
         if self.plugin is None:
             self.prepare()
         s, opts = self.session, self.options
-        assert self.qemu is not None and self.plugin is not None
+        assert s is not None and self.qemu is not None and self.plugin is not None
         assert s.image is not None and s.program is not None and s.layout is not None
         sym = ProgramSymbolizer(s.program)
         private = owned_tempdir()

@@ -139,6 +139,14 @@ class StubTarget:
     def read(self, addr: int, length: int) -> bytes:
         return self.read_many([(addr, length)])[0]
 
+    def read_through(self, thread: int) -> None:
+        """Make later memory reads use ``thread``'s page tables (``Hg``): at boot the
+        other vCPUs do not map the kernel yet (kswgdb.watch.kaslr)."""
+        if self.client.g_thread != thread:
+            self._flush()
+            self.client.set_thread("g", thread)
+            self.packets_sent += 1
+
     def read_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         if self._prefetched and any(r in self._prefetched for r in ranges):
             missing = [r for r in ranges if r not in self._prefetched]

@@ -2,25 +2,35 @@
 
 kswgdb starts QEMU paused at reset, where the kernel is not even decompressed:
 its slide does not exist yet. The decompressor picks it, moves the image by a
-multiple of 2 MiB and jumps to ``startup_64`` at the *physical* address, which
-switches to the kernel's own page tables and enters C at ``x86_64_start_kernel``
-at its final *virtual* address. That function is the first C code that runs at
-a virtual address (everything before it runs identity-mapped, where no virtual
-probe of kswgdb could fire anyway, KASLR or not).
+multiple of 2 MiB, fixes its absolute references and jumps to ``startup_64`` at
+the *physical* address; everything up to the switch to the kernel's own page
+tables runs identity-mapped, where no virtual probe of kswgdb could fire anyway,
+KASLR or not. Then ``secondary_startup_64`` jumps to its virtual address, loads
+the init stack and pushes on it, before any C code (``early_setup_idt``,
+``x86_64_start_kernel``) runs there.
 
-So a breakpoint is put on ``x86_64_start_kernel + k * 2 MiB`` for every slide
-the kernel image range allows (about 480 for Debian's kernel): under TCG a
-gdbstub breakpoint is a virtual PC compare that needs no mapping, so these can
-be inserted at reset. The one that stops gives the slide; the others go before
-the engine arms its probes at the guest's addresses. No help from the guest, no
-``nokaslr``, and ``nokaslr`` is simply slide 0. The bytes at the stop are
-compared with the file's: another kernel than the symbol file gives "symbols
-do not match", not a wrong slide. The physical slide is read from the
-kernel's ``phys_base`` (set by ``__startup_64`` before this point).
+So the search is one write watchpoint over the whole kernel map (1 GiB at
+``__START_KERNEL_map``), inserted at reset: nothing touches those addresses
+until the kernel's first write at its virtual addresses stops the guest. The
+code at that stop names the slide: exactly one 2 MiB slot of the file has the
+same bytes at ``pc - slide`` (`slide_at`). The watchpoint goes before the
+engine arms its probes at the guest's addresses. No help from the guest, no
+``nokaslr``, and ``nokaslr`` is simply slide 0. The entry function's bytes at
+the slid address are compared with the file's too: another kernel than the
+symbol file gives "symbols do not match", not a wrong slide. The physical slide
+is read from the kernel's ``phys_base`` (set by ``__startup_64`` before this).
 
-KVM inserts a software breakpoint by writing ``int3`` through the guest's page
-tables, which do not map these addresses at reset: the search is TCG-only and
-`find_slide` says so (no KVM on this project's machines boots a Debian kernel).
+Why one watchpoint and not a breakpoint at every slot (the first design): about
+the same QEMU CPU time on Debian's kernel (bench/kaslr_search.py), but 2 packets
+instead of ~970, a cost that does not grow with the slots (TCG compares every
+breakpoint at every translation-block lookup; a watchpoint costs only on the
+pages it covers, which nothing touches before the stop), and no dependence on
+which function the kernel enters first.
+
+KVM's debug registers cannot watch 1 GiB, and a software breakpoint is written
+as ``int3`` through page tables that do not map these addresses at reset: the
+search is TCG-only and `find_slide` says so (no KVM on this project's machines
+boots a Debian kernel).
 """
 
 from __future__ import annotations
@@ -31,15 +41,23 @@ from dataclasses import dataclass, replace
 
 from kswgdb.errors import InfraError, KswError
 from kswgdb.symbols.program import Program
-from kswgdb.symbols.slide import KERNEL_MAP_END, SLIDE_ALIGN, KernelSlide, slid_program
+from kswgdb.symbols.slide import (
+    KERNEL_MAP_END,
+    KERNEL_MAP_START,
+    SLIDE_ALIGN,
+    KernelSlide,
+    slid_program,
+)
 from kswgdb.watch.engine import EngineResult
 from kswgdb.watch.spec import ArmSpec, GuardSource
 from kswgdb.watch.target import Target
 
 #: The first C function Linux runs at its virtual address, then a fallback.
 ENTRY_FUNCTIONS = ("x86_64_start_kernel", "start_kernel")
-#: Bytes of the entry function compared with the file at the stop.
+#: Bytes compared with the file at the stop (its PC) and at the entry function.
 CHECK_BYTES = 16
+#: The search's one write watchpoint covers the whole kernel map.
+MAP_LENGTH = KERNEL_MAP_END - KERNEL_MAP_START
 
 
 @dataclass
@@ -73,22 +91,31 @@ def candidate_slides(program: Program) -> range:
     return range(0, max(KERNEL_MAP_END - end, 0) + 1, SLIDE_ALIGN)
 
 
+def slide_at(program: Program, pc: int, code: bytes, slides: range) -> int | None:
+    """The one slide under which the file has the guest's ``code`` at ``pc`` (None: no
+    slide or several do): the kernel's own bytes name where it runs."""
+    found = []
+    for slide in slides:
+        try:
+            if program.symtab.read_bytes(pc - slide, len(code)) == code:
+                found.append(slide)
+        except KswError:
+            continue
+    return found[0] if len(found) == 1 else None
+
+
 def find_slide(target: Target, program: Program, accel: str, deadline: float,
                should_stop: Callable[[], bool] | None = None,
                poll: float = 0.25) -> SlideSearch:
-    """Run the paused guest to its entry function and return the slide (see module doc).
-
-    ``program`` is the file's view. Leaves the guest stopped at the entry
-    function with every search breakpoint removed (queued on the target).
-    """
+    """Run the paused guest until the kernel first writes at a kernel-map address and
+    return the slide (see module doc). ``program`` is the file's view. Leaves the guest
+    stopped there with the search's watchpoint removed (queued on the target)."""
     started = time.monotonic()
     if accel != "tcg":
         raise InfraError(f"a Linux guest under {accel}: the KASLR slide is only found "
                          "under TCG (use --accel tcg)")
-    name, entry = entry_function(program)
-    points = {entry + slide: slide for slide in candidate_slides(program)}
-    for addr in points:
-        target.set_breakpoint(addr)
+    slides = candidate_slides(program)
+    target.set_watchpoint(KERNEL_MAP_START, MAP_LENGTH)
     target.resume()
     while True:
         now = time.monotonic()
@@ -103,21 +130,31 @@ def find_slide(target: Target, program: Program, accel: str, deadline: float,
             return SlideSearch(None, "exit", detail=stop.detail,
                                exit_status=stop.exit_status,
                                seconds=time.monotonic() - started)
-        if stop.pc in points:
+        if stop.watch_addr is not None:
             break
         target.resume()     # not ours (cannot happen at boot): carry on
-    for addr in points:
-        target.clear_breakpoint(addr)
-    slide = points[stop.pc]
+    target.clear_watchpoint(KERNEL_MAP_START, MAP_LENGTH)
     seconds = time.monotonic() - started
+    read_through = getattr(target, "read_through", None)
+    if read_through is not None:
+        read_through(stop.thread)   # the booting vCPU's page tables map the kernel
+    code = target.read(stop.pc, CHECK_BYTES)
+    slide = slide_at(program, stop.pc, code, slides)
+    name, entry = entry_function(program)
+    if slide is None:
+        return SlideSearch(None, "mismatch", seconds=seconds, detail=(
+            f"the kernel's first write at its virtual addresses came from {stop.pc:#x} "
+            f"({code.hex()}), code found at no single KASLR slot of {program.path.name}: "
+            "the symbols do not match the running kernel"))
     want = program.symtab.read_bytes(entry, CHECK_BYTES)
-    got = target.read(stop.pc, CHECK_BYTES)
+    got = target.read(entry + slide, CHECK_BYTES)
     if got != want:
         return SlideSearch(None, "mismatch", seconds=seconds, detail=(
-            f"the guest's {name} at {stop.pc:#x} holds {got.hex()}, {program.path.name} "
-            f"has {want.hex()}: the symbols do not match the running kernel"))
+            f"the guest's {name} at {entry + slide:#x} holds {got.hex()}, "
+            f"{program.path.name} has {want.hex()}: the symbols do not match the running "
+            "kernel"))
     return SlideSearch(KernelSlide(slide, _physical_slide(target, program, slide),
-                                   f"stopped at {name}"), seconds=seconds)
+                                   "first kernel-map write"), seconds=seconds)
 
 
 def _physical_slide(target: Target, program: Program, slide: int) -> int | None:

@@ -33,6 +33,12 @@ def test_scenario_verdict_and_exit(n: int, machine: MachineFactory,
     assert meta is not None, f"images/kswtest.toml has no [scenarios.{n}]"
     name = meta["name"]
     m = machine(scenario=n, paused=False)
+    if meta.get("ends") == "wedge":
+        # It stops every timer and halts: it never exits, and says so first.
+        m.wait_for(rf"^KSWTEST wedge scenario={n} name={re.escape(name)} ", SCENARIO_TIMEOUT)
+        gone = m.wait_exit(2.0)
+        assert gone.kind == "timeout", gone
+        return
     gone = m.wait_exit(SCENARIO_TIMEOUT)
     lines = m.console.lines()
     assert gone.kind == "debug-exit", f"{gone}\n" + "\n".join(lines[-20:])

@@ -25,6 +25,9 @@ from kswgdb.symbols.program import Program
 from kswgdb.watch.scenarios import scenario_watch
 from tests.integration.test_watch_scenarios import CORRUPT, assert_caught_like_truth
 
+#: Independent of the QEMU under test: `make test` runs it once, not per QEMU version.
+pytestmark = [pytest.mark.integration, pytest.mark.one_qemu]
+
 DETERMINISTIC = [0, 1, 2, 3, 5, 7]
 COUNTS = ("calls", "armed", "skipped_depth", "returns", "stale", "hits")
 

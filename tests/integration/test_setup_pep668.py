@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+#: Independent of the QEMU under test: `make test` runs it once, not per QEMU version.
+pytestmark = [pytest.mark.integration, pytest.mark.one_qemu]
+
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 #: What the Makefile's recipes run; everything else (qemu, gdb, gcc) is left off PATH.

@@ -22,6 +22,9 @@ import pytest
 import kswgdb
 from kswgdb.image import IMAGES_DIR
 
+#: Independent of the QEMU under test: `make test` runs it once, not per QEMU version.
+pytestmark = [pytest.mark.integration, pytest.mark.one_qemu]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -135,7 +135,7 @@ def _assert_syscall_backtrace(hit, func: str, report) -> None:
 
 def _assert_kaslr_found(report, tmp_path: Path) -> None:
     """The image boots with KASLR: the slide was found at the entry, 2 MiB aligned, logged."""
-    assert report.slide is not None and report.slide.found_by == "stopped at x86_64_start_kernel"
+    assert report.slide is not None and report.slide.found_by == "first kernel-map write"
     assert report.slide.virtual % 0x20_0000 == 0 and report.slide.physical is not None
     start = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[0])
     assert start["event"] == "start" and start["kaslr_slide"] == report.slide.virtual

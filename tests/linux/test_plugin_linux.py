@@ -34,7 +34,9 @@ def test_plugin_watches_a_hot_path_with_no_false_positive() -> None:
     watch = build_listing(Program.load(image.symbols), "do_sys_openat2").suggested_config
     assert watch
     report = PluginRun(RunOptions(image=image.path, watches=[watch], timeout=300,
-                                  cmdline=f"-- {WORKLOAD}"), qemu=qemu).run()
+                                  # The plugin engine does not find the KASLR slide
+                                  # yet (kswgdb.watch.kaslr needs the gdbstub).
+                                  cmdline=f"nokaslr -- {WORKLOAD}"), qemu=qemu).run()
     row = report.summary[0]
     print(f"\nplugin, do_sys_openat2: {watch}: {report.seconds:.1f} s: {row}")
     assert report.ended_cleanly

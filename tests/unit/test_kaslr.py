@@ -19,6 +19,7 @@ from kswgdb.watch.kaslr import (
     find_slide,
     place_kernel,
     placement_ending,
+    slide_at,
     slide_fields,
     slide_spec,
 )
@@ -47,11 +48,17 @@ def kernel(tmp_path: Path) -> Program:
     return Program(SymbolTable(path, "exec", None, symbols, regions))
 
 
+STORE_AT = TEXT + 0x40        # the kernel's first store at its virtual address ends here
+INIT_STACK_TOP = TEXT + 0x8000
+
+
 def _guest_at(fake: FakeTarget, slide: int, phys_base: int = 0x200_0000) -> None:
-    """The kernel's image in guest memory at ``slide``, about to run its entry."""
+    """The kernel's image in guest memory at ``slide``; its first kernel-map write is a
+    push on its init stack, from the code at ``STORE_AT``."""
     fake.write(TEXT + slide, CODE)
     fake.write(PHYS_BASE + slide, phys_base.to_bytes(8, "little"))
-    fake.script.append(Event("probe", pc=ENTRY + slide))
+    fake.script.append(Event("write", addr=INIT_STACK_TOP - 8 + slide, data=b"\x01" * 8,
+                             pc=STORE_AT + slide))
 
 
 def test_relocated_view_moves_kernel_addresses_and_not_per_cpu_ones(kernel: Program) -> None:
@@ -77,28 +84,44 @@ def test_candidate_slides_keep_the_image_in_the_kernel_map(kernel: Program) -> N
 
 
 @pytest.mark.parametrize("slide", [0, 0x200_0000, 0x31E0_0000])
-def test_slide_found_at_the_entry_and_every_search_breakpoint_removed(
+def test_slide_found_at_the_first_kernel_map_write_and_the_watch_removed(
         kernel: Program, slide: int) -> None:
     fake = FakeTarget()
     _guest_at(fake, slide, phys_base=(0x380_0000 - slide) & (1 << 64) - 1)
     search = find_slide(fake, kernel, "tcg", deadline=float("inf"))
     assert search.slide is not None and search.ending == ""
-    assert search.slide.virtual == slide
+    assert search.slide.virtual == slide and search.slide.found_by == "first kernel-map write"
     assert search.slide.physical == 0x380_0000        # phys_base + slide, signed
-    assert fake.breakpoints == set()                  # nothing of the search stays
+    assert fake.max_watchpoints_seen == 1             # one watch over the kernel map
+    assert fake.watchpoints == set() and fake.breakpoints == set()   # nothing stays
     assert fake.resumes == 1
+
+
+def test_the_stop_code_must_name_one_slot(kernel: Program) -> None:
+    slides = candidate_slides(kernel)
+    code = kernel.symtab.read_bytes(STORE_AT, 16)
+    assert slide_at(kernel, STORE_AT + 0x600_0000, code, slides) == 0x600_0000
+    assert slide_at(kernel, STORE_AT + 0x600_0000, b"\xcc" * 16, slides) is None
+    assert slide_at(kernel, STORE_AT + 0x600_0000, code, range(0, 0x600_0000, 0x200_0000)) \
+        is None                                     # not a slot the kernel map allows
 
 
 def test_a_kernel_whose_bytes_differ_is_a_mismatch_not_a_slide(kernel: Program) -> None:
     fake = FakeTarget()
     _guest_at(fake, 0x400_0000)
-    fake.write(ENTRY + 0x400_0000, b"\xcc" * 4)
+    fake.write(STORE_AT + 0x400_0000, b"\xcc" * 4)
     placement = place_kernel(fake, kernel, "linux", "tcg", deadline=float("inf"))
     assert not placement.found and placement.search.ending == "mismatch"
     assert "do not match the running kernel" in placement.unarmed_reason()
     assert placement.program is kernel
     ending = placement_ending(placement, [])
     assert ending is not None and ending.reason == "mismatch"
+    # The stop's code found, but the entry function is another kernel's.
+    fake = FakeTarget()
+    _guest_at(fake, 0x400_0000)
+    fake.write(ENTRY + 0x400_0000, b"\xcc" * 4)
+    placement = place_kernel(fake, kernel, "linux", "tcg", deadline=float("inf"))
+    assert "x86_64_start_kernel at 0xffffffff85000100 holds cc" in placement.unarmed_reason()
 
 
 def test_guest_ending_before_the_entry_names_the_symbols(kernel: Program) -> None:
@@ -142,7 +165,7 @@ def test_specs_move_with_the_slide() -> None:
 def test_poll_hints_map_the_kernel_image_at_both_slides(kernel: Program) -> None:
     from kswgdb.symbols.slide import KernelSlide
     from kswgdb.watch.kernelmap import kernel_map
-    slide = KernelSlide(0x3000_0000, 0x360_0000, "stopped at x86_64_start_kernel")
+    slide = KernelSlide(0x3000_0000, 0x360_0000, "first kernel-map write")
     kmap = kernel_map("linux", slid_program(kernel, slide.virtual), slide)
     assert kmap is not None and "KASLR slide +0x30000000" in kmap.what
     phys = (VICTIM - 0xFFFF_FFFF_8000_0000) + 0x360_0000       # victim's physical byte
@@ -160,3 +183,4 @@ def test_gdb_is_told_the_slide() -> None:
     assert gdb_symbols("vmlinux", KernelSlide(0, 0, "stopped")) == "vmlinux"
     assert gdb_symbols("vmlinux", KernelSlide(0x200000, 0, "stopped")) == \
         "-ex 'symbol-file -o 0x200000 vmlinux'"
+

@@ -12,6 +12,7 @@ import pytest
 
 from kswgdb import commands
 from kswgdb.cli import main
+from kswgdb.qemu import reaper
 from kswgdb.qemu.accel import AccelDecision
 from kswgdb.symbols.slide import KernelSlide
 from kswgdb.watch.engine import Engine, EngineResult
@@ -95,7 +96,7 @@ def _report(hits: int = 0, unarmed: tuple[str, ...] = ()) -> SimpleNamespace:
         verdict=None, vmcore=None, poll_vmcores=[], hits=[object()] * hits,
         hit_count=hits, poll_hits=[],
         fault=None, unarmed=list(unarmed), symbols=None, pool="",
-        slide=KernelSlide(0x3000_0000, None, "stopped at x86_64_start_kernel"))
+        slide=KernelSlide(0x3000_0000, None, "first kernel-map write"))
 
 
 @pytest.mark.parametrize(("hits", "unarmed", "allow", "status"), [
@@ -116,6 +117,7 @@ def test_exit_status_4_unless_allowed(monkeypatch, capsys, hits, unarmed, allow,
             return _report(hits, unarmed)
 
     monkeypatch.setattr(commands, "WatchSession", Session)
+    monkeypatch.setattr(reaper, "_signalled", None)     # another test's signal, not ours
     argv = ["run", "--watch", "fn=f", "--log", "/dev/null"] + (["--allow-unarmed"] if allow else [])
     assert main(argv) == status
     captured = capsys.readouterr()
