@@ -210,3 +210,17 @@ def test_a_signal_stops_every_guest_and_writes_the_partial_summary(tmp_path: Pat
     assert summary["counts"]["stopped"] >= 1
     assert summary["counts"]["runs"] < 6
     run.assert_no_qemu_left(summary)
+
+
+def test_on_hit_freeze_keeps_one_vmcore_per_signature(tmp_path: Path) -> None:
+    run = Campaign(tmp_path, "--jobs", "2", "--runs", "2", "--on-hit", "freeze", seed=47000)
+    assert run.finish(400) == 1, run.stderr()
+    summary = run.summary()
+    [sig] = summary["signatures"]
+    kept = Path(sig["vmcore"])
+    assert kept.is_file() and kept.stat().st_size > 1 << 20
+    assert sorted(p.name for p in run.dir.rglob("*.elf")) == [kept.name]
+    other = next(r for r in summary["runs"] if r["index"] != sig["first"]["run"])
+    assert other["status"] == "caught" and not Path(other["vmcore"]).exists()
+    assert other["vmcore_dropped"] == f"same signature as run {sig['first']['run']}"
+    run.assert_no_qemu_left(summary)
