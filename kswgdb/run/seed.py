@@ -8,6 +8,8 @@ this one function, so a campaign's run is replayed by ``run --seed`` exactly.
 
 from __future__ import annotations
 
+from kswgdb.qemu.guestcmd import SEPARATOR, split_command
+
 #: The environment variable a Linux guest's init (and the reproducer it starts) sees.
 LINUX_SEED_VARIABLE = "KSWGDB_SEED"
 
@@ -20,7 +22,10 @@ def seed_word(guest: str, seed: int) -> str:
 
 
 def seeded_cmdline(cmdline: str, guest: str, seed: int | None) -> str:
-    """``cmdline`` with the seed word last (the last word wins in both guests)."""
+    """``cmdline`` with the seed word after the kernel's words (the last word wins in
+    both guests) and before a Linux guest's `` -- COMMAND`` (which is not the kernel's)."""
     if seed is None:
         return cmdline
-    return " ".join(w for w in (cmdline, seed_word(guest, seed)) if w)
+    kernel, command = split_command(cmdline)
+    words = " ".join(w for w in (kernel, seed_word(guest, seed)) if w)
+    return f"{words}{SEPARATOR}{command}" if command is not None else words

@@ -106,6 +106,10 @@ def test_the_seed_word_per_guest():
     assert seeded_cmdline("runs=3", "kswtest", 7) == "runs=3 seed=7"
     assert seeded_cmdline("quiet", "linux", 7) == "quiet KSWGDB_SEED=7"
     assert seeded_cmdline("runs=3", "kswtest", None) == "runs=3"
+    # A Linux guest's command after " -- " stays the command; the seed is the kernel's.
+    assert seeded_cmdline("nokaslr -- ./repro --loops 9", "linux", 7) == \
+        "nokaslr KSWGDB_SEED=7 -- ./repro --loops 9"
+    assert seeded_cmdline("-- ./repro", "linux", 7) == "KSWGDB_SEED=7 -- ./repro"
 
 
 def test_the_replay_line_parses_back_to_the_template_with_the_seed(tmp_path):
