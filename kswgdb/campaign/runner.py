@@ -62,6 +62,14 @@ class Campaign:
             self._absorb(self.pool.close())
             self.write_summary(signalled)
             raise
+        except Exception as exc:
+            # Not a run's failure (those are recorded) but the campaign's own: every
+            # guest is stopped and what was found so far is still written, then it goes up.
+            interrupted = True
+            self.ending = f"failed: {' '.join(str(exc).split()) or type(exc).__name__}"
+            self._absorb(self.pool.close())
+            self.write_summary(int(ExitStatus.INFRA))
+            raise
         finally:
             if not interrupted:
                 self._absorb(self.pool.close())

@@ -294,3 +294,18 @@ def test_the_image_is_checked_by_content_on_the_worker(tmp_path):
     outcome = run_on_worker(job, digests, [])
     assert (outcome["status"], outcome["index"], outcome["seed"]) == ("failed", 3, 9)
     assert "has no" in outcome["reason"]
+
+
+def test_a_failure_of_the_campaign_itself_still_stops_runs_and_writes_the_summary(tmp_path):
+    pool = FakePool(["caught"] * 10)
+    c, _ = campaign(tmp_path, pool, runs=10, jobs=2)
+
+    def broken(_c):
+        raise OSError("disk full")
+
+    c.on_progress = broken
+    with pytest.raises(OSError):
+        c.run()
+    summary = json.loads((c.dir.path / "summary.json").read_text())
+    assert summary["ending"] == "failed: disk full" and summary["exit_status"] == 3
+    assert not pool.running
