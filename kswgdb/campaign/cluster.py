@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from typing import Any
 from kswgdb.campaign.worker import RunJob
 from kswgdb.errors import BadInput
 
+#: A run's temporary directory on a worker: PREFIX + the worker's pid + "-" + random.
+RUN_DIR_PREFIX = "kswgdb-cluster-run-"
 #: How often a worker looks for the campaign's stop event.
 STOP_POLL = 0.5
 
@@ -68,7 +71,8 @@ def run_on_worker(job: RunJob, digests: dict[str, str], stop_events: list[str]) 
         return {**dataclasses.asdict(RunOutcome(job.index, job.seed, "failed", 3,
                                                 reason=problem)), "log_text": ""}
     stop = _AnyEvent([Event(name) for name in stop_events])
-    with tempfile.TemporaryDirectory(prefix="kswgdb-cluster-run-") as tmp:
+    sweep_lost_runs()
+    with tempfile.TemporaryDirectory(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-") as tmp:
         local = replace(job, log_path=Path(tmp) / "events.jsonl")
         outcome = _run_child(local, stop)
         outcome["log_text"] = _read(local.log_path)
@@ -124,6 +128,14 @@ def _run_child(job: RunJob, stop: Any) -> dict:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def sweep_lost_runs() -> None:
+    """Remove the run directories of worker processes that died mid-run (SIGKILL)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid = path.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _read(path: Path) -> str:

@@ -309,3 +309,19 @@ def test_a_failure_of_the_campaign_itself_still_stops_runs_and_writes_the_summar
     summary = json.loads((c.dir.path / "summary.json").read_text())
     assert summary["ending"] == "failed: disk full" and summary["exit_status"] == 3
     assert not pool.running
+
+
+def test_a_dead_workers_run_directory_is_swept(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from kswgdb.campaign import cluster
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{cluster.RUN_DIR_PREFIX}{2**22 + 12345}-abc"   # above any pid_max
+    live = tmp_path / f"{cluster.RUN_DIR_PREFIX}{os.getpid()}-abc"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "events.jsonl").write_text("{}")
+    cluster.sweep_lost_runs()
+    assert not dead.exists() and live.exists()
