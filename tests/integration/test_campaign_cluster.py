@@ -27,6 +27,8 @@ except ImportError:   # a failure, not a skip: a missing engine must never turn 
                 pytrace=False)
 
 WATCH = "fn=s3_victim fo=0x23"
+#: The cluster's plumbing does not depend on the QEMU version (test_campaign.py runs on both).
+pytestmark = pytest.mark.one_qemu
 
 
 @pytest.fixture(scope="module")
