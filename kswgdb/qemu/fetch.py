@@ -157,7 +157,8 @@ def cache_dir() -> Path:
 
 
 def located(cache: Path | None = None) -> Qemu10:
-    return Qemu10(cache or cache_dir())
+    """The pieces of ``cache`` (default `cache_dir`), as absolute paths (apt needs them)."""
+    return Qemu10((cache or cache_dir()).resolve())
 
 
 def _run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -186,9 +187,10 @@ def debian_sources(parts: Path = SYSTEM_SOURCE_PARTS) -> list[str]:
             fields = dict(re.findall(r"^([\w-]+):\s*(.*)$", stanza, re.M))
             if ("deb" in fields.get("Types", "").split() and fields.get("Signed-By") == KEYRING
                     and fields.get("Enabled", "yes") != "no"):
-                for uri in fields.get("URIs", "").split():
-                    lines.append(f"deb [signed-by={KEYRING}] {uri} {fields.get('Suites', '')} "
-                                 f"{fields.get('Components', 'main')}")
+                lines += [f"deb [signed-by={KEYRING}] {uri} {suite} "     # one suite a line
+                          f"{fields.get('Components', 'main')}"
+                          for uri in fields.get("URIs", "").split()
+                          for suite in fields.get("Suites", "").split()]
     return lines
 
 
@@ -218,7 +220,8 @@ class PrivateApt:
             (root / sub).mkdir(parents=True, exist_ok=True)
         system = [] if os.environ.get("KSWGDB_DEBIAN_MIRROR") else debian_sources(parts)
         mirror = mirror_of(system)
-        base = system or [f"deb [signed-by={KEYRING}] {mirror} bookworm bookworm-updates main"]
+        base = system or [f"deb [signed-by={KEYRING}] {mirror} {suite} main"
+                          for suite in ("bookworm", "bookworm-updates")]
         self.sources = root / "etc" / "sources.list"
         self.sources.write_text("\n".join([
             *base,
@@ -385,9 +388,28 @@ def fetch_plugin_headers(got: Qemu10, apt: PrivateApt, version: str) -> None:
                     check=False).stdout.strip()
         if not glib:
             raise FetchError(f"{GLIB_RUNTIME} is not installed: QEMU could not run here")
-        _say(f"apt-get download {GLIB_DEV}={glib}")
-        unpack(_download(apt.updated(), got.cache / "glib-debs", {GLIB_DEV: glib}),
-               got.glib_root)
+        unpack(_download(apt.updated(), got.cache / "glib-debs",
+                         {GLIB_DEV: glib_dev_version(apt, glib)}), got.glib_root)
+
+
+def glib_dev_version(apt: PrivateApt, installed: str) -> str:
+    """``installed`` if the archive still has it, else the newest it has of the same GLib.
+
+    The archive keeps only the latest point release of a suite, so a host not
+    upgraded since may run a GLib whose -dev package is gone; the headers of the
+    same upstream version are what the plugin needs.
+    """
+    rows = ([p.strip() for p in line.split("|")]
+            for line in apt.cache("madison", GLIB_DEV).splitlines())
+    have = [r[1] for r in rows if len(r) >= 3 and "Sources" not in r[2]]
+    if installed in have:
+        return installed
+    same = [v for v in have if v.split("-", 1)[0] == installed.split("-", 1)[0]]
+    if not same:
+        raise FetchError(f"no {GLIB_DEV} for GLib {installed} (the archive has: "
+                         f"{', '.join(have) or 'none'})")
+    _say(f"{GLIB_DEV} {installed} is gone from the archive; using {same[0]} (same GLib)")
+    return same[0]
 
 
 def _fetch_plugin_header(got: Qemu10, apt: PrivateApt, version: str) -> None:

@@ -79,8 +79,10 @@ def test_only_debians_own_sources_are_copied(tmp_path):
         "Types: deb\nURIs: ar+https://vendor.example/apt\nSuites: stable\nComponents: main\n"
         "Signed-By: /usr/share/keyrings/vendor.gpg\n")
     entries = qf.debian_sources(tmp_path)
-    assert [e.split()[2] for e in entries] == ["http://mirror.example/debian",
-                                               "http://mirror.example/debian-security"]
+    assert [e.split(maxsplit=2)[2] for e in entries] == [
+        "http://mirror.example/debian bookworm main",
+        "http://mirror.example/debian bookworm-updates main",
+        "http://mirror.example/debian-security bookworm-security main"]
     assert qf.mirror_of(entries) == "http://mirror.example/debian"
 
 
@@ -161,3 +163,24 @@ def test_headers_are_fetched_only_when_asked(tmp_path, monkeypatch):
 @pytest.mark.parametrize("stamp", ["", "kswgdb-qemu10 0\n1:10.0.2\n", f"{qf.STAMP_FORMAT}\n"])
 def test_an_old_or_partial_stamp_means_fetch_again(tmp_path, stamp):
     assert not ready_cache(tmp_path, stamp).ready()
+
+
+GLIB_MADISON = """\
+libglib2.0-dev | 2.74.6-2+deb12u9 | http://deb.debian.org/debian bookworm/main amd64 Packages
+libglib2.0-dev | 2.74.6-2+deb12u2 | http://sec.example/ bookworm-security/main amd64 Packages
+   glib2.0 | 2.74.6-2+deb12u6 | http://deb.debian.org/debian bookworm-backports/main Sources
+"""
+
+
+def test_glib_headers_follow_the_installed_glib():
+    assert qf.glib_dev_version(FakeApt(GLIB_MADISON), "2.74.6-2+deb12u2") == "2.74.6-2+deb12u2"
+
+
+def test_a_superseded_glib_takes_the_newest_of_the_same_upstream(capsys):
+    assert qf.glib_dev_version(FakeApt(GLIB_MADISON), "2.74.6-2+deb12u8") == "2.74.6-2+deb12u9"
+    assert "is gone from the archive" in capsys.readouterr().err
+
+
+def test_no_glib_of_the_same_upstream_is_an_error():
+    with pytest.raises(qf.FetchError, match="2.74.6-2"):
+        qf.glib_dev_version(FakeApt(GLIB_MADISON), "2.80.0-6")
