@@ -47,7 +47,7 @@ $(IMAGE): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/tools/*.py) 
 # less what does not depend on the QEMU version (packaging, the plugin engine: one_qemu).
 test: setup guest image-linux qemu10
 	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
-	KSWGDB_QEMU=$(CURDIR)/$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider \
+	KSWGDB_QEMU=$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider \
 		-m "not one_qemu" tests/integration
 
 unit: setup
@@ -81,23 +81,24 @@ $(LINUX_STAMP): images/linux/build.py images/linux/init | $(STAMP)
 test-linux: setup image-linux
 	KSWGDB_LINUX_TESTS=1 $(PYTHON) -m pytest -q -s -p no:cacheprovider tests/linux
 
-# QEMU 10.0 from Debian's bookworm-backports packages, unpacked into tools/qemu/cache/10.0
-# with a private apt state (nothing installed, the system's apt state untouched). The
-# integration suite runs against it as well as against the system's QEMU (7.2 on
-# Debian 12); docs/qemu-versions.md says what differs.
-QEMU10_DIR   := tools/qemu/cache/10.0
-QEMU10       := $(QEMU10_DIR)/bin/qemu-system-x86_64
-QEMU10_STAMP := $(QEMU10_DIR)/.stamp
+# QEMU 10.0 from Debian's bookworm-backports packages, unpacked into build/qemu10 (or
+# $KSWGDB_QEMU10_DIR) with a private apt state (nothing installed, the system's apt state
+# untouched) by kswgdb.qemu.fetch, which writes the stamp once the binary is checked.
+# The integration suite runs against it as well as against the system's QEMU (7.2 on
+# Debian 12; docs/qemu-versions.md says what differs), and the TCG plugin engine's tests
+# use the same cache (exported below), adding the plugin's headers to it on first use.
+export KSWGDB_QEMU10_DIR := $(abspath $(or $(KSWGDB_QEMU10_DIR),build/qemu10))
+QEMU10       := $(KSWGDB_QEMU10_DIR)/bin/qemu-system-x86_64
+QEMU10_STAMP := $(KSWGDB_QEMU10_DIR)/.stamp
 qemu10: $(QEMU10_STAMP)
-$(QEMU10_STAMP): tools/qemu/fetch.py
-	$(SYSTEM_PYTHON) tools/qemu/fetch.py --dest $(QEMU10_DIR)
-	@touch $@
+$(QEMU10_STAMP): | $(STAMP)
+	$(PYTHON) -m kswgdb.qemu.fetch
 
 # The test-kernel integration suite against QEMU 10.0 (also part of `make test`).
 integration-qemu10: setup guest qemu10
-	KSWGDB_QEMU=$(CURDIR)/$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	KSWGDB_QEMU=$(QEMU10) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 clean:
 	$(MAKE) -C guest clean
-	rm -rf images/linux/cache images/linux/out tools/qemu/cache
+	rm -rf images/linux/cache images/linux/out build/qemu10
 	rm -rf $(VENV) .setup.stamp

@@ -12,7 +12,7 @@ times, no corruption). Debian kernel (``--linux``, images/linux.toml, built by
 by rep (order rotating; the machine is shared and noisy):
 
   alone     QEMU 7.2 (the system's), no debugger
-  alone10   QEMU 10.0 (kswgdb.plugin.fetch), no plugin
+  alone10   QEMU 10.0 (kswgdb.qemu.fetch), no plugin
   plugin    QEMU 10.0 + kswplugin.so with the watch: every call probed, armed,
             its stores checked, released, all inside QEMU
   unarmed   the plugin with the same watch at ``dp=5``: every call probed and
@@ -57,8 +57,8 @@ import armed_call as ac  # noqa: E402  (its console stamping applies to every Ma
 
 from kswgdb import image as image_mod  # noqa: E402
 from kswgdb.plugin.build import build  # noqa: E402
-from kswgdb.plugin.fetch import Qemu10, fetch  # noqa: E402
 from kswgdb.plugin.runner import PluginRun  # noqa: E402
+from kswgdb.qemu.fetch import Qemu10, fetch  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.run.oneshot import WatchSession  # noqa: E402
 from kswgdb.run.options import RunOptions  # noqa: E402
@@ -154,8 +154,7 @@ def linux_kernel(func: str) -> Workload:
 def run_alone(work: Workload, qemu: Qemu10 | None, iters: int, timeout: float) -> ac.Run:
     """The guest with no debugger, on QEMU 7.2 (``qemu`` None) or QEMU 10."""
     run = ac.Run("alone" if qemu is None else "alone10")
-    extra = {} if qemu is None else {"qemu_binary": str(qemu.binary),
-                                     "extra_args": ("-L", str(qemu.datadir))}
+    extra = {} if qemu is None else {"qemu_binary": str(qemu.binary)}
     c0 = ac._children_cpu()
     with Machine(work.image, accel="tcg", scenario=work.scenario,
                  extra_cmdline=work.cmdline(iters), paused=False, gdb=False, **extra) as m:

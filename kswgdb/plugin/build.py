@@ -2,10 +2,10 @@
 
 A TCG plugin must be built against the ``qemu-plugin.h`` of that QEMU (QEMU
 refuses a plugin whose API version it does not support), so the object is
-built on the user's machine by gcc, next to the fetched header
-(`kswgdb.plugin.fetch`), and rebuilt whenever the source or the header
-changes. No GLib library is linked: the plugin's GLib symbols are resolved in
-the QEMU process that loads it.
+built on the user's machine by gcc, in QEMU 10's cache next to the header
+(fetched there by `kswgdb.qemu.fetch` the first time), and rebuilt whenever
+the source or the header changes. No GLib library is linked: the plugin's GLib
+symbols are resolved in the QEMU process that loads it.
 
 Usage: python3 -m kswgdb.plugin.build
 """
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kswgdb.plugin.fetch import FetchError, Qemu10, fetch
+from kswgdb.qemu.fetch import FetchError, Qemu10, fetch
 
 SOURCE = Path(__file__).resolve().parent / "kswplugin.c"
 CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11",
@@ -35,12 +35,15 @@ def _stamp(qemu: Qemu10) -> str:
 
 def plugin_path(qemu: Qemu10) -> Path:
     """Where the built object for this source and header lives."""
-    return qemu.include.parent / "plugin" / f"kswplugin-{_stamp(qemu)}.so"
+    return qemu.cache / "plugin" / f"kswplugin-{_stamp(qemu)}.so"
 
 
 def build(qemu: Qemu10 | None = None) -> Path:
-    """The plugin's ``.so`` for ``qemu``, compiled if it is not there yet."""
-    qemu = qemu or fetch()
+    """The plugin's ``.so`` for ``qemu``, compiled if it is not there yet.
+
+    The headers are fetched into ``qemu``'s cache first if they are not there.
+    """
+    qemu = fetch(qemu.cache if qemu else None, plugin_headers=True)
     out = plugin_path(qemu)
     if out.exists():
         return out

@@ -27,8 +27,8 @@ from kswgdb.errors import InfraError
 from kswgdb.plugin import protocol
 from kswgdb.plugin.args import plugin_args, plugin_option
 from kswgdb.plugin.build import build
-from kswgdb.plugin.fetch import Qemu10, fetch
 from kswgdb.qemu.exitstatus import GuestExit
+from kswgdb.qemu.fetch import Qemu10, fetch
 from kswgdb.qemu.machine import Machine
 from kswgdb.qemu.rundir import owned_tempdir
 from kswgdb.run.options import RunOptions
@@ -214,7 +214,7 @@ class PluginRun:
             args = plugin_args(s.specs, s.layout, str(path), pool=pool,
                                freeze=opts.on_hit == "freeze", task_exit=self._task_exit())
             args += self.plugin_extra
-            extra = ("-L", str(self.qemu.datadir), "-plugin", plugin_option(str(self.plugin), args))
+            extra = ("-plugin", plugin_option(str(self.plugin), args))
             with Machine(s.image, accel="tcg", scenario=opts.scenario, extra_cmdline=opts.cmdline,
                          paused=True, gdb=False, qemu_binary=str(self.qemu.binary),
                          extra_args=extra) as machine:

@@ -7,7 +7,7 @@ report the same hits (writer instruction, watched slot, old and new bytes,
 depth) and the same counts; in the multi-task scenario each engine's hits
 must match the guest's own ground truth; in the clean scenario neither may
 report anything. QEMU 10 and the plugin header are fetched from Debian's
-packages on first use (`kswgdb.plugin.fetch`); without them the tests fail,
+packages on first use (`kswgdb.qemu.fetch`); without them the tests fail,
 saying why.
 """
 
@@ -17,8 +17,8 @@ import pytest
 
 from kswgdb import image as image_mod
 from kswgdb.plugin.build import build
-from kswgdb.plugin.fetch import FetchError, fetch
 from kswgdb.plugin.runner import PluginReport, PluginRun
+from kswgdb.qemu.fetch import FetchError, fetch
 from kswgdb.run.oneshot import RunReport, WatchSession
 from kswgdb.run.options import RunOptions
 from kswgdb.symbols.program import Program

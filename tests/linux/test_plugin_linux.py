@@ -12,8 +12,8 @@ import pytest
 from kswgdb.image import IMAGES_DIR
 from kswgdb.image import load as load_image
 from kswgdb.plugin.build import build
-from kswgdb.plugin.fetch import FetchError, fetch
 from kswgdb.plugin.runner import PluginRun
+from kswgdb.qemu.fetch import FetchError, fetch
 from kswgdb.run.options import RunOptions
 from kswgdb.symbols.listing import build_listing
 from kswgdb.symbols.program import Program

@@ -9,7 +9,6 @@ import pytest
 from kswgdb.errors import BadInput
 from kswgdb.plugin import protocol
 from kswgdb.plugin.args import MAX_SPECS, plugin_args, plugin_option, spec_args
-from kswgdb.plugin.fetch import located
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import SourceLine
 from kswgdb.watch.spec import ArmSpec, GuardSource
@@ -129,10 +128,3 @@ def test_summary_has_the_engines_shape():
     assert rows[0]["calls"] == rows[0]["armed"] + rows[0]["not_armed"] == 5
     assert rows[0]["hits"] == 0
 
-
-def test_the_cache_can_be_pointed_elsewhere(monkeypatch, tmp_path):
-    monkeypatch.setenv("KSWGDB_QEMU10_DIR", str(tmp_path))
-    got = located()
-    assert got.binary == tmp_path / "root/usr/bin/qemu-system-x86_64"
-    assert got.header == tmp_path / "include/qemu-plugin.h"
-    assert not got.ready()

@@ -146,7 +146,7 @@ class CliRun:
 def _is_machine(pid: int) -> bool:
     """A guest's QEMU, not a ``qemu-system-x86_64 -version`` run by the version check.
 
-    A QEMU wrapper script (tools/qemu/fetch.py's) execs QEMU under its own pid, so
+    A QEMU wrapper script (kswgdb.qemu.fetch's) execs QEMU under its own pid, so
     the arguments (``-name kswgdb-...``) identify the machine before and after.
     """
     try:
