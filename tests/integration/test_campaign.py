@@ -165,7 +165,9 @@ def test_until_hits_stops_the_campaign(tmp_path: Path) -> None:
 
 def test_budget_stops_the_campaign_and_the_running_guests(tmp_path: Path) -> None:
     started = time.monotonic()
-    run = Campaign(tmp_path, "--budget", "10s", "--cmdline", "runs=30", seed=44000)
+    # Each run (runs=300, about 30 s) outlasts the budget, so one is surely in flight
+    # when it is spent: with short runs the budget could fall between two runs.
+    run = Campaign(tmp_path, "--budget", "10s", "--cmdline", "runs=300", seed=44000)
     status = run.finish(400)
     took = time.monotonic() - started
     summary = run.summary()
