@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-unarmed", action="store_true",
                      help="a watch that was never armed is no failure: exit 0, not 4 "
                           "(the warning is still printed)")
+    run.add_argument("--console", action="store_true",
+                     help="stream the guest's console on stderr as it comes, each line "
+                          "prefixed '  | ' (without it: its last lines when nothing was "
+                          "caught; always in the event log)")
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
     boot.add_argument("image", nargs="?", default=None)

@@ -28,8 +28,12 @@ from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 
-#: A wedged guest's run ends with its last console lines (kswgdb.run.hang).
-HUNG, HUNG_CONSOLE_LINES = "the guest hung", 10
+#: How a wedged guest's run is said to have ended (kswgdb.run.hang).
+HUNG = "the guest hung"
+#: A run that ends without a hit, or badly, shows the guest's last console lines.
+CONSOLE_TAIL_LINES = 20
+#: The prefix of a guest console line on stderr (``--console``, and the last lines).
+CONSOLE_PREFIX = "  | "
 #: The test-kernel scenario the demo runs (3: silent corruption by another thread).
 DEMO_SCENARIO = 3
 
@@ -62,8 +66,9 @@ class TerminalSink(Sink):
     """A run's news on the terminal: hit panels on stdout (or JSONL with --json), status
     lines on stderr; the boot spinner stops when the guest runs or a hit comes."""
 
-    def __init__(self, out: Console, err: Console, json_out: bool) -> None:
-        self.out, self.err, self.json_out = out, err, json_out
+    def __init__(self, out: Console, err: Console, json_out: bool,
+                 console: bool = False) -> None:
+        self.out, self.err, self.json_out, self.show_console = out, err, json_out, console
         self.spinner = err.status("booting the guest and arming watches...", spinner="dots") \
             if not json_out and err.is_terminal else None
 
@@ -86,6 +91,10 @@ class TerminalSink(Sink):
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
+    def console(self, line: str) -> None:
+        if self.show_console:       # --console: the guest's console, live, on stderr
+            self.err.print(CONSOLE_PREFIX + line, markup=False, highlight=False, soft_wrap=True)
+
     def stop_spinner(self) -> None:
         if self.spinner is not None:
             self.spinner.stop()
@@ -94,7 +103,7 @@ class TerminalSink(Sink):
 def run_and_render(options: RunOptions, json_out: bool = False) -> int:
     out = output_console()
     err = _stderr()
-    sink = TerminalSink(out, err, json_out)
+    sink = TerminalSink(out, err, json_out, console=options.console)
     session = WatchSession(options, sink=sink)
     session.prepare()
     for resolved in session.resolved:
@@ -113,12 +122,9 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
             _render_report(so_far, options, out if not json_out else err)
         raise
     _render_report(report, options, out if not json_out else err)
+    # What the guest or QEMU said last comes first: the error stays the last line.
+    _console_tail(report, options)
     if report.fault:
-        # What QEMU or the wedged guest said last comes first: the error stays the last line.
-        if report.fault.startswith(HUNG):
-            print("the guest's last console lines:", file=sys.stderr)
-            for line in report.console_log[-HUNG_CONSOLE_LINES:]:
-                print(f"  | {line}", file=sys.stderr)
         for line in report.qemu_stderr:
             print(f"qemu: {line}", file=sys.stderr)
         if report.qemu_log is not None:
@@ -130,6 +136,24 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
             print(f"kswgdb: warning: {line}", file=sys.stderr)
     return status_of_run(report.hit_count + len(report.poll_hits), report.fault,
                          unarmed=bool(report.unarmed) and not options.allow_unarmed)
+
+
+def _console_tail(report: RunReport, options: RunOptions) -> None:
+    """The guest's last console lines on stderr when the run found nothing or failed.
+
+    A reproducer that never ran (a typo, a missing file) says so on the console
+    only: a run without a hit shows it rather than a bare "0 hit(s)". Not with
+    ``--console``, which has shown every line already.
+    """
+    caught = report.hit_count + len(report.poll_hits)
+    if options.console or not report.console_log or (
+            caught and not report.fault and not report.unarmed):
+        return
+    shown = report.console_log[-CONSOLE_TAIL_LINES:]
+    print(f"the guest's last console lines: ({len(shown)} of {len(report.console_log)}; "
+          "all of them: --console, or the log's console events)", file=sys.stderr)
+    for line in shown:
+        print(CONSOLE_PREFIX + line, file=sys.stderr)
 
 
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:

@@ -9,6 +9,8 @@
                  a rig's news goes
 - `stub_target`  `StubTarget`: the engine's `Target` over the gdbstub (host emulation,
                  queued Z2, batched reads)
+- `consolelog`   the guest's console in the event log (``console`` events, bounded) and
+                 on the sink (``--console``)
 - `faults`       which guest endings are faults (exit 3), and the hang/QMP `Watchdog`
 - `qemucrash`    QEMU's last stderr lines shown and its log kept after a fault
 - `hang`         a wedged guest told from a quiet one (its clock read through QMP), and

@@ -38,6 +38,7 @@ from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.qemu import reaper
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
+from kswgdb.run.consolelog import ConsoleRecorder
 from kswgdb.run.faults import Watchdog
 from kswgdb.run.hang import GuestClock, StallReporter, tick_physical_address
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
@@ -73,6 +74,9 @@ class Sink:
 
     def logged(self, line: str) -> None:
         """One event-log line (JSON) as written: for a JSONL echo on stdout."""
+
+    def console(self, line: str) -> None:
+        """One line of the guest's console (already in the event log), on its reader thread."""
 
 
 class _SinkEcho:
@@ -147,6 +151,7 @@ class Rig:
         self.phys: PhysWatch | None = None
         self.watchdog: Watchdog | None = None
         self._stalls: StallReporter | None = None
+        self.console_record: ConsoleRecorder | None = None
         #: Where the kernel runs (KASLR; set by `attach`), and the program, layout,
         #: specs and exit hook at the guest's addresses (the plan's when not slid).
         self.placement: KernelPlacement | None = None
@@ -196,6 +201,7 @@ class Rig:
         self._stack.callback(machine.close)
         machine.launch()
         self.machine = machine
+        self._record_console()
         if shared and (self.interactive or not self.stub):
             self._start_polls(machine)
 
@@ -214,6 +220,17 @@ class Rig:
                        **({"interactive": True} if self.interactive else {}), **extra)
         if self.phys is not None:
             self.log.write("polls", polls=self.phys.describe())
+        self._record_console()
+
+    def _record_console(self) -> None:
+        """The console into the log (`kswgdb.run.consolelog`), once ``start`` is written."""
+        if self.console_record is not None or not self._logged_start or self.machine is None:
+            return
+        assert self.log is not None
+        self.console_record = ConsoleRecorder(self.log, self.sink.console)
+        follow = getattr(self.machine.console, "follow", None)
+        if follow is not None:          # a test's fake machine may have none
+            follow(self.console_record.line)
 
     def _start_polls(self, machine: Machine) -> None:
         """Map the guest's RAM and start polling while it is still stopped."""
@@ -431,6 +448,8 @@ class Rig:
         self.summary = self.engine.summary() if self.engine is not None else []
         assert self.log is not None
         self._log_start()           # a launch that failed still leaves a whole log
+        if self.console_record is not None:
+            self.console_record.finish()
         if not self.interactive and self.stub:
             self.unarmed = run_warnings(self.summary, self.plan.module_watches, self.placement,
                                         self.result, self.plan.options.timeout)

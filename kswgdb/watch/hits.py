@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -106,6 +107,8 @@ class EventLog:
         self.path = path
         self._echo = echo
         self._fh: IO[str] | None = None
+        #: The engine, the poller and the console reader write from their own threads.
+        self._lock = threading.Lock()
         if path is not None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             os.fchmod(fd, 0o600)   # an existing log, or a loose umask, gets tightened too
@@ -119,18 +122,20 @@ class EventLog:
         self._emit(json.dumps(hit.to_json(), default=_jsonable), sync=True)
 
     def _emit(self, line: str, sync: bool) -> None:
-        for fh in (self._fh, self._echo):
-            if fh is None:
-                continue
-            fh.write(line + "\n")
-            fh.flush()
-        if sync and self._fh is not None:
-            os.fsync(self._fh.fileno())
+        with self._lock:
+            for fh in (self._fh, self._echo):
+                if fh is None:
+                    continue
+                fh.write(line + "\n")
+                fh.flush()
+            if sync and self._fh is not None:
+                os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
 
 def _jsonable(obj: Any) -> Any:

@@ -104,8 +104,15 @@ def test_normal_end_releases_everything_and_reports_through_one_sink(tmp_path, w
     assert end == {"event": "end", "reason": "exit", "fault": False,
                    "guest_exit": "debug-exit", "guest_exit_reason": "isa-debug-exit"}
     assert len(sink.hits) == 1 and sink.hits[0].writer.function == "corrupter"
-    assert [json.loads(x)["event"] for x in sink.lines][-2:] == ["summary", "end"]
+    events = [json.loads(x) for x in sink.lines]
+    assert [e["event"] for e in events][-2:] == ["summary", "end"]
     assert any(s.startswith("accelerator: tcg") for s in sink.statuses)
+    # The console is in the log, after ``start``, closed by its count before the summary.
+    names = [e["event"] for e in events]
+    console = [e["line"] for e in events if e["event"] == "console"]
+    assert console == machine.console.text and names.index("start") < names.index("console")
+    assert names[-3:] == ["console-end", "summary", "end"]
+    assert events[-3] == {"event": "console-end", "lines": 2, "logged": 2, "dropped": 0}
 
 
 def test_hit_and_freeze_keeps_a_vmcore_then_releases_everything(tmp_path, wiring):

@@ -94,7 +94,7 @@ def _report(hits: int = 0, unarmed: tuple[str, ...] = ()) -> SimpleNamespace:
         summary=[], polls=[], result=EngineResult("exit"), guest_exit=None, seconds=1.0,
         packets=0, steps=0, accel=AccelDecision("tcg", "test", "probe"), backtrace="fp",
         verdict=None, vmcore=None, poll_vmcores=[], hits=[object()] * hits,
-        hit_count=hits, poll_hits=[],
+        hit_count=hits, poll_hits=[], console_log=["KSWTEST boot"],
         fault=None, unarmed=list(unarmed), symbols=None, pool="",
         slide=KernelSlide(0x3000_0000, None, "first kernel-map write"))
 
@@ -124,6 +124,9 @@ def test_exit_status_4_unless_allowed(monkeypatch, capsys, hits, unarmed, allow,
     for line in unarmed:
         assert f"kswgdb: warning: {line}" in captured.err
     assert "kaslr slide +0x30000000" in " ".join(captured.out.split())
+    # Nothing caught, or a watch never armed: the guest's last console lines are shown.
+    shown = "  | KSWTEST boot" in captured.err.splitlines()
+    assert shown == (hits == 0 or bool(unarmed))
 
 
 def test_timeout_default_is_in_the_help(capsys) -> None:
