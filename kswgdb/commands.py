@@ -210,10 +210,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
     out = output_console()
     with Machine(img, accel=args.accel, scenario=args.scenario, extra_cmdline=args.cmdline,
                  paused=False) as machine:
-        _stderr().print(f"[dim]accelerator: {machine.accel_decision.accel} "
-                        f"({machine.accel_decision.reason})", soft_wrap=True)
+        err = _stderr()
+        err.print(f"[dim]accelerator: {machine.accel_decision.accel} "
+                  f"({machine.accel_decision.reason})", soft_wrap=True)
+        if args.console:            # live, on stderr, as `run --console` shows it
+            machine.console.follow(lambda line: err.print(
+                CONSOLE_PREFIX + line, markup=False, highlight=False, soft_wrap=True))
         ended = machine.wait_exit(args.timeout)
-        for line in machine.console.lines():
+        for line in [] if args.console else machine.console.lines():
             out.print(line, markup=False, soft_wrap=True)
         out.print(f"[dim]guest ended: {ended}", soft_wrap=True)
         if ended.kind == "timeout":
