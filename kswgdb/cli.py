@@ -139,7 +139,7 @@ def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
                         "fo dp mw so wl ac ph var; `kswgdb disasm FUNC` suggests one; "
                         "repeatable)")
     p.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
-                   help="poll guest physical memory, e.g. 'pa=0x1136a8 len=8 to=0x33' "
+                   help="poll guest physical memory, e.g. 'pa=0x1146a8 len=8 to=0x33' "
                         "(keys: pa len to from any mask region interval on-hit once; "
                         "repeatable)")
     p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 
 from rich.console import Console
 
@@ -20,9 +21,11 @@ from kswgdb.poll.poller import PollHit
 from kswgdb.render.console import output_console
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
+from kswgdb.render.statusline import StatusLine
 from kswgdb.render.summary import render_summary
 from kswgdb.run.oneshot import RunReport, WatchSession
 from kswgdb.run.options import RunOptions, default_log_path, options_from_args
+from kswgdb.run.progress import RunProgress
 from kswgdb.run.rig import Sink
 from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.hits import Hit
@@ -64,27 +67,55 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 class TerminalSink(Sink):
     """A run's news on the terminal: hit panels on stdout (or JSONL with --json), status
-    lines on stderr; the boot spinner stops when the guest runs or a hit comes."""
+    lines on stderr; the boot spinner stops when the guest runs or a hit comes, and on a
+    terminal a live status line (`kswgdb.render.statusline`) takes its place until the
+    run ends. Used as a context manager around the run: both are gone after it."""
 
     def __init__(self, out: Console, err: Console, json_out: bool,
                  console: bool = False) -> None:
         self.out, self.err, self.json_out, self.show_console = out, err, json_out, console
+        live = not json_out and err.is_terminal
         self.spinner = err.status("booting the guest and arming watches...", spinner="dots") \
-            if not json_out and err.is_terminal else None
+            if live else None
+        self.status_line: StatusLine | None = None
+        self._live = live
+
+    def __enter__(self) -> TerminalSink:
+        if self.spinner is not None:
+            self.spinner.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_spinner()
+        if self.status_line is not None:
+            self.status_line.stop()
+
+    def running(self, progress: Callable[[], RunProgress]) -> None:
+        if self._live:
+            self.status_line = StatusLine(self.err, progress)
 
     def status(self, text: str) -> None:
         self.err.print(f"[dim]{text}", soft_wrap=True)
         if text.startswith("guest running"):
             self.stop_spinner()     # the guest runs: nothing may print over a live spinner
+            if self.status_line is not None:
+                self.status_line.start()
 
     def hit(self, hit: Hit) -> None:
         if not self.json_out:
             self.stop_spinner()
-            self.out.print(render_hit(hit))
+            with self._above_status():
+                self.out.print(render_hit(hit))
 
     def poll_hit(self, hit: PollHit) -> None:
         if not self.json_out:
-            self.out.print(render_poll_hit(hit))
+            with self._above_status():
+                self.out.print(render_poll_hit(hit))
+
+    def _above_status(self) -> contextlib.AbstractContextManager:
+        """The status line off the screen while a panel goes to stdout (the same tty)."""
+        return self.status_line.paused() if self.status_line is not None \
+            else contextlib.nullcontext()
 
     def logged(self, line: str) -> None:
         if self.json_out:
@@ -112,7 +143,7 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         for warning in resolved.warnings:
             err.print(f"[yellow]warning: {warning}")
     try:
-        with sink.spinner or contextlib.nullcontext():
+        with sink:
             report = session.run()
     except (KeyboardInterrupt, SystemExit):
         # Ctrl-C, SIGTERM, SIGHUP: the run is over but what it found is not lost. The

@@ -56,11 +56,11 @@ EXAMPLES: dict[str | None, list[tuple[str, str]]] = {
     "run": [
         ("kswgdb run --scenario 3 --watch 'fn=s3_victim fo=0x23'",
          "watch s3_victim's canary; scenario 3 corrupts it from another thread"),
-        ("kswgdb run --scenario 2 --watch 'fn=s2_recurse fo=0x47 var=mark dp=3'",
+        ("kswgdb run --scenario 2 --watch 'fn=s2_recurse fo=0x2a var=mark dp=3'",
          "a local variable, at recursion depth 3"),
         ("kswgdb run --scenario 3 --watch 's3_victim+0x23' --on-hit freeze",
          "the positional form; freeze at the hit and dump a vmcore"),
-        ("kswgdb run --scenario 8 --poll 'pa=0x1136a8 len=8 to=0x33 interval=10us'",
+        ("kswgdb run --scenario 8 --poll 'pa=0x1146a8 len=8 to=0x33 interval=10us'",
          "poll physical memory for a device's DMA"),
         ("kswgdb run --scenario 6 --watch 'fn=s3_victim fo=0x23' --console --log clean.jsonl",
          "a clean run, its console streamed on stderr"),

@@ -42,6 +42,7 @@ from kswgdb.run.consolelog import ConsoleRecorder
 from kswgdb.run.faults import Watchdog
 from kswgdb.run.hang import GuestClock, StallReporter, tick_physical_address
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
+from kswgdb.run.progress import RunProgress
 from kswgdb.run.qemucrash import keep_qemu_log
 from kswgdb.run.stub_target import StubTarget
 from kswgdb.symbols.program import Program
@@ -74,6 +75,9 @@ class Sink:
 
     def logged(self, line: str) -> None:
         """One event-log line (JSON) as written: for a JSONL echo on stdout."""
+
+    def running(self, progress: Callable[[], RunProgress]) -> None:
+        """The guest is about to run: ``progress`` reads how far it got (any thread)."""
 
     def console(self, line: str) -> None:
         """One line of the guest's console (already in the event log), on its reader thread."""

@@ -80,3 +80,17 @@ def test_the_watch_example_of_the_option_help_is_accepted(capsys) -> None:
         ["run", "--scenario", "3", "--accel", "tcg", "--watch", config])))
     assert [s.text for s in plan.specs] == [config]
     plan.close()
+
+
+def test_the_poll_examples_point_at_scenario_8s_word() -> None:
+    """A poll address is a build's: the examples must follow the test kernel's symbols."""
+    from kswgdb.image import load
+    from kswgdb.symbols.program import Program
+
+    program = Program.load(load(None).symbols)
+    word = program.symtab.lookup_all("s8_zero_page")[0].addr + 0x6a8
+    examples = [argv for argv, _ in EXAMPLES["run"] if "--poll" in argv]
+    help_poll = next(a.help for a in SUBCOMMANDS.choices["run"]._actions if a.dest == "poll")
+    assert examples and f"pa={word:#x}" in help_poll
+    for example in examples:
+        assert f"pa={word:#x}" in example, (example, hex(word))
