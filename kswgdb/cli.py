@@ -27,6 +27,8 @@ ACCEL_HELP = ("accelerator; auto: KVM only where a probe saw its data watchpoint
               "else TCG (default: auto; `kswgdb accel` says which and why)")
 CMDLINE_HELP = ("extra kernel command-line words; after ' -- ', a shell command the "
                 "Linux image's init runs (the reproducer)")
+ALLOW_UNARMED_HELP = ("a watch that was never armed is no failure: exit 0, not 4 (the "
+                      "warning is still printed)")
 QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
              "tested: 7.2 and 10.0)")
 
@@ -50,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: %(default)g)")
     run.add_argument("--json", action="store_true", help="print JSONL events instead of panels")
     run.add_argument("--allow-unarmed", action="store_true",
-                     help="a watch that was never armed is no failure: exit 0, not 4 "
-                          "(the warning is still printed)")
+                     help=ALLOW_UNARMED_HELP)
     run.add_argument("--console", action="store_true",
                      help="stream the guest's console on stderr as it comes, each line "
                           "after a '|' (without it: its last lines when nothing was "
@@ -126,6 +127,8 @@ def _tui_parser(sub) -> None:
                    timeout_help="freeze the guest after S seconds (default: never)")
     tui.add_argument("--paused", action="store_true",
                      help="stay frozen before the first guest instruction until `c`")
+    tui.add_argument("--allow-unarmed", action="store_true",
+                     help=ALLOW_UNARMED_HELP)
 
 
 def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,

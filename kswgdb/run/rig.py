@@ -55,7 +55,7 @@ from kswgdb.watch.modules import ModuleArmer, ModuleFinder, ModuleSymbolizer
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.symbolize import ProgramSymbolizer
 from kswgdb.watch.target import Target
-from kswgdb.watch.unarmed import run_warnings
+from kswgdb.watch.unarmed import live_warnings, run_warnings
 
 
 class Sink:
@@ -457,6 +457,9 @@ class Rig:
         if not self.interactive and self.stub:
             self.unarmed = run_warnings(self.summary, self.plan.module_watches, self.placement,
                                         self.result, self.plan.options.timeout)
+        elif self.interactive and self.engine is not None:
+            self.unarmed = live_warnings(self.summary, self.engine.removed,
+                                         self.plan.module_watches)
             if self.unarmed:
                 self.log.write("unarmed", warnings=self.unarmed)
         self.log.write("summary", watches=self.summary,

@@ -134,3 +134,13 @@ def test_timeout_default_is_in_the_help(capsys) -> None:
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 120)" in out and "--allow-unarmed" in out
+
+
+def test_a_live_session_does_not_count_the_watches_the_user_removed() -> None:
+    from kswgdb.watch.unarmed import live_warnings
+
+    rows = [{"config": c, "func": f, "calls": 0, "armed": 0, "skipped_depth": 0}
+            for c, f in (("fn=a fo=1", "a"), ("fn=b fo=2", "b"))]
+    assert live_warnings(rows, removed={0}) == [
+        "watch 'fn=b fo=2' was never armed: b was never called"]
+    assert live_warnings(rows, removed={0, 1}) == []
