@@ -460,8 +460,8 @@ class Rig:
         elif self.interactive and self.engine is not None:
             self.unarmed = live_warnings(self.summary, self.engine.removed,
                                          self.plan.module_watches)
-            if self.unarmed:
-                self.log.write("unarmed", warnings=self.unarmed)
+        if self.unarmed:
+            self.log.write("unarmed", warnings=self.unarmed)
         self.log.write("summary", watches=self.summary,
                        polls=[vars(p) for p in self.poll_statuses])
         failure = sys.exc_info()[1]

@@ -371,3 +371,16 @@ def test_a_failure_while_closing_still_releases_the_rest(tmp_path, wiring):
         rig.close()
     end = assert_released(plan, w)          # the machine, client and polls all let go
     assert end["reason"] == "poller wedged" and end["fault"] is True
+
+
+def test_a_watch_never_called_is_an_unarmed_event_before_the_summary(tmp_path, wiring):
+    import dataclasses
+
+    never = dataclasses.replace(canary_spec(), text="fn=other fo=0x10", func="other",
+                                func_addr=0x40_3000, probe_addr=0x40_3010)
+    plan = fake_plan(tmp_path, [canary_spec(), never])
+    report = one_shot(plan, wiring()).run()
+    assert report.unarmed == ["watch 'fn=other fo=0x10' was never armed: other was never called"]
+    kinds = [e.get("event") for e in events(plan)]
+    assert kinds[-4:] == ["console-end", "unarmed", "summary", "end"], kinds
+    assert events(plan)[-3]["warnings"] == report.unarmed
