@@ -20,6 +20,7 @@ def test_never_called_function_is_a_warning_and_exit_status_4(tmp_path: Path) ->
     called = "fn=s3_victim fo=0x23"
     log = tmp_path / "ev.jsonl"
     argv = [sys.executable, "-m", "kswgdb", "run", "--scenario", "6", "--accel", "tcg",
+            "--cmdline", "iters=200",       # 200 calls of s3_victim are enough to arm it
             "--watch", called, "--watch", never, "--log", str(log)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 4, proc.stderr[-1000:]
