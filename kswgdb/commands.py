@@ -100,6 +100,8 @@ class TerminalSink(Sink):
             self.stop_spinner()     # the guest runs: nothing may print over a live spinner
             if self.status_line is not None:
                 self.status_line.start()
+        elif text.startswith("guest frozen") and self.status_line is not None:
+            self.status_line.stop()     # lent to gdb: nothing runs any more
 
     def hit(self, hit: Hit) -> None:
         if not self.json_out:
