@@ -118,3 +118,17 @@ def test_test_kernel_dump_needs_no_vmcoreinfo(tmp_path: Path) -> None:
     frozen = describe(_rig(image, None, {}), core, 7)
     assert frozen.vmcoreinfo is None and frozen.inspect.startswith("gdb ")
     assert not list(tmp_path.glob("*.vmcoreinfo"))
+
+
+def test_tui_header_shows_the_frozen_dumps_own_command(tmp_path: Path) -> None:
+    """The TUI names drgn for a Linux dump; a snapshot without a command keeps gdb's."""
+    from kswgdb.run.livestate import FROZEN, Snapshot
+    from kswgdb.tui.view import header
+
+    core = tmp_path / "core.elf"
+    linux = Snapshot(state=FROZEN, vmcore=core, inspect=f"drgn -c {core} -s vmlinux")
+    text = header("linux", None, None, linux, tmp_path / "vmlinux", None).plain
+    assert f"inspect: drgn -c {core} -s vmlinux" in text and "inspect: gdb" not in text
+    plain = Snapshot(state=FROZEN, vmcore=core)
+    assert f"inspect: gdb {tmp_path / 'k.elf'} {core}" in header(
+        "kswtest", None, None, plain, tmp_path / "k.elf", None).plain
