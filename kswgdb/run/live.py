@@ -74,7 +74,7 @@ from kswgdb.run.livestate import (  # noqa: F401 - re-exported for screens and t
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
 from kswgdb.run.rig import Rig, Sink
-from kswgdb.run.vmcore import freeze_vmcore
+from kswgdb.run.vmcore import freeze_vmcore, inspect_command
 from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.config import parse_watch
 from kswgdb.watch.engine import Engine
@@ -598,6 +598,14 @@ class LiveSession:
         else:
             self.note(f"frozen ({why})")
 
+    def _poll_inspect(self, vmcore: Path | None) -> str:
+        """The command that opens a poll's freeze dump ("" when there is none)."""
+        rig = self.rig
+        if vmcore is None or self.image is None:
+            return ""
+        slide = rig.placement.slide if rig is not None and rig.placement is not None else None
+        return inspect_command(self.image, vmcore, slide)
+
     def _lend_to_gdb(self) -> bool:
         """``--gdb-listen``: serve a gdb that connects to the frozen guest, read-only.
 
@@ -690,10 +698,11 @@ class LiveSession:
             state = self._state
             if state == RunState.RUNNING and not self._run_wanted:
                 state = RunState.FROZEN
+            vmcore = self._vmcore if self._vmcore is not None else self.polls.freeze_vmcore()
             self._snapshot = Snapshot(
                 state=state, detail=self._detail, watches=rows, hit_count=len(self._hits),
-                vmcore=self._vmcore if self._vmcore is not None else self.polls.freeze_vmcore(),
-                inspect=self._inspect if self._vmcore is not None else "",
+                vmcore=vmcore, inspect=self._inspect if self._vmcore is not None else
+                self._poll_inspect(vmcore),
                 guest_exit=self._guest_exit, notice=self._notice,
                 notice_seq=self._notice_seq,
                 error=" ".join(str(self.error).split()) if self.error else "",
