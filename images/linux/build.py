@@ -15,6 +15,9 @@ the image needs land in ``images/linux/out/``:
 * ``initrd.img``: a newc cpio (written here; ``cpio`` is not on the machine) with
   busybox-static, ``images/linux/init`` and ``lkdtm.ko``.
 
+``--external-module SRC --module-out FILE.ko`` builds one more out-of-tree module
+against the same headers (the test suite's tests/fixtures/modules/kswbug).
+
 Each step skips itself when its output exists, and the Makefile's stamp keeps a
 second ``make image-linux`` from running this at all. Every external command is an
 argument list (no shell); pipes are built with `subprocess.Popen`.
@@ -33,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from kswgdb.qemu.guestcmd import newc_entry  # noqa: E402 - the archive format, shared
+from kswgdb.qemu.cpio import S_IFDIR, S_IFREG, Entry, archive  # noqa: E402 - shared
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
@@ -218,15 +221,33 @@ def add_gdb_index(vmlinux: Path) -> None:
 # -- lkdtm.ko --------------------------------------------------------------------
 
 
-def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
-    """Compile lkdtm.ko out of tree against the unpacked headers packages."""
-    root = work / "root"                  # where the headers + kbuild packages unpack
+def unpack_headers(debs: dict[str, Path], work: Path) -> Path:
+    """Unpack the headers + kbuild packages under ``work/root`` (afresh); that root."""
+    root = work / "root"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     for name, deb in debs.items():
         if name.startswith(("linux-headers-", "linux-kbuild-")):
             _run(["dpkg-deb", "-x", str(deb), str(root)])
+    return root
+
+
+def make_module(root: Path, src: Path, *variables: str) -> None:
+    """``make modules`` for the out-of-tree module in ``src`` against the headers at ``root``."""
+    usr_src = root / "usr" / "src"
+    flavour = next(p for p in usr_src.iterdir()
+                   if p.name.startswith("linux-headers-") and not p.name.endswith("-common"))
+    common = next(p for p in usr_src.iterdir() if p.name.endswith("-common"))
+    # The flavour's Makefile is one line, "include /usr/src/<common>/Makefile": give
+    # make the common Makefile directly, so nothing under /usr/src is needed.
+    _run(["make", "-s", "-C", str(flavour), "-f", str(common / "Makefile"),
+          f"M={src}", *variables, f"-j{os.cpu_count() or 1}", "modules"])
+
+
+def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
+    """Compile lkdtm.ko out of tree against the unpacked headers packages."""
+    root = unpack_headers(debs, work)
     src = work / "lkdtm"
     if src.exists():
         shutil.rmtree(src)
@@ -253,16 +274,32 @@ def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
         raise BuildError("lkdtm/bugs.c: UNSET_SMEP not found where expected")
     bugs.write_text(text.replace(_UNSET_SMEP_OLD, _UNSET_SMEP_NEW))
 
-    usr_src = root / "usr" / "src"
-    flavour = next(p for p in usr_src.iterdir()
-                   if p.name.startswith("linux-headers-") and not p.name.endswith("-common"))
-    common = next(p for p in usr_src.iterdir() if p.name.endswith("-common"))
-    # The flavour's Makefile is one line, "include /usr/src/<common>/Makefile": give
-    # make the common Makefile directly, so nothing under /usr/src is needed.
     with Step("build lkdtm.ko"):
-        _run(["make", "-s", "-C", str(flavour), "-f", str(common / "Makefile"),
-              f"M={src}", "CONFIG_LKDTM=m", f"-j{os.cpu_count() or 1}", "modules"])
+        make_module(root, src, "CONFIG_LKDTM=m")
     shutil.copy2(src / "lkdtm.ko", dest)
+
+
+def build_external_module(src: Path, dest: Path, cache: Path = CACHE) -> None:
+    """Compile the out-of-tree module in ``src`` (a Kbuild file and its sources) for the
+    image's kernel, into ``dest`` (a .ko): the headers lkdtm was built against, reused
+    when already unpacked. The tests build their own buggy module this way."""
+    work = cache / "work"
+    root = work / "root"
+    if not (root / "usr" / "src").is_dir():
+        with Step("resolve packages"):
+            pins = resolve_packages()
+        root = unpack_headers(download(pins, cache / "debs"), work)
+    build_dir = work / f"ext-{src.name}"
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    shutil.copytree(src, build_dir)
+    with Step(f"build {src.name}"):
+        make_module(root, build_dir)
+    kos = sorted(build_dir.glob("*.ko"))
+    if len(kos) != 1:
+        raise BuildError(f"{src}: expected one .ko from the build, got {len(kos)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(kos[0], dest)
 
 
 # -- initramfs --------------------------------------------------------------------
@@ -271,24 +308,15 @@ def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
 def write_initramfs(busybox: Path, init: Path, module: Path, dest: Path) -> None:
     """A gzip'd newc cpio: /init, /bin/busybox, /lib/modules/lkdtm.ko and the mount points."""
     dirs = ["bin", "sbin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"]
-    files = [("init", 0o100755, init.read_bytes()),
-             ("bin/busybox", 0o100755, busybox.read_bytes()),
-             ("lib/modules/lkdtm.ko", 0o100644, module.read_bytes())]
-    blob = bytearray()
-    ino = 1
-    for d in dirs:
-        blob += newc_entry(d, 0o040755, ino=ino)
-        ino += 1
+    entries = [Entry(d, S_IFDIR | 0o755) for d in dirs]
     # The kernel opens /dev/console for init before devtmpfs is mounted.
-    blob += newc_entry("dev/console", 0o020600, ino=ino, rdev=(5, 1))
-    ino += 1
-    for name, mode, data in files:
-        blob += newc_entry(name, mode, data, ino=ino)
-        ino += 1
-    blob += newc_entry("TRAILER!!!", 0)
+    entries.append(Entry("dev/console", 0o020600, rdev=(5, 1)))
+    entries += [Entry("init", S_IFREG | 0o755, init.read_bytes()),
+                Entry("bin/busybox", S_IFREG | 0o755, busybox.read_bytes()),
+                Entry("lib/modules/lkdtm.ko", S_IFREG | 0o644, module.read_bytes())]
     tmp = dest.with_name(dest.name + ".part")
     with gzip.open(tmp, "wb", compresslevel=6) as out:
-        out.write(bytes(blob))
+        out.write(archive(entries))
     tmp.replace(dest)
 
 
@@ -329,9 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--external-module", type=Path, default=None, metavar="SRC",
+                        help="only build the out-of-tree module in SRC, into --module-out")
+    parser.add_argument("--module-out", type=Path, default=None, metavar="FILE.ko")
     args = parser.parse_args(argv)
+    if (args.external_module is None) != (args.module_out is None):
+        parser.error("--external-module and --module-out go together")
     t0 = time.monotonic()
     try:
+        if args.external_module is not None:
+            build_external_module(args.external_module, args.module_out, args.cache)
+            print(f"[image-linux] {args.module_out}")
+            return 0
         build(args.out, args.cache)
     except BuildError as exc:
         print(f"image-linux: error: {exc}", file=sys.stderr)
