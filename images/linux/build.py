@@ -15,8 +15,9 @@ the image needs land in ``images/linux/out/``:
 * ``initrd.img``: a newc cpio (written here; ``cpio`` is not on the machine) with
   busybox-static, ``images/linux/init`` and ``lkdtm.ko``.
 
-``--external-module SRC --module-out FILE.ko`` builds one more out-of-tree module
-against the same headers (the test suite's tests/fixtures/modules/kswbug).
+``out/test-modules/kswbug.ko``: the test suite's own buggy module
+(tests/fixtures/modules/kswbug), built against the same headers;
+``--external-module SRC --module-out FILE.ko`` builds any such module alone.
 
 Each step skips itself when its output exists, and the Makefile's stamp keeps a
 second ``make image-linux`` from running this at all. Every external command is an
@@ -43,6 +44,9 @@ CACHE = HERE / "cache"
 OUT = HERE / "out"
 INIT_SCRIPT = HERE / "init"
 META_PACKAGE = "linux-image-cloud-amd64"
+#: The test suite's own buggy module (tests/linux/test_own_module.py), built with the
+#: image into out/test-modules/ (not modules_dir: a user gives it with --module).
+TEST_MODULE = HERE.parents[1] / "tests" / "fixtures" / "modules" / "kswbug"
 
 #: LKDTM's UNSET_SMEP test calls native_write_cr4, which Debian's kernel does not
 #: export: the module would not load. Its body is compiled out (the test then says XFAIL).
@@ -347,6 +351,10 @@ def build(out: Path = OUT, cache: Path = CACHE) -> None:
         extract_member(debs["busybox-static"], "/bin/busybox", busybox)
     with Step("write initrd.img"):
         write_initramfs(busybox, INIT_SCRIPT, out / "lkdtm.ko", out / "initrd.img")
+    test_module = out / "test-modules" / f"{TEST_MODULE.name}.ko"
+    if not test_module.exists() or test_module.stat().st_mtime < max(
+            f.stat().st_mtime for f in TEST_MODULE.iterdir()):
+        build_external_module(TEST_MODULE, test_module, cache)
 
 
 def _abi(image_deb: Path) -> str:

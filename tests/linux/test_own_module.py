@@ -1,0 +1,119 @@
+"""The suite's own out-of-tree module, caught through ``--module`` on Debian's kernel.
+
+tests/fixtures/modules/kswbug is a real use-after-return bug, not LKDTM: one
+function keeps the address of its local past its return, a later call writes
+through it into another function's live frame. It is compiled here against the
+image's own headers (images/linux/build.py --external-module, a few seconds),
+never committed as a .ko. One Linux boot: the catch, through the command line as
+a user runs it. The vermagic check needs no boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kswgdb.image import IMAGES_DIR
+from kswgdb.image import load as load_image
+from kswgdb.symbols.modinfo import read_module
+
+ROOT = IMAGES_DIR.parent
+LINUX_TOML = IMAGES_DIR / "linux.toml"
+SOURCE = ROOT / "tests" / "fixtures" / "modules" / "kswbug"
+TRIGGER = "echo 1 > /sys/kernel/debug/kswbug/trigger"
+
+
+@pytest.fixture(scope="module")
+def image():
+    if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
+        pytest.fail("the Debian image is not built: run `make image-linux` (make test-linux does)")
+    return load_image(LINUX_TOML)
+
+
+@pytest.fixture(scope="module")
+def kswbug_ko(image, tmp_path_factory) -> Path:
+    """kswbug.ko, built for the image's kernel from its headers packages (by `make
+    image-linux` into out/test-modules, else here)."""
+    built = IMAGES_DIR / "linux" / "out" / "test-modules" / "kswbug.ko"
+    if built.is_file() and built.stat().st_mtime >= max(
+            f.stat().st_mtime for f in SOURCE.iterdir()):
+        return built
+    dest = tmp_path_factory.mktemp("kswbug") / "kswbug.ko"
+    proc = subprocess.run([sys.executable, str(IMAGES_DIR / "linux" / "build.py"),
+                           "--external-module", str(SOURCE), "--module-out", str(dest)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and dest.is_file(), proc.stdout + proc.stderr
+    return dest
+
+
+def _kswgdb(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kswgdb", *argv], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_kswbug_stale_write_caught_with_the_writer_named(image, kswbug_ko: Path,
+                                                         tmp_path: Path) -> None:
+    # The watch `kswgdb disasm kswbug_victim --module kswbug.ko --var guard[5]` suggests.
+    suggested = _kswgdb("disasm", "kswbug_victim", "--image", str(LINUX_TOML), "--module",
+                        str(kswbug_ko), "--var", "guard[5]", timeout=120)
+    assert suggested.returncode == 0, suggested.stderr
+    watch = re.search(r"suggested watch: (.+)", suggested.stdout).group(1).strip()
+    assert watch.startswith("fn=kswbug_victim fo=") and watch.endswith("var=guard[5]"), watch
+    log = tmp_path / "events.jsonl"
+    t0 = time.monotonic()
+    proc = _kswgdb("run", str(LINUX_TOML), "--module", str(kswbug_ko), "--watch", watch,
+                   "--accel", "tcg", "--cmdline", f"-- {TRIGGER}", "--log", str(log))
+    seconds = time.monotonic() - t0
+    print(f"\nkswbug via --module: {watch}: {seconds:.1f} s")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"module kswbug: {kswbug_ko}" in proc.stderr
+    assert "module kswbug loaded: kswbug_victim at 0x" in proc.stderr
+    out = proc.stdout
+    assert re.search(r"kswbug_writer\+0x[0-9a-f]+/0x[0-9a-f]+ \[kswbug\] corrupted the local "
+                     r"guard\[5\] of kswbug_victim", out), out[-3000:]
+    assert "0x6b6b6b6b00000005 -> 0xbadc0ffee0ddf00d" in out
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    hits = [e for e in events if e["event"] == "hit"]
+    assert len(hits) == 1, [e["event"] for e in events]
+    hit = hits[0]
+    assert hit["writer"]["function"] == "kswbug_writer"
+    assert hit["writer"]["symbol"].endswith("[kswbug]")
+    assert hit["writer"]["source"]["file"].endswith("kswbug.c")
+    assert hit["what"] == "local guard[5] of kswbug_victim"
+    names = [f["symbol"].split("+")[0] for f in hit["backtrace"]]
+    assert names[:3] == ["kswbug_writer", "kswbug_victim", "kswbug_trigger"], names
+    assert "vfs_write" in names
+    end = events[-1]
+    assert end["event"] == "end" and not end["fault"], end
+
+
+def test_a_module_built_for_another_kernel_is_refused_before_boot(image, kswbug_ko: Path,
+                                                                  tmp_path: Path) -> None:
+    info = read_module(kswbug_ko)
+    other = "6.1.0-0-other-amd64"[:len(info.release)].ljust(len(info.release), "x")
+    assert other != info.release
+    data = kswbug_ko.read_bytes()
+    wrong = tmp_path / "kswbug-other.ko"
+    wrong.write_bytes(data.replace(f"vermagic={info.release}".encode(),
+                                   f"vermagic={other}".encode()))
+    assert read_module(wrong).release == other
+    t0 = time.monotonic()
+    proc = _kswgdb("run", str(LINUX_TOML), "--module", str(wrong), "--watch",
+                   "fn=kswbug_victim fo=0x10", "--accel", "tcg", "--cmdline", f"-- {TRIGGER}",
+                   "--log", str(tmp_path / "e.jsonl"), timeout=120)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0] == (f"kswgdb: error: --module {wrong}: built for kernel {other}, the image "
+                        f"runs {info.release} (rebuild it against this kernel's headers)")
+    assert not (tmp_path / "e.jsonl").exists()       # nothing started, not even the log
+    assert seconds < 60
