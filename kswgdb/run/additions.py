@@ -55,7 +55,7 @@ class Additions:
 
 
 def check_modules(paths: list[str], image: Image, symtab: Any) -> tuple[ModuleInfo, ...]:
-    """Each ``--module``: a module for this image's kernel, named once."""
+    """Each ``--module``: a module for this image's kernel, named once; in load order."""
     if not paths:
         return ()
     if image.guest != "linux" or image.initrd is None:
@@ -73,7 +73,23 @@ def check_modules(paths: list[str], image: Image, symtab: Any) -> tuple[ModuleIn
         if any(m.name == info.name for m in modules):
             raise BadInput(f"--module {text}: a module named {info.name} is given twice")
         modules.append(info)
-    return tuple(modules)
+    return load_order(modules)
+
+
+def load_order(modules: list[ModuleInfo]) -> tuple[ModuleInfo, ...]:
+    """The modules in an order insmod accepts: each after the given modules it depends on
+    (its ``.modinfo`` ``depends``), else in command-line order. A cycle keeps the rest in
+    command-line order (insmod then says which symbol is missing)."""
+    given = {m.name for m in modules}
+    done: list[ModuleInfo] = []
+    left = list(modules)
+    while left:
+        placed = {m.name for m in done}
+        ready = next((m for m in left
+                      if all(d in placed or d not in given for d in m.depends)), left[0])
+        done.append(ready)
+        left.remove(ready)
+    return tuple(done)
 
 
 def check_additions(modules: list[str], drives: list[str], qemu_args: list[str],

@@ -202,3 +202,17 @@ def test_drives_become_virtio_disks_and_overlays_never_touch_the_image(tmp_path:
     assert info["format"] == "qcow2"
     assert info["backing-filename"] == str(qcow.resolve())
     assert info["backing-filename-format"] == "qcow2"
+
+
+def test_modules_are_loaded_after_the_given_modules_they_depend_on(tmp_path: Path) -> None:
+    from kswgdb.run.additions import load_order
+    from kswgdb.symbols.modinfo import ModuleInfo
+
+    def mod(name: str, *depends: str) -> ModuleInfo:
+        return ModuleInfo(tmp_path / f"{name}.ko", name, VERMAGIC, depends)
+
+    given = [mod("blk", "virtio", "ring"), mod("virtio", "ring"), mod("ring"),
+             mod("other", "builtin_elsewhere")]
+    assert [m.name for m in load_order(given)] == ["ring", "virtio", "blk", "other"]
+    cycle = [mod("a", "b"), mod("b", "a")]
+    assert [m.name for m in load_order(cycle)] == ["a", "b"]
