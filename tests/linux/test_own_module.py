@@ -98,8 +98,11 @@ def test_kswbug_stale_write_caught_with_the_writer_named(image, kswbug_ko: Path,
 def test_a_module_built_for_another_kernel_is_refused_before_boot(image, kswbug_ko: Path,
                                                                   tmp_path: Path) -> None:
     info = read_module(kswbug_ko)
-    other = "6.1.0-0-other-amd64"[:len(info.release)].ljust(len(info.release), "x")
-    assert other != info.release
+    # The same module as if built for the next ABI (6.1.0-57-cloud-amd64 -> 6.1.0-58-...).
+    abi = re.search(r"-(\d+)-", info.release)
+    assert abi is not None, info.release
+    other = info.release.replace(f"-{abi.group(1)}-", f"-{int(abi.group(1)) + 1}-", 1)
+    assert other != info.release and len(other) == len(info.release)
     data = kswbug_ko.read_bytes()
     wrong = tmp_path / "kswbug-other.ko"
     wrong.write_bytes(data.replace(f"vermagic={info.release}".encode(),
