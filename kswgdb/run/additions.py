@@ -43,6 +43,21 @@ class Additions:
             out["extra_args"] = self.qemu_args
         return out
 
+    def log_fields(self) -> dict[str, Any]:
+        """The ``start`` event's fields for these additions (none when there are none):
+        ``modules`` [{name, path, vermagic}], ``drives`` [{path, mode, format}],
+        ``qemu_args`` [str]."""
+        out: dict[str, Any] = {}
+        if self.modules:
+            out["modules"] = [{"name": m.name, "path": str(m.path), "vermagic": m.vermagic}
+                              for m in self.modules]
+        if self.drives:
+            out["drives"] = [{"path": str(d.path), "mode": d.mode, "format": d.format}
+                             for d in self.drives]
+        if self.qemu_args:
+            out["qemu_args"] = list(self.qemu_args)
+        return out
+
     def describe(self) -> list[str]:
         """Status lines: what the guest gets besides the image."""
         lines = [f"module {m.name}: {m.path} (loaded by /init before the command)"

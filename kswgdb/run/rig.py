@@ -213,7 +213,8 @@ class Rig:
                        configs=[s.text for s in plan.specs],
                        polls=[p.canonical() for p in plan.poll_specs],
                        backtrace=plan.backtrace_mode if self.stub else None,
-                       **({"interactive": True} if self.interactive else {}), **extra)
+                       **({"interactive": True} if self.interactive else {}),
+                       **plan.additions.log_fields(), **extra)
         if self.phys is not None:
             self.log.write("polls", polls=self.phys.describe())
 

@@ -106,4 +106,8 @@ def test_a_run_with_a_drive_and_a_qemu_arg_catches_as_before(
     assert "extra QEMU arguments: -device virtio-rng-pci" in proc.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["event"] for e in events].count("hit") >= 1
+    start = events[0]
+    assert start["event"] == "start"
+    assert start["drives"] == [{"path": str(raw.resolve()), "mode": "overlay", "format": "raw"}]
+    assert start["qemu_args"] == ["-device", "virtio-rng-pci"]
     assert _sha256(raw) == before

@@ -91,6 +91,8 @@ def test_kswbug_stale_write_caught_with_the_writer_named(image, kswbug_ko: Path,
     names = [f["symbol"].split("+")[0] for f in hit["backtrace"]]
     assert names[:3] == ["kswbug_writer", "kswbug_victim", "kswbug_trigger"], names
     assert "vfs_write" in names
+    assert events[0]["modules"] == [{"name": "kswbug", "path": str(kswbug_ko.resolve()),
+                                     "vermagic": read_module(kswbug_ko).vermagic}]
     end = events[-1]
     assert end["event"] == "end" and not end["fault"], end
 
