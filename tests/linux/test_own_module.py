@@ -22,7 +22,9 @@ import pytest
 
 from kswgdb.image import IMAGES_DIR
 from kswgdb.image import load as load_image
+from kswgdb.symbols.listing import build_listing
 from kswgdb.symbols.modinfo import read_module
+from kswgdb.symbols.module import load_module
 
 ROOT = IMAGES_DIR.parent
 LINUX_TOML = IMAGES_DIR / "linux.toml"
@@ -57,6 +59,17 @@ def _kswgdb(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kswgdb", *argv], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, "COLUMNS": "200"})
+
+
+def test_kswbug_frames_line_up(kswbug_ko: Path) -> None:
+    """The bug needs kswbug_stash's scratch[] where kswbug_victim's guard[] is (same CFA
+    offset): a compiler that lays them out differently fails here, not as "0 hits"."""
+    program = load_module(kswbug_ko)
+    where = {}
+    for func, var in (("kswbug_stash", "scratch"), ("kswbug_victim", "guard")):
+        listing = build_listing(program, func)
+        where[func] = next(v.cfa_offset for v in listing.locals if v.name == var)
+    assert where["kswbug_stash"] == where["kswbug_victim"] is not None, where
 
 
 def test_kswbug_stale_write_caught_with_the_writer_named(image, kswbug_ko: Path,
