@@ -16,7 +16,8 @@ the image needs land in ``images/linux/out/``:
   busybox-static, ``images/linux/init`` and ``lkdtm.ko``.
 
 ``out/test-modules/kswbug.ko``: the test suite's own buggy module
-(tests/fixtures/modules/kswbug), built against the same headers;
+(tests/fixtures/modules/kswbug), built against the same headers, and
+``out/test-modules/virtio/``: the kernel package's own virtio-blk modules;
 ``--external-module SRC --module-out FILE.ko`` builds any such module alone.
 
 Each step skips itself when its output exists, and the Makefile's stamp keeps a
@@ -33,6 +34,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +49,12 @@ META_PACKAGE = "linux-image-cloud-amd64"
 #: The test suite's own buggy module (tests/linux/test_own_module.py), built with the
 #: image into out/test-modules/ (not modules_dir: a user gives it with --module).
 TEST_MODULE = HERE.parents[1] / "tests" / "fixtures" / "modules" / "kswbug"
+#: Debian's own virtio-blk modules (not built into the cloud kernel), for the test that
+#: gives a guest disks with --drive: path under kernel/drivers/ -> file name.
+VIRTIO_MODULES = {f"{d}/{m}": m for d, m in (
+    ("virtio", "virtio"), ("virtio", "virtio_ring"), ("virtio", "virtio_pci"),
+    ("virtio", "virtio_pci_legacy_dev"), ("virtio", "virtio_pci_modern_dev"),
+    ("block", "virtio_blk"))}
 
 #: LKDTM's UNSET_SMEP test calls native_write_cr4, which Debian's kernel does not
 #: export: the module would not load. Its body is compiled out (the test then says XFAIL).
@@ -183,6 +191,28 @@ def extract_member(deb: Path, suffix: str, dest: Path) -> None:
         if p2.wait() != 0 or p1.wait() != 0:
             raise BuildError(f"extracting {member} from {deb.name} failed")
     tmp.replace(dest)
+
+
+def extract_members(deb: Path, wanted: dict[str, Path]) -> None:
+    """Copy several files out of ``deb`` in one pass: path suffix -> destination."""
+    listing = _run(["dpkg-deb", "--contents", str(deb)], capture=True)
+    paths = [line.split()[-1] for line in listing.splitlines() if line.startswith("-")]
+    members = {}
+    for suffix, dest in wanted.items():
+        found = next((p for p in paths if p.endswith(suffix)), None)
+        if found is None:
+            raise BuildError(f"{deb.name} has no file ending in {suffix}")
+        members[found] = dest
+    with tempfile.TemporaryDirectory(dir=next(iter(wanted.values())).parent.parent) as tmp:
+        p1 = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+        assert p1.stdout is not None
+        p2 = subprocess.Popen(["tar", "-x", "-C", tmp, *members], stdin=p1.stdout)
+        p1.stdout.close()
+        if p2.wait() != 0 or p1.wait() != 0:
+            raise BuildError(f"extracting {len(members)} files from {deb.name} failed")
+        for member, dest in members.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(Path(tmp) / member, dest)
 
 
 # -- gdb index -------------------------------------------------------------------
@@ -355,6 +385,11 @@ def build(out: Path = OUT, cache: Path = CACHE) -> None:
     if not test_module.exists() or test_module.stat().st_mtime < max(
             f.stat().st_mtime for f in TEST_MODULE.iterdir()):
         build_external_module(TEST_MODULE, test_module, cache)
+    virtio = out / "test-modules" / "virtio"
+    if not all((virtio / f"{name}.ko").exists() for name in VIRTIO_MODULES.values()):
+        with Step("extract the virtio-blk modules"):
+            extract_members(image_deb, {f"/kernel/drivers/{member}.ko": virtio / f"{name}.ko"
+                                        for member, name in VIRTIO_MODULES.items()})
 
 
 def _abi(image_deb: Path) -> str:

@@ -4,12 +4,14 @@ tests/fixtures/modules/kswbug is a real use-after-return bug, not LKDTM: one
 function keeps the address of its local past its return, a later call writes
 through it into another function's live frame. It is compiled here against the
 image's own headers (images/linux/build.py --external-module, a few seconds),
-never committed as a .ko. One Linux boot: the catch, through the command line as
-a user runs it. The vermagic check needs no boot.
+never committed as a .ko. Two Linux boots: the catch, through the command line as
+a user runs it; and Debian's own virtio-blk modules given with ``--module`` so that
+the guest itself reads and writes ``--drive`` disks. The vermagic check needs no boot.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import pytest
 
 from kswgdb.image import IMAGES_DIR
 from kswgdb.image import load as load_image
+from kswgdb.qemu.drives import qemu_img_for
 from kswgdb.symbols.listing import build_listing
 from kswgdb.symbols.modinfo import read_module
 from kswgdb.symbols.module import load_module
@@ -135,3 +138,44 @@ def test_a_module_built_for_another_kernel_is_refused_before_boot(image, kswbug_
                         f"runs {info.release} (rebuild it against this kernel's headers)")
     assert not (tmp_path / "e.jsonl").exists()       # nothing started, not even the log
     assert seconds < 60
+
+
+def test_debian_virtio_modules_let_the_guest_use_drives_never_modified(image,
+                                                                       tmp_path: Path) -> None:
+    """The guest reads a disk, writes through its overlay and reads the write back, and
+    is refused on a read-only qcow2 one; both files keep their bytes. The six modules are
+    given in an order insmod would refuse: kswgdb loads them by their dependencies."""
+    virtio = IMAGES_DIR / "linux" / "out" / "test-modules" / "virtio"
+    order = ["virtio_blk", "virtio_pci", "virtio", "virtio_pci_modern_dev",
+             "virtio_pci_legacy_dev", "virtio_ring"]
+    missing = [m for m in order if not (virtio / f"{m}.ko").is_file()]
+    assert not missing, f"run `make image-linux`: {missing} not in {virtio}"
+    raw = tmp_path / "disk.img"
+    raw.write_bytes(b"kswgdb-disk-A\n".ljust(1 << 20, b"\0"))
+    plain = tmp_path / "ro.raw"
+    plain.write_bytes(b"kswgdb-disk-RO\n".ljust(1 << 20, b"\0"))
+    qcow = tmp_path / "ro.qcow2"
+    subprocess.run([qemu_img_for(), "convert", "-q", "-O", "qcow2", str(plain), str(qcow)],
+                   check=True)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (raw, qcow)}
+    command = ("head -n 1 /dev/vda; echo guest-wrote-B | dd of=/dev/vda conv=fsync "
+               "2>/dev/null; head -n 1 /dev/vda; head -n 1 /dev/vdb; "
+               "echo x | dd of=/dev/vdb conv=fsync 2>&1 | grep -o 'Operation not permitted'")
+    argv = ["boot", str(LINUX_TOML), "--accel", "tcg", "--drive", f"{raw},overlay",
+            "--drive", str(qcow), "--cmdline", f"-- {command}"]
+    for name in order:
+        argv += ["--module", str(virtio / f"{name}.ko")]
+    proc = _kswgdb(*argv)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    loaded = re.findall(r"KSWGDB-INIT loaded \d+-(\w+)\.ko", out)
+    assert sorted(loaded) == sorted(order) and loaded.index("virtio_ring") < loaded.index(
+        "virtio") < loaded.index("virtio_blk"), out[-3000:]
+    assert "failed to load" not in out
+    lines = out.splitlines()
+    at = lines.index("kswgdb-disk-A")
+    assert lines[at + 1:at + 4] == ["guest-wrote-B", "kswgdb-disk-RO",
+                                    "Operation not permitted"], lines[at:at + 6]
+    assert f"drive vda: {raw} (raw, throw-away overlay)" in proc.stderr
+    assert f"drive vdb: {qcow} (qcow2, read-only)" in proc.stderr
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (raw, qcow)} == before

@@ -28,12 +28,9 @@ CASES = [
      "--module: image kswtest is not a Linux image"),
     (["run", "--watch", "fn=s3_victim fo=0x23", "--qemu-arg=-gdb", "--qemu-arg=tcp::1"],
      "--qemu-arg -gdb: refused, kswgdb wires the gdbstub itself"),
-    (["run", "--watch", "fn=s3_victim fo=0x23", "--qemu-arg=-serial", "--qemu-arg=stdio"],
-     "kswgdb owns stdio"),
     (["run", "--watch", "fn=s3_victim fo=0x23", "--drive", "/nonexistent.img,overlay"],
      "--drive /nonexistent.img: no such file"),
     (["boot", "--drive", "/nonexistent.img"], "--drive /nonexistent.img: no such file"),
-    (["boot", "--qemu-arg=-S"], "--qemu-arg -S: refused"),
 ]
 
 
