@@ -89,6 +89,7 @@ def test_drives_and_qemu_args_reach_qemu_and_the_images_stay_unchanged(
     assert overlay is not None and not overlay.exists()      # thrown away with the run
 
 
+@pytest.mark.one_qemu       # the argv itself is checked on both QEMUs by the test above
 def test_a_run_with_a_drive_and_a_qemu_arg_catches_as_before(
         disks: tuple[Path, Path], tmp_path: Path) -> None:
     """The whole command line: scenario 3 caught, exit 1, the image untouched."""
