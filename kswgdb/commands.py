@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 
@@ -240,15 +241,23 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
+    from kswgdb.qemu.binary import selected_path
     from kswgdb.qemu.machine import Machine
+    from kswgdb.run.additions import check_additions
+    from kswgdb.symbols.elf import SymbolTable
 
     img = image_mod.load(args.image)
+    symtab = SymbolTable.load(img.symbols) if args.module else None
+    additions = check_additions(args.module, args.drive, args.qemu_arg, img, symtab,
+                                selected_path()[0])
     out = output_console()
     with Machine(img, accel=args.accel, scenario=args.scenario, extra_cmdline=args.cmdline,
-                 paused=False) as machine:
+                 paused=False, **additions.machine_kwargs()) as machine:
         err = _stderr()
         err.print(f"[dim]accelerator: {machine.accel_decision.accel} "
                   f"({machine.accel_decision.reason})", soft_wrap=True)
+        for line in additions.describe():
+            err.print(line, style="dim", soft_wrap=True, markup=False)
         if args.console:            # live, on stderr, as `run --console` shows it
             machine.console.follow(lambda line: err.print(
                 CONSOLE_PREFIX + line, markup=False, highlight=False, soft_wrap=True))
@@ -269,9 +278,12 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     img = image_mod.load(args.image)
     program = Program.load(img.symbols)
     if not program.symtab.lookup_all(args.func):
-        from kswgdb.watch.modules import find_module_function
+        from kswgdb.symbols.modinfo import read_module
+        from kswgdb.watch.modules import find_module_function, module_files
 
-        found = find_module_function(img.modules_dir, args.func)
+        given = [read_module(Path(m)) for m in args.module]
+        found = find_module_function(
+            module_files(img.modules_dir, {m.name: m.path for m in given}), args.func)
         if found is not None:       # a module function (addresses are placeholders)
             program = found[1]
     request = disasm_request(args)

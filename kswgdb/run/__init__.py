@@ -3,6 +3,7 @@
 - `options`      `RunOptions`, filled the same way from `run` and `tui` arguments
 - `seed`         the seed's kernel command-line word (``--seed``, campaigns)
 - `prepare`      `prepare(options) -> Plan`: every check before QEMU starts (exit 2)
+- `additions`    ``--module``, ``--drive``, ``--qemu-arg`` checked (`Additions`)
 - `rig`          `Rig` / `open_rig(plan, sink)`: one guest's resources (machine, stub,
                  target, engine, unwinder, polls, event log, watchdog), all released on
                  every ending, the log closed with ``summary`` and ``end``; `Sink`, where

@@ -199,7 +199,9 @@ class Rig:
         machine = self._machine_factory(plan.image, accel=plan.accel, scenario=opts.scenario,
                                         extra_cmdline=plan.cmdline, paused=True,
                                         shared_ram="file" if shared else False,
-                                        gdb=self.stub)
+                                        gdb=self.stub, **plan.additions.machine_kwargs())
+        for line in plan.additions.describe():
+            self.sink.status(line)
         if not self.stub:
             self._log_start()
         self._stack.callback(machine.close)
@@ -221,7 +223,8 @@ class Rig:
                        configs=[s.text for s in plan.specs],
                        polls=[p.canonical() for p in plan.poll_specs],
                        backtrace=plan.backtrace_mode if self.stub else None,
-                       **({"interactive": True} if self.interactive else {}), **extra)
+                       **({"interactive": True} if self.interactive else {}),
+                       **plan.additions.log_fields(), **extra)
         if self.phys is not None:
             self.log.write("polls", polls=self.phys.describe())
         self._record_console()
@@ -346,18 +349,17 @@ class Rig:
 
     def _symbolizer(self, program: Program) -> Any:
         plan = self.plan
-        modules_dir = plan.image.modules_dir
         with_modules = plan.module_watches or (
-            plan.image.guest == "linux" and modules_dir is not None and modules_dir.is_dir())
+            plan.image.guest == "linux" and bool(plan.module_files))
         return ModuleSymbolizer(program) if with_modules else ProgramSymbolizer(program)
 
     def _module_finder(self, program: Program, symbolizer: Any,
                        target: Target) -> ModuleFinder | None:
-        modules_dir = self.plan.image.modules_dir
-        if not isinstance(symbolizer, ModuleSymbolizer) or modules_dir is None:
+        files = self.plan.module_files
+        if not isinstance(symbolizer, ModuleSymbolizer) or not files:
             return None
         with contextlib.suppress(BadInput):
-            return ModuleFinder(program, modules_dir, symbolizer, target.read)
+            return ModuleFinder(program, files, symbolizer, target.read)
         return None
 
     def pool_capacity(self) -> int:
