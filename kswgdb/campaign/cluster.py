@@ -265,7 +265,7 @@ class ClusterPool:
             messages.append((run, "died", "cancelled: no answer from the cluster"))
         with contextlib.suppress(ValueError):
             self.client.unsubscribe_topic(self.topic)
-        self.client.cancel(self.shipment.futures)
+        self.shipment.release()
         self.client.close()
         return messages
 

@@ -30,6 +30,8 @@ from kswgdb.symbols.elf import cache_dir
 
 #: Bytes per scattered chunk: a 590 MB vmlinux never sits whole in one message.
 CHUNK = 16 << 20
+#: Seconds a worker waits for one chunk (16 MiB even on a slow link).
+CHUNK_TIMEOUT = 300.0
 #: The image's single files, by the `Image` field that names each.
 ROLES = ("path", "kernel", "symbols", "initrd")
 
@@ -54,7 +56,7 @@ class ImageParcel:
     image: Image                                     # as on the campaign's host
     files: dict[str, ShippedFile]                    # role (`ROLES`) -> file
     modules: tuple[ShippedFile, ...] = ()            # modules_dir/*.ko
-    chunks: dict[str, list[str]] = field(default_factory=dict)   # sha256 -> chunk keys
+    chunks: dict[str, list[str]] = field(default_factory=dict)   # sha256 -> chunk names
     sources: dict[str, str] = field(default_factory=dict)        # sha256 -> campaign path
 
     def hashes(self) -> list[str]:
@@ -90,28 +92,42 @@ def parcel_of(image: Image) -> ImageParcel:
 # ----------------------------------------------------------- the campaign's side
 @dataclass
 class Shipment:
-    """What `ship` sent; the campaign holds ``futures`` (the chunks) while runs may need them."""
+    """What `ship` sent; the campaign holds ``held`` (the chunks) while runs may need them."""
 
     files: int
     bytes: int
-    futures: list[Any]
+    held: list[Any]            # a Dask `Variable` per chunk, each holding its scattered future
+
+    def release(self) -> None:
+        for variable in self.held:
+            with contextlib.suppress(Exception):   # the cluster may be gone already
+                variable.delete()
 
 
 def ship(client: Any, parcel: ImageParcel) -> Shipment:
-    """Scatter the files some worker lacks (their chunk keys go into ``parcel.chunks``)."""
+    """Scatter the files some worker lacks (their chunks' names go into ``parcel.chunks``).
+
+    Each chunk's future is published in a named Dask `Variable`: a task that
+    needs the file gets it by that name (a future rebuilt from its bare key is
+    never resolved on a worker), and one that has the file never fetches it.
+    """
+    from distributed import Variable
+
     hashes = parcel.hashes()
     held = client.run(cached_hashes, hashes)               # {worker address: [sha256]}
     missing = [h for h in hashes if not held or any(h not in have for have in held.values())]
     shipment = Shipment(len(missing), 0, [])
+    tag = uuid.uuid4().hex
     for sha in missing:
-        keys = []
+        names = []
         with open(parcel.sources[sha], "rb") as fh:
             for block in iter(lambda fh=fh: fh.read(CHUNK), b""):
-                future = client.scatter(block, hash=False)
-                keys.append(future.key)
-                shipment.futures.append(future)
+                names.append(f"kswgdb-image-{tag}-{sha[:16]}-{len(names)}")
+                variable = Variable(names[-1], client=client)
+                variable.set(client.scatter(block, hash=False))
+                shipment.held.append(variable)
                 shipment.bytes += len(block)
-        parcel.chunks[sha] = keys
+        parcel.chunks[sha] = names
     return shipment
 
 
@@ -141,19 +157,18 @@ def _ensure(f: ShippedFile, parcel: ImageParcel) -> Path:
     target = images_dir() / f.sha256 / f.name
     if _good(target, f):
         return target
-    keys = parcel.chunks.get(f.sha256)
-    if keys is None:
+    names = parcel.chunks.get(f.sha256)
+    if names is None:
         raise ShipError(f"the worker has no {f.name} (sha256 {f.sha256[:12]}) and the "
                         "campaign did not send it (the worker joined after it started?)")
-    from distributed import Future, get_client
+    from distributed import Variable
 
-    client = get_client()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{f.name}.{uuid.uuid4().hex}")
     try:
         with open(partial, "wb") as out:
-            for key in keys:
-                out.write(Future(key, client=client).result())
+            for name in names:
+                out.write(Variable(name).get(timeout=CHUNK_TIMEOUT).result(CHUNK_TIMEOUT))
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -85,9 +85,21 @@ def test_a_cached_copy_that_differs_is_not_used(image, cache):
         shipping.materialize(parcel)                                     # ...but not good
 
 
-def test_ship_sends_only_what_some_worker_lacks(image):
+def test_ship_sends_only_what_some_worker_lacks(image, monkeypatch):
+    import distributed
+
     parcel = shipping.parcel_of(image)
     kernel = sha(b"kernel bytes")
+    published = {}
+
+    class Variable:
+        def __init__(self, name, client):
+            self.name = name
+
+        def set(self, value):
+            published[self.name] = value
+
+    monkeypatch.setattr(distributed, "Variable", Variable)
 
     class Client:
         scattered: list[bytes] = []
@@ -98,11 +110,12 @@ def test_ship_sends_only_what_some_worker_lacks(image):
 
         def scatter(self, data, hash=True):
             self.scattered.append(data)
-            return type("F", (), {"key": f"chunk-{len(self.scattered)}"})()
+            return f"future-{len(self.scattered)}"
 
     sent = shipping.ship(Client(), parcel)
     assert (sent.files, sent.bytes, Client.scattered) == (1, 12, [b"kernel bytes"])
-    assert parcel.chunks == {kernel: ["chunk-1"]}
+    [name] = parcel.chunks[kernel]
+    assert list(parcel.chunks) == [kernel] and published == {name: "future-1"}
 
 
 def test_a_run_whose_image_cannot_be_had_fails_with_the_reason(image, cache, tmp_path):
