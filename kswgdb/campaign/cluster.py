@@ -119,6 +119,7 @@ def _run_child(job: RunJob, stop: Any, hits: _HitPublisher) -> dict:
         proc.stdin.write(pickle.dumps(job))
         proc.stdin.close()
         interrupted = False
+        next_look = time.monotonic() + STOP_POLL
         while True:
             if conn.poll(STOP_POLL):
                 try:
@@ -129,10 +130,13 @@ def _run_child(job: RunJob, stop: Any, hits: _HitPublisher) -> dict:
                     return payload
                 if kind == "hit":
                     hits.hit(payload)
-            elif not interrupted and stop.is_set():
-                interrupted = True
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGINT)
+            # Looked at on time even while hits stream in (a storm never starves a stop).
+            if not interrupted and time.monotonic() >= next_look:
+                next_look = time.monotonic() + STOP_POLL
+                if stop.is_set():
+                    interrupted = True
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGINT)
             if proc.poll() is not None and not conn.poll(0):
                 break
         code = proc.wait()

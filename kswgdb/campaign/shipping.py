@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kswgdb.errors import KswError
+from kswgdb.errors import BadInput, KswError
 from kswgdb.image import Image
 from kswgdb.symbols.elf import cache_dir
 
@@ -114,7 +114,11 @@ def ship(client: Any, parcel: ImageParcel) -> Shipment:
     from distributed import Variable
 
     hashes = parcel.hashes()
-    held = client.run(cached_hashes, hashes)               # {worker address: [sha256]}
+    try:
+        held = client.run(cached_hashes, hashes)           # {worker address: [sha256]}
+    except Exception as exc:  # noqa: BLE001 - whatever the worker raised, one line
+        raise BadInput("--cluster: the workers cannot run this kswgdb (install the same "
+                       f"version there): {type(exc).__name__}: {exc}") from None
     missing = [h for h in hashes if not held or any(h not in have for have in held.values())]
     shipment = Shipment(len(missing), 0, [])
     tag = uuid.uuid4().hex

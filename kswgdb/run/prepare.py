@@ -96,8 +96,7 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         raise BadInput("no --watch given (and no --poll): nothing to watch "
                        "(try `kswgdb disasm FUNC`)")
     check_numbers(opts)
-    # An Image already loaded: a cluster worker's, its paths in the worker's cache.
-    image = opts.image if isinstance(opts.image, image_mod.Image) else image_mod.load(opts.image)
+    image = image_mod.load(opts.image)
     image.check_scenario(opts.scenario)
     check_polls_fit(image, poll_specs)
     program = Program.load(image.symbols)

@@ -46,8 +46,8 @@ def worker_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scheduler(worker_cache: Path) -> Iterator[str]:
-    env = {"PYTHONPATH": str(ROOT),           # the workers' runs import this tree
-           "KSWGDB_CACHE_DIR": str(worker_cache)}
+    os.environ["PYTHONPATH"] = str(ROOT)      # the workers import this tree (read at their start)
+    env = {"KSWGDB_CACHE_DIR": str(worker_cache)}
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None, host="127.0.0.1", env=env)
     try:
