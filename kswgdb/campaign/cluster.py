@@ -43,6 +43,9 @@ from kswgdb.errors import BadInput
 RUN_DIR_PREFIX = "kswgdb-cluster-run-"
 #: How often a worker looks for the campaign's stop event.
 STOP_POLL = 0.5
+#: Seconds a run may take to end after its interrupt before the worker kills it
+#: (before the campaign gives it up, 20 s, so the outcome still comes back).
+KILL_AFTER = 15.0
 #: How long the campaign waits for a scheduler to answer (``--cluster-timeout``).
 CONNECT_TIMEOUT = 5.0
 
@@ -118,7 +121,7 @@ def _run_child(job: RunJob, stop: Any, hits: _HitPublisher) -> dict:
         assert proc.stdin is not None
         proc.stdin.write(pickle.dumps(job))
         proc.stdin.close()
-        interrupted = False
+        interrupted: float | None = None
         next_look = time.monotonic() + STOP_POLL
         while True:
             if conn.poll(STOP_POLL):
@@ -131,12 +134,15 @@ def _run_child(job: RunJob, stop: Any, hits: _HitPublisher) -> dict:
                 if kind == "hit":
                     hits.hit(payload)
             # Looked at on time even while hits stream in (a storm never starves a stop).
-            if not interrupted and time.monotonic() >= next_look:
-                next_look = time.monotonic() + STOP_POLL
+            now = time.monotonic()
+            if interrupted is None and now >= next_look:
+                next_look = now + STOP_POLL
                 if stop.is_set():
-                    interrupted = True
+                    interrupted = now
                     with contextlib.suppress(ProcessLookupError):
                         proc.send_signal(signal.SIGINT)
+            elif interrupted is not None and now - interrupted > KILL_AFTER:
+                proc.kill()                 # deaf to the interrupt: its QEMU dies with it
             if proc.poll() is not None and not conn.poll(0):
                 break
         code = proc.wait()

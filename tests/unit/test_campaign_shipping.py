@@ -149,3 +149,26 @@ def test_a_scheduler_address_where_nothing_answers_is_bad_input_in_bounded_time(
         connect(f"tcp://127.0.0.1:{port}")       # closed now: refused, at once
     with pytest.raises(BadInput, match="not a Dask scheduler address"):
         connect("ray://127.0.0.1:1")
+
+
+# ------------------------------------------------------- live hits of runs in flight
+def test_hits_published_by_runs_in_flight_count_for_the_latest_attempt_only(tmp_path):
+    from collections import deque
+
+    from kswgdb.campaign.cluster import ClusterPool, _Remote
+    from kswgdb.campaign.runner import Campaign
+
+    pool = object.__new__(ClusterPool)          # no scheduler: only the hit bookkeeping
+    job = RunJob(index=1, seed=5, options=RunOptions(), log_path=tmp_path / "e.jsonl")
+    pool.running = {1: _Remote(job, future=None)}
+    pool._hits = deque([{"run": 1, "attempt": "a", "key": "k1"},
+                        {"run": 1, "attempt": "a", "key": "k2"},
+                        {"run": 7, "attempt": "x", "key": "k9"},       # ended: not counted
+                        {"run": 1, "attempt": "b", "key": "k1"}])     # retried elsewhere
+    messages = pool._live_hits()
+    assert [(kind, key) for _run, kind, key in messages] == [
+        ("hit", "k1"), ("hit", "k2"), ("hit", "k1")]
+    assert pool.running[1].hits == ["k1"] and pool.running[1].attempt == "b"
+    campaign = object.__new__(Campaign)
+    campaign.pool, campaign.tally = pool, type("T", (), {"hits": 2})()
+    assert campaign.hits_seen == 3              # 2 of ended runs + 1 in flight
