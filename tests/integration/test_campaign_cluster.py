@@ -10,6 +10,7 @@ in flight), and the outcomes and event logs come back into the campaign director
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -111,13 +112,18 @@ def test_a_small_campaign_runs_on_the_cluster_with_the_image_it_shipped(
     assert summary["config"]["image"] == str(image)   # the replay lines name the source
 
 
-def test_until_hits_counts_the_hits_of_runs_in_flight(tmp_path: Path, scheduler: str) -> None:
+def test_until_hits_counts_the_hits_of_runs_in_flight(tmp_path: Path, scheduler: str,
+                                                     worker_cache: Path) -> None:
+    files = [ROOT / "images" / "kswtest.toml", ROOT / "images" / "kswtest.elf"]
+    missing = [f for f in files if not (worker_cache / "images" / hashlib.sha256(
+        f.read_bytes()).hexdigest()).is_dir()]    # the ELF is there if another test shipped it
     # Each run (runs=300) lasts far longer than it takes to the first hit: only a
     # hit counted while its run is still going can stop the campaign in time.
     proc = start(tmp_path, scheduler, "--jobs", "2", "--until-hits", "1",
                  "--cmdline", "runs=300", "--seed-start", "54000")
     _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
+    assert f"2 file(s) by sha256, {len(missing)} sent to the cluster" in err   # no re-send
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["ending"] == "--until-hits 1 reached"
     assert summary["counts"]["hits"] >= 1
