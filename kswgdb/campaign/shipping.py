@@ -141,8 +141,13 @@ def images_dir() -> Path:
 
 
 def cached_hashes(hashes: list[str]) -> list[str]:
-    """Which of ``hashes`` this worker's cache holds (a file under ``images/<sha256>/``)."""
-    return [h for h in hashes if (images_dir() / h).is_dir() and any((images_dir() / h).iterdir())]
+    """Which of ``hashes`` this worker's cache holds (a whole file under ``images/<sha256>/``;
+    a dot-file there is one being written, or left by a worker that died writing it)."""
+    def held(sha: str) -> bool:
+        folder = images_dir() / sha
+        return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+    return [h for h in hashes if held(h)]
 
 
 _verified: dict[Path, tuple[int, int]] = {}     # path -> (size, mtime_ns) hashed in this process
