@@ -38,6 +38,7 @@ from typing import Any
 from kswgdb.campaign.shipping import ImageParcel, ShipError, materialize, ship
 from kswgdb.campaign.worker import RunJob
 from kswgdb.errors import BadInput
+from kswgdb.exitcodes import ExitStatus
 
 #: A run's temporary directory on a worker: PREFIX + the worker's pid + "-" + random.
 RUN_DIR_PREFIX = "kswgdb-cluster-run-"
@@ -53,13 +54,16 @@ CONNECT_TIMEOUT = 5.0
 def run_on_worker(job: RunJob, parcel: ImageParcel, stop_events: list[str],
                   topic: str | None = None) -> dict:
     """The Dask task: one run on this worker; the outcome dict plus ``log_text``."""
+    from distributed import Event
+
+    stop = _AnyEvent([Event(name) for name in stop_events])
+    if stop.is_set():                  # queued behind other runs while the campaign ended
+        return {**_failed(job, "stopped before it started"), "status": "stopped",
+                "exit_status": int(ExitStatus.INTERRUPTED)}
     try:
         image = materialize(parcel)
     except (ShipError, OSError) as exc:
         return _failed(job, f"the image on the worker: {exc}")
-    from distributed import Event
-
-    stop = _AnyEvent([Event(name) for name in stop_events])
     sweep_lost_runs()
     with tempfile.TemporaryDirectory(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-") as tmp:
         local = replace(job, log_path=Path(tmp) / "events.jsonl",

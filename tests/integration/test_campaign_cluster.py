@@ -118,8 +118,9 @@ def test_until_hits_counts_the_hits_of_runs_in_flight(tmp_path: Path, scheduler:
     missing = [f for f in files if not (worker_cache / "images" / hashlib.sha256(
         f.read_bytes()).hexdigest()).is_dir()]    # the ELF is there if another test shipped it
     # Each run (runs=300) lasts far longer than it takes to the first hit: only a
-    # hit counted while its run is still going can stop the campaign in time.
-    proc = start(tmp_path, scheduler, "--jobs", "2", "--until-hits", "1",
+    # hit counted while its run is still going can stop the campaign in time. Three
+    # runs on two single-thread workers: the third waits its turn and never starts.
+    proc = start(tmp_path, scheduler, "--jobs", "3", "--until-hits", "1",
                  "--cmdline", "runs=300", "--seed-start", "54000")
     _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
@@ -129,6 +130,9 @@ def test_until_hits_counts_the_hits_of_runs_in_flight(tmp_path: Path, scheduler:
     assert summary["counts"]["hits"] >= 1
     assert {r["status"] for r in summary["runs"]} == {"stopped"}, summary["runs"]
     assert not any(r["verdict"] for r in summary["runs"])     # no guest ran to its end
+    assert len(summary["runs"]) == 3
+    [queued] = [r for r in summary["runs"] if r["qemu"] is None]   # its guest never started
+    assert queued["calls"] == queued["hits"] == 0
     _assert_nothing_left(range(54000, 54010))
 
 
