@@ -11,15 +11,19 @@ import argparse
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kswgdb.run.hang import DEFAULT_HANG_TIMEOUT
+
+if TYPE_CHECKING:
+    from kswgdb.image import Image
 
 
 @dataclass
 class RunOptions:
     """What a user asked for on the command line (or a test, or the benchmark)."""
 
-    image: str | Path | None = None
+    image: str | Path | Image | None = None     # an Image: loaded already (a cluster worker's)
     scenario: int | None = None
     watches: list[str] = field(default_factory=list)
     accel: str = "auto"
