@@ -46,7 +46,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ import armed_call as ac  # noqa: E402  (its console stamping applies to every Ma
 
 from kswgdb import image as image_mod  # noqa: E402
 from kswgdb.plugin.build import build  # noqa: E402
-from kswgdb.plugin.runner import PluginRun  # noqa: E402
+from kswgdb.qemu import binary  # noqa: E402
 from kswgdb.qemu.fetch import Qemu10, fetch  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.run.oneshot import WatchSession  # noqa: E402
@@ -172,19 +172,21 @@ def run_alone(work: Workload, qemu: Qemu10 | None, iters: int, timeout: float) -
 
 def run_plugin(work: Workload, qemu: Qemu10, watch: str, iters: int, timeout: float,
                mode: str) -> ac.Run:
+    """`kswgdb run --engine plugin` on QEMU 10 (``mode``'s extra plugin arguments)."""
     run = ac.Run(mode)
     ac._LAST_MACHINE.clear()
     c0 = ac._children_cpu()
-    report = PluginRun(work.options(iters, watch, timeout), qemu=qemu,
-                       plugin_extra=PLUGIN_EXTRA.get(mode, ())).run()
+    with binary.using(str(qemu.binary)):
+        report = WatchSession(replace(work.options(iters, watch, timeout), engine="plugin"),
+                              rig_options={"plugin_extra": PLUGIN_EXTRA.get(mode, ())}).run()
     run.cpu_qemu = ac._children_cpu() - c0
     work.fill(run, ac._LAST_MACHINE[0].console if ac._LAST_MACHINE else None)
     s = report.summary[0] if report.summary else {}
     run.calls = s.get("calls", 0) if mode == "unarmed" else s.get("armed", 0)
     run.hits = len(report.hits)
     run.extra.update(returns=s.get("returns"), stale=s.get("stale"))
-    if not report.ended_cleanly:
-        run.failed = run.failed or "the plugin sent no end line"
+    if report.fault or not report.summary:
+        run.failed = run.failed or report.fault or "no counters from the plugin"
     if run.hits:
         run.failed = run.failed or f"{run.hits} hits where nothing is corrupted"
     return run
@@ -194,7 +196,8 @@ def run_gdbstub(work: Workload, iters: int, timeout: float) -> ac.Run:
     run = ac.Run("gdbstub")
     ac._LAST_MACHINE.clear()
     c0 = ac._children_cpu()
-    report = WatchSession(work.options(iters, work.watch, timeout)).run()
+    report = WatchSession(replace(work.options(iters, work.watch, timeout),
+                                  engine="gdbstub")).run()
     run.cpu_qemu = ac._children_cpu() - c0
     work.fill(run, ac._LAST_MACHINE[0].console if ac._LAST_MACHINE else None)
     s = report.summary[0]

@@ -38,6 +38,17 @@
  *                      (0 none, 1 global address, 2 %gs offset) and value,
  *                      panic (freeze on its hits)
  *   x=I/ADDR/B/O       a release point of watch I, with the CFA rule there
+ *   kmap=LO/HI         KASLR: the kernel's addresses are not known yet. Nothing is
+ *                      probed until the first store into [LO, HI) (the kernel's
+ *                      first write at its virtual addresses, as the gdbstub engine's
+ *                      search watchpoint sees it). That store's vCPU is held while
+ *                      a "kernel" line (the storing PC and 16 code bytes) goes to
+ *                      kswgdb, which finds the slide and answers with one line of
+ *                      arguments at the guest's addresses ("cfg ARG,ARG...\n",
+ *                      the w=/x=/exitfn=/cur=... above plus chk=ADDR and pb=ADDR:
+ *                      16 bytes at chk and 8 at pb are sent back in a "placed"
+ *                      line, for kswgdb's symbol check and physical slide), or
+ *                      "cfg none\n" (no slide: probe nothing).
  * Numbers are C integers (0x hex, a leading - allowed).
  */
 #include <errno.h>
@@ -131,6 +142,12 @@ static atomic_int live_watches;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock_fd = -1;
+/* KASLR (kmap=): until placed, nothing is probed and stores are only looked at for
+ * the first one into the kernel map. 1 when the addresses are the guest's. */
+static atomic_int placed = 1;
+static uint64_t kmap_lo, kmap_hi;
+static uint64_t check_addr, phys_base_addr;     /* chk= and pb= of the cfg line */
+#define PLACE_WAIT_MS 60000
 static struct qemu_plugin_register *regs[R_COUNT];
 static int regs_found;
 
@@ -479,13 +496,21 @@ struct store_site {
     int is_rep;
 };
 
+static void place_kernel(uint64_t pc);
+
 static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr,
                      void *udata)
 {
+    struct store_site *site = udata;
+    if (!atomic_load_explicit(&placed, memory_order_relaxed)) {
+        if (vaddr >= kmap_lo && vaddr < kmap_hi) {
+            place_kernel(site->pc);
+        }
+        return;
+    }
     if (atomic_load_explicit(&live_watches, memory_order_relaxed) == 0) {
         return;
     }
-    struct store_site *site = udata;
     uint64_t size = 1ull << qemu_plugin_mem_size_shift(info);
     struct frame hit[4];
     int n_hit = 0;
@@ -613,20 +638,22 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         uint64_t pc = qemu_plugin_insn_vaddr(insn);
-        for (int k = 0; k < n_specs; k++) {
+        int k_specs = atomic_load(&placed) ? n_specs : 0;
+        int k_exits = atomic_load(&placed) ? n_exits : 0;
+        for (int k = 0; k < k_specs; k++) {
             if (specs[k].probe == pc) {
                 qemu_plugin_register_vcpu_insn_exec_cb(insn, on_probe, QEMU_PLUGIN_CB_R_REGS,
                                                        (void *)(intptr_t)k);
             }
         }
-        for (int k = 0; k < n_exits; k++) {
+        for (int k = 0; k < k_exits; k++) {
             if (exits[k].addr == pc) {
                 qemu_plugin_register_vcpu_insn_exec_cb(insn, on_exit_point,
                                                        QEMU_PLUGIN_CB_R_REGS,
                                                        (void *)(intptr_t)k);
             }
         }
-        if (task_exit_addr && pc == task_exit_addr) {
+        if (task_exit_addr && k_specs && pc == task_exit_addr) {
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_task_exit, QEMU_PLUGIN_CB_R_REGS,
                                                    NULL);
         }
@@ -707,68 +734,167 @@ static int connect_to(const char *path)
     return fd;
 }
 
+/* One NAME=VALUE argument (command line or kswgdb's cfg line); -1 if bad. */
+static int parse_arg(const char *arg, const char **sock)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq) {
+        fprintf(stderr, "kswplugin: argument without '=': %s\n", arg);
+        return -1;
+    }
+    size_t k = (size_t)(eq - arg);
+    const char *v = eq + 1;
+    int64_t f[11];
+    if (!strncmp(arg, "sock", k) && k == 4) {
+        *sock = v;
+    } else if (k == 3 && !strncmp(arg, "cur", k)) {
+        cur_off = strtoll(v, NULL, 0);
+    } else if (k == 3 && !strncmp(arg, "tsz", k)) {
+        thread_size = strtoull(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "pidoff", k)) {
+        pid_off = strtoll(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "comm", k)) {
+        comm_off = strtoll(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "pool", k)) {
+        pool_cap = (int)strtol(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "hold", k)) {
+        hold_ms = (int)strtol(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "stores", k)) {
+        store_mode = (int)strtol(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "exitfn", k)) {
+        task_exit_addr = strtoull(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "freeze", k)) {
+        freeze_all = (int)strtol(v, NULL, 0);
+    } else if (k == 1 && arg[0] == 'w') {
+        if (parse_fields(v, f, 11) || f[0] != n_specs || n_specs >= MAX_SPECS
+            || f[6] < 1 || f[6] > 8) {
+            fprintf(stderr, "kswplugin: bad watch: %s\n", v);
+            return -1;
+        }
+        struct spec *s = &specs[n_specs++];
+        s->probe = (uint64_t)f[1];
+        s->cfa_rbp = (int)f[2];
+        s->cfa_off = f[3];
+        s->base_rbp = (int)f[4];
+        s->off = f[5];
+        s->len = (int)f[6];
+        s->depth = (int)f[7];
+        s->guard_kind = (int)f[8];
+        s->guard_val = (uint64_t)f[9];
+        s->panic = (int)f[10];
+    } else if (k == 1 && arg[0] == 'x') {
+        if (parse_fields(v, f, 4) || f[0] < 0 || f[0] >= n_specs || n_exits >= MAX_EXITS) {
+            fprintf(stderr, "kswplugin: bad release point: %s\n", v);
+            return -1;
+        }
+        struct exitpt *x = &exits[n_exits++];
+        x->spec = (int)f[0];
+        x->addr = (uint64_t)f[1];
+        x->rbp = (int)f[2];
+        x->off = f[3];
+    } else if (k == 4 && !strncmp(arg, "kmap", k)) {
+        if (parse_fields(v, f, 2)) {
+            fprintf(stderr, "kswplugin: bad kmap: %s\n", v);
+            return -1;
+        }
+        kmap_lo = (uint64_t)f[0];
+        kmap_hi = (uint64_t)f[1];
+        atomic_store(&placed, 0);
+    } else if (k == 3 && !strncmp(arg, "chk", k)) {
+        check_addr = strtoull(v, NULL, 0);
+    } else if (k == 2 && !strncmp(arg, "pb", k)) {
+        phys_base_addr = strtoull(v, NULL, 0);
+    } else {
+        fprintf(stderr, "kswplugin: unknown argument: %s\n", arg);
+        return -1;
+    }
+    return 0;
+}
+
+/* One line from kswgdb (at most cap-1 bytes, without its newline); -1: none in time. */
+static int read_line(int fd, char *buf, size_t cap, int wait_ms)
+{
+    size_t n = 0;
+    while (n + 1 < cap) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, wait_ms) != 1 || read(fd, &buf[n], 1) != 1) {
+            return -1;
+        }
+        if (buf[n] == '\n') {
+            break;
+        }
+        n++;
+    }
+    buf[n] = 0;
+    return (int)n;
+}
+
+/*
+ * The kernel's first store into its virtual map (kmap=): this vCPU is held while
+ * kswgdb finds the slide from the storing code and answers with the arguments at
+ * the guest's addresses. No probe was translated before (nothing matched while
+ * unplaced), and at this point of the boot the kernel runs on one vCPU.
+ */
+static void place_kernel(uint64_t pc)
+{
+    static pthread_mutex_t place_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&place_lock);
+    if (atomic_load(&placed)) {
+        pthread_mutex_unlock(&place_lock);
+        return;
+    }
+    uint8_t code[16] = {0};
+    GString *line = g_string_new(NULL);
+    g_string_append_printf(line, "{\"event\":\"kernel\",\"pc\":\"0x%" PRIx64 "\"", pc);
+    put_hex(line, "code", code, read_mem(pc, code, sizeof(code)) ? (int)sizeof(code) : 0);
+    g_string_append(line, "}\n");
+    send_line(line->str, line->len);
+    g_string_free(line, TRUE);
+
+    pthread_mutex_lock(&out_lock);
+    int fd = sock_fd;
+    pthread_mutex_unlock(&out_lock);
+    static char cfg[16384];
+    int ok = fd >= 0 && read_line(fd, cfg, sizeof(cfg), PLACE_WAIT_MS) > 4
+             && !strncmp(cfg, "cfg ", 4);
+    n_specs = n_exits = 0;
+    task_exit_addr = 0;
+    check_addr = phys_base_addr = 0;
+    if (ok && strcmp(cfg + 4, "none") != 0) {
+        const char *ignored = NULL;
+        char *save = NULL;
+        for (char *arg = strtok_r(cfg + 4, ",", &save); arg; arg = strtok_r(NULL, ",", &save)) {
+            if (parse_arg(arg, &ignored)) {
+                n_specs = n_exits = 0;       /* a bad line probes nothing */
+                task_exit_addr = 0;
+                break;
+            }
+        }
+    }
+    uint8_t check[16] = {0};
+    uint64_t phys_base = 0;
+    int have_check = check_addr && read_mem(check_addr, check, sizeof(check));
+    int have_pb = phys_base_addr && read_mem(phys_base_addr, &phys_base, 8);
+    line = g_string_new(NULL);
+    g_string_append_printf(line, "{\"event\":\"placed\",\"specs\":%d,\"exits\":%d", n_specs,
+                           n_exits);
+    put_hex(line, "check", check, have_check ? (int)sizeof(check) : 0);
+    if (have_pb) {
+        g_string_append_printf(line, ",\"phys_base\":\"0x%" PRIx64 "\"", phys_base);
+    }
+    g_string_append(line, "}\n");
+    send_line(line->str, line->len);
+    g_string_free(line, TRUE);
+    atomic_store(&placed, 1);
+    pthread_mutex_unlock(&place_lock);
+}
+
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
                                            int argc, char **argv)
 {
     const char *sock = NULL;
     for (int i = 0; i < argc; i++) {
-        char *eq = strchr(argv[i], '=');
-        if (!eq) {
-            fprintf(stderr, "kswplugin: argument without '=': %s\n", argv[i]);
-            return -1;
-        }
-        size_t k = (size_t)(eq - argv[i]);
-        const char *v = eq + 1;
-        int64_t f[11];
-        if (!strncmp(argv[i], "sock", k) && k == 4) {
-            sock = v;
-        } else if (k == 3 && !strncmp(argv[i], "cur", k)) {
-            cur_off = strtoll(v, NULL, 0);
-        } else if (k == 3 && !strncmp(argv[i], "tsz", k)) {
-            thread_size = strtoull(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "pidoff", k)) {
-            pid_off = strtoll(v, NULL, 0);
-        } else if (k == 4 && !strncmp(argv[i], "comm", k)) {
-            comm_off = strtoll(v, NULL, 0);
-        } else if (k == 4 && !strncmp(argv[i], "pool", k)) {
-            pool_cap = (int)strtol(v, NULL, 0);
-        } else if (k == 4 && !strncmp(argv[i], "hold", k)) {
-            hold_ms = (int)strtol(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "stores", k)) {
-            store_mode = (int)strtol(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "exitfn", k)) {
-            task_exit_addr = strtoull(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "freeze", k)) {
-            freeze_all = (int)strtol(v, NULL, 0);
-        } else if (k == 1 && argv[i][0] == 'w') {
-            if (parse_fields(v, f, 11) || f[0] != n_specs || n_specs >= MAX_SPECS
-                || f[6] < 1 || f[6] > 8) {
-                fprintf(stderr, "kswplugin: bad watch: %s\n", v);
-                return -1;
-            }
-            struct spec *s = &specs[n_specs++];
-            s->probe = (uint64_t)f[1];
-            s->cfa_rbp = (int)f[2];
-            s->cfa_off = f[3];
-            s->base_rbp = (int)f[4];
-            s->off = f[5];
-            s->len = (int)f[6];
-            s->depth = (int)f[7];
-            s->guard_kind = (int)f[8];
-            s->guard_val = (uint64_t)f[9];
-            s->panic = (int)f[10];
-        } else if (k == 1 && argv[i][0] == 'x') {
-            if (parse_fields(v, f, 4) || f[0] < 0 || f[0] >= n_specs || n_exits >= MAX_EXITS) {
-                fprintf(stderr, "kswplugin: bad release point: %s\n", v);
-                return -1;
-            }
-            struct exitpt *x = &exits[n_exits++];
-            x->spec = (int)f[0];
-            x->addr = (uint64_t)f[1];
-            x->rbp = (int)f[2];
-            x->off = f[3];
-        } else {
-            fprintf(stderr, "kswplugin: unknown argument: %s\n", argv[i]);
+        if (parse_arg(argv[i], &sock)) {
             return -1;
         }
     }

@@ -39,6 +39,7 @@ class RunOptions:
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
     keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
     seed: int | None = None            # the guest's seed word (`kswgdb.run.seed`)
+    engine: str | None = None          # auto | gdbstub | plugin; None: $KSWGDB_ENGINE or auto
 
 
 def default_log_path() -> Path:
@@ -54,6 +55,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         polls=list(args.poll), backtrace=args.backtrace, hang_timeout=args.hang_timeout,
         gdb_listen=args.gdb_listen, paused=getattr(args, "paused", False),
         allow_unarmed=getattr(args, "allow_unarmed", False), seed=getattr(args, "seed", None),
+        engine=getattr(args, "engine", None),
     )
     if options.gdb_listen is not None:
         options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen

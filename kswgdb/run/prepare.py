@@ -22,6 +22,7 @@ from kswgdb.argtypes import check_polls_fit
 from kswgdb.errors import BadInput
 from kswgdb.gdb.backtrace import gdb_available
 from kswgdb.gdbstub.server import Listener
+from kswgdb.plugin.choice import EngineChoice, RunShape, choose
 from kswgdb.poll.config import PollSpec, parse_polls
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.run.options import RunOptions
@@ -61,6 +62,8 @@ class Plan:
     exit_hook: int | None = None
     #: The ``--gdb-listen`` port, bound before boot (None without the option).
     listener: Listener | None = None
+    #: Which engine watches (``--engine``: `kswgdb.plugin.choice`), and why.
+    engine: EngineChoice = field(default_factory=lambda: EngineChoice("gdbstub", "default"))
 
     @property
     def watches(self) -> list[ResolvedWatch]:
@@ -122,10 +125,17 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         check_alignment(watch, accel.accel)
     if opts.log_path is not None:
         check_log_path(opts.log_path)
+    specs = [r.to_arm_spec(read_release=opts.release_by_read) for r in resolved]
+    engine = choose(opts.engine, RunShape(
+        specs, module_watches=len(module_watches), polls=len(poll_specs),
+        gdb_listen=opts.gdb_listen is not None, backtrace=opts.backtrace,
+        interactive=not require_watch, accel=accel.accel,
+        release_by_read=opts.release_by_read))
+    if engine.engine == "plugin":
+        backtrace_mode = "fp"       # the plugin walks the writer's frame pointers itself
     plan = Plan(options=opts, image=image, program=program, layout=layout, accel=accel,
-                backtrace_mode=backtrace_mode, resolved=resolved,
-                specs=[r.to_arm_spec(read_release=opts.release_by_read) for r in resolved],
-                module_watches=module_watches,
+                backtrace_mode=backtrace_mode, resolved=resolved, specs=specs,
+                module_watches=module_watches, engine=engine,
                 poll_specs=poll_specs, exit_hook=exit_hook_address(program, layout))
     if opts.gdb_listen is not None:
         plan.listener = bind_gdb_listen(opts.gdb_listen)     # last: nothing fails after it

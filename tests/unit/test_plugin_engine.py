@@ -8,7 +8,13 @@ import pytest
 
 from kswgdb.errors import BadInput
 from kswgdb.plugin import protocol
-from kswgdb.plugin.args import MAX_SPECS, plugin_args, plugin_option, spec_args
+from kswgdb.plugin.args import (
+    MAX_SPECS,
+    plugin_args,
+    plugin_option,
+    spec_args,
+    spec_refusal,
+)
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.hits import SourceLine
 from kswgdb.watch.spec import ArmSpec, GuardSource
@@ -58,8 +64,9 @@ def test_global_guard_offset_mode_and_panic():
 
 
 def test_a_watch_without_release_points_is_refused():
+    assert "release points are unknown" in spec_refusal([spec(exits=())])
     with pytest.raises(BadInput, match="release points"):
-        spec_args(0, spec(exits=()))
+        plugin_args([spec(exits=())], LAYOUT, "/tmp/s", pool=1)
 
 
 def test_plugin_args_layout_and_limits():
