@@ -1,15 +1,19 @@
 """Watching hot paths of Debian's kernel under TCG: guest alone, kswgdb, a plain gdb script.
 
 Usage: python3 bench/linux_hot.py [--reps 3] [--full] [--rows never,openat,statx]
+           [--modes alone,kswgdb,gdb,alone10,plugin]
 
 Each row is one busybox workload, run by the initramfs as the command after
-``--`` on the kernel command line (images/linux.toml, ``nokaslr``), in three modes
-interleaved rep by rep (the machine is shared and noisy: only figures of one run,
-side by side, are compared):
+``--`` on the kernel command line (images/linux.toml, with ``nokaslr``: the gdb
+script breaks at the file's addresses), in up to five modes interleaved rep by
+rep (the machine is shared and noisy: only figures of one run, side by side,
+are compared):
 
-  alone   no debugger (Machine(paused=False))
+  alone   no debugger (Machine(paused=False)), the QEMU on PATH (7.2)
   kswgdb  `WatchSession` watching the function's canary at the ``fo`` that
-          `kswgdb disasm` suggests (the gdbstub engine)
+          `kswgdb disasm` suggests, ``--engine gdbstub`` (the QEMU on PATH)
+  alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline
+  plugin  the same watch, ``--engine plugin`` on QEMU 10 (no breakpoint stop)
   gdb     gdb in batch mode on the same QEMU command line, running the script a
           user would write by hand: a breakpoint at the same probe whose
           ``stop()`` reads the slot, compares it with the per-CPU canary
@@ -30,7 +34,9 @@ Rows (``--full``: the sizes of issue 13's table):
 The time of a run is host wall time between the initramfs's ``KSWGDB-INIT ready``
 and ``KSWGDB-INIT done`` console lines (boot and symbol loading excluded). Per
 armed call = (median T_mode - median T_alone) / armed calls; slowdown = median
-T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call.
+T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call. The
+plugin engine is measured against ``alone10`` (same QEMU), and its per-call cost
+is compared with the gdb script's too: one line per engine.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ import stamps as bench_stamps  # noqa: E402  (bench/stamps.py: console line time
 
 from kswgdb.image import IMAGES_DIR  # noqa: E402
 from kswgdb.image import load as load_image  # noqa: E402
+from kswgdb.qemu import binary  # noqa: E402
+from kswgdb.qemu.fetch import fetch  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.run.oneshot import WatchSession  # noqa: E402
 from kswgdb.run.options import RunOptions  # noqa: E402
@@ -66,7 +74,11 @@ from kswgdb.symbols.program import Program  # noqa: E402
 
 LINUX_TOML = IMAGES_DIR / "linux.toml"
 READY, DONE = "KSWGDB-INIT ready", "KSWGDB-INIT done"
-MODES = ("alone", "kswgdb", "gdb")
+MODES = ("alone", "kswgdb", "gdb", "alone10", "plugin")
+#: What each watched mode is measured against (the guest alone on the same QEMU).
+BASELINE = {"kswgdb": "alone", "gdb": "alone", "plugin": "alone10"}
+#: Each engine's column in the summary lines, and its QEMU.
+ENGINES = {"kswgdb": "gdbstub engine", "plugin": "plugin engine"}
 W1 = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
 
 
@@ -88,6 +100,11 @@ def rows(full: bool) -> list[Row]:
             f"for i in $(seq {k_statx}); do ls -l {where} >/dev/null; done",
             f"ls -l {where} x{k_statx}"),
     ]
+
+
+def cmdline(row: Row) -> str:
+    """``nokaslr`` in every mode: the gdb script breaks at the file's addresses."""
+    return f"nokaslr -- {row.command}"
 
 
 bench_stamps.stamp_lines(READY, DONE)
@@ -116,9 +133,11 @@ def _window(console, run: Run) -> None:
         run.failed = run.failed or f"no {READY}/{DONE} lines on the console"
 
 
-def run_alone(image, row: Row, timeout: float) -> Run:
-    run = Run("alone")
-    with Machine(image, accel="tcg", extra_cmdline=f"-- {row.command}", paused=False) as m:
+def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run:
+    run = Run("alone" if qemu10 is None else "alone10")
+    extra = {"qemu_binary": qemu10} if qemu10 else {}
+    with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=False,
+                 **extra) as m:
         try:
             m.wait_for(DONE, timeout)
         except Exception as exc:  # noqa: BLE001
@@ -128,12 +147,15 @@ def run_alone(image, row: Row, timeout: float) -> Run:
     return run
 
 
-def run_kswgdb(image, row: Row, watch: str, timeout: float) -> Run:
-    run = Run("kswgdb")
+def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None = None) -> Run:
+    """kswgdb's gdbstub engine (the QEMU on PATH), or with ``qemu10`` its plugin engine."""
+    run = Run("kswgdb" if qemu10 is None else "plugin")
     _LAST_MACHINE.clear()
-    session = WatchSession(RunOptions(image=image.path, watches=[watch], accel="tcg",
-                                      timeout=timeout, cmdline=f"-- {row.command}"))
-    report = session.run()
+    options = RunOptions(image=image.path, watches=[watch], accel="tcg", timeout=timeout,
+                         cmdline=cmdline(row),
+                         engine="gdbstub" if qemu10 is None else "plugin")
+    with binary.using(qemu10) if qemu10 else contextlib.nullcontext():
+        report = WatchSession(options).run()
     _window(_LAST_MACHINE[0].console if _LAST_MACHINE else None, run)
     s = report.summary[0]
     run.armed, run.calls, run.hits, run.packets = s["armed"], s["calls"], s["hits"], \
@@ -240,7 +262,7 @@ def run_gdb(image, row: Row, spec, timeout: float, workdir: Path) -> Run:
     run = Run("gdb")
     script, out_path = workdir / "linux_hot_gdb.py", workdir / "gdb.out"
     script.write_text(GDB_SCRIPT)
-    with Machine(image, accel="tcg", extra_cmdline=f"-- {row.command}", paused=True) as m:
+    with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=True) as m:
         params = {"sock": str(m.gdb_socket), "probe": spec.probe_addr,
                   "cfa_base": spec.cfa_base, "cfa_offset": spec.cfa_offset,
                   "base": spec.base, "offset": spec.offset, "guard_gs": spec.guard.offset,
@@ -287,34 +309,37 @@ def _fmt(value, spec=".2f"):
 def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
     t = {m: _median([r.seconds for r in rs if not r.failed]) for m, rs in runs.items()}
     armed = {m: _median([r.armed for r in rs if not r.failed]) for m, rs in runs.items()}
-    alone = t.get("alone")
     out: dict = {"row": row.name}
     print(f"\n{row.name}: {row.what}, watching {row.func}")
     print(f"  {'mode':7} {'ok/reps':>7} {'median s':>9} {'slowdown':>9} {'armed':>6} "
-          f"{'ms/armed call':>13} {'packets/armed':>13}")
+          f"{'us/armed call':>13} {'packets/armed':>13}")
     for mode in MODES:
         if mode not in runs:
             continue
         rs = runs[mode]
         ok = [r for r in rs if not r.failed]
-        slow = t[mode] / alone if t.get(mode) is not None and alone else None
+        base = t.get(BASELINE.get(mode, mode))
+        slow = t[mode] / base if t.get(mode) is not None and base else None
         per = None
-        if mode != "alone" and alone is not None and t[mode] is not None and armed[mode]:
-            per = (t[mode] - alone) / armed[mode] * 1e3
+        if mode in BASELINE and base is not None and t[mode] is not None and armed[mode]:
+            per = (t[mode] - base) / armed[mode] * 1e6
         pk = _median([r.packets / r.armed for r in ok if r.armed]) if mode == "kswgdb" else None
-        out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "ms_per": per}
+        out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "us_per": per}
         print(f"  {mode:7} {len(ok):>3}/{len(rs):<3} {_fmt(t[mode], '.3f'):>9} "
-              f"{_fmt(slow):>8}x {_fmt(armed[mode], '.0f'):>6} {_fmt(per, '.1f'):>13} "
+              f"{_fmt(slow):>8}x {_fmt(armed[mode], '.0f'):>6} {_fmt(per, '.0f'):>13} "
               f"{_fmt(pk, '.1f'):>13}")
-    k, g = out.get("kswgdb", {}), out.get("gdb", {})
-    if row.name == "never":
-        if k.get("slowdown") and g.get("slowdown"):
-            print(f"  never-called watch: kswgdb {k['slowdown']:.2f}x the guest alone "
-                  f"(aim <= 1.2x), gdb {g['slowdown']:.2f}x")
-    elif k.get("ms_per") and g.get("ms_per"):
-        print(f"  per armed call: kswgdb {k['ms_per']:.1f} ms (aim <= 10), gdb "
-              f"{g['ms_per']:.1f} ms; ratio kswgdb/gdb {k['ms_per'] / g['ms_per']:.2f} "
-              "(aim <= 0.5)")
+    g = out.get("gdb", {})
+    for mode, engine in ENGINES.items():
+        k = out.get(mode, {})
+        if row.name == "never" and k.get("slowdown"):
+            print(f"  never-called watch, {engine}: {k['slowdown']:.2f}x the guest alone "
+                  f"(aim <= 1.2x)" + (f"; gdb script {g['slowdown']:.2f}x"
+                                      if g.get("slowdown") else ""))
+        elif row.name != "never" and k.get("us_per") is not None:
+            aim = "10 ms" if mode == "kswgdb" else "50 us"
+            ratio = (f"; ratio to the gdb script {k['us_per'] / g['us_per']:.3f} (gdb "
+                     f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
+            print(f"  per armed call, {engine}: {k['us_per']:.0f} us (aim <= {aim}){ratio}")
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
@@ -341,12 +366,13 @@ def main() -> int:
     chosen = [r for r in rows(args.full) if r.name in args.rows.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     if not chosen or any(m not in MODES for m in modes):
-        ap.error("--rows: never,openat,statx; --modes: alone,kswgdb,gdb")
+        ap.error(f"--rows: never,openat,statx; --modes: {','.join(MODES)}")
     if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
         print("linux_hot: the Debian image is not built (make image-linux)", file=sys.stderr)
         return 2
     if "gdb" in modes and shutil.which("gdb") is None:
         ap.error("gdb not found")
+    qemu10 = str(fetch().binary) if {"alone10", "plugin"} & set(modes) else None
     image = load_image(LINUX_TOML)
     program = Program.load(image.symbols)
     print(machine_facts())
@@ -356,7 +382,8 @@ def main() -> int:
     try:
         for row in chosen:
             watch = build_listing(program, row.func).suggested_config
-            prep = WatchSession(RunOptions(image=image.path, watches=[watch]))
+            prep = WatchSession(RunOptions(image=image.path, watches=[watch],
+                                           engine="gdbstub"))
             prep.prepare()
             spec = prep.specs[0]
             print(f"\n[{row.name}] watch {watch!r}: probe {spec.probe_addr:#x}, "
@@ -367,10 +394,12 @@ def main() -> int:
                 for mode in order:
                     t0 = time.monotonic()
                     try:
-                        if mode == "alone":
-                            r = run_alone(image, row, args.timeout)
-                        elif mode == "kswgdb":
-                            r = run_kswgdb(image, row, watch, args.timeout)
+                        if mode in ("alone", "alone10"):
+                            r = run_alone(image, row, args.timeout,
+                                          qemu10 if mode == "alone10" else None)
+                        elif mode in ("kswgdb", "plugin"):
+                            r = run_kswgdb(image, row, watch, args.timeout,
+                                           qemu10 if mode == "plugin" else None)
                         else:
                             r = run_gdb(image, row, spec, args.timeout, workdir)
                     except Exception as exc:  # noqa: BLE001 - one bad run must not end it
