@@ -49,8 +49,6 @@ def spec_args(index: int, spec: ArmSpec) -> list[str]:
 def plugin_args(specs: list[ArmSpec], layout: GuestLayout, sock: str, *, pool: int,
                 freeze: bool = False, task_exit: int | None = None) -> list[str]:
     """Every argument after the plugin's path, in order."""
-    if not specs:
-        raise BadInput("the plugin engine needs at least one --watch")
     if (refusal := spec_refusal(specs)) is not None:
         raise BadInput(f"the plugin engine: {refusal}")
     if "," in sock:

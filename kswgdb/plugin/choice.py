@@ -5,8 +5,8 @@ runs only where every one of these holds, checked before anything starts:
 
 - the run is one-shot (the TUI adds and removes watches while the guest runs:
   the plugin's probes are fixed at translation time), with no ``--poll`` and
-  no ``--gdb-listen`` (both need the gdbstub), no module watch (the plugin
-  does not follow module loads), at most `MAX_SPECS` watches whose release
+  no ``--gdb-listen`` (both need the gdbstub), at most `MAX_SPECS` watches
+  (module watches included, armed when their module loads) whose release
   points are known, and no ``--backtrace gdb`` (the plugin walks frame
   pointers inside QEMU);
 - the accelerator is TCG (plugins are a TCG feature);
@@ -99,11 +99,8 @@ def watch_obstacle(shape: RunShape) -> str | None:
     """Why this run's watches need the gdbstub engine (None: the plugin can take them)."""
     if shape.interactive:
         return "the TUI adds and removes watches while the guest runs"
-    if not shape.specs:
-        return ("module watches are armed at module load, which the plugin does not follow"
-                if shape.module_watches else "no kernel-function watch")
-    if shape.module_watches:
-        return "module watches are armed at module load, which the plugin does not follow"
+    if not shape.specs and not shape.module_watches:
+        return "no function watch"
     if shape.polls:
         return "--poll reads guest memory through the gdbstub run"
     if shape.gdb_listen:

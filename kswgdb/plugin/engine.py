@@ -20,6 +20,13 @@ function and ``phys_base`` to read back) and checks the entry function's bytes
 against the file, so another kernel than the symbol file is "symbols do not
 match", not a wrong slide. No probe can have been translated before: nothing
 is instrumented until that line is applied.
+
+Module watches (``lkdtm`` functions): the placement's line also names
+``do_init_module`` as a hook. Each module load holds its vCPU there while
+the gdbstub engine's own `ModuleArmer` runs on this engine: it reads the
+module list through the held vCPU (`read`), and the watches it adds
+(`add_spec`) go to the plugin before the module's code runs; once no module
+watch pends, the hook is switched off (`remove_hook`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 
 from kswgdb.errors import InfraError
 from kswgdb.plugin import protocol
-from kswgdb.plugin.args import plugin_args, plugin_option
+from kswgdb.plugin.args import MAX_EXITS, MAX_SPECS, plugin_args, plugin_option, spec_args
 from kswgdb.plugin.build import build
 from kswgdb.plugin.choice import EngineChoice
 from kswgdb.qemu.machine import Machine
@@ -55,6 +62,7 @@ from kswgdb.watch.kaslr import (
     slide_spec,
 )
 from kswgdb.watch.layout import exit_hook_address, layout_for
+from kswgdb.watch.modules import LOAD_HOOK
 from kswgdb.watch.spec import ArmSpec
 
 SOCKET_NAME = "plugin.sock"
@@ -67,6 +75,8 @@ STATE_CHECK_PERIOD = 1.0
 RELEASE_AFTER = 0.05
 #: How long the plugin waits for the placement's answer (kswplugin.c PLACE_WAIT_MS).
 PLACE_ANSWER = 5.0
+#: How long a module hook's request may wait for the plugin's answer.
+HOOK_ANSWER = 5.0
 #: How long a run the watchdog would stop may take to turn out an exit.
 EXIT_GRACE = 1.0
 FOUND_BY = "first kernel-map write, in the plugin"
@@ -122,8 +132,10 @@ class PluginEngine:
 
     def __init__(self, choice: EngineChoice, specs: list[ArmSpec], layout: GuestLayout,
                  guest: str, *, pool: int, freeze_on_hit: bool, exit_hook: int | None,
-                 keep_hits: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        """Build the plugin and listen; ``extra``: more plugin arguments (measurements)."""
+                 keep_hits: int | None = None, extra: tuple[str, ...] = (),
+                 load_hook: bool = False) -> None:
+        """Build the plugin and listen; ``extra``: more plugin arguments (measurements);
+        ``load_hook``: module watches wait for their module (`add_hook`)."""
         self.plugin = build(choice.qemu10)
         self.specs, self.layout, self.guest = specs, layout, guest
         self.pool, self.freeze_on_hit, self.exit_hook = pool, freeze_on_hit, exit_hook
@@ -146,6 +158,11 @@ class PluginEngine:
         self.freeze = threading.Event()
         self._placing: queue.Queue[dict[str, Any]] = queue.Queue()
         self._running = False
+        self.load_hook = load_hook
+        self.hooks: dict[int, Callable[[Any], None]] = {}
+        self._hook_events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._held = False              # a vCPU waits in the module hook for our "go"
 
     # ------------------------------------------------------------ wiring
     @property
@@ -206,6 +223,8 @@ class PluginEngine:
         args = [a for a in self._args(specs, layout, exit_hook_address(slid, layout))
                 if not a.startswith("sock=")]
         args.append(f"chk={entry + slide:#x}")
+        if self.load_hook:
+            args.append(f"hook={slid.function(LOAD_HOOK).addr:#x}")
         with contextlib.suppress(Exception):
             args.append(f"pb={program.global_address('phys_base') + slide:#x}")
         self._send(("cfg " + ",".join(args) + "\n").encode())
@@ -277,6 +296,10 @@ class PluginEngine:
             self.ended = True
         elif kind in ("kernel", "placed"):
             self._placing.put(event)
+        elif kind == "hook":
+            self._hook_events.put(event)
+        elif kind in ("mem", "added"):
+            self._answers.put(event)
 
     def _hit(self, event: dict[str, Any]) -> None:
         hit = protocol.hit_from_event(event, self.specs, self.symbolizer, self.layout)
@@ -313,6 +336,7 @@ class PluginEngine:
                 return EngineResult("exit", hits=self.hits, detail="QEMU exited")
             if now >= deadline:
                 return EngineResult("deadline", hits=self.hits)
+            self._serve_hooks()
             if (should_stop is not None and should_stop()) or (halt is not None and halt()):
                 # QMP closes as QEMU exits, before its process is gone: an exit, not a fault.
                 if machine.wait_exit(EXIT_GRACE).kind != "timeout":
@@ -323,6 +347,74 @@ class PluginEngine:
                 if machine.wait_exit(0.0).kind != "timeout":
                     return EngineResult("exit", hits=self.hits, detail="QEMU exited")
             time.sleep(POLL_PERIOD)
+
+    # ------------------------------------------------------- module loads
+    @property
+    def target(self) -> PluginEngine:
+        """What `ModuleArmer` reads guest memory through (`read`)."""
+        return self
+
+    def add_hook(self, addr: int, handler: Callable[[Any], None]) -> None:
+        """``handler`` runs (in the run loop) at each module load; the plugin was told
+        the hook's address with the placement (``load_hook``)."""
+        self.hooks[addr] = handler
+
+    def remove_hook(self, addr: int) -> None:
+        self.hooks.pop(addr, None)
+        if self._held:
+            self._send(b"unhook\n")
+
+    def read(self, addr: int, length: int) -> bytes:
+        """Guest memory, through the vCPU held in the module hook (only then)."""
+        if not self._held:
+            raise PluginRunError("guest memory is read only while the plugin holds a vCPU")
+        self._send(f"r {addr:#x} {length}\n".encode())
+        data = bytes.fromhex(self._answer("mem").get("data", ""))
+        if len(data) != length:
+            raise PluginRunError(f"the guest's memory at {addr:#x} cannot be read")
+        return data
+
+    def add_spec(self, spec: ArmSpec) -> int:
+        """One more watch (a module's, now loaded), armed from its next call on."""
+        index = len(self.specs)
+        exits = sum(len(s.exits) for s in self.specs) + len(spec.exits)
+        if index >= MAX_SPECS or exits > MAX_EXITS or not spec.exits:
+            raise PluginRunError(f"{spec.text}: the plugin takes at most {MAX_SPECS} watches "
+                                 f"and {MAX_EXITS} release points, each with its release "
+                                 "points known")
+        self._send(("add " + ",".join(spec_args(index, spec)) + "\n").encode())
+        if not self._answer("added").get("ok"):
+            raise PluginRunError(f"the plugin refused the watch {spec.text}")
+        self.specs.append(spec)
+        return index
+
+    def _answer(self, kind: str) -> dict[str, Any]:
+        try:
+            event = self._answers.get(timeout=HOOK_ANSWER)
+        except queue.Empty:
+            self._check_link()
+            raise PluginRunError(f"the plugin sent no {kind} answer") from None
+        if event["event"] != kind:
+            raise PluginRunError(f"the plugin answered {event['event']}, not {kind}")
+        return event
+
+    def _serve_hooks(self) -> None:
+        """Module loads waiting in the plugin: their handler, then "go"."""
+        while True:
+            try:
+                event = self._hook_events.get_nowait()
+            except queue.Empty:
+                return
+            handler = self.hooks.get(int(event["pc"], 16))
+            self._held = True
+            try:
+                if handler is not None:
+                    handler(None)
+                else:
+                    self._send(b"unhook\n")
+            finally:
+                self._held = False
+                self._send(b"go\n")
 
     def _freeze(self, machine: Machine) -> None:
         """QMP ``stop`` while the plugin holds the hitting vCPU right after its store.
@@ -360,4 +452,4 @@ def plugin_engine(plan: Any, capacity: int, extra: tuple[str, ...] = ()) -> Plug
                         pool=min(capacity, max_watch or capacity),
                         freeze_on_hit=plan.options.on_hit == "freeze",
                         exit_hook=plan.exit_hook, keep_hits=plan.options.keep_hits,
-                        extra=extra)
+                        extra=extra, load_hook=bool(plan.module_watches))

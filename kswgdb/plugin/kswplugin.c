@@ -49,6 +49,11 @@
  *                      16 bytes at chk and 8 at pb are sent back in a "placed"
  *                      line, for kswgdb's symbol check and physical slide), or
  *                      "cfg none\n" (no slide: probe nothing).
+ *   hook=ADDR          module loads (do_init_module): each call holds its vCPU and
+ *                      serves kswgdb's requests, one line each, until "go":
+ *                      "r ADDR LEN" (guest memory, answered by a "mem" line),
+ *                      "add ARG,ARG..." (more w=/x= watches, numbered on), "unhook"
+ *                      (no module watch pends any more: the hook returns at once)
  * Numbers are C integers (0x hex, a leading - allowed).
  */
 #include <errno.h>
@@ -148,6 +153,10 @@ static atomic_int placed = 1;
 static uint64_t kmap_lo, kmap_hi;
 static uint64_t check_addr, phys_base_addr;     /* chk= and pb= of the cfg line */
 #define PLACE_WAIT_MS 60000
+static uint64_t hook_addr;          /* hook=: a module was loaded, not yet initialised */
+static atomic_int hook_on;
+#define HOOK_WAIT_MS 10000
+#define MAX_READ (1 << 20)
 static struct qemu_plugin_register *regs[R_COUNT];
 static int regs_found;
 
@@ -632,6 +641,8 @@ static struct store_site *store_site_for(struct qemu_plugin_insn *insn, uint64_t
     return site;
 }
 
+static void on_hook(unsigned int vcpu, void *udata);
+
 static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
@@ -652,6 +663,9 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
                                                        QEMU_PLUGIN_CB_R_REGS,
                                                        (void *)(intptr_t)k);
             }
+        }
+        if (hook_addr && pc == hook_addr && atomic_load(&hook_on)) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_hook, QEMU_PLUGIN_CB_R_REGS, NULL);
         }
         if (task_exit_addr && k_specs && pc == task_exit_addr) {
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_task_exit, QEMU_PLUGIN_CB_R_REGS,
@@ -800,6 +814,9 @@ static int parse_arg(const char *arg, const char **sock)
         kmap_lo = (uint64_t)f[0];
         kmap_hi = (uint64_t)f[1];
         atomic_store(&placed, 0);
+    } else if (k == 4 && !strncmp(arg, "hook", k)) {
+        hook_addr = strtoull(v, NULL, 0);
+        atomic_store(&hook_on, 1);
     } else if (k == 3 && !strncmp(arg, "chk", k)) {
         check_addr = strtoull(v, NULL, 0);
     } else if (k == 2 && !strncmp(arg, "pb", k)) {
@@ -887,6 +904,64 @@ static void place_kernel(uint64_t pc)
     g_string_free(line, TRUE);
     atomic_store(&placed, 1);
     pthread_mutex_unlock(&place_lock);
+}
+
+/*
+ * A module is linked in and relocated, its init not run yet: kswgdb reads the
+ * module list through this held vCPU and adds the watches of the module, then
+ * says "go" (bounded by HOOK_WAIT_MS per line, so a vanished kswgdb never hangs
+ * the guest). Probes in the module's code are translated after this returns.
+ */
+static void on_hook(unsigned int vcpu, void *udata)
+{
+    if (!atomic_load(&hook_on)) {
+        return;
+    }
+    pthread_mutex_lock(&out_lock);
+    int fd = sock_fd;
+    pthread_mutex_unlock(&out_lock);
+    if (fd < 0) {
+        return;
+    }
+    static pthread_mutex_t hook_lock = PTHREAD_MUTEX_INITIALIZER;
+    static char req[16384];
+    pthread_mutex_lock(&hook_lock);
+    char hello[96];
+    int n = snprintf(hello, sizeof(hello), "{\"event\":\"hook\",\"pc\":\"0x%" PRIx64 "\"}\n",
+                     hook_addr);
+    send_line(hello, (size_t)n);
+    while (read_line(fd, req, sizeof(req), HOOK_WAIT_MS) >= 0) {
+        if (!strcmp(req, "go")) {
+            break;
+        } else if (!strcmp(req, "unhook")) {
+            atomic_store(&hook_on, 0);
+        } else if (!strncmp(req, "r ", 2)) {
+            char *end;
+            uint64_t addr = strtoull(req + 2, &end, 0);
+            uint64_t len = strtoull(end, NULL, 0);
+            GString *line = g_string_new("{\"event\":\"mem\"");
+            uint8_t *buf = len && len <= MAX_READ ? g_malloc(len) : NULL;
+            put_hex(line, "data", buf, buf && read_mem(addr, buf, len) ? (int)len : 0);
+            g_free(buf);
+            g_string_append(line, "}\n");
+            send_line(line->str, line->len);
+            g_string_free(line, TRUE);
+        } else if (!strncmp(req, "add ", 4)) {
+            const char *ignored = NULL;
+            char *save = NULL;
+            int ok = 1;
+            pthread_mutex_lock(&lock);
+            for (char *arg = strtok_r(req + 4, ",", &save); arg && ok;
+                 arg = strtok_r(NULL, ",", &save)) {
+                ok = parse_arg(arg, &ignored) == 0;
+            }
+            pthread_mutex_unlock(&lock);
+            n = snprintf(hello, sizeof(hello), "{\"event\":\"added\",\"ok\":%d,\"specs\":%d}\n",
+                         ok, n_specs);
+            send_line(hello, (size_t)n);
+        }
+    }
+    pthread_mutex_unlock(&hook_lock);
 }
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,

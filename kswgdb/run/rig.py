@@ -33,7 +33,7 @@ from kswgdb.errors import BadInput, KswError
 from kswgdb.gdb.backtrace import GdbUnwinder
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import ErrorReply, StubError
-from kswgdb.plugin.engine import PluginEngine, plugin_engine
+from kswgdb.plugin.engine import PluginEngine, PluginRunError, plugin_engine
 from kswgdb.poll.physrun import PhysWatch
 from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.qemu import reaper
@@ -307,6 +307,9 @@ class Rig:
                          "read inside QEMU by the plugin")
         self.engine = plugin.start(self.specs, self.layout, self.symbolizer, self.log,
                                    self.sink.hit)
+        if self.plan.module_watches:
+            ModuleArmer(program, self.plan.module_watches, self.symbolizer, self.sink.status,
+                        unreadable=(PluginRunError,)).install(plugin)
         self._start_watchdog(plugin)
         return self.engine
 

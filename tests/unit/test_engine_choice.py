@@ -80,8 +80,7 @@ def test_every_missing_piece_of_the_plugin_is_named(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("shape", "why"), [
     (dict(interactive=True), "the TUI adds and removes watches"),
-    (dict(specs=[], module_watches=1), "module watches are armed at module load"),
-    (dict(module_watches=1), "module watches"),
+    (dict(specs=[]), "no function watch"),
     (dict(polls=1), "--poll"),
     (dict(gdb_listen=True), "--gdb-listen"),
     (dict(backtrace="gdb"), "--backtrace gdb"),
@@ -95,6 +94,12 @@ def test_watch_sets_the_plugin_cannot_take_fall_back_with_the_reason(monkeypatch
     assert got.engine == "gdbstub" and why in got.reason
     with pytest.raises(BadInput, match=f"--engine plugin: .*{why}"):
         choice.choose("plugin", choice.RunShape(**{"specs": [spec()], **shape}))
+
+
+def test_module_watches_go_to_the_plugin_too(tmp_path, monkeypatch):
+    fake_qemu(monkeypatch, QemuVersion(10, 0, 2))
+    fake_cache(tmp_path, monkeypatch)
+    assert choice.choose("auto", choice.RunShape([], module_watches=1)).engine == "plugin"
 
 
 def test_the_environment_names_the_default_engine(monkeypatch):
