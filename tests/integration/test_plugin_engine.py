@@ -25,7 +25,10 @@ without them the tests fail, saying why.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,3 +167,37 @@ def test_freeze_stops_the_guest_at_the_first_hit(kernel, qemu10, tmp_path: Path)
     assert report.verdict is None
     assert not any("KSWTEST corrupt" in line for line in report.console_log)
     assert report.vmcore is not None and report.vmcore.stat().st_size > 0
+
+
+def kswgdb_cli(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kswgdb", *argv], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200", **env})
+
+
+def test_cli_auto_takes_the_plugin_on_qemu_10_and_says_so(kernel, qemu10, tmp_path: Path):
+    """`kswgdb --qemu QEMU10 run`: the plugin engine, named on stderr and in `start`;
+    the same panel and exit status 1 (a hit) as the gdbstub engine."""
+    log = tmp_path / "e.jsonl"
+    proc = kswgdb_cli("--qemu", str(qemu10.binary), "run", "--scenario", "3",
+                      "-w", scenario_watch(kernel[0], 3), "--log", str(log),
+                      KSWGDB_ENGINE="")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "engine: plugin (QEMU 10.0." in proc.stderr
+    assert "Caught stack corruption #1" in proc.stdout and "s3_corrupt_write" in proc.stdout
+    start = json.loads(log.read_text().splitlines()[0])
+    assert start["engine"] == "plugin" and start["engine_reason"].startswith("QEMU 10.0.")
+
+
+def test_cli_plugin_where_it_cannot_run_is_one_line_and_exit_2(kernel, tmp_path: Path):
+    """QEMU 7.2 (the system's): `--engine plugin` is bad input before boot; auto runs
+    the gdbstub engine and says why."""
+    proc = kswgdb_cli("--qemu", "qemu-system-x86_64", "run", "--scenario", "3",
+                      "-w", scenario_watch(kernel[0], 3), "--engine", "plugin",
+                      "--log", str(tmp_path / "e.jsonl"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"kswgdb: error: --engine plugin: QEMU 7\.2\.\d+ has no plugin API 4 \(needs >= "
+        r"9\.2\.0; `make qemu10` fetches 10\.0 into build/qemu10\) \(use --engine gdbstub "
+        r"or auto\)", lines[0]), lines
+    assert not (tmp_path / "e.jsonl").exists()
