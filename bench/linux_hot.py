@@ -34,7 +34,10 @@ Rows (``--full``: the sizes of issue 13's table):
 The time of a run is host wall time between the initramfs's ``KSWGDB-INIT ready``
 and ``KSWGDB-INIT done`` console lines (boot and symbol loading excluded). Per
 armed call = (median T_mode - median T_alone) / armed calls; slowdown = median
-T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call. The
+T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call. QEMU's
+CPU time between the same two lines is shown too (`bench/stamps.py`), per armed
+call against the same baseline: on a shared host it moves much less than the
+wall time. The
 plugin engine is measured against ``alone10`` (same QEMU), and its per-call cost
 is compared with the gdb script's too: one line per engine.
 """
@@ -115,6 +118,7 @@ _LAST_MACHINE = bench_stamps.LAST_MACHINE
 class Run:
     mode: str
     seconds: float | None = None
+    cpu: float | None = None          # QEMU's CPU seconds between the two lines
     armed: int = 0
     calls: int = 0
     hits: int = 0
@@ -125,6 +129,9 @@ class Run:
 
 def _window(console, run: Run) -> None:
     stamps = bench_stamps.stamps(console)
+    cpu = bench_stamps.cpu_stamps(console)
+    if cpu.get(READY) is not None and cpu.get(DONE) is not None:
+        run.cpu = cpu[DONE] - cpu[READY]
     if READY in stamps and DONE in stamps:
         run.seconds = stamps[DONE][0] - stamps[READY][0]
         if "status=0" not in stamps[DONE][1]:
@@ -308,38 +315,46 @@ def _fmt(value, spec=".2f"):
 
 def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
     t = {m: _median([r.seconds for r in rs if not r.failed]) for m, rs in runs.items()}
+    c = {m: _median([r.cpu for r in rs if not r.failed]) for m, rs in runs.items()}
     armed = {m: _median([r.armed for r in rs if not r.failed]) for m, rs in runs.items()}
     out: dict = {"row": row.name}
     print(f"\n{row.name}: {row.what}, watching {row.func}")
     print(f"  {'mode':7} {'ok/reps':>7} {'median s':>9} {'slowdown':>9} {'armed':>6} "
-          f"{'us/armed call':>13} {'packets/armed':>13}")
+          f"{'us/armed call':>13} {'QEMU CPU s':>10} {'CPU us/call':>11} {'packets/armed':>13}")
     for mode in MODES:
         if mode not in runs:
             continue
         rs = runs[mode]
         ok = [r for r in rs if not r.failed]
-        base = t.get(BASELINE.get(mode, mode))
+        base_mode = BASELINE.get(mode, mode)
+        base, cbase = t.get(base_mode), c.get(base_mode)
         slow = t[mode] / base if t.get(mode) is not None and base else None
-        per = None
-        if mode in BASELINE and base is not None and t[mode] is not None and armed[mode]:
-            per = (t[mode] - base) / armed[mode] * 1e6
+        per = cper = None
+        if mode in BASELINE and armed[mode]:
+            if base is not None and t[mode] is not None:
+                per = (t[mode] - base) / armed[mode] * 1e6
+            if cbase is not None and c[mode] is not None:
+                cper = (c[mode] - cbase) / armed[mode] * 1e6
         pk = _median([r.packets / r.armed for r in ok if r.armed]) if mode == "kswgdb" else None
-        out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "us_per": per}
+        out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "us_per": per,
+                     "cpu": c[mode], "cpu_us_per": cper,
+                     "cpu_slowdown": c[mode] / cbase if c[mode] and cbase else None}
         print(f"  {mode:7} {len(ok):>3}/{len(rs):<3} {_fmt(t[mode], '.3f'):>9} "
               f"{_fmt(slow):>8}x {_fmt(armed[mode], '.0f'):>6} {_fmt(per, '.0f'):>13} "
-              f"{_fmt(pk, '.1f'):>13}")
+              f"{_fmt(c[mode], '.2f'):>10} {_fmt(cper, '.0f'):>11} {_fmt(pk, '.1f'):>13}")
     g = out.get("gdb", {})
     for mode, engine in ENGINES.items():
         k = out.get(mode, {})
         if row.name == "never" and k.get("slowdown"):
             print(f"  never-called watch, {engine}: {k['slowdown']:.2f}x the guest alone "
-                  f"(aim <= 1.2x)" + (f"; gdb script {g['slowdown']:.2f}x"
-                                      if g.get("slowdown") else ""))
+                  f"(QEMU CPU {_fmt(k.get('cpu_slowdown'))}x; aim <= 1.2x)"
+                  + (f"; gdb script {g['slowdown']:.2f}x" if g.get("slowdown") else ""))
         elif row.name != "never" and k.get("us_per") is not None:
             aim = "10 ms" if mode == "kswgdb" else "50 us"
             ratio = (f"; ratio to the gdb script {k['us_per'] / g['us_per']:.3f} (gdb "
                      f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
-            print(f"  per armed call, {engine}: {k['us_per']:.0f} us (aim <= {aim}){ratio}")
+            print(f"  per armed call, {engine}: {k['us_per']:.0f} us wall, "
+                  f"{_fmt(k.get('cpu_us_per'), '.0f')} us QEMU CPU (aim <= {aim}){ratio}")
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
@@ -405,7 +420,8 @@ def main() -> int:
                     except Exception as exc:  # noqa: BLE001 - one bad run must not end it
                         r = Run(mode, failed=f"{type(exc).__name__}: {exc}".splitlines()[0])
                     runs[mode].append(r)
-                    print(f"  rep {rep + 1} {mode:6} {_fmt(r.seconds, '.3f')} s, armed "
+                    print(f"  rep {rep + 1} {mode:6} {_fmt(r.seconds, '.3f')} s "
+                          f"({_fmt(r.cpu)} s QEMU CPU), armed "
                           f"{r.armed}, run took {time.monotonic() - t0:.1f}s"
                           + (f" FAILED: {r.failed}" if r.failed else ""), flush=True)
             results.append(report(row, runs, args.verbose))
