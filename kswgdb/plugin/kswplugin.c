@@ -144,6 +144,10 @@ static int hold_ms = 2000;      /* longest a freezing hit holds its vCPU for ksw
 static int store_mode = 2;
 static uint64_t hit_seq;
 static atomic_int live_watches;
+/* Every live watch lies in [live_lo, live_hi): a store outside needs no lock (most
+ * stores of an armed call go to its callees' frames, below the watched slot). Widened
+ * before a watch goes live, narrowed after one is dropped. */
+static _Atomic uint64_t live_lo = UINT64_MAX, live_hi;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock_fd = -1;
@@ -265,6 +269,21 @@ static struct frame *find_frame(uint64_t task, int spec, uint64_t cfa)
     return NULL;
 }
 
+/* Under lock: the span of the armed frames, after one was dropped. */
+static void narrow_live_range(void)
+{
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < frames_hw; i++) {
+        struct frame *f = &frames[i];
+        if (f->used && f->armed) {
+            lo = f->addr < lo ? f->addr : lo;
+            hi = f->addr + (uint64_t)f->len > hi ? f->addr + (uint64_t)f->len : hi;
+        }
+    }
+    atomic_store(&live_lo, lo);
+    atomic_store(&live_hi, hi);
+}
+
 static void drop_frame(struct frame *f, int stale)
 {
     if (stale) {
@@ -274,6 +293,7 @@ static void drop_frame(struct frame *f, int stale)
         f->armed = 0;
         pool_used--;
         atomic_fetch_sub(&live_watches, 1);
+        narrow_live_range();
     }
     f->used = 0;
     while (frames_hw > 0 && !frames[frames_hw - 1].used) {
@@ -385,6 +405,12 @@ static void on_probe(unsigned int vcpu, void *udata)
     pool_used++;
     if (pool_used > pool_high) {
         pool_high = pool_used;
+    }
+    if (slot < atomic_load(&live_lo)) {
+        atomic_store(&live_lo, slot);
+    }
+    if (slot + (uint64_t)s->len > atomic_load(&live_hi)) {
+        atomic_store(&live_hi, slot + (uint64_t)s->len);
     }
     f->armed = 1;
     f->addr = slot;
@@ -521,6 +547,10 @@ static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vad
         return;
     }
     uint64_t size = 1ull << qemu_plugin_mem_size_shift(info);
+    if (vaddr >= atomic_load_explicit(&live_hi, memory_order_relaxed)
+        || vaddr + size <= atomic_load_explicit(&live_lo, memory_order_relaxed)) {
+        return;
+    }
     struct frame hit[4];
     int n_hit = 0;
 
