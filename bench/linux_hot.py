@@ -14,6 +14,9 @@ are compared):
           `kswgdb disasm` suggests, ``--engine gdbstub`` (the QEMU on PATH)
   alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline
   plugin  the same watch, ``--engine plugin`` on QEMU 10 (no breakpoint stop)
+  plugin0 the plugin with the same watch at ``dp=5``: every call probed and
+          released, none armed, every store instrumented: what the plugin costs
+          a workload whatever it arms, so ``plugin`` against it is the armed call
   gdb     gdb in batch mode on the same QEMU command line, running the script a
           user would write by hand: a breakpoint at the same probe whose
           ``stop()`` reads the slot, compares it with the per-CPU canary
@@ -77,9 +80,11 @@ from kswgdb.symbols.program import Program  # noqa: E402
 
 LINUX_TOML = IMAGES_DIR / "linux.toml"
 READY, DONE = "KSWGDB-INIT ready", "KSWGDB-INIT done"
-MODES = ("alone", "kswgdb", "gdb", "alone10", "plugin")
+MODES = ("alone", "kswgdb", "gdb", "alone10", "plugin", "plugin0")
 #: What each watched mode is measured against (the guest alone on the same QEMU).
-BASELINE = {"kswgdb": "alone", "gdb": "alone", "plugin": "alone10"}
+BASELINE = {"kswgdb": "alone", "gdb": "alone", "plugin": "alone10", "plugin0": "alone10"}
+#: The plugin's watch that is probed at every call and never armed.
+UNARMED_DEPTH = " dp=5"
 #: Each engine's column in the summary lines, and its QEMU.
 ENGINES = {"kswgdb": "gdbstub engine", "plugin": "plugin engine"}
 W1 = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
@@ -154,9 +159,10 @@ def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run
     return run
 
 
-def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None = None) -> Run:
+def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None = None,
+               mode: str = "") -> Run:
     """kswgdb's gdbstub engine (the QEMU on PATH), or with ``qemu10`` its plugin engine."""
-    run = Run("kswgdb" if qemu10 is None else "plugin")
+    run = Run(mode or ("kswgdb" if qemu10 is None else "plugin"))
     _LAST_MACHINE.clear()
     options = RunOptions(image=image.path, watches=[watch], accel="tcg", timeout=timeout,
                          cmdline=cmdline(row),
@@ -325,6 +331,8 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
         if mode not in runs:
             continue
         rs = runs[mode]
+        if mode == "plugin0":
+            armed[mode] = armed.get("plugin")     # per call of the armed run, by design
         ok = [r for r in rs if not r.failed]
         base_mode = BASELINE.get(mode, mode)
         base, cbase = t.get(base_mode), c.get(base_mode)
@@ -355,6 +363,12 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
                      f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
             print(f"  per armed call, {engine}: {k['us_per']:.0f} us wall, "
                   f"{_fmt(k.get('cpu_us_per'), '.0f')} us QEMU CPU (aim <= {aim}){ratio}")
+    k, u = out.get("plugin", {}), out.get("plugin0", {})
+    if row.name != "never" and k.get("armed") and k.get("cpu") and u.get("cpu"):
+        print(f"  per armed call, plugin engine, against plugin0 (the same probes and store "
+              f"callbacks, nothing armed): {(k['seconds'] - u['seconds']) / k['armed'] * 1e6:.0f}"
+              f" us wall, {(k['cpu'] - u['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU "
+              "(aim <= 50 us)")
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
@@ -387,7 +401,7 @@ def main() -> int:
         return 2
     if "gdb" in modes and shutil.which("gdb") is None:
         ap.error("gdb not found")
-    qemu10 = str(fetch().binary) if {"alone10", "plugin"} & set(modes) else None
+    qemu10 = str(fetch().binary) if {"alone10", "plugin", "plugin0"} & set(modes) else None
     image = load_image(LINUX_TOML)
     program = Program.load(image.symbols)
     print(machine_facts())
@@ -412,9 +426,10 @@ def main() -> int:
                         if mode in ("alone", "alone10"):
                             r = run_alone(image, row, args.timeout,
                                           qemu10 if mode == "alone10" else None)
-                        elif mode in ("kswgdb", "plugin"):
-                            r = run_kswgdb(image, row, watch, args.timeout,
-                                           qemu10 if mode == "plugin" else None)
+                        elif mode in ("kswgdb", "plugin", "plugin0"):
+                            r = run_kswgdb(image, row, watch + UNARMED_DEPTH * (
+                                mode == "plugin0"), args.timeout,
+                                qemu10 if mode != "kswgdb" else None, mode)
                         else:
                             r = run_gdb(image, row, spec, args.timeout, workdir)
                     except Exception as exc:  # noqa: BLE001 - one bad run must not end it
