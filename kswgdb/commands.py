@@ -162,10 +162,13 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     if options.log_path:
         out.print(f"[dim]event log: {options.log_path}", soft_wrap=True)
     if report.vmcore is not None:
-        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True,
+        frozen = report.frozen
+        ticks = f" (guest ticks {frozen.ticks})" if frozen and frozen.ticks is not None else ""
+        out.print(f"[bold]guest frozen at the hit{ticks}; vmcore: {report.vmcore}", markup=True,
                   soft_wrap=True)
-        out.print(f"  inspect: gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}   "
-                  f"(or: crash {report.symbols} {report.vmcore})", markup=False, soft_wrap=True)
+        inspect = frozen.inspect if frozen is not None else \
+            f"gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}"
+        out.print(f"  inspect: {inspect}", markup=False, soft_wrap=True)
     for core in report.poll_vmcores:
         if core != report.vmcore:
             out.print(f"[dim]poll vmcore: {core}", markup=True, soft_wrap=True)

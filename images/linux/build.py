@@ -12,8 +12,12 @@ the image needs land in ``images/linux/out/``:
   starts in about a second instead of reading all the DWARF;
 * ``lkdtm.ko``: LKDTM, which Debian does not build, compiled out of tree from
   ``linux-source`` against Debian's headers package;
+* ``qemu_fw_cfg.ko``: the kernel's own fw_cfg driver (a module in Debian's cloud
+  kernel, CONFIG_FW_CFG_SYSFS=m): loaded by /init, it tells QEMU's ``-device
+  vmcoreinfo`` where the kernel's VMCOREINFO note is, so a freeze dump carries it and
+  drgn and crash open the dump as a Linux vmcore;
 * ``initrd.img``: a newc cpio (written here; ``cpio`` is not on the machine) with
-  busybox-static, ``images/linux/init`` and ``lkdtm.ko``.
+  busybox-static, ``images/linux/init``, ``lkdtm.ko`` and ``qemu_fw_cfg.ko``.
 
 Each step skips itself when its output exists, and the Makefile's stamp keeps a
 second ``make image-linux`` from running this at all. Every external command is an
@@ -40,6 +44,8 @@ CACHE = HERE / "cache"
 OUT = HERE / "out"
 INIT_SCRIPT = HERE / "init"
 META_PACKAGE = "linux-image-cloud-amd64"
+#: The fw_cfg driver, which hands QEMU's vmcoreinfo device the VMCOREINFO note's address.
+FW_CFG_MODULE = "qemu_fw_cfg.ko"
 
 #: LKDTM's UNSET_SMEP test calls native_write_cr4, which Debian's kernel does not
 #: export: the module would not load. Its body is compiled out (the test then says XFAIL).
@@ -268,12 +274,12 @@ def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
 # -- initramfs --------------------------------------------------------------------
 
 
-def write_initramfs(busybox: Path, init: Path, module: Path, dest: Path) -> None:
-    """A gzip'd newc cpio: /init, /bin/busybox, /lib/modules/lkdtm.ko and the mount points."""
+def write_initramfs(busybox: Path, init: Path, modules: list[Path], dest: Path) -> None:
+    """A gzip'd newc cpio: /init, /bin/busybox, /lib/modules/*.ko and the mount points."""
     dirs = ["bin", "sbin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"]
     files = [("init", 0o100755, init.read_bytes()),
-             ("bin/busybox", 0o100755, busybox.read_bytes()),
-             ("lib/modules/lkdtm.ko", 0o100644, module.read_bytes())]
+             ("bin/busybox", 0o100755, busybox.read_bytes())]
+    files += [(f"lib/modules/{m.name}", 0o100644, m.read_bytes()) for m in modules]
     blob = bytearray()
     ino = 1
     for d in dirs:
@@ -314,11 +320,15 @@ def build(out: Path = OUT, cache: Path = CACHE) -> None:
     add_gdb_index(out / "vmlinux")
     if not (out / "lkdtm.ko").exists():
         build_lkdtm(debs, cache / "work", out / "lkdtm.ko")
+    if not (out / FW_CFG_MODULE).exists():
+        with Step(f"extract {FW_CFG_MODULE}"):
+            extract_member(image_deb, "/drivers/firmware/" + FW_CFG_MODULE, out / FW_CFG_MODULE)
     busybox = cache / "busybox"
     if not busybox.exists():
         extract_member(debs["busybox-static"], "/bin/busybox", busybox)
     with Step("write initrd.img"):
-        write_initramfs(busybox, INIT_SCRIPT, out / "lkdtm.ko", out / "initrd.img")
+        write_initramfs(busybox, INIT_SCRIPT, [out / "lkdtm.ko", out / FW_CFG_MODULE],
+                        out / "initrd.img")
 
 
 def _abi(image_deb: Path) -> str:

@@ -13,6 +13,8 @@
 - `qemucrash`    QEMU's last stderr lines shown and its log kept after a fault
 - `hang`         a wedged guest told from a quiet one (its clock read through QMP), and
                  the kernel's own stall reports
+- `vmcore`       the frozen guest's dump, its tick count at the dump, and the command
+                 that opens it (drgn for Linux, whose dump carries VMCOREINFO; gdb)
 - `oneshot`      the `kswgdb run` driver (`WatchSession`) and its `RunReport`
 - `live`         the TUI's controller (`LiveSession`): a worker thread, a command queue,
                  snapshots, a `RunState`

@@ -9,6 +9,8 @@ and the instruction it names really is a store in that function.
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 
 import pytest
 
@@ -135,6 +137,14 @@ def test_panic_hit_freezes_the_guest_and_keeps_a_vmcore(img, tmp_path):
     assert report.vmcore.stat().st_mode & 0o777 == 0o600
     assert report.vmcore.read_bytes()[:4] == b"\x7fELF"
     assert report.guest_exit is None        # stopped at the hit, never ran to its end
+    # The inspect command (gdb for the test kernel) opens the dump: the guest's clock
+    # there is the one read through the stub at the freeze, the hit's own.
+    frozen = report.frozen
+    assert frozen is not None and frozen.ticks == report.hits[0].guest_time is not None
+    proc = subprocess.run([*shlex.split(frozen.inspect), "-batch", "-ex", "p jiffies"],
+                          capture_output=True, text=True, timeout=60)
+    assert re.search(rf"^\$1 = {frozen.ticks}$", proc.stdout, re.MULTILINE), \
+        (frozen.inspect, proc.stdout[-500:], proc.stderr[-500:])
 
 
 def test_cli_run_exit_status_1_and_jsonl_events(tmp_path):
