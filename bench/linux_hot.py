@@ -168,7 +168,10 @@ def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None =
                          cmdline=cmdline(row),
                          engine="gdbstub" if qemu10 is None else "plugin")
     with binary.using(qemu10) if qemu10 else contextlib.nullcontext():
-        report = WatchSession(options).run()
+        session = WatchSession(options, rig_options={"plugin_extra": ("prof=1",)}
+                               if qemu10 else None)
+        report = session.run()
+    profile = getattr(session.rig.engine, "profile", None) if session.rig else None
     _window(_LAST_MACHINE[0].console if _LAST_MACHINE else None, run)
     s = report.summary[0]
     run.armed, run.calls, run.hits, run.packets = s["armed"], s["calls"], s["hits"], \
@@ -176,6 +179,10 @@ def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None =
     run.extra = {"returns": s["returns"], "stale": s["stale"], "not_armed": s["not_armed"],
                  "unexpected_stops": report.unexpected_stops, "steps": report.steps,
                  "emulated": report.emulated, "refusals": report.emulation_refusals}
+    if profile:
+        run.extra["callbacks_us"] = sum(profile.get(k, 0) for k in
+                                        ("probe_ns", "release_ns", "store_ns")) / 1e3
+        run.extra["profile"] = profile
     if report.fault:
         run.failed = run.failed or report.fault
     if run.hits:
@@ -363,6 +370,12 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
                      f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
             print(f"  per armed call, {engine}: {k['us_per']:.0f} us wall, "
                   f"{_fmt(k.get('cpu_us_per'), '.0f')} us QEMU CPU (aim <= {aim}){ratio}")
+    in_plugin = _median([r.extra.get("callbacks_us") for r in runs.get("plugin", [])
+                         if not r.failed])
+    if in_plugin is not None and armed.get("plugin"):
+        print(f"  per armed call, plugin engine, inside its callbacks (probe, release, "
+              f"store checks past the range test; clock_gettime): "
+              f"{in_plugin / armed['plugin']:.1f} us (aim <= 50 us)")
     k, u = out.get("plugin", {}), out.get("plugin0", {})
     if row.name != "never" and k.get("armed") and k.get("cpu") and u.get("cpu"):
         print(f"  per armed call, plugin engine, against plugin0 (the same probes and store "

@@ -155,6 +155,7 @@ class PluginEngine:
         self.packets_sent = 0           # lines from the plugin: the watchdog's activity
         self.stats: list[dict[str, int]] = []
         self.ended = False              # the plugin's ``end`` line (QEMU exiting) came
+        self.profile: dict[str, int] = {}   # ``prof=1``: time in the callbacks (bench/)
         self.freeze = threading.Event()
         self._placing: queue.Queue[dict[str, Any]] = queue.Queue()
         self._running = False
@@ -293,6 +294,7 @@ class PluginEngine:
             self._hit(event)
         elif kind == "end":
             self.stats = event.get("stats", [])
+            self.profile = event.get("prof", {})
             self.ended = True
         elif kind in ("kernel", "placed"):
             self._placing.put(event)

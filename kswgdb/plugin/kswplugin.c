@@ -49,6 +49,8 @@
  *                      16 bytes at chk and 8 at pb are sent back in a "placed"
  *                      line, for kswgdb's symbol check and physical slide), or
  *                      "cfg none\n" (no slide: probe nothing).
+ *   prof=1             time the probe, release and store-check callbacks (clock_gettime)
+ *                      and send the totals in the "end" line (bench/linux_hot.py)
  *   hook=ADDR          module loads (do_init_module): each call holds its vCPU and
  *                      serves kswgdb's requests, one line each, until "go":
  *                      "r ADDR LEN" (guest memory, answered by a "mem" line),
@@ -143,6 +145,17 @@ static int hold_ms = 2000;      /* longest a freezing hit holds its vCPU for ksw
  * may lag within a translation block), 0 not at all (measurement only). */
 static int store_mode = 2;
 static uint64_t hit_seq;
+/* prof=1: nanoseconds spent in probe, release and store-check (past the range test)
+ * callbacks, and how many of the latter. */
+static int prof;
+static _Atomic uint64_t prof_probe_ns, prof_release_ns, prof_store_ns, prof_stores;
+#include <time.h>
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 static atomic_int live_watches;
 /* Every live watch lies in [live_lo, live_hi): a store outside needs no lock (most
  * stores of an armed call go to its callees' frames, below the watched slot). Widened
@@ -329,7 +342,18 @@ static struct frame *new_frame(void)
 
 /* ------------------------------------------------------------------- probe */
 
+static void on_probe_body(unsigned int vcpu, void *udata);
+
 static void on_probe(unsigned int vcpu, void *udata)
+{
+    uint64_t t0 = prof ? now_ns() : 0;
+    on_probe_body(vcpu, udata);
+    if (prof) {
+        atomic_fetch_add(&prof_probe_ns, now_ns() - t0);
+    }
+}
+
+static void on_probe_body(unsigned int vcpu, void *udata)
 {
     int idx = (int)(intptr_t)udata;
     struct spec *s = &specs[idx];
@@ -424,7 +448,18 @@ out:
 
 /* ----------------------------------------------------------------- release */
 
+static void on_exit_point_body(unsigned int vcpu, void *udata);
+
 static void on_exit_point(unsigned int vcpu, void *udata)
+{
+    uint64_t t0 = prof ? now_ns() : 0;
+    on_exit_point_body(vcpu, udata);
+    if (prof) {
+        atomic_fetch_add(&prof_release_ns, now_ns() - t0);
+    }
+}
+
+static void on_exit_point_body(unsigned int vcpu, void *udata)
 {
     struct exitpt *x = &exits[(intptr_t)udata];
     uint64_t sp = reg(R_RSP), fp = reg(R_RBP), gs = reg(R_GS_BASE);
@@ -532,6 +567,9 @@ struct store_site {
 };
 
 static void place_kernel(uint64_t pc);
+struct store_site;
+static void check_store(unsigned int vcpu, struct store_site *site, uint64_t vaddr,
+                        uint64_t size);
 
 static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr,
                      void *udata)
@@ -551,6 +589,17 @@ static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vad
         || vaddr + size <= atomic_load_explicit(&live_lo, memory_order_relaxed)) {
         return;
     }
+    uint64_t t0 = prof ? now_ns() : 0;
+    check_store(vcpu, site, vaddr, size);
+    if (prof) {
+        atomic_fetch_add(&prof_store_ns, now_ns() - t0);
+        atomic_fetch_add(&prof_stores, 1);
+    }
+}
+
+static void check_store(unsigned int vcpu, struct store_site *site, uint64_t vaddr,
+                        uint64_t size)
+{
     struct frame hit[4];
     int n_hit = 0;
 
@@ -737,6 +786,12 @@ static void on_exit_qemu(qemu_plugin_id_t id, void *p)
     pthread_mutex_lock(&lock);
     put_stats(line);
     pthread_mutex_unlock(&lock);
+    if (prof) {
+        g_string_append_printf(line, ",\"prof\":{\"probe_ns\":%" PRIu64 ",\"release_ns\":%"
+                               PRIu64 ",\"store_ns\":%" PRIu64 ",\"stores\":%" PRIu64 "}",
+                               atomic_load(&prof_probe_ns), atomic_load(&prof_release_ns),
+                               atomic_load(&prof_store_ns), atomic_load(&prof_stores));
+    }
     g_string_append(line, "}\n");
     send_line(line->str, line->len);
     g_string_free(line, TRUE);
@@ -844,6 +899,8 @@ static int parse_arg(const char *arg, const char **sock)
         kmap_lo = (uint64_t)f[0];
         kmap_hi = (uint64_t)f[1];
         atomic_store(&placed, 0);
+    } else if (k == 4 && !strncmp(arg, "prof", k)) {
+        prof = (int)strtol(v, NULL, 0);
     } else if (k == 4 && !strncmp(arg, "hook", k)) {
         hook_addr = strtoull(v, NULL, 0);
         atomic_store(&hook_on, 1);
