@@ -497,10 +497,12 @@ static void put_task(GString *s, const char *key, uint64_t task)
 {
     int32_t pid = -1;
     char comm[17] = {0};
-    if (pid_off >= 0 && task % thread_size != 0) {
+    /* A task from %gs:current is a task_struct (which may well be thread_size-aligned);
+     * without cur= the "task" is a stack base, with no pid or comm to read. */
+    if (pid_off >= 0 && cur_off >= 0) {
         read_mem(task + (uint64_t)pid_off, &pid, 4);
     }
-    if (comm_off >= 0 && task % thread_size != 0) {
+    if (comm_off >= 0 && cur_off >= 0) {
         read_mem(task + (uint64_t)comm_off, comm, 16);
     }
     for (char *c = comm; *c; c++) {
