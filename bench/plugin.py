@@ -42,7 +42,6 @@ is reported as failed, never averaged in.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import armed_call as ac  # noqa: E402  (its console stamping applies to every Machine)
+import stamps as bench_stamps  # noqa: E402
 
 from kswgdb import image as image_mod  # noqa: E402
 from kswgdb.plugin.build import build  # noqa: E402
@@ -72,33 +72,9 @@ BASELINE = {"alone": None, "alone10": None, "plugin": "alone10", "unarmed": "alo
             "gdbstub": "alone", "noregs": "alone10", "nostores": "alone10"}
 PLUGIN_EXTRA = {"noregs": ("stores=1",), "nostores": ("stores=0",)}
 LINUX_ROUND = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
-ac.STAMPED = (*ac.STAMPED, "KSWGDB-INIT ready", "KSWGDB-INIT done")
-_stamping_append = ac.console_mod.Console._append
-
-
-def _cpu_stamping_append(self, raw_lines):
-    """armed_call's stamps, plus QEMU's CPU seconds (utime + stime) at each stamp.
-
-    The workload's own CPU (between the two lines) leaves out boot, whose cost
-    the plugin's store callbacks raise too but which is not per armed call.
-    """
-    before = set(getattr(self, "bench_stamps", {}))
-    _stamping_append(self, raw_lines)
-    new = set(getattr(self, "bench_stamps", {})) - before
-    if new and ac._LAST_MACHINE and ac._LAST_MACHINE[0].pid:
-        cpu = _process_cpu(ac._LAST_MACHINE[0].pid)
-        self.__dict__.setdefault("bench_cpu", {}).update({key: cpu for key in new})
-
-
-def _process_cpu(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-ac.console_mod.Console._append = _cpu_stamping_append
+# bench/stamps.py stamps these lines too, with QEMU's CPU seconds at each (``bench_cpu``):
+# the workload's own CPU between the two leaves out the boot.
+bench_stamps.stamp_lines("KSWGDB-INIT ready", "KSWGDB-INIT done")
 
 
 @dataclass(frozen=True)
