@@ -66,6 +66,9 @@ from kswgdb.watch.modules import LOAD_HOOK
 from kswgdb.watch.spec import ArmSpec
 
 SOCKET_NAME = "plugin.sock"
+#: Linux: only code in the kernel half of the address space can store into a kernel
+#: stack (user code cannot), so the stores of user code are not instrumented.
+KERNEL_HALF = 0xFFFF_8000_0000_0000
 #: How long QEMU may take from launch to the plugin's connection.
 HELLO_TIMEOUT = 30.0
 #: How often the run loop looks at QEMU; how often QMP is asked for a crashed state.
@@ -177,7 +180,8 @@ class PluginEngine:
     def qemu_args(self) -> tuple[str, ...]:
         """QEMU's ``-plugin`` option: the watches now, or (KASLR) only the kernel map."""
         if self.kaslr:
-            args = [f"sock={self.path}", f"kmap={KERNEL_MAP_START:#x}/{KERNEL_MAP_END:#x}"]
+            args = [f"sock={self.path}", f"kmap={KERNEL_MAP_START:#x}/{KERNEL_MAP_END:#x}",
+                    f"kstores={KERNEL_HALF:#x}"]
         else:
             args = self._args(self.specs, self.layout, self.exit_hook)
         return ("-plugin", plugin_option(str(self.plugin), [*args, *self.extra]))

@@ -49,6 +49,8 @@
  *                      16 bytes at chk and 8 at pb are sent back in a "placed"
  *                      line, for kswgdb's symbol check and physical slide), or
  *                      "cfg none\n" (no slide: probe nothing).
+ *   kstores=ADDR       check only stores by instructions at ADDR and above (Linux:
+ *                      the kernel half; user code cannot write a kernel stack)
  *   prof=1             time the probe, release and store-check callbacks (clock_gettime)
  *                      and send the totals in the "end" line (bench/linux_hot.py)
  *   hook=ADDR          module loads (do_init_module): each call holds its vCPU and
@@ -144,6 +146,7 @@ static int hold_ms = 2000;      /* longest a freezing hit holds its vCPU for ksw
  * dead-frame rule, exact registers in the report), 1 without (cheaper; registers
  * may lag within a translation block), 0 not at all (measurement only). */
 static int store_mode = 2;
+static uint64_t store_min_pc;   /* kstores=: stores of code below are not instrumented */
 static uint64_t hit_seq;
 /* prof=1: nanoseconds spent in probe, release and store-check (past the range test)
  * callbacks, and how many of the latter. */
@@ -769,7 +772,7 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_task_exit, QEMU_PLUGIN_CB_R_REGS,
                                                    NULL);
         }
-        if (store_mode == 0) {
+        if (store_mode == 0 || pc < store_min_pc) {
             continue;
         }
         struct store_site *site = store_site_for(insn, pc);
@@ -918,6 +921,8 @@ static int parse_arg(const char *arg, const char **sock)
         kmap_lo = (uint64_t)f[0];
         kmap_hi = (uint64_t)f[1];
         atomic_store(&placed, 0);
+    } else if (k == 7 && !strncmp(arg, "kstores", k)) {
+        store_min_pc = strtoull(v, NULL, 0);
     } else if (k == 4 && !strncmp(arg, "prof", k)) {
         prof = (int)strtol(v, NULL, 0);
     } else if (k == 4 && !strncmp(arg, "hook", k)) {
