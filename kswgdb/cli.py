@@ -171,6 +171,10 @@ def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
                    help="end with status 3 if the guest prints nothing, stops nowhere and "
                         "its clock does not tick for S seconds (default "
                         f"{DEFAULT_HANG_TIMEOUT:g}; 0: never)")
+    p.add_argument("--engine", choices=("auto", "gdbstub", "plugin"), default=None,
+                   help="what watches: the gdbstub (breakpoint stops) or the TCG plugin "
+                        "inside QEMU >= 9.2 (no stop); auto (the default, or "
+                        "$KSWGDB_ENGINE) takes the plugin where it can and says why not")
     p.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
                    help="freeze at the first hit and lend the frozen guest, read-only, to "
                         "gdb on this loopback TCP port until Ctrl-C")

@@ -252,7 +252,7 @@ class WatchSession:
         if phys is not None:
             polls = {"poll_hits": list(phys.poller.hits), "polls": rig.poll_statuses,
                      "poll_vmcores": list(phys.vmcores)}
-        watching = target is not None
+        watching = rig.engine is not None
         return RunReport(
             accel=plan.accel, watches=plan.watches if watching else [], result=result,
             summary=rig.summary, guest_exit=rig.guest_exit, verdict=verdict,

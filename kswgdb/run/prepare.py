@@ -22,6 +22,7 @@ from kswgdb.argtypes import check_polls_fit
 from kswgdb.errors import BadInput
 from kswgdb.gdb.backtrace import gdb_available
 from kswgdb.gdbstub.server import Listener
+from kswgdb.plugin.choice import EngineChoice, RunShape, choose
 from kswgdb.poll.config import PollSpec, parse_polls
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.binary import selected_path as selected_qemu
@@ -65,6 +66,8 @@ class Plan:
     listener: Listener | None = None
     #: ``--module``, ``--drive``, ``--qemu-arg``, checked.
     additions: Additions = field(default_factory=Additions)
+    #: Which engine watches (``--engine``: `kswgdb.plugin.choice`), and why.
+    engine: EngineChoice = field(default_factory=lambda: EngineChoice("gdbstub", "default"))
 
     @property
     def watches(self) -> list[ResolvedWatch]:
@@ -133,10 +136,17 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         check_alignment(watch, accel.accel)
     if opts.log_path is not None:
         check_log_path(opts.log_path)
+    specs = [r.to_arm_spec(read_release=opts.release_by_read) for r in resolved]
+    engine = choose(opts.engine, RunShape(
+        specs, module_watches=len(module_watches), polls=len(poll_specs),
+        gdb_listen=opts.gdb_listen is not None, backtrace=opts.backtrace,
+        interactive=not require_watch, accel=accel.accel,
+        release_by_read=opts.release_by_read))
+    if engine.engine == "plugin":
+        backtrace_mode = "fp"       # the plugin walks the writer's frame pointers itself
     plan = Plan(options=opts, image=image, program=program, layout=layout, accel=accel,
-                backtrace_mode=backtrace_mode, resolved=resolved,
-                specs=[r.to_arm_spec(read_release=opts.release_by_read) for r in resolved],
-                module_watches=module_watches, additions=additions,
+                backtrace_mode=backtrace_mode, resolved=resolved, specs=specs,
+                module_watches=module_watches, additions=additions, engine=engine,
                 poll_specs=poll_specs, exit_hook=exit_hook_address(program, layout))
     if opts.gdb_listen is not None:
         plan.listener = bind_gdb_listen(opts.gdb_listen)     # last: nothing fails after it
