@@ -40,6 +40,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
         "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui, "campaign": _cmd_campaign,
+        "attach": _cmd_attach,
     }[args.command]
     return handler(args)
 
@@ -48,6 +49,12 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     from kswgdb.campaign.command import cmd_campaign
 
     return cmd_campaign(args, getattr(args, "argv", ()))
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    from kswgdb.attach_cli import cmd_attach
+
+    return cmd_attach(args)
 
 
 def _stderr() -> Console:

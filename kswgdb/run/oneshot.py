@@ -181,7 +181,9 @@ class WatchSession:
         if rig.phys is not None:
             rig.phys.stop()         # a hit in hand (vCPU snapshot, dump) finishes first
         vmcore, fault, guest_exit = None, None, None
-        if result.reason == "freeze":
+        if result.reason == "freeze" and opts.on_hit == "detach":
+            pass                    # attach: the rig removes its watches and detaches
+        elif result.reason == "freeze":
             vmcore = self.vmcore = freeze_vmcore(rig)
             if plan.listener is not None:
                 self._lend_to_gdb(rig, result.hits[-1].cpu + 1)

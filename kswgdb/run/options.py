@@ -39,6 +39,10 @@ class RunOptions:
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
     keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
     seed: int | None = None            # the guest's seed word (`kswgdb.run.seed`)
+    attach: str | None = None          # attach: the gdbstub address of the user's QEMU
+    qmp: str | None = None             # attach: its QMP socket, if given
+    modules_dir: Path | None = None    # attach: the kernel modules' .ko files
+    guest: str | None = None           # attach with a bare vmlinux: linux | kswtest
 
 
 def default_log_path() -> Path:

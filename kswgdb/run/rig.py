@@ -122,8 +122,15 @@ class Rig:
                  target_factory: Callable[..., Target] | None = None,
                  unwinder_factory: Callable[..., GdbUnwinder] | None = None,
                  phys_factory: Callable[..., PhysWatch] = PhysWatch,
-                 symbolizer: Any = None, symbols_lock: threading.Lock | None = None) -> None:
-        """The factories are QEMU's, the stub's and the poller's; tests pass fakes."""
+                 symbolizer: Any = None, symbols_lock: threading.Lock | None = None,
+                 placer: Callable[..., KernelPlacement] | None = None,
+                 release_target: Callable[..., None] | None = None) -> None:
+        """The factories are QEMU's, the stub's and the poller's; tests pass fakes.
+
+        ``placer(rig, target, deadline)`` and ``release_target(rig, target, client)``
+        replace placing the kernel and (before the stub is closed) releasing it: how
+        `kswgdb.run.attach` watches a QEMU it did not start.
+        """
         self.plan = plan
         self.sink = sink or Sink()
         self.stub = stub or interactive
@@ -134,6 +141,8 @@ class Rig:
         self._phys_factory = phys_factory
         self._unwinder_factory = unwinder_factory or GdbUnwinder
         self._given_symbolizer = symbolizer
+        self._placer = placer
+        self._release_target = release_target
         self.symbols_lock = symbols_lock or threading.Lock()
         self.program = LockedSymbols(plan.program, self.symbols_lock)
         self.log: EventLog | None = None
@@ -245,9 +254,12 @@ class Rig:
             self.client = client
             client.handshake()
             target = self._target_factory(client)
+            if self._release_target is not None:
+                self._stack.callback(self._release_target, self, target, client)
         self.target = target
         self._place_kernel(target)
-        self._log_start(**(slide_fields(self.placement) if self.placement else {}))
+        self._log_start(**(slide_fields(self.placement) if self.placement else {}),
+                        **getattr(self.machine, "log_fields", {}))
         if plan.poll_specs and self.phys is None and self.machine is not None:
             self._start_polls(self.machine)
         program = self.program_view
@@ -266,7 +278,7 @@ class Rig:
         self.engine = Engine(
             target, self.specs, self.layout, self.symbolizer, self.pool,
             log=self.log, on_hit=self.sink.hit,
-            freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=self.exit_hook,
+            freeze_on_hit=opts.on_hit in ("freeze", "detach"), exit_hook_addr=self.exit_hook,
             backtracer=self.unwinder,
             release_by_read=opts.release_by_read and plan.accel.accel == "tcg",
             keep_hits=opts.keep_hits,
@@ -276,7 +288,7 @@ class Rig:
             assert isinstance(symbolizer, ModuleSymbolizer)
             ModuleArmer(program, plan.module_watches, self.symbolizer,
                         self.sink.status, unreadable=(ErrorReply,)).install(self.engine)
-        if self.machine is not None:
+        if self.machine is not None and not getattr(self.machine, "attached", False):
             machine = self.machine
             ticks = GuestClock(machine, tick_physical_address(self.layout.ticks_addr,
                                                               self.layout.flavour))
@@ -300,8 +312,8 @@ class Rig:
         if plan.program is None:
             return                  # a hand-made test plan: the fake guest is not slid
         deadline = self.started + opts.timeout if opts.timeout else float("inf")
-        placement = place_kernel(target, plan.program, plan.image.guest, plan.accel.accel,
-                                 deadline)
+        placement = self._placer(self, target, deadline) if self._placer is not None else \
+            place_kernel(target, plan.program, plan.image.guest, plan.accel.accel, deadline)
         if self.interactive and not placement.found:
             raise KswError(placement.unarmed_reason() or "the kernel was not found")
         self.placement = placement
@@ -448,7 +460,14 @@ class Rig:
 
 
 def open_rig(plan: Plan, sink: Sink | None = None, **kwargs: Any) -> Rig:
-    """A rig for a ``with`` block: launched and attached on entry, released on the way out."""
+    """A rig for a ``with`` block: launched and attached on entry, released on the way out.
+
+    A plan with ``options.attach`` watches the user's QEMU (`kswgdb.run.attach`).
+    """
+    if plan.options.attach is not None:
+        from kswgdb.run.attach import rig_options
+
+        kwargs = {**rig_options(plan), **kwargs}
     return Rig(plan, sink, **kwargs)
 
 
