@@ -154,6 +154,8 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
                       markup=False, style="bold")
     elif report.fault and report.fault.startswith(HUNG):
         ending = "guest wedged, ended by the hang watchdog"
+    elif ending == "freeze" and options.on_hit == "detach":
+        ending = "detached at the first hit (--on-hit detach), the guest runs on"
     elif ending == "deadline":
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
     elif ending == "mismatch":
