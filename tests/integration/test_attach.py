@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,9 @@ class UserQemu:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def user_qemu() -> Iterator[UserQemu]:
+def start_user_qemu(home: Path, *extra: str) -> UserQemu:
+    """QEMU as a user starts it: the test kernel's scenario 3 repeated, our two sockets."""
     qemu = binary.selected()
-    home = Path(tempfile.mkdtemp(prefix="kswgdb-attach-test-"))
-    os.chmod(home, 0o700)
     bios = bios_path("qboot", qemu.firmware_dirs)
     argv = [qemu.path, "-accel", "tcg,thread=single", "-smp", "2", "-m", "64M",
             "-machine", "pc", *(["-bios", str(bios)] if bios else []),
@@ -82,22 +81,44 @@ def user_qemu() -> Iterator[UserQemu]:
             "-display", "none", "-nodefaults", "-no-reboot",
             "-serial", f"file:{home}/serial.log",
             "-gdb", f"unix:{home}/gdb.sock,server=on,wait=off",
-            "-qmp", f"unix:{home}/qmp.sock,server=on,wait=off"]
+            "-qmp", f"unix:{home}/qmp.sock,server=on,wait=off", *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     guest = UserQemu(home, proc, f"unix:{home}/gdb.sock", f"unix:{home}/qmp.sock",
                      home / "serial.log")
+    deadline = time.monotonic() + 30
+    while not Path(guest.qmp.removeprefix("unix:")).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "QEMU did not start"
+        time.sleep(0.02)
+    return guest
+
+
+@contextmanager
+def user_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="kswgdb-attach-test-"))
+    os.chmod(home, 0o700)
     try:
-        deadline = time.monotonic() + 30
-        while not (guest.serial.exists() and b"KSWTEST corrupt" in guest.serial.read_bytes()):
-            assert proc.poll() is None and time.monotonic() < deadline, "QEMU did not boot"
-            time.sleep(0.05)
-        yield guest
+        yield home
     finally:
-        proc.kill()             # the test's own QEMU: the test ends it, never kswgdb
-        proc.wait(10)
         for name in ("gdb.sock", "qmp.sock", "serial.log"):
             (home / name).unlink(missing_ok=True)
         home.rmdir()
+
+
+@pytest.fixture(scope="module")
+def user_qemu() -> Iterator[UserQemu]:
+    with user_home() as home:
+        guest = start_user_qemu(home)
+        try:
+            deadline = time.monotonic() + 30
+            while not (guest.serial.exists()
+                       and b"KSWTEST corrupt" in guest.serial.read_bytes()):
+                assert guest.proc.poll() is None and time.monotonic() < deadline, \
+                    "QEMU did not boot"
+                time.sleep(0.05)
+            yield guest
+        finally:
+            guest.proc.kill()       # the test's own QEMU: the test ends it, never kswgdb
+            guest.proc.wait(10)
 
 
 def attach(capsys, *args: str) -> tuple[int, str, str]:
@@ -152,8 +173,8 @@ def test_second_attach_without_qmp_until_timeout(user_qemu, tmp_path, capsys):
     user_qemu.keeps_running()
 
 
-def test_sigterm_detaches(user_qemu, tmp_path):
-    """Ended by a signal (as Ctrl-C or a service manager ends it): detached all the same."""
+def test_ctrl_c_detaches(user_qemu, tmp_path):
+    """Ended by Ctrl-C in the middle of a hit storm: detached all the same (status 130)."""
     log = tmp_path / "events.jsonl"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
@@ -164,8 +185,8 @@ def test_sigterm_detaches(user_qemu, tmp_path):
     while not (log.exists() and '"hit"' in log.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, "no hit"
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(20) == 143
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 130
     logged = events(log)
     assert any(e["event"] == "detach" and e["resumed"] for e in logged)
     assert logged[-1]["event"] == "end"
@@ -214,3 +235,23 @@ def test_wrong_symbols_are_refused_and_the_guest_resumed(user_qemu, tmp_path, ca
     assert status == 2 and "the symbols do not match the running kernel" in err
     assert "s3_victim" in err.splitlines()[-1]
     user_qemu.keeps_running()
+
+
+def test_a_guest_stopped_at_s_is_started_and_left_running(tmp_path, capsys):
+    """``-S``: without QMP the reset vector says so; kswgdb starts the guest, watches it
+    from its first instruction and leaves it running."""
+    with user_home() as home:
+        guest = start_user_qemu(home, "-S")
+        try:
+            assert guest.status() == "prelaunch"
+            log = tmp_path / "events.jsonl"
+            status, out, err = attach(capsys, guest.gdb, "--image", "kswtest", "--watch", WATCH,
+                                      "--on-hit", "detach", "--backtrace", "fp",
+                                      "--log", str(log))
+            assert status == 1, err
+            assert "stopped before its first instruction (-S): kswgdb starts it" in err
+            assert f"{WRITER}+" in out
+            guest.keeps_running()
+        finally:
+            guest.proc.kill()
+            guest.proc.wait(10)
