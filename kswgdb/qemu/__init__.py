@@ -4,7 +4,8 @@ One module per job: `argv` (the command line), `rundir` (private 0700 directory)
 `reaper` (no child outlives us), `console` (serial log and line waits), `qmp`
 (sync QMP client and events), `exitstatus` (how a guest ended), `accel` and
 `probe` (KVM only where a watchpoint provably fires), `pvh` (tiny bootable ELFs),
-and `machine`, which puts them together.
+and `machine`, which puts them together; `attached` is a QEMU the user started,
+seen through its sockets and never owned (`kswgdb attach`).
 """
 
 from kswgdb.qemu.accel import AccelDecision, decide
