@@ -71,8 +71,10 @@ class UserQemu:
             time.sleep(0.1)
 
 
-def start_user_qemu(home: Path, *extra: str) -> UserQemu:
-    """QEMU as a user starts it: the test kernel's scenario 3 repeated, our two sockets."""
+def start_user_qemu(home: Path, *extra: str, gdb: str | None = None) -> UserQemu:
+    """QEMU as a user starts it: the test kernel's scenario 3 repeated, our two sockets
+    (``gdb``: another gdbstub address, e.g. ``tcp:127.0.0.1:PORT`` as ``-s`` has it)."""
+    gdb = gdb or f"unix:{home}/gdb.sock,server=on,wait=off"
     qemu = binary.selected()
     bios = bios_path("qboot", qemu.firmware_dirs)
     argv = [qemu.path, "-accel", "tcg,thread=single", "-smp", "2", "-m", "64M",
@@ -80,11 +82,12 @@ def start_user_qemu(home: Path, *extra: str) -> UserQemu:
             "-kernel", str(IMAGES_DIR / "kswtest.elf"), "-append", "scenario=3 runs=100000",
             "-display", "none", "-nodefaults", "-no-reboot",
             "-serial", f"file:{home}/serial.log",
-            "-gdb", f"unix:{home}/gdb.sock,server=on,wait=off",
+            "-gdb", gdb,
             "-qmp", f"unix:{home}/qmp.sock,server=on,wait=off", *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    guest = UserQemu(home, proc, f"unix:{home}/gdb.sock", f"unix:{home}/qmp.sock",
-                     home / "serial.log")
+    address = gdb.split(",")[0].removeprefix("tcp:") if gdb.startswith("tcp:") else \
+        f"unix:{home}/gdb.sock"
+    guest = UserQemu(home, proc, address, f"unix:{home}/qmp.sock", home / "serial.log")
     deadline = time.monotonic() + 30
     while not Path(guest.qmp.removeprefix("unix:")).exists():
         assert proc.poll() is None and time.monotonic() < deadline, "QEMU did not start"
@@ -237,20 +240,37 @@ def test_wrong_symbols_are_refused_and_the_guest_resumed(user_qemu, tmp_path, ca
     user_qemu.keeps_running()
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_a_guest_stopped_at_s_is_started_and_left_running(tmp_path, capsys):
-    """``-S``: without QMP the reset vector says so; kswgdb starts the guest, watches it
-    from its first instruction and leaves it running."""
+    """``-s -S`` style (TCP gdbstub, stopped at reset), no --qmp: the reset vector says so;
+    kswgdb starts the guest, watches it from its first instruction and leaves it running.
+    Then a debugger holds that TCP stub: the kernel's socket table says it is busy."""
+    port = _free_port()
     with user_home() as home:
-        guest = start_user_qemu(home, "-S")
+        guest = start_user_qemu(home, "-S", gdb=f"tcp:127.0.0.1:{port},server=on,wait=off")
         try:
-            assert guest.status() == "prelaunch"
+            assert guest.status() == "prelaunch" and guest.gdb == f"127.0.0.1:{port}"
             log = tmp_path / "events.jsonl"
-            status, out, err = attach(capsys, guest.gdb, "--image", "kswtest", "--watch", WATCH,
-                                      "--on-hit", "detach", "--backtrace", "fp",
-                                      "--log", str(log))
+            status, out, err = attach(capsys, f"localhost:{port}", "--image", "kswtest",
+                                      "--watch", WATCH, "--on-hit", "detach",
+                                      "--backtrace", "fp", "--log", str(log))
             assert status == 1, err
             assert "stopped before its first instruction (-S): kswgdb starts it" in err
             assert f"{WRITER}+" in out
+            guest.keeps_running()
+            holder = connect_existing(guest.gdb)
+            try:
+                status, _, err = attach(capsys, guest.gdb, "--image", "kswtest",
+                                        "--watch", WATCH, "--log", str(tmp_path / "e.jsonl"))
+                assert status == 2 and "is in use: another debugger is attached" in err
+                holder.detach()
+            finally:
+                holder.close()
             guest.keeps_running()
         finally:
             guest.proc.kill()
