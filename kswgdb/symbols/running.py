@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from kswgdb.errors import KswError
@@ -33,6 +34,13 @@ _SHF_ALLOC = 0x2
 @lru_cache(maxsize=8)
 def build_id_note(path: Path) -> tuple[int, bytes] | None:
     """(link-time address, bytes) of the GNU build-id in an allocated note, or None."""
+    try:
+        return _build_id_note(path)
+    except (OSError, ELFError):
+        return None
+
+
+def _build_id_note(path: Path) -> tuple[int, bytes] | None:
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         for section in elf.iter_sections():

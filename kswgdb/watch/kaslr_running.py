@@ -5,6 +5,11 @@ kernel's first write at its virtual addresses. A guest someone else started is
 past that point. Its code still names the slide, the same way: kernel code at a
 guest PC is found at exactly one 2 MiB slot of the file (`slide_at`). So:
 
+0. when the symbol file has a GNU build-id in an allocated note (Linux's ``.notes``),
+   that note is looked for at every KASLR slot (one 20-byte read per slot, about
+   500 reads, tens of milliseconds): a build-id is a hash of the whole image, so
+   finding it at exactly one slot proves the slide and the symbols at once, with
+   no instruction run and no patched code to trip on; else, or if it is nowhere,
 1. the PC of every vCPU where the stub stopped it (an idle kernel sits in its
    idle loop, a busy one anywhere in kernel text), then, if none of those is
    kernel code the file has unchanged (a user-space PC, a patched instruction),
@@ -22,9 +27,11 @@ memory instead (`kswgdb.symbols.running`). The physical slide comes from
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from kswgdb.errors import KswError
 from kswgdb.symbols.program import Program
+from kswgdb.symbols.running import build_id_note
 from kswgdb.symbols.slide import KERNEL_MAP_END, KERNEL_MAP_START, KernelSlide, slid_program
 from kswgdb.watch.kaslr import (
     CHECK_BYTES,
@@ -59,6 +66,11 @@ def find_running_slide(target: Target, program: Program, threads: list[int],
     """
     started = time.monotonic()
     slides = candidate_slides(program)
+    note = build_id_note(Path(program.symtab.path))
+    if note is not None:
+        slide = slide_by_note(target, note, slides, threads)
+        if slide is not None:
+            return _found(target, program, slide, "build-id", started)
     for thread in threads:
         slide = _slide_from(target, program, target.registers(thread).pc, slides)
         if slide is not None:
@@ -88,6 +100,32 @@ def find_running_slide(target: Target, program: Program, threads: list[int],
         f"{program.path.name}: the symbols do not match the running kernel"))
 
 
+def slide_by_note(target: Target, note: tuple[int, bytes], slides: range,
+                  threads: list[int]) -> int | None:
+    """The one slot where the guest holds the file's build-id note (None: none or several).
+
+    Read through each vCPU in turn until one maps the kernel image (a vCPU stopped in
+    user space under page-table isolation maps almost none of it).
+    """
+    addr, want = note
+    read_through = getattr(target, "read_through", None)
+    for thread in threads or [1]:
+        if read_through is not None:
+            read_through(thread)
+        found, readable = [], 0
+        for slide in slides:
+            try:
+                got = target.read(addr + slide, len(want))
+            except KswError:
+                continue
+            readable += 1
+            if got == want:
+                found.append(slide)
+        if readable:
+            return found[0] if len(found) == 1 else None
+    return None
+
+
 def _found(target: Target, program: Program, slide: int, how: str,
            started: float) -> SlideSearch:
     return SlideSearch(KernelSlide(slide, _physical_slide(target, program, slide), how),
@@ -105,4 +143,4 @@ def place_running_kernel(target: Target, program: Program, guest: str, threads: 
     return KernelPlacement(search.slide, slid_program(program, search.slide.virtual), search)
 
 
-__all__ = ["MAX_WRITE_STOPS", "find_running_slide", "place_running_kernel"]
+__all__ = ["MAX_WRITE_STOPS", "find_running_slide", "place_running_kernel", "slide_by_note"]

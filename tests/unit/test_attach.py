@@ -20,7 +20,11 @@ from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import prepare
 from kswgdb.run.stub_target import StubTarget
 from kswgdb.symbols.running import kernel_mismatch
-from kswgdb.watch.kaslr_running import find_running_slide, place_running_kernel
+from kswgdb.watch.kaslr_running import (
+    find_running_slide,
+    place_running_kernel,
+    slide_by_note,
+)
 from tests.unit.fake_target import FakeTarget
 from tests.unit.gdbstub_support import connected, xml_files
 from tests.unit.test_kaslr import CODE, STORE_AT, TEXT, kernel  # noqa: F401 (fixture)
@@ -155,6 +159,18 @@ def test_code_found_nowhere_is_a_mismatch(kernel) -> None:  # noqa: F811
     search = find_running_slide(fake, kernel, [1], deadline=float("inf"), max_stops=3)
     assert search.slide is None and search.ending == "mismatch"
     assert "do not match the running kernel" in search.detail
+
+
+def test_the_build_id_note_names_the_slot_with_no_instruction_run() -> None:
+    note = (TEXT + 0x3000, bytes(range(20)))
+    fake = FakeTarget()
+    fake.write(note[0] + 0x2A0_0000, note[1])
+    slides = range(0, 0x1000_0000, 0x20_0000)
+    assert slide_by_note(fake, note, slides, [1, 2]) == 0x2A0_0000
+    assert fake.resumes == 0
+    fake.write(note[0] + 0x400_0000, note[1])         # twice: no single slot
+    assert slide_by_note(fake, note, slides, [1]) is None
+    assert slide_by_note(FakeTarget(), note, slides, [1]) is None     # nowhere
 
 
 def test_symbols_checked_against_the_guest_memory() -> None:
