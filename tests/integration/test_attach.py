@@ -34,6 +34,7 @@ from kswgdb.qemu.argv import bios_path
 from kswgdb.qemu.qmp import Qmp
 
 WATCH = "fn=s3_victim fo=0x23"          # scenario 3's victim canary (images/kswtest.toml)
+LEDGER_WATCH = "fn=s3_victim fo=0x4c var=ledger[6]"   # `kswgdb disasm s3_victim --var ...`
 WRITER = "s3_corrupt_write"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,12 +166,16 @@ def test_attach_catches_detaches_and_leaves_the_guest_running(user_qemu, tmp_pat
 
 
 def test_second_attach_without_qmp_until_timeout(user_qemu, tmp_path, capsys):
-    """No QMP (a plain ``-s``-style setup): the run state is unknown, the rest works."""
+    """Another watch (a local array element, not the canary), no QMP (a plain ``-s``-style
+    setup: the run state is unknown), ended by --timeout: the rest works the same."""
     log = tmp_path / "events.jsonl"
-    status, out, err = attach(capsys, user_qemu.gdb, "--image", "kswtest", "--watch", WATCH,
-                              "--timeout", "2", "--backtrace", "fp", "--log", str(log))
+    status, out, err = attach(capsys, user_qemu.gdb, "--image", "kswtest",
+                              "--watch", LEDGER_WATCH, "--timeout", "2", "--backtrace", "fp",
+                              "--log", str(log))
     assert status == 1, err
     assert "stopped after --timeout 2s" in out
+    hits = [e for e in events(log) if e["event"] == "hit"]
+    assert hits and {h["writer"]["function"] for h in hits} == {WRITER}
     detach = next(e for e in events(log) if e["event"] == "detach")
     assert detach["resumed"] and detach["watchpoints"] <= 1
     user_qemu.keeps_running()
