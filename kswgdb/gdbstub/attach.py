@@ -24,6 +24,7 @@ Nothing here knows about watching; the caller decides what to remove before
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 from kswgdb.errors import BadInput
@@ -142,6 +143,23 @@ def skip_connect_stop(client: RemoteClient, answer_timeout: float) -> None:
             return
 
 
+def settle(client: RemoteClient, quiet: float = 0.2, limit: float = 5.0) -> None:
+    """Stop the guest and read whatever is still in flight, until the stub is quiet.
+
+    Leaving may follow an interruption at any point (Ctrl-C inside a request whose
+    reply was never read, a resume whose stop never came): afterwards requests and
+    replies pair up again. ``0x03`` stops a running guest and is ignored by a stopped one.
+    """
+    client.interrupt()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            client.transport.recv_packet(quiet)
+        except StubTimeout:
+            break
+    client.running = False
+
+
 def chardev_busy(chardevs: list[dict], address: str) -> bool | None:
     """From QMP ``query-chardev``: does a client hold the socket at ``address``?
 
@@ -160,4 +178,4 @@ def chardev_busy(chardevs: list[dict], address: str) -> bool | None:
 
 
 __all__ = ["ANSWER_TIMEOUT", "StubBusy", "StubUnreachable", "chardev_busy", "check_address",
-           "connect_existing", "skip_connect_stop", "stub_in_use"]
+           "connect_existing", "settle", "skip_connect_stop", "stub_in_use"]

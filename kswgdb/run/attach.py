@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from kswgdb import image as image_mod
 from kswgdb.errors import BadInput, KswError
-from kswgdb.gdbstub.attach import check_address, connect_existing
+from kswgdb.gdbstub.attach import check_address, connect_existing, settle
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.transport import parse_address
 from kswgdb.qemu.accel import AccelDecision
@@ -183,11 +183,7 @@ def detach(rig: Rig, target: Target, client: RemoteClient) -> None:
         return                      # QEMU went away: nothing to leave
     fields: dict[str, Any] = {}
     try:
-        if client.running:
-            client.interrupt()
-            stop = client.wait_stop(STOP_TIMEOUT)
-            if stop.exited:
-                return
+        settle(client, limit=STOP_TIMEOUT)      # stopped, nothing left unread
         remove_all = getattr(target, "remove_all", None)
         if remove_all is not None:
             fields.update(remove_all())
