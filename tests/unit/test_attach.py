@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from kswgdb.errors import BadInput
-from kswgdb.gdbstub.attach import chardev_busy, check_address, skip_connect_stop, stub_in_use
+from kswgdb.gdbstub.attach import (
+    chardev_busy,
+    check_address,
+    settle,
+    skip_connect_stop,
+    stub_in_use,
+)
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.fake import FakeStub
 from kswgdb.gdbstub.packet import frame
@@ -93,6 +99,24 @@ def test_the_stop_qemu_sends_on_connect_is_read_past() -> None:
 
 
 # ------------------------------------------------------------- leaving
+def test_settle_reads_what_an_interrupted_request_left_unread() -> None:
+    """Ctrl-C between a request and its reply: the stray reply must not answer ``D``."""
+    ours, theirs = socket.socketpair()
+    try:
+        client = RemoteClient(Transport(ours), timeout=2)
+        client.running = True
+        theirs.sendall(frame("4e7344157861aa62") + frame("T02thread:01;"))
+        settle(client, quiet=0.1)
+        assert not client.running
+        theirs.settimeout(2)
+        assert b"\x03" in theirs.recv(64)            # the guest is stopped first
+        threading.Timer(0.05, theirs.sendall, [b"+" + frame("OK")]).start()
+        assert client.request("D;1") == "OK"
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_remove_all_sends_a_z_for_every_insertion_then_detach_resumes() -> None:
     fake = FakeStub(xml_files(), threads=(1, 2), memory={0x1000: bytes(64)},
                     registers={1: {"rip": 0x10, "rsp": 0x1000}, 2: {"rip": 0x20}},
