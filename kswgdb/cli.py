@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from kswgdb import __version__
 from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never, slot_count
+from kswgdb.attach_cli import add_parser as attach_parser
 from kswgdb.campaign.args import add_parser as campaign_parser
 from kswgdb.errors import BadInput, KswError
 from kswgdb.exitcodes import ExitStatus, signalled, unexpected
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("accel", help="say which accelerator 'auto' picks here, and why")
 
     _tui_parser(sub)
+    attach_parser(sub)
     campaign_parser(sub, _watch_options, positive_seconds)
 
     sub.add_parser("demo", help="scenario 3 of the test kernel, caught (what `make demo` runs)")

@@ -66,6 +66,7 @@ class RunShape:
     interactive: bool = False
     accel: str = "tcg"
     release_by_read: bool = False
+    attached: bool = False          # kswgdb attach: QEMU was started without our plugin
 
 
 def requested(engine: str | None) -> str:
@@ -97,6 +98,8 @@ def choose(engine: str | None, shape: RunShape) -> EngineChoice:
 
 def watch_obstacle(shape: RunShape) -> str | None:
     """Why this run's watches need the gdbstub engine (None: the plugin can take them)."""
+    if shape.attached:
+        return "an attached QEMU was started without kswgdb's plugin"
     if shape.interactive:
         return "the TUI adds and removes watches while the guest runs"
     if not shape.specs and not shape.module_watches:

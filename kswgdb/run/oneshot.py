@@ -187,7 +187,9 @@ class WatchSession:
         if rig.phys is not None:
             rig.phys.stop()         # a hit in hand (vCPU snapshot, dump) finishes first
         vmcore, fault, guest_exit = None, None, None
-        if result.reason == "freeze":
+        if result.reason == "freeze" and opts.on_hit == "detach":
+            pass                    # attach: the rig removes its watches and detaches
+        elif result.reason == "freeze":
             self.frozen = freeze_vmcore(rig)
             vmcore = self.vmcore = self.frozen.path
             if plan.listener is not None:

@@ -48,6 +48,10 @@ class RunOptions:
     drives: list[str] = field(default_factory=list)     # --drive PATH[,overlay]
     qemu_args: list[str] = field(default_factory=list)  # --qemu-arg, one argv element each
     engine: str | None = None          # auto | gdbstub | plugin; None: $KSWGDB_ENGINE or auto
+    attach: str | None = None          # attach: the gdbstub address of the user's QEMU
+    qmp: str | None = None             # attach: its QMP socket, if given
+    modules_dir: Path | None = None    # attach: the kernel modules' .ko files
+    guest: str | None = None           # attach with a bare vmlinux: linux | kswtest
 
 
 def default_log_path() -> Path:

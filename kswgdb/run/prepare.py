@@ -27,6 +27,7 @@ from kswgdb.poll.config import PollSpec, parse_polls
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.binary import selected_path as selected_qemu
 from kswgdb.run.additions import Additions, check_additions
+from kswgdb.run.attach import attached_accel, attached_image, check_attach_options
 from kswgdb.run.options import RunOptions
 from kswgdb.run.seed import seeded_cmdline
 from kswgdb.symbols.match import check_kernel_matches
@@ -108,7 +109,11 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         raise BadInput("no --watch given (and no --poll): nothing to watch "
                        "(try `kswgdb disasm FUNC`)")
     check_numbers(opts)
-    image = image_mod.load(opts.image)
+    if opts.attach is not None:
+        check_attach_options(opts)
+        image = attached_image(opts)
+    else:
+        image = image_mod.load(opts.image)
     image.check_scenario(opts.scenario)
     check_polls_fit(image, poll_specs)
     program = Program.load(image.symbols)
@@ -131,7 +136,7 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
     resolved = [with_alignment_warning(r) for r in resolved]
     check_kernel_matches(image.kernel, image.symbols,
                          sorted({f"{r.function.name}@{r.function.addr:#x}" for r in resolved}))
-    accel = decide(opts.accel)
+    accel = decide(opts.accel) if opts.attach is None else attached_accel(opts.accel)
     for watch in resolved + [m.resolved for m in module_watches]:
         check_alignment(watch, accel.accel)
     if opts.log_path is not None:
@@ -141,7 +146,7 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         specs, module_watches=len(module_watches), polls=len(poll_specs),
         gdb_listen=opts.gdb_listen is not None, backtrace=opts.backtrace,
         interactive=not require_watch, accel=accel.accel,
-        release_by_read=opts.release_by_read))
+        release_by_read=opts.release_by_read, attached=opts.attach is not None))
     if engine.engine == "plugin":
         backtrace_mode = "fp"       # the plugin walks the writer's frame pointers itself
     plan = Plan(options=opts, image=image, program=program, layout=layout, accel=accel,
@@ -162,7 +167,8 @@ def check_numbers(opts: RunOptions) -> None:
         raise BadInput(f"--slots must be at least 1, not {opts.slots}")
     if opts.seed is not None and not 0 <= opts.seed < 2**64:
         raise BadInput(f"--seed must be between 0 and 2**64-1, not {opts.seed}")
-    if opts.on_hit not in ("continue", "freeze"):
+    if opts.on_hit not in ("continue", "freeze") and not (
+            opts.on_hit == "detach" and opts.attach is not None):
         raise BadInput(f"--on-hit {opts.on_hit!r}: expected continue or freeze")
 
 

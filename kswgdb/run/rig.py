@@ -132,10 +132,16 @@ class Rig:
                  unwinder_factory: Callable[..., GdbUnwinder] | None = None,
                  phys_factory: Callable[..., PhysWatch] = PhysWatch,
                  symbolizer: Any = None, symbols_lock: threading.Lock | None = None,
-                 plugin_extra: tuple[str, ...] = ()) -> None:
+                 plugin_extra: tuple[str, ...] = (),
+                 placer: Callable[..., KernelPlacement] | None = None,
+                 release_target: Callable[..., None] | None = None) -> None:
         """The factories are QEMU's, the stub's and the poller's; tests pass fakes.
 
-        ``plugin_extra``: more arguments for the TCG plugin (measurements, bench/)."""
+        ``plugin_extra``: more arguments for the TCG plugin (measurements, bench/).
+        ``placer(rig, target, deadline)`` and ``release_target(rig, target, client)``
+        replace placing the kernel and (before the stub is closed) releasing it: how
+        `kswgdb.run.attach` watches a QEMU it did not start.
+        """
         self.plan = plan
         self.sink = sink or Sink()
         self.stub = stub or interactive
@@ -146,6 +152,8 @@ class Rig:
         self._phys_factory = phys_factory
         self._unwinder_factory = unwinder_factory or GdbUnwinder
         self._given_symbolizer = symbolizer
+        self._placer = placer
+        self._release_target = release_target
         self.symbols_lock = symbols_lock or threading.Lock()
         self.program = LockedSymbols(plan.program, self.symbols_lock)
         self.log: EventLog | None = None
@@ -289,9 +297,12 @@ class Rig:
             self.client = client
             client.handshake()
             target = self._target_factory(client)
+            if self._release_target is not None:
+                self._stack.callback(self._release_target, self, target, client)
         self.target = target
         self._place_kernel(target)
-        self._log_start(**(slide_fields(self.placement) if self.placement else {}))
+        self._log_start(**(slide_fields(self.placement) if self.placement else {}),
+                        **getattr(self.machine, "log_fields", {}))
         if plan.poll_specs and self.phys is None and self.machine is not None:
             self._start_polls(self.machine)
         program = self.program_view
@@ -310,7 +321,7 @@ class Rig:
         self.engine = Engine(
             target, self.specs, self.layout, self.symbolizer, self.pool,
             log=self.log, on_hit=self.sink.hit,
-            freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=self.exit_hook,
+            freeze_on_hit=opts.on_hit in ("freeze", "detach"), exit_hook_addr=self.exit_hook,
             backtracer=self.unwinder,
             release_by_read=opts.release_by_read and plan.accel.accel == "tcg",
             keep_hits=opts.keep_hits,
@@ -341,8 +352,8 @@ class Rig:
 
     def _start_watchdog(self, activity: Any) -> None:
         """Hang and lost-QMP checks; ``activity.packets_sent`` grows while the engine works."""
-        if self.machine is None:
-            return
+        if self.machine is None or getattr(self.machine, "attached", False):
+            return                  # an attached QEMU: no console, not ours to judge
         machine, opts = self.machine, self.plan.options
         ticks = GuestClock(machine, tick_physical_address(self.layout.ticks_addr,
                                                           self.layout.flavour))
@@ -368,8 +379,9 @@ class Rig:
         plan = self.plan
         if plan.program is None:
             return                  # a hand-made test plan: the fake guest is not slid
-        placement = place_kernel(target, plan.program, plan.image.guest, plan.accel.accel,
-                                 self._deadline())
+        deadline = self._deadline()
+        placement = self._placer(self, target, deadline) if self._placer is not None else \
+            place_kernel(target, plan.program, plan.image.guest, plan.accel.accel, deadline)
         if self.interactive and not placement.found:
             raise KswError(placement.unarmed_reason() or "the kernel was not found")
         self._adopt_placement(placement)
@@ -526,7 +538,14 @@ class Rig:
 
 
 def open_rig(plan: Plan, sink: Sink | None = None, **kwargs: Any) -> Rig:
-    """A rig for a ``with`` block: launched and attached on entry, released on the way out."""
+    """A rig for a ``with`` block: launched and attached on entry, released on the way out.
+
+    A plan with ``options.attach`` watches the user's QEMU (`kswgdb.run.attach`).
+    """
+    if plan.options.attach is not None:
+        from kswgdb.run.attach import rig_options
+
+        kwargs = {**rig_options(plan), **kwargs}
     return Rig(plan, sink, **kwargs)
 
 

@@ -80,6 +80,7 @@ def test_every_missing_piece_of_the_plugin_is_named(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("shape", "why"), [
     (dict(interactive=True), "the TUI adds and removes watches"),
+    (dict(attached=True), "an attached QEMU was started without"),
     (dict(specs=[]), "no function watch"),
     (dict(polls=1), "--poll"),
     (dict(gdb_listen=True), "--gdb-listen"),
