@@ -19,7 +19,7 @@ from kswgdb.symbols.disasm import Disassembler, Instruction
 from kswgdb.symbols.dwarf import DwarfInfo
 from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable, cache_dir, raw_symbol_address
 from kswgdb.symbols.factcache import FactCache
-from kswgdb.symbols.lines import LineTable, SourceLine
+from kswgdb.symbols.lines import LineTable, RowCache, SourceLine
 from kswgdb.symbols.locals import FrameVar, find_local, frame_variables
 from kswgdb.symbols.prologue import FunctionAnalysis, analyze
 from kswgdb.symbols.types import TypeIndex
@@ -87,7 +87,15 @@ class Program:
 
     @cached_property
     def lines(self) -> LineTable | None:
-        return LineTable(self.dwarf) if self.has_dwarf else None
+        if not self.has_dwarf:
+            return None
+        cache = None
+        if self.facts is not None:          # loaded with the on-disk caches
+            try:
+                cache = RowCache(self.symtab.path, self.symtab.build_id, cache_dir())
+            except OSError:
+                cache = None
+        return LineTable(self.dwarf, cache)
 
     @cached_property
     def types(self) -> TypeIndex:
