@@ -13,6 +13,7 @@ import bisect
 import io
 import mmap
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,8 @@ class DwarfInfo:
         self._cus: dict[int, CompileUnit] = {}
         self._subprograms: dict[int, list[tuple[PcRange, DIE]]] = {}
         self._aranges: object = _UNREAD     # pyelftools re-parses .debug_aranges per call
+        #: Where the parsed ``.debug_aranges`` are kept between processes (None: nowhere).
+        self.aranges_store: Path | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> DwarfInfo:
@@ -159,12 +162,13 @@ class DwarfInfo:
     def cu_at(self, pc: int) -> CompileUnit | None:
         """The compile unit whose code contains ``pc``."""
         if self._aranges is _UNREAD:
-            self._aranges = self.info.get_aranges()
+            self._aranges = self._read_aranges()
         aranges = self._aranges
         if aranges is not None:
-            offset = aranges.cu_offset_at_addr(pc)
-            if offset is not None:
-                return self._cu(offset)
+            begins, ends, offsets = aranges          # type: ignore[misc]
+            i = bisect.bisect_right(begins, pc) - 1
+            if i >= 0 and pc < ends[i]:
+                return self._cu(offsets[i])
         ranges = self._all_cu_ranges()
         i = bisect.bisect_right(ranges, (pc, float("inf"), 0)) - 1
         while i >= 0 and ranges[i][0] <= pc:
@@ -173,6 +177,32 @@ class DwarfInfo:
                 return self._cu(offset)
             i -= 1
         return None
+
+    def _read_aranges(self) -> tuple[list[int], list[int], list[int]] | None:
+        """``.debug_aranges`` as sorted (begins, ends, CU offsets): from `aranges_store`
+        when it holds them (parsing the section costs a Debian vmlinux 0.1 s per
+        process), else parsed and stored there."""
+        store = self.aranges_store
+        if store is not None:
+            try:
+                return pickle.loads(store.read_bytes())
+            except Exception:  # noqa: BLE001 - missing or unreadable: parse again
+                pass
+        parsed = self.info.get_aranges()
+        if parsed is None:
+            return None
+        entries = sorted((e.begin_addr, e.begin_addr + e.length, e.info_offset)
+                         for e in parsed.entries)
+        table = ([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
+        if store is not None:
+            try:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                tmp = store.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL))
+                os.replace(tmp, store)
+            except OSError:
+                pass
+        return table
 
     def iter_cus(self):
         """Every compile unit, in file order (slow on a big vmlinux: use sparingly)."""

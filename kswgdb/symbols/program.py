@@ -75,6 +75,8 @@ class Program:
         if self._dwarf is None:
             self._dwarf = (self._open_dwarf() if self._open_dwarf is not None
                            else DwarfInfo.open(self.symtab.path))
+            if self.row_cache is not None:
+                self._dwarf.aranges_store = self.row_cache.dir / "aranges.pickle"
         return self._dwarf
 
     @cached_property
@@ -87,15 +89,17 @@ class Program:
 
     @cached_property
     def lines(self) -> LineTable | None:
-        if not self.has_dwarf:
+        return LineTable(self.dwarf, self.row_cache) if self.has_dwarf else None
+
+    @cached_property
+    def row_cache(self) -> RowCache | None:
+        """Decoded line rows and aranges on disk, when loaded with the on-disk caches."""
+        if self.facts is None:
             return None
-        cache = None
-        if self.facts is not None:          # loaded with the on-disk caches
-            try:
-                cache = RowCache(self.symtab.path, self.symtab.build_id, cache_dir())
-            except OSError:
-                cache = None
-        return LineTable(self.dwarf, cache)
+        try:
+            return RowCache(self.symtab.path, self.symtab.build_id, cache_dir())
+        except OSError:
+            return None
 
     @cached_property
     def types(self) -> TypeIndex:

@@ -87,3 +87,19 @@ def test_debug_sections_are_views_of_the_mapped_file() -> None:
     stream.seek(-8, 2)
     assert stream.read(100) == raw[offset + size - 8:offset + size]
     assert stream.read(1) == b"" and stream.tell() == size
+
+
+def test_aranges_kept_on_disk_find_the_same_compile_units(tmp_path: Path, monkeypatch) -> None:
+    path = binary("global")
+    plain = DwarfInfo.open(path)
+    addrs = _addresses(plain)
+    expected = [getattr(plain.cu_at(a), "cu_offset", None) for a in addrs]
+    assert any(e is not None for e in expected)
+    first = DwarfInfo.open(path)
+    first.aranges_store = tmp_path / "aranges.pickle"
+    assert [getattr(first.cu_at(a), "cu_offset", None) for a in addrs] == expected
+    assert first.aranges_store.is_file()
+    second = DwarfInfo.open(path)
+    second.aranges_store = first.aranges_store
+    monkeypatch.setattr(second.info, "get_aranges", lambda: pytest.fail("parsed again"))
+    assert [getattr(second.cu_at(a), "cu_offset", None) for a in addrs] == expected
