@@ -214,6 +214,7 @@ class Blocks:
             if insn.flow in ("jump", "cjump") and insn.target is not None \
                     and code.is_boundary(insn.target):
                 leaders.add(insn.target)
+            leaders.update(t for t in code.detours.get(insn.addr, ()) if code.is_boundary(t))
         self.starts = sorted(leaders)
         self.block_of: dict[int, int] = {}
         self.members: list[list[Instruction]] = [[] for _ in self.starts]
@@ -231,6 +232,10 @@ class Blocks:
             inside = self._inside(last.target)
             if last.flow not in ("jump", "ret", "trap") and last.end in self.block_of:
                 self.succs[b].append(self.block_of[last.end])
+            back = [t for t in code.detours.get(last.addr, ()) if t in self.block_of]
+            if back:            # out to a test and straight back (static_cpu_has)
+                self.succs[b].extend(self.block_of[t] for t in back)
+                continue
             if last.flow in ("jump", "cjump") and inside:
                 self.succs[b].append(self.block_of[last.target])     # type: ignore[index]
             elif last.flow in ("jump", "cjump") and last.target is None:

@@ -255,6 +255,7 @@ def _dataflow(code: FunctionCode) -> dict[int, FrameState]:
             succs.append(insn.end)
         if insn.flow in ("jump", "cjump") and insn.target is not None:
             succs.append(insn.target)
+        succs += code.detours.get(addr, ())      # out and straight back (static_cpu_has)
         for succ in succs:
             if not code.is_boundary(succ):
                 continue

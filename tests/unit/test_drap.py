@@ -56,11 +56,14 @@ def _program(tmp_path: Path, patch: dict[str, tuple[int, bytes]] | None = None) 
         symbols.append(Symbol(f["name"], addr, f["size"], "func", "global"))
         regions.append(_Region(".text", addr, len(code), len(blob)))
         blob += code
+    aux = data["aux"]           # code of no function: a static_cpu_has test
+    regions.append(_Region(".altinstr_aux", int(aux["addr"], 16), len(aux["code"]) // 2,
+                           len(blob)))
+    blob += bytes.fromhex(aux["code"])
     path = tmp_path / "drap.bin"
     path.write_bytes(bytes(blob))
-    order = sorted(range(len(symbols)), key=lambda i: symbols[i].addr)
-    table = SymbolTable(path, "EXEC", data["build_id"], [symbols[i] for i in order],
-                        [regions[i] for i in order])
+    table = SymbolTable(path, "EXEC", data["build_id"], sorted(symbols, key=lambda s: s.addr),
+                        sorted(regions, key=lambda r: r.addr))
     return Program(table, open_dwarf=_no_dwarf)
 
 
@@ -176,3 +179,27 @@ def test_r10_holds_the_cfa_after_the_lea(program: Program) -> None:
     sym = program.function("vfs_rename")
     uc = _run_prologue(program, "vfs_rename", sym.addr + 0xa, 0x7000_8F08, 1, 2)
     assert uc.reg_read(UC_X86_REG_R10) == 0x7000_8F10
+
+
+def test_a_jump_out_to_a_cpu_feature_test_and_back_is_followed(program: Program) -> None:
+    """native_flush_tlb_global realigns its stack, then `jmp`s to a static_cpu_has test
+    in .altinstr_aux that jumps back to one of two labels: both paths reach the epilogue,
+    so its canary has a release point (it had none when the jump looked like a tail call)."""
+    name = "native_flush_tlb_global"
+    analysis = program.analyze(name)
+    code = analysis.code
+    ((jump, back),) = code.detours.items()
+    assert code.at(jump).target not in program.function(name)
+    assert len(back) == 2 and all(code.is_boundary(t) for t in back)
+    assert not analysis.frame.drap_anchored            # RBP gives the CFA here
+    listing = build_listing(program, name)
+    assert listing.suggested_config is not None, listing.note
+    spec = resolve_watch(parse_watch(listing.suggested_config), program).to_arm_spec()
+    assert (spec.cfa_base, spec.cfa_offset) == ("rbp", 16) and spec.base == "rsp"
+    (release, _, _), = spec.exits
+    assert code.at(release).text == "lea rsp, [rbp - 0x10]"
+    code.detours.clear()                    # as before: the jump ends the function
+    program._analyses.clear()
+    from kswgdb.symbols.prologue import analyze
+    again = analyze(program.disasm, program.function(name))
+    assert not again.writers.releases(analysis.canary.cfa_offset, 8)
