@@ -26,8 +26,9 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 #: Sessions that need more than the test kernel (the Debian image, a patched image, a
-#: cluster) run in tests/linux or not at all here.
-NEEDS_MORE = re.compile(r"\.toml\b|tcp://")
+#: cluster, a QEMU the user started for `kswgdb attach`) run in tests/linux, in
+#: tests/integration/test_attach.py, or not at all here.
+NEEDS_MORE = re.compile(r"\.toml\b|tcp://|images/linux/|^kswgdb attach ")
 #: Lines whose text after these words depends on the host, the clock or a file name.
 HOST_DEPENDENT = ("accelerator:", "time ", "seen ")
 _BOX = re.compile(r"[\u2500-\u257f]")

@@ -4,8 +4,8 @@ Issue 12: ``make setup`` ran ``pip install`` into the system Python and stopped 
 ``externally-managed-environment`` on a stock Debian 12 (it only worked here because
 ``python3`` was not the system one), and never installed gcc or make. This runs the
 real ``make setup`` on a copy of the source tree with Debian's own ``/usr/bin/python3``
-(carrying its ``EXTERNALLY-MANAGED`` marker) and a PATH on which QEMU, gdb and gcc are
-missing, so the apt step must ask for them (apt-get is a recorder here: the real
+(carrying its ``EXTERNALLY-MANAGED`` marker) and a PATH on which QEMU, qemu-img, gdb and
+gcc are missing, so the apt step must ask for them (apt-get is a recorder here: the real
 packages are installed already and the dpkg lock is shared).
 """
 
@@ -88,7 +88,7 @@ def test_make_setup_installs_into_a_project_venv(marked_python: Path, tmp_path: 
     calls = apt_log.read_text().splitlines()
     assert calls[0] == "update -qq", calls
     assert calls[1].split()[:3] == ["install", "-y", "-qq"], calls
-    assert calls[1].split()[3:] == ["qemu-system-x86", "gdb", "gcc"], calls
+    assert calls[1].split()[3:] == ["qemu-system-x86", "gdb", "gcc", "qemu-utils"], calls
 
     # kswgdb and its dependencies are in the project venv, made from the system Python...
     venv_python = clone / ".venv" / "bin" / "python"
