@@ -579,7 +579,7 @@ class LiveSession:
         """Keep the guest stopped and keep the moment: a vmcore through QMP."""
         self._run_wanted = False
         self._state, self._detail = RunState.FROZEN, f"({why})"
-        path = freeze_vmcore(self.rig) if self.machine is not None else None
+        path = freeze_vmcore(self.rig, why) if self.machine is not None else None
         self._vmcore = path
         if self.log is not None:
             self.log.write("freeze", why=why, vmcore=str(path) if path else None)

@@ -278,9 +278,12 @@ class WatchSession:
 
 
 
-def freeze_vmcore(rig: Rig) -> Path:
-    """Keep the moment: a vmcore through QMP while the guest is stopped, beside the log."""
+def freeze_vmcore(rig: Rig, why: str = "hit") -> Path:
+    """Keep the moment: a vmcore through QMP while the guest is stopped, beside the log
+    (and a ``vmcore`` event naming it)."""
     assert rig.machine is not None
     path = rig.plan.vmcore_dir / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
     rig.machine.qmp.dump_guest_memory(path)
+    if rig.log is not None:
+        rig.log.write("vmcore", sync=True, path=str(path), why=why)
     return path

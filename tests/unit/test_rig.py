@@ -101,8 +101,10 @@ def test_normal_end_releases_everything_and_reports_through_one_sink(tmp_path, w
     assert machine.kwargs["gdb"] is True and machine.kwargs["shared_ram"] is False
     assert len(FakeUnwinder.made) == 1                  # --backtrace gdb: made and closed
     end = assert_released(plan, w)
+    assert end.pop("run_id") == events(plan)[0]["run_id"] and end.pop("time") > 0
     assert end == {"event": "end", "reason": "exit", "fault": False,
-                   "guest_exit": "debug-exit", "guest_exit_reason": "isa-debug-exit"}
+                   "guest_exit": "debug-exit", "guest_exit_reason": "isa-debug-exit",
+                   "guest_exit_status": 39, "guest_exit_code": 0x13}
     assert len(sink.hits) == 1 and sink.hits[0].writer.function == "corrupter"
     assert [json.loads(x)["event"] for x in sink.lines][-2:] == ["summary", "end"]
     assert any(s.startswith("accelerator: tcg") for s in sink.statuses)
