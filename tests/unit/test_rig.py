@@ -11,6 +11,7 @@ must leave all of them released and the event log ending with ``summary`` and
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -118,6 +119,29 @@ def test_hit_and_freeze_keeps_a_vmcore_then_releases_everything(tmp_path, wiring
     assert report.vmcore is not None and report.vmcore.parent == tmp_path
     assert w.machines[0].qmp.dumps == [report.vmcore]
     assert assert_released(plan, w)["reason"] == "freeze"
+    [dumped] = [e for e in events(plan) if e["event"] == "vmcore"]
+    assert dumped["path"] == str(report.vmcore) and dumped["why"] == "hit"
+
+
+def test_ctrl_c_ending_a_gdb_listen_is_a_normal_end(tmp_path, wiring, monkeypatch):
+    """``--gdb-listen`` is ended by Ctrl-C, as documented: the run ends as a frozen run does
+    (summary, ``end`` without a fault, the hits' status), not as an interrupted one (130)."""
+    plan = fake_plan(tmp_path, [canary_spec()], on_hit="freeze")
+    plan.listener = bind_gdb_listen(("127.0.0.1", 0))
+
+    def ctrl_c(_timeout):
+        monkeypatch.setattr(reaper, "_signalled", signal.SIGINT)   # as its handler does
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plan.listener, "accept", ctrl_c)
+    sink = Recorder()
+    report = one_shot(plan, wiring(), sink).run()
+    assert reaper.signalled() is None
+    assert report.fault is None and report.hit_count == 1 and report.vmcore is not None
+    assert status_of_run(report.hit_count, report.fault) == ExitStatus.HIT
+    end = events(plan)[-1]
+    assert end["reason"] == "freeze" and end["fault"] is False
+    assert "gdb listen ended (Ctrl-C)" in sink.statuses
 
 
 @pytest.mark.parametrize("raised,reason", [
