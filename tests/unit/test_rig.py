@@ -28,6 +28,7 @@ from kswgdb.run.oneshot import WatchSession
 from kswgdb.run.prepare import bind_gdb_listen
 from kswgdb.run.rig import Rig, Sink, open_rig
 from kswgdb.watch.target import Stop
+from tests.eventlog_check import problems_in_file
 from tests.unit.fake_rig import FakeMachine, FakeUnwinder, RigTarget, Wiring, fake_plan
 from tests.unit.fake_target import Program
 from tests.unit.test_engine import PROBE, RET_SITE, WRITER_PC, canary_spec
@@ -288,6 +289,25 @@ def test_live_guest_exit_then_quit_releases_everything(tmp_path, wiring):
     end = assert_released(plan, w)
     assert end["reason"] == "exit" and end["fault"] is False
     assert events(plan)[0]["interactive"] is True
+
+
+def test_a_tui_log_begins_with_start_before_its_polls(tmp_path, wiring):
+    """A live session's polls start at launch, before the worker attaches: `start` is
+    written as soon as QEMU runs, so it still comes first (then `polls`, live events)."""
+    plan = fake_plan(tmp_path, [canary_spec()])
+    plan.poll_specs = [parse_poll("pa=0x1000 len=8 to=0x33")]
+    w = wiring()
+    rig = Rig(plan, None, interactive=True, **w.rig_options())
+    rig.launch()
+    assert [e["event"] for e in events(plan)] == ["start", "polls"]
+    start = events(plan)[0]
+    assert start["schema"] == 1 and start["interactive"] is True
+    assert start["qemu_version"] is None        # the fake machine detected no QEMU
+    rig.attach()
+    rig.end("quit")
+    rig.close()
+    assert problems_in_file(plan.options.log_path) == []
+    assert len({e["run_id"] for e in events(plan)}) == 1
 
 
 def test_live_failure_releases_everything_and_is_reported(tmp_path, wiring):
