@@ -31,9 +31,13 @@ def _validator(name: str) -> Draft202012Validator:
     """The whole schema, entered at event ``name``'s definition: the same checks as its
     top-level ``allOf`` dispatch, without trying every other event's ``if`` on each line
     (a test run writes thousands of hits; jsonschema takes about 1 ms for one)."""
-    whole = schema()
-    Draft202012Validator.check_schema(whole)
-    return Draft202012Validator({**whole, "allOf": [{"$ref": f"#/$defs/{name}"}]})
+    return Draft202012Validator({**_checked_schema(), "allOf": [{"$ref": f"#/$defs/{name}"}]})
+
+
+@cache
+def _checked_schema() -> dict:
+    Draft202012Validator.check_schema(schema())      # a broken schema fails loudly, once
+    return schema()
 
 
 def problems_in_line(text: str) -> list[str]:
