@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("image", nargs="?", default=None)
     boot.add_argument("--scenario", type=scenario_number, default=None)
     _machine_options(boot)
+    _guest_additions(boot)
 
     disasm = sub.add_parser("disasm", help="disassemble a function, mark canary and "
                                            "initialising stores, suggest fo")
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     disasm.add_argument("--so", default=None,
                         help="suggest a watch on SP+SO (SP in the body, after the prologue)")
     disasm.add_argument("--wl", default=None, help="with --so: bytes to watch (1, 2, 4, 8)")
+    disasm.add_argument("--module", action="append", default=[], metavar="PATH.ko",
+                        help="look for FUNC in this module too (repeatable)")
 
     symbols = sub.add_parser("symbols", help="list functions of an image's kernel")
     symbols.add_argument("pattern", nargs="?", default="")
@@ -149,6 +152,20 @@ def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
     p.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
                    help="freeze at the first hit and lend the frozen guest, read-only, to "
                         "gdb on this loopback TCP port until Ctrl-C")
+    _guest_additions(p)
+
+
+def _guest_additions(p: argparse.ArgumentParser) -> None:
+    """What a run adds to the image (`kswgdb.run.additions`): modules, disks, QEMU args."""
+    p.add_argument("--module", action="append", default=[], metavar="PATH.ko",
+                   help="a kernel module built for the image's kernel: put in the initramfs, "
+                        "loaded before the command, its functions watchable (repeatable)")
+    p.add_argument("--drive", action="append", default=[], metavar="PATH[,overlay]",
+                   help="a disk image as a virtio disk: read-only, or with ,overlay writable "
+                        "through a throw-away overlay; the file is never modified (repeatable)")
+    p.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
+                   help="one more QEMU argument, one argv element each: "
+                        "--qemu-arg=-device --qemu-arg=virtio-rng-pci (repeatable)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -162,10 +163,13 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
     if options.log_path:
         out.print(f"[dim]event log: {options.log_path}", soft_wrap=True)
     if report.vmcore is not None:
-        out.print(f"[bold]guest frozen at the hit; vmcore: {report.vmcore}", markup=True,
+        frozen = report.frozen
+        ticks = f" (guest ticks {frozen.ticks})" if frozen and frozen.ticks is not None else ""
+        out.print(f"[bold]guest frozen at the hit{ticks}; vmcore: {report.vmcore}", markup=True,
                   soft_wrap=True)
-        out.print(f"  inspect: gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}   "
-                  f"(or: crash {report.symbols} {report.vmcore})", markup=False, soft_wrap=True)
+        inspect = frozen.inspect if frozen is not None else \
+            f"gdb {gdb_symbols(report.symbols, report.slide)} {report.vmcore}"
+        out.print(f"  inspect: {inspect}", markup=False, soft_wrap=True)
     for core in report.poll_vmcores:
         if core != report.vmcore:
             out.print(f"[dim]poll vmcore: {core}", markup=True, soft_wrap=True)
@@ -180,14 +184,22 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
+    from kswgdb.qemu.binary import selected_path
     from kswgdb.qemu.machine import Machine
+    from kswgdb.run.additions import check_additions
+    from kswgdb.symbols.elf import SymbolTable
 
     img = image_mod.load(args.image)
+    symtab = SymbolTable.load(img.symbols) if args.module else None
+    additions = check_additions(args.module, args.drive, args.qemu_arg, img, symtab,
+                                selected_path()[0])
     out = output_console()
     with Machine(img, accel=args.accel, scenario=args.scenario, extra_cmdline=args.cmdline,
-                 paused=False) as machine:
+                 paused=False, **additions.machine_kwargs()) as machine:
         _stderr().print(f"[dim]accelerator: {machine.accel_decision.accel} "
                         f"({machine.accel_decision.reason})", soft_wrap=True)
+        for line in additions.describe():
+            _stderr().print(line, style="dim", soft_wrap=True, markup=False)
         ended = machine.wait_exit(args.timeout)
         for line in machine.console.lines():
             out.print(line, markup=False, soft_wrap=True)
@@ -205,9 +217,12 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     img = image_mod.load(args.image)
     program = Program.load(img.symbols)
     if not program.symtab.lookup_all(args.func):
-        from kswgdb.watch.modules import find_module_function
+        from kswgdb.symbols.modinfo import read_module
+        from kswgdb.watch.modules import find_module_function, module_files
 
-        found = find_module_function(img.modules_dir, args.func)
+        given = [read_module(Path(m)) for m in args.module]
+        found = find_module_function(
+            module_files(img.modules_dir, {m.name: m.path for m in given}), args.func)
         if found is not None:       # a module function (addresses are placeholders)
             program = found[1]
     request = disasm_request(args)

@@ -12,8 +12,17 @@ the image needs land in ``images/linux/out/``:
   starts in about a second instead of reading all the DWARF;
 * ``lkdtm.ko``: LKDTM, which Debian does not build, compiled out of tree from
   ``linux-source`` against Debian's headers package;
+* ``qemu_fw_cfg.ko``: the kernel's own fw_cfg driver (a module in Debian's cloud
+  kernel, CONFIG_FW_CFG_SYSFS=m): loaded by /init, it tells QEMU's ``-device
+  vmcoreinfo`` where the kernel's VMCOREINFO note is, so a freeze dump carries it and
+  drgn and crash open the dump as a Linux vmcore;
 * ``initrd.img``: a newc cpio (written here; ``cpio`` is not on the machine) with
-  busybox-static, ``images/linux/init`` and ``lkdtm.ko``.
+  busybox-static, ``images/linux/init``, ``lkdtm.ko`` and ``qemu_fw_cfg.ko``.
+
+``out/test-modules/kswbug.ko``: the test suite's own buggy module
+(tests/fixtures/modules/kswbug), built against the same headers, and
+``out/test-modules/virtio/``: the kernel package's own virtio-blk modules;
+``--external-module SRC --module-out FILE.ko`` builds any such module alone.
 
 Each step skips itself when its output exists, and the Makefile's stamp keeps a
 second ``make image-linux`` from running this at all. Every external command is an
@@ -29,17 +38,29 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from kswgdb.qemu.guestcmd import newc_entry  # noqa: E402 - the archive format, shared
+from kswgdb.qemu.cpio import S_IFDIR, S_IFREG, Entry, archive  # noqa: E402 - shared
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
 OUT = HERE / "out"
 INIT_SCRIPT = HERE / "init"
 META_PACKAGE = "linux-image-cloud-amd64"
+#: The fw_cfg driver, which hands QEMU's vmcoreinfo device the VMCOREINFO note's address.
+FW_CFG_MODULE = "qemu_fw_cfg.ko"
+#: The test suite's own buggy module (tests/linux/test_own_module.py), built with the
+#: image into out/test-modules/ (not modules_dir: a user gives it with --module).
+TEST_MODULE = HERE.parents[1] / "tests" / "fixtures" / "modules" / "kswbug"
+#: Debian's own virtio-blk modules (not built into the cloud kernel), for the test that
+#: gives a guest disks with --drive: path under kernel/drivers/ -> file name.
+VIRTIO_MODULES = {f"{d}/{m}": m for d, m in (
+    ("virtio", "virtio"), ("virtio", "virtio_ring"), ("virtio", "virtio_pci"),
+    ("virtio", "virtio_pci_legacy_dev"), ("virtio", "virtio_pci_modern_dev"),
+    ("block", "virtio_blk"))}
 
 #: LKDTM's UNSET_SMEP test calls native_write_cr4, which Debian's kernel does not
 #: export: the module would not load. Its body is compiled out (the test then says XFAIL).
@@ -178,6 +199,28 @@ def extract_member(deb: Path, suffix: str, dest: Path) -> None:
     tmp.replace(dest)
 
 
+def extract_members(deb: Path, wanted: dict[str, Path]) -> None:
+    """Copy several files out of ``deb`` in one pass: path suffix -> destination."""
+    listing = _run(["dpkg-deb", "--contents", str(deb)], capture=True)
+    paths = [line.split()[-1] for line in listing.splitlines() if line.startswith("-")]
+    members = {}
+    for suffix, dest in wanted.items():
+        found = next((p for p in paths if p.endswith(suffix)), None)
+        if found is None:
+            raise BuildError(f"{deb.name} has no file ending in {suffix}")
+        members[found] = dest
+    with tempfile.TemporaryDirectory(dir=next(iter(wanted.values())).parent.parent) as tmp:
+        p1 = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+        assert p1.stdout is not None
+        p2 = subprocess.Popen(["tar", "-x", "-C", tmp, *members], stdin=p1.stdout)
+        p1.stdout.close()
+        if p2.wait() != 0 or p1.wait() != 0:
+            raise BuildError(f"extracting {len(members)} files from {deb.name} failed")
+        for member, dest in members.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(Path(tmp) / member, dest)
+
+
 # -- gdb index -------------------------------------------------------------------
 
 
@@ -218,15 +261,33 @@ def add_gdb_index(vmlinux: Path) -> None:
 # -- lkdtm.ko --------------------------------------------------------------------
 
 
-def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
-    """Compile lkdtm.ko out of tree against the unpacked headers packages."""
-    root = work / "root"                  # where the headers + kbuild packages unpack
+def unpack_headers(debs: dict[str, Path], work: Path) -> Path:
+    """Unpack the headers + kbuild packages under ``work/root`` (afresh); that root."""
+    root = work / "root"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     for name, deb in debs.items():
         if name.startswith(("linux-headers-", "linux-kbuild-")):
             _run(["dpkg-deb", "-x", str(deb), str(root)])
+    return root
+
+
+def make_module(root: Path, src: Path, *variables: str) -> None:
+    """``make modules`` for the out-of-tree module in ``src`` against the headers at ``root``."""
+    usr_src = root / "usr" / "src"
+    flavour = next(p for p in usr_src.iterdir()
+                   if p.name.startswith("linux-headers-") and not p.name.endswith("-common"))
+    common = next(p for p in usr_src.iterdir() if p.name.endswith("-common"))
+    # The flavour's Makefile is one line, "include /usr/src/<common>/Makefile": give
+    # make the common Makefile directly, so nothing under /usr/src is needed.
+    _run(["make", "-s", "-C", str(flavour), "-f", str(common / "Makefile"),
+          f"M={src}", *variables, f"-j{os.cpu_count() or 1}", "modules"])
+
+
+def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
+    """Compile lkdtm.ko out of tree against the unpacked headers packages."""
+    root = unpack_headers(debs, work)
     src = work / "lkdtm"
     if src.exists():
         shutil.rmtree(src)
@@ -253,42 +314,50 @@ def build_lkdtm(debs: dict[str, Path], work: Path, dest: Path) -> None:
         raise BuildError("lkdtm/bugs.c: UNSET_SMEP not found where expected")
     bugs.write_text(text.replace(_UNSET_SMEP_OLD, _UNSET_SMEP_NEW))
 
-    usr_src = root / "usr" / "src"
-    flavour = next(p for p in usr_src.iterdir()
-                   if p.name.startswith("linux-headers-") and not p.name.endswith("-common"))
-    common = next(p for p in usr_src.iterdir() if p.name.endswith("-common"))
-    # The flavour's Makefile is one line, "include /usr/src/<common>/Makefile": give
-    # make the common Makefile directly, so nothing under /usr/src is needed.
     with Step("build lkdtm.ko"):
-        _run(["make", "-s", "-C", str(flavour), "-f", str(common / "Makefile"),
-              f"M={src}", "CONFIG_LKDTM=m", f"-j{os.cpu_count() or 1}", "modules"])
+        make_module(root, src, "CONFIG_LKDTM=m")
     shutil.copy2(src / "lkdtm.ko", dest)
+
+
+def build_external_module(src: Path, dest: Path, cache: Path = CACHE) -> None:
+    """Compile the out-of-tree module in ``src`` (a Kbuild file and its sources) for the
+    image's kernel, into ``dest`` (a .ko): the headers lkdtm was built against, reused
+    when already unpacked. The tests build their own buggy module this way."""
+    work = cache / "work"
+    root = work / "root"
+    if not (root / "usr" / "src").is_dir():
+        with Step("resolve packages"):
+            pins = resolve_packages()
+        root = unpack_headers(download(pins, cache / "debs"), work)
+    build_dir = work / f"ext-{src.name}"
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    shutil.copytree(src, build_dir)
+    with Step(f"build {src.name}"):
+        make_module(root, build_dir)
+    kos = sorted(build_dir.glob("*.ko"))
+    if len(kos) != 1:
+        raise BuildError(f"{src}: expected one .ko from the build, got {len(kos)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(kos[0], dest)
 
 
 # -- initramfs --------------------------------------------------------------------
 
 
-def write_initramfs(busybox: Path, init: Path, module: Path, dest: Path) -> None:
-    """A gzip'd newc cpio: /init, /bin/busybox, /lib/modules/lkdtm.ko and the mount points."""
+def write_initramfs(busybox: Path, init: Path, modules: list[Path], dest: Path) -> None:
+    """A gzip'd newc cpio: /init, /bin/busybox, /lib/modules/*.ko and the mount points."""
     dirs = ["bin", "sbin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"]
-    files = [("init", 0o100755, init.read_bytes()),
-             ("bin/busybox", 0o100755, busybox.read_bytes()),
-             ("lib/modules/lkdtm.ko", 0o100644, module.read_bytes())]
-    blob = bytearray()
-    ino = 1
-    for d in dirs:
-        blob += newc_entry(d, 0o040755, ino=ino)
-        ino += 1
+    entries = [Entry(d, S_IFDIR | 0o755) for d in dirs]
     # The kernel opens /dev/console for init before devtmpfs is mounted.
-    blob += newc_entry("dev/console", 0o020600, ino=ino, rdev=(5, 1))
-    ino += 1
-    for name, mode, data in files:
-        blob += newc_entry(name, mode, data, ino=ino)
-        ino += 1
-    blob += newc_entry("TRAILER!!!", 0)
+    entries.append(Entry("dev/console", 0o020600, rdev=(5, 1)))
+    entries += [Entry("init", S_IFREG | 0o755, init.read_bytes()),
+                Entry("bin/busybox", S_IFREG | 0o755, busybox.read_bytes())]
+    entries += [Entry(f"lib/modules/{m.name}", S_IFREG | 0o644, m.read_bytes())
+                for m in modules]
     tmp = dest.with_name(dest.name + ".part")
     with gzip.open(tmp, "wb", compresslevel=6) as out:
-        out.write(bytes(blob))
+        out.write(archive(entries))
     tmp.replace(dest)
 
 
@@ -314,11 +383,24 @@ def build(out: Path = OUT, cache: Path = CACHE) -> None:
     add_gdb_index(out / "vmlinux")
     if not (out / "lkdtm.ko").exists():
         build_lkdtm(debs, cache / "work", out / "lkdtm.ko")
+    if not (out / FW_CFG_MODULE).exists():
+        with Step(f"extract {FW_CFG_MODULE}"):
+            extract_member(image_deb, "/drivers/firmware/" + FW_CFG_MODULE, out / FW_CFG_MODULE)
     busybox = cache / "busybox"
     if not busybox.exists():
         extract_member(debs["busybox-static"], "/bin/busybox", busybox)
     with Step("write initrd.img"):
-        write_initramfs(busybox, INIT_SCRIPT, out / "lkdtm.ko", out / "initrd.img")
+        write_initramfs(busybox, INIT_SCRIPT, [out / "lkdtm.ko", out / FW_CFG_MODULE],
+                        out / "initrd.img")
+    test_module = out / "test-modules" / f"{TEST_MODULE.name}.ko"
+    if not test_module.exists() or test_module.stat().st_mtime < max(
+            f.stat().st_mtime for f in TEST_MODULE.iterdir()):
+        build_external_module(TEST_MODULE, test_module, cache)
+    virtio = out / "test-modules" / "virtio"
+    if not all((virtio / f"{name}.ko").exists() for name in VIRTIO_MODULES.values()):
+        with Step("extract the virtio-blk modules"):
+            extract_members(image_deb, {f"/kernel/drivers/{member}.ko": virtio / f"{name}.ko"
+                                        for member, name in VIRTIO_MODULES.items()})
 
 
 def _abi(image_deb: Path) -> str:
@@ -329,9 +411,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--external-module", type=Path, default=None, metavar="SRC",
+                        help="only build the out-of-tree module in SRC, into --module-out")
+    parser.add_argument("--module-out", type=Path, default=None, metavar="FILE.ko")
     args = parser.parse_args(argv)
+    if (args.external_module is None) != (args.module_out is None):
+        parser.error("--external-module and --module-out go together")
     t0 = time.monotonic()
     try:
+        if args.external_module is not None:
+            build_external_module(args.external_module, args.module_out, args.cache)
+            print(f"[image-linux] {args.module_out}")
+            return 0
         build(args.out, args.cache)
     except BuildError as exc:
         print(f"image-linux: error: {exc}", file=sys.stderr)

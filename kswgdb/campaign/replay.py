@@ -26,6 +26,11 @@ def replay_argv(opts: RunOptions, seed: int, log: Path | None = None,
         argv += ["--poll", poll]
     if opts.cmdline:
         argv += ["--cmdline", opts.cmdline]
+    for module in opts.modules:
+        argv += ["--module", str(Path(module).resolve())]
+    for drive in opts.drives:
+        argv += ["--drive", drive]
+    argv += [f"--qemu-arg={arg}" for arg in opts.qemu_args]
     argv += ["--seed", str(seed), "--accel", opts.accel, "--timeout", f"{opts.timeout:g}"]
     if opts.on_hit != "continue":
         argv += ["--on-hit", opts.on_hit]

@@ -214,10 +214,12 @@ class PluginRun:
             args = plugin_args(s.specs, s.layout, str(path), pool=pool,
                                freeze=opts.on_hit == "freeze", task_exit=self._task_exit())
             args += self.plugin_extra
-            extra = ("-plugin", plugin_option(str(self.plugin), args))
+            additions = s.additions.machine_kwargs()      # --module, --drive, --qemu-arg
+            extra = (*additions.pop("extra_args", ()),
+                     "-plugin", plugin_option(str(self.plugin), args))
             with Machine(s.image, accel="tcg", scenario=opts.scenario, extra_cmdline=opts.cmdline,
                          paused=True, gdb=False, qemu_binary=str(self.qemu.binary),
-                         extra_args=extra) as machine:
+                         extra_args=extra, **additions) as machine:
                 listener.settimeout(HELLO_TIMEOUT)
                 try:
                     conn, _ = listener.accept()

@@ -4,6 +4,8 @@ One module per job: `argv` (the command line), `rundir` (private 0700 directory)
 `reaper` (no child outlives us), `console` (serial log and line waits), `qmp`
 (sync QMP client and events), `exitstatus` (how a guest ended), `accel` and
 `probe` (KVM only where a watchpoint provably fires), `pvh` (tiny bootable ELFs),
+`cpio` and `guestcmd` (files appended to a Linux initramfs: the command, modules),
+`drives` (``--drive`` images, overlays), `userargs` (``--qemu-arg`` checked),
 and `machine`, which puts them together.
 """
 

@@ -19,6 +19,9 @@ Choices made here, and why:
   (``server=on,wait=off``): QEMU listens and the remote client connects when ready.
 * ``-S``: start with the vCPUs stopped so watchpoints can be armed before the guest
   runs a single instruction.
+* ``-device vmcoreinfo`` for a Linux guest: the kernel's fw_cfg driver tells it where
+  its VMCOREINFO note is, and QEMU's ``dump-guest-memory`` copies that note into the
+  dump, which makes a freeze dump a Linux vmcore that drgn and crash open.
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ def build_argv(image: Image, paths: RunPaths, opts: QemuOptions | None = None) -
 
     argv += ["-display", "none", "-nodefaults", "-no-reboot"]
     argv += ["-device", f"isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=0x04"]
+    if image.guest == "linux":
+        argv += ["-device", "vmcoreinfo"]
     argv += ["-chardev", f"socket,id=con0,path={_opt(paths.console_sock)},server=off"]
     argv += ["-serial", "chardev:con0"]
     argv += ["-chardev", f"socket,id=qmp0,path={_opt(paths.qmp_sock)},server=off"]

@@ -9,15 +9,23 @@ words after `` -- `` go into a file, ``/kswgdb-command``, in a small cpio
 archive appended to a per-run copy of the image's initrd (Linux unpacks
 concatenated archives in order), and only the words before `` -- `` stay on
 the kernel command line. images/linux/init reads that file first.
+
+The user's ``--module`` files travel the same way, in the same archive, under
+``/kswgdb-modules/`` (numbered in command-line order); /init loads each of them
+after the image's own modules and before the command.
 """
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
+
+from kswgdb.qemu.cpio import S_IFDIR, S_IFREG, Entry, append_archive
 
 #: Where the command lands in the guest's root file system.
 COMMAND_FILE = "kswgdb-command"
+#: Where the user's ``--module`` files land; /init loads every ``*.ko`` there, in order.
+MODULES_DIR = "kswgdb-modules"
 SEPARATOR = " -- "
 
 
@@ -30,34 +38,34 @@ def split_command(extra: str) -> tuple[str, str | None]:
     return kernel.strip(), command.strip()
 
 
-def newc_entry(name: str, mode: int, data: bytes = b"", ino: int = 0,
-               rdev: tuple[int, int] = (0, 0)) -> bytes:
-    """One cpio "newc" record (``070701``): 13 hex fields, name, data, each 4-byte aligned."""
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
-    head = b"070701" + b"".join(b"%08X" % f for f in fields)
-    rec = head + name.encode() + b"\0"
-    rec += b"\0" * (-len(rec) % 4)
-    rec += data + b"\0" * (-len(data) % 4)
-    return rec
+def command_entries(command: str) -> list[Entry]:
+    return [Entry(COMMAND_FILE, S_IFREG | 0o644, command.encode() + b"\n")]
 
 
-def initrd_with_command(initrd: Path, command: str, dest: Path) -> None:
-    """``dest`` = ``initrd``, zero-padded to 4 bytes, then an archive holding the command."""
-    with open(initrd, "rb") as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out)
-        out.write(b"\0" * (-out.tell() % 4))
-        out.write(newc_entry(COMMAND_FILE, 0o100644, command.encode() + b"\n", ino=1))
-        out.write(newc_entry("TRAILER!!!", 0))
+def module_entries(modules: Sequence[Path]) -> list[Entry]:
+    """The user's modules under `MODULES_DIR`, numbered so /init loads them in order."""
+    if not modules:
+        return []
+    entries = [Entry(MODULES_DIR, S_IFDIR | 0o755)]
+    for i, ko in enumerate(modules, start=1):
+        entries.append(Entry(f"{MODULES_DIR}/{i:02d}-{ko.name}", S_IFREG | 0o644,
+                             ko.read_bytes()))
+    return entries
 
 
-def prepare(guest: str | None, initrd: Path | None, extra: str, run_dir: Path
-            ) -> tuple[str, Path | None]:
-    """(kernel command-line words, the initrd to boot) for a Linux image's run."""
+def prepare(guest: str | None, initrd: Path | None, extra: str, run_dir: Path,
+            modules: Sequence[Path] = ()) -> tuple[str, Path | None]:
+    """(kernel command-line words, the initrd to boot) for a Linux image's run.
+
+    ``modules``: the user's ``--module`` files, loaded by /init before the command.
+    """
     if guest != "linux" or initrd is None:
         return extra, None
     kernel, command = split_command(extra)
-    if command is None:
+    if command is None and not modules:
         return extra, None
-    dest = run_dir / "initrd-command.img"
-    initrd_with_command(initrd, command, dest)
-    return kernel, dest
+    entries = (command_entries(command) if command is not None else []) + \
+        module_entries(modules)
+    dest = run_dir / "initrd-run.img"
+    append_archive(initrd, entries, dest)
+    return (kernel if command is not None else extra), dest

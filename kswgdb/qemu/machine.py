@@ -31,6 +31,7 @@ import select
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -44,6 +45,7 @@ from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.argv import QemuOptions, SharedRam, build_argv
 from kswgdb.qemu.binary import QemuBinary
 from kswgdb.qemu.console import Console
+from kswgdb.qemu.drives import Drive, drive_args
 from kswgdb.qemu.errors import MachineError, MachineStartError
 from kswgdb.qemu.exitstatus import GuestExit, decode_exit, kernel_panic_line
 from kswgdb.qemu.qmp import Qmp
@@ -72,6 +74,9 @@ class Machine:
     :param run_dir: keep sockets and logs here (kept afterwards) instead of a
         private temporary directory (removed afterwards); ``keep_run_dir`` overrides.
     :param timeout: bound for launching (QEMU connecting its sockets, QMP handshake).
+    :param modules: ``.ko`` files a Linux guest's /init loads (`kswgdb.qemu.guestcmd`).
+    :param drives: checked ``--drive`` images (`kswgdb.qemu.drives`), after which
+        ``extra_args`` (``--qemu-arg``) come last.
     :param options: any other `QemuOptions` field (machine, cpu, smp, memory, bios,
         gdb, extra_args, qemu_binary...) as keyword arguments. Without ``qemu_binary``
         the process's QEMU runs (`kswgdb.qemu.binary.selected`); either way its
@@ -90,6 +95,8 @@ class Machine:
         run_dir: str | Path | None = None,
         keep_run_dir: bool | None = None,
         timeout: float = 30.0,
+        modules: Sequence[Path] = (),
+        drives: Sequence[Drive] = (),
         **options: Any,
     ) -> None:
         self.image = image if isinstance(image, Image) else load_image(image)
@@ -105,6 +112,8 @@ class Machine:
         if unknown:
             raise TypeError(f"Machine() got unknown option(s): {', '.join(sorted(unknown))}")
         self._options = options
+        self.modules = tuple(modules)      # --module: put in a Linux guest's initramfs
+        self.drives = tuple(drives)        # --drive: virtio disks (kswgdb.qemu.drives)
 
         self.accel_decision: AccelDecision | None = None
         self.qemu: QemuBinary | None = None   # detected at launch; its version decides quirks
@@ -218,13 +227,16 @@ class Machine:
         # or a fast guest's exit would look like a failed launch. `paused=False`
         # is honoured below with a `cont` once everything is connected.
         # A Linux guest's command travels in the initramfs (kswgdb.qemu.guestcmd).
+        # So do the user's modules; drives get their overlays in the run directory.
         extra, initrd = guestcmd.prepare(self.image.guest, self.image.initrd,
-                                         self.extra_cmdline, paths.root)
+                                         self.extra_cmdline, paths.root, self.modules)
+        extra_args = (*drive_args(self.drives, paths.root, self.qemu.path),
+                      *self._options.get("extra_args", ()))
         opts = QemuOptions(
             accel=self.accel_decision.accel, scenario=self.scenario,
             extra_cmdline=extra, paused=True, initrd=initrd,
             shared_ram=self.shared_ram, ram_file=self.ram_path,
-            **{**self._options, "qemu_binary": self.qemu.path},
+            **{**self._options, "qemu_binary": self.qemu.path, "extra_args": extra_args},
             firmware_dirs=self.qemu.firmware_dirs,
             version_args=self.qemu.quirks.tcg_args() if self.accel_decision.accel == "tcg"
             else (),

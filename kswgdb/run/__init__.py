@@ -3,6 +3,7 @@
 - `options`      `RunOptions`, filled the same way from `run` and `tui` arguments
 - `seed`         the seed's kernel command-line word (``--seed``, campaigns)
 - `prepare`      `prepare(options) -> Plan`: every check before QEMU starts (exit 2)
+- `additions`    ``--module``, ``--drive``, ``--qemu-arg`` checked (`Additions`)
 - `rig`          `Rig` / `open_rig(plan, sink)`: one guest's resources (machine, stub,
                  target, engine, unwinder, polls, event log, watchdog), all released on
                  every ending, the log closed with ``summary`` and ``end``; `Sink`, where
@@ -14,6 +15,8 @@
 - `qemucrash`    QEMU's last stderr lines shown and its log kept after a fault
 - `hang`         a wedged guest told from a quiet one (its clock read through QMP), and
                  the kernel's own stall reports
+- `vmcore`       the frozen guest's dump, its tick count at the dump, and the command
+                 that opens it (drgn for Linux, whose dump carries VMCOREINFO; gdb)
 - `oneshot`      the `kswgdb run` driver (`WatchSession`) and its `RunReport`
 - `live`         the TUI's controller (`LiveSession`): a worker thread, a command queue,
                  snapshots, a `RunState`

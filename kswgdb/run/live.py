@@ -71,10 +71,10 @@ from kswgdb.run.livestate import (  # noqa: F401 - re-exported for screens and t
     Snapshot,
     WatchRow,
 )
-from kswgdb.run.oneshot import freeze_vmcore
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
 from kswgdb.run.rig import Rig, Sink
+from kswgdb.run.vmcore import freeze_vmcore, inspect_command
 from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.config import parse_watch
 from kswgdb.watch.engine import Engine
@@ -168,6 +168,7 @@ class LiveSession:
         self._quit = False
         self._interrupted = False
         self._vmcore: Path | None = None
+        self._inspect = ""                  # the command that opens self._vmcore
         self._guest_exit: GuestExit | None = None
         self._published_at = 0.0
 
@@ -579,10 +580,12 @@ class LiveSession:
         """Keep the guest stopped and keep the moment: a vmcore through QMP."""
         self._run_wanted = False
         self._state, self._detail = RunState.FROZEN, f"({why})"
-        path = freeze_vmcore(self.rig, why) if self.machine is not None else None
-        self._vmcore = path
+        frozen = freeze_vmcore(self.rig, why) if self.machine is not None else None
+        path = frozen.path if frozen is not None else None
+        self._vmcore, self._inspect = path, frozen.inspect if frozen is not None else ""
         if self.log is not None:
-            self.log.write("freeze", why=why, vmcore=str(path) if path else None)
+            self.log.write("freeze", why=why, vmcore=str(path) if path else None,
+                           ticks=frozen.ticks if frozen is not None else None)
         rig = self.rig
         listener = rig.plan.listener if rig is not None else None
         symbols = gdb_symbols(self.symbols_path or "", rig.placement.slide
@@ -590,10 +593,18 @@ class LiveSession:
         if listener is not None:
             self.note(f"frozen ({why}); attach: gdb {symbols} -ex 'target remote "
                       f"{listener.address}'" + (f"; vmcore {path}" if path else ""))
-        elif path is not None:
-            self.note(f"frozen ({why}); vmcore {path}; inspect: gdb {symbols} {path}")
+        elif frozen is not None:
+            self.note(f"frozen ({why}); vmcore {path}; inspect: {frozen.inspect}")
         else:
             self.note(f"frozen ({why})")
+
+    def _poll_inspect(self, vmcore: Path | None) -> str:
+        """The command that opens a poll's freeze dump ("" when there is none)."""
+        rig = self.rig
+        if vmcore is None or self.image is None:
+            return ""
+        slide = rig.placement.slide if rig is not None and rig.placement is not None else None
+        return inspect_command(self.image, vmcore, slide)
 
     def _lend_to_gdb(self) -> bool:
         """``--gdb-listen``: serve a gdb that connects to the frozen guest, read-only.
@@ -687,9 +698,11 @@ class LiveSession:
             state = self._state
             if state == RunState.RUNNING and not self._run_wanted:
                 state = RunState.FROZEN
+            vmcore = self._vmcore if self._vmcore is not None else self.polls.freeze_vmcore()
             self._snapshot = Snapshot(
                 state=state, detail=self._detail, watches=rows, hit_count=len(self._hits),
-                vmcore=self._vmcore if self._vmcore is not None else self.polls.freeze_vmcore(),
+                vmcore=vmcore, inspect=self._inspect if self._vmcore is not None else
+                self._poll_inspect(vmcore),
                 guest_exit=self._guest_exit, notice=self._notice,
                 notice_seq=self._notice_seq,
                 error=" ".join(str(self.error).split()) if self.error else "",

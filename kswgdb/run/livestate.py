@@ -89,6 +89,7 @@ class Snapshot:
     watches: tuple[WatchRow, ...] = ()
     hit_count: int = 0
     vmcore: Path | None = None
+    inspect: str = ""                   # the command that opens the vmcore ("": gdb's)
     guest_exit: GuestExit | None = None
     notice: str = ""
     notice_seq: int = 0

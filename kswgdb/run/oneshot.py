@@ -25,6 +25,8 @@ from kswgdb.run.faults import exit_fault, normal_exits
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
 from kswgdb.run.rig import Rig, Sink, open_rig
+from kswgdb.run.vmcore import FrozenCore, freeze_vmcore
+from kswgdb.run.vmcore import describe as describe_vmcore
 from kswgdb.symbols.slide import KernelSlide, gdb_symbols
 from kswgdb.watch.engine import EngineResult
 from kswgdb.watch.hits import Hit
@@ -67,6 +69,7 @@ class RunReport:
     lost_stops: int = 0                # watch stops QEMU lost on another vCPU, collected
     hit_count: int = 0                 # all hits; `hits` keeps the latest RunOptions.keep_hits
     pool: str = ""                     # the slot pool shared by every config, in one line
+    frozen: FrozenCore | None = None   # the vmcore's ticks at the dump and how to open it
 
     @property
     def hits(self) -> list[Hit]:
@@ -123,6 +126,7 @@ class WatchSession:
         self.plan: Plan | None = None
         #: The vmcore of a hit that froze the guest, once dumped.
         self.vmcore: Path | None = None
+        self.frozen: FrozenCore | None = None
         #: Extra `Rig` arguments (tests give fake machine, stub and target factories).
         self.rig_options = rig_options or {}
         #: The rig while `run` runs (tests and tools look at its machine or polls).
@@ -184,7 +188,8 @@ class WatchSession:
             rig.phys.stop()         # a hit in hand (vCPU snapshot, dump) finishes first
         vmcore, fault, guest_exit = None, None, None
         if result.reason == "freeze":
-            vmcore = self.vmcore = freeze_vmcore(rig)
+            self.frozen = freeze_vmcore(rig)
+            vmcore = self.vmcore = self.frozen.path
             if plan.listener is not None:
                 self._lend_to_gdb(rig, result.hits[-1].cpu + 1)
         elif result.reason == "stopped" and rig.watchdog is not None:
@@ -241,6 +246,8 @@ class WatchSession:
         polls = {}
         if vmcore is None and phys is not None and phys.freeze.is_set() and phys.vmcores:
             vmcore = phys.vmcores[-1]       # a poll froze the guest (its dump is done now)
+        frozen = self.frozen if self.frozen is not None and self.frozen.path == vmcore else (
+            describe_vmcore(rig, vmcore) if vmcore is not None else None)
         if phys is not None:
             polls = {"poll_hits": list(phys.poller.hits), "polls": rig.poll_statuses,
                      "poll_vmcores": list(phys.vmcores)}
@@ -264,7 +271,7 @@ class WatchSession:
             lost_stops=getattr(target, "lost_collected", 0),
             hit_count=rig.engine.hit_count if rig.engine is not None else 0,
             pool=rig.pool.describe(plan.accel.accel) if rig.pool is not None else "",
-            **polls,
+            frozen=frozen, **polls,
         )
 
     def _lend_to_gdb(self, rig: Rig, thread: int) -> None:
@@ -286,15 +293,3 @@ class WatchSession:
         except KeyboardInterrupt:
             reaper.consume(signal.SIGINT)
             self.sink.status("gdb listen ended (Ctrl-C)")
-
-
-
-def freeze_vmcore(rig: Rig, why: str = "hit") -> Path:
-    """Keep the moment: a vmcore through QMP while the guest is stopped, beside the log
-    (and a ``vmcore`` event naming it)."""
-    assert rig.machine is not None
-    path = rig.plan.vmcore_dir / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
-    rig.machine.qmp.dump_guest_memory(path)
-    if rig.log is not None:
-        rig.log.write("vmcore", sync=True, path=str(path), why=why)
-    return path

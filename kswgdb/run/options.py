@@ -41,6 +41,9 @@ class RunOptions:
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
     keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
     seed: int | None = None            # the guest's seed word (`kswgdb.run.seed`)
+    modules: list[str] = field(default_factory=list)    # --module .ko files (Linux guests)
+    drives: list[str] = field(default_factory=list)     # --drive PATH[,overlay]
+    qemu_args: list[str] = field(default_factory=list)  # --qemu-arg, one argv element each
 
 
 def default_log_path() -> Path:
@@ -60,6 +63,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         polls=list(args.poll), backtrace=args.backtrace, hang_timeout=args.hang_timeout,
         gdb_listen=args.gdb_listen, paused=getattr(args, "paused", False),
         allow_unarmed=getattr(args, "allow_unarmed", False), seed=getattr(args, "seed", None),
+        modules=list(getattr(args, "module", [])), drives=list(getattr(args, "drive", [])),
+        qemu_args=list(getattr(args, "qemu_arg", [])),
     )
     if options.gdb_listen is not None:
         options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen

@@ -24,6 +24,8 @@ from kswgdb.gdb.backtrace import gdb_available
 from kswgdb.gdbstub.server import Listener
 from kswgdb.poll.config import PollSpec, parse_polls
 from kswgdb.qemu.accel import AccelDecision, decide
+from kswgdb.qemu.binary import selected_path as selected_qemu
+from kswgdb.run.additions import Additions, check_additions
 from kswgdb.run.options import RunOptions
 from kswgdb.run.seed import seeded_cmdline
 from kswgdb.symbols.match import check_kernel_matches
@@ -32,7 +34,7 @@ from kswgdb.watch.checks import check_alignment, check_stack_reach, with_alignme
 from kswgdb.watch.config import parse_watches
 from kswgdb.watch.guest import GuestLayout
 from kswgdb.watch.layout import exit_hook_address, layout_for
-from kswgdb.watch.modules import ModuleWatch, resolve_in_module
+from kswgdb.watch.modules import ModuleWatch, module_files, resolve_in_module
 from kswgdb.watch.resolve import ResolvedWatch, resolve_watch
 from kswgdb.watch.spec import ArmSpec
 
@@ -61,11 +63,18 @@ class Plan:
     exit_hook: int | None = None
     #: The ``--gdb-listen`` port, bound before boot (None without the option).
     listener: Listener | None = None
+    #: ``--module``, ``--drive``, ``--qemu-arg``, checked.
+    additions: Additions = field(default_factory=Additions)
 
     @property
     def watches(self) -> list[ResolvedWatch]:
         """Every watch, kernel then module, for display and the event log."""
         return self.resolved + [m.resolved for m in self.module_watches]
+
+    @property
+    def module_files(self) -> dict[str, Path]:
+        """Module name -> .ko for every module a watch or a backtrace may meet."""
+        return self.additions.module_files or module_files(self.image.modules_dir)
 
     @property
     def cmdline(self) -> str:
@@ -100,13 +109,15 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
     image.check_scenario(opts.scenario)
     check_polls_fit(image, poll_specs)
     program = Program.load(image.symbols)
+    additions = check_additions(opts.modules, opts.drives, opts.qemu_args, image,
+                                program.symtab, selected_qemu()[0])
     backtrace_mode = resolve_backtrace_mode(opts.backtrace)
     resolved: list[ResolvedWatch] = []
     module_watches: list[ModuleWatch] = []
     for cfg in parse_watches(list(opts.watches)) if opts.watches else []:
         in_module = None
         if not program.symtab.lookup_all(cfg.func):
-            in_module = resolve_in_module(cfg, image.modules_dir)
+            in_module = resolve_in_module(cfg, additions.module_files)
         if in_module is not None:
             module_watches.append(in_module)
         else:
@@ -125,7 +136,7 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
     plan = Plan(options=opts, image=image, program=program, layout=layout, accel=accel,
                 backtrace_mode=backtrace_mode, resolved=resolved,
                 specs=[r.to_arm_spec(read_release=opts.release_by_read) for r in resolved],
-                module_watches=module_watches,
+                module_watches=module_watches, additions=additions,
                 poll_specs=poll_specs, exit_hook=exit_hook_address(program, layout))
     if opts.gdb_listen is not None:
         plan.listener = bind_gdb_listen(opts.gdb_listen)     # last: nothing fails after it

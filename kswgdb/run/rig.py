@@ -192,7 +192,9 @@ class Rig:
         machine = self._machine_factory(plan.image, accel=plan.accel, scenario=opts.scenario,
                                         extra_cmdline=plan.cmdline, paused=True,
                                         shared_ram="file" if shared else False,
-                                        gdb=self.stub)
+                                        gdb=self.stub, **plan.additions.machine_kwargs())
+        for line in plan.additions.describe():
+            self.sink.status(line)
         self._stack.callback(machine.close)
         machine.launch()
         self.machine = machine
@@ -319,18 +321,17 @@ class Rig:
 
     def _symbolizer(self, program: Program) -> Any:
         plan = self.plan
-        modules_dir = plan.image.modules_dir
         with_modules = plan.module_watches or (
-            plan.image.guest == "linux" and modules_dir is not None and modules_dir.is_dir())
+            plan.image.guest == "linux" and bool(plan.module_files))
         return ModuleSymbolizer(program) if with_modules else ProgramSymbolizer(program)
 
     def _module_finder(self, program: Program, symbolizer: Any,
                        target: Target) -> ModuleFinder | None:
-        modules_dir = self.plan.image.modules_dir
-        if not isinstance(symbolizer, ModuleSymbolizer) or modules_dir is None:
+        files = self.plan.module_files
+        if not isinstance(symbolizer, ModuleSymbolizer) or not files:
             return None
         with contextlib.suppress(BadInput):
-            return ModuleFinder(program, modules_dir, symbolizer, target.read)
+            return ModuleFinder(program, files, symbolizer, target.read)
         return None
 
     def pool_capacity(self) -> int:

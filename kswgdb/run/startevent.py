@@ -40,4 +40,5 @@ def start_fields(plan: Plan, machine: Machine | None, *, stub: bool,
     }
     if interactive:
         fields["interactive"] = True
+    fields.update(plan.additions.log_fields())      # modules, drives, qemu_args if given
     return fields

@@ -11,6 +11,7 @@ Start from `kswgdb.symbols.program.Program`, which loads each part on first use:
 - ``frame``    RSP/RBP relative to the CFA at each instruction
 - ``prologue`` the canary slot, initialising stores, the suggested arming offset
 - ``listing``  the annotated listing behind ``kswgdb disasm``
+- ``modinfo``  a ``.ko``'s ``.modinfo`` (name, vermagic) checked against the kernel's
 
 Nothing here imports ``kswgdb.watch``, the CLI or the renderers.
 """

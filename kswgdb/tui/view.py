@@ -58,8 +58,8 @@ def header(image: str, scenario: int | None, accel: AccelDecision | None, snap: 
     if log is not None:
         text.append(f"   log {log}", style="dim")
     if snap.state == FROZEN and snap.vmcore is not None:
-        text.append(f"\nvmcore {snap.vmcore}   inspect: gdb {symbols} {snap.vmcore}",
-                    style="yellow")
+        inspect = snap.inspect or f"gdb {symbols} {snap.vmcore}"
+        text.append(f"\nvmcore {snap.vmcore}   inspect: {inspect}", style="yellow")
     return text
 
 

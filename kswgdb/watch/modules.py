@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,19 +144,40 @@ class LoadedModule:
         return None
 
 
-def find_module_function(modules_dir: Path | None, func: str) -> tuple[str, Program] | None:
-    """The module (name, program) in ``modules_dir`` that defines function ``func``."""
-    if modules_dir is None or not modules_dir.is_dir():
-        return None
-    for ko in sorted(modules_dir.glob("*.ko")):
+#: Where a module's symbols are: module name (as the kernel names it) -> its ``.ko``.
+ModuleFiles = Mapping[str, Path]
+
+
+def module_files(modules_dir: Path | None,
+                 extra: Mapping[str, Path] | None = None) -> dict[str, Path]:
+    """Every ``.ko`` a watch may name: the image's ``modules_dir`` (named after the file),
+    then ``extra`` (the user's ``--module`` files, by their ``.modinfo`` name), which win."""
+    out: dict[str, Path] = {}
+    if modules_dir is not None and modules_dir.is_dir():
+        for ko in sorted(modules_dir.glob("*.ko")):
+            out[ko.stem.replace("-", "_")] = ko
+    out.update(extra or {})
+    return out
+
+
+def _files(modules: Path | None | ModuleFiles) -> ModuleFiles:
+    return modules if isinstance(modules, Mapping) else module_files(modules)
+
+
+def find_module_function(modules: Path | None | ModuleFiles, func: str
+                         ) -> tuple[str, Program] | None:
+    """The module (name, program) that defines function ``func``: among `module_files`,
+    or in the directory ``modules``."""
+    for name, ko in _files(modules).items():
         program = load_module(ko)
         if program.symtab.lookup_all(func):
-            return ko.stem.replace("-", "_"), program
+            return name, program
     return None
 
 
-def resolve_in_module(cfg: WatchConfig, modules_dir: Path | None) -> ModuleWatch | None:
-    found = find_module_function(modules_dir, cfg.func)
+def resolve_in_module(cfg: WatchConfig, modules: Path | None | ModuleFiles
+                      ) -> ModuleWatch | None:
+    found = find_module_function(modules, cfg.func)
     if found is None:
         return None
     name, program = found
@@ -257,16 +278,16 @@ def place_module(layout: ModuleLayout, name: str, mod: int, program: Program,
 
 
 class ModuleFinder:
-    """Places every loaded module that has a ``.ko`` in ``modules_dir``, watched or not.
+    """Places every loaded module that has a ``.ko`` (`module_files`), watched or not.
 
     Called before a gdb backtrace, so a module frame on the stack of a hit in
     vmlinux code is named too (gdb gets the module with ``add-symbol-file``).
     """
 
-    def __init__(self, kernel: Program, modules_dir: Path, symbolizer: ModuleSymbolizer,
-                 read: ReadFn) -> None:
+    def __init__(self, kernel: Program, modules: Path | ModuleFiles,
+                 symbolizer: ModuleSymbolizer, read: ReadFn) -> None:
         self.layout = ModuleLayout.from_program(kernel)
-        self.modules_dir = modules_dir
+        self.modules = _files(modules)
         self.symbolizer = symbolizer
         self.read = read
 
@@ -275,9 +296,7 @@ class ModuleFinder:
         for name, mod in loaded_modules(self.layout, self.read).items():
             if name in known:
                 continue
-            ko = next((p for p in (self.modules_dir / f"{name}.ko",
-                                   self.modules_dir / f"{name.replace('_', '-')}.ko")
-                       if p.is_file()), None)
+            ko = self.modules.get(name)
             if ko is None:
                 continue
             placed = place_module(self.layout, name, mod, load_module(ko), self.read)
@@ -375,5 +394,6 @@ def _name(program: Program, addr: int) -> str:
 
 
 __all__ = ["BadInput", "LOAD_HOOK", "ModuleArmer", "ModuleFinder", "ModuleLayout",
-           "ModuleSymbolizer", "ModuleWatch", "loaded_modules", "module_symbols",
+           "ModuleFiles", "ModuleSymbolizer", "ModuleWatch", "loaded_modules", "module_files",
+           "module_symbols",
            "place_module", "resolve_in_module", "shift_spec"]

@@ -147,6 +147,7 @@ def test_poll_freeze_given_at_start_keeps_the_guest_frozen_until_c(tmp_path, pro
                              lambda: session.snapshot().vmcore is not None)
             snap = session.snapshot()
             assert snap.state == FROZEN and snap.vmcore.read_bytes()[:4] == b"\x7fELF"
+            assert snap.inspect.startswith("gdb ") and snap.inspect.endswith(str(snap.vmcore))
             assert session.machine.qmp.status() != "running"
             await pilot.pause(2.0)
             assert session.snapshot().state == FROZEN       # nothing resumed it meanwhile

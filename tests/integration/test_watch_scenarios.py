@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
 
 import pytest
 
@@ -136,6 +138,14 @@ def test_panic_hit_freezes_the_guest_and_keeps_a_vmcore(img, tmp_path):
     assert report.vmcore.stat().st_mode & 0o777 == 0o600
     assert report.vmcore.read_bytes()[:4] == b"\x7fELF"
     assert report.guest_exit is None        # stopped at the hit, never ran to its end
+    # The inspect command (gdb for the test kernel) opens the dump: the guest's clock
+    # there is the one read through the stub at the freeze, the hit's own.
+    frozen = report.frozen
+    assert frozen is not None and frozen.ticks == report.hits[0].guest_time is not None
+    proc = subprocess.run([*shlex.split(frozen.inspect), "-batch", "-ex", "p jiffies"],
+                          capture_output=True, text=True, timeout=60)
+    assert re.search(rf"^\$1 = {frozen.ticks}$", proc.stdout, re.MULTILINE), \
+        (frozen.inspect, proc.stdout[-500:], proc.stderr[-500:])
     logged = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert {"event": "vmcore", "path": str(report.vmcore), "why": "hit"}.items() <= \
         next(e for e in logged if e["event"] == "vmcore").items()

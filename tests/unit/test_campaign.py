@@ -116,7 +116,9 @@ def test_the_replay_line_parses_back_to_the_template_with_the_seed(tmp_path):
     template = RunOptions(image="images/kswtest.toml", scenario=4, watches=[WATCH, "fn=f fo=1"],
                           polls=["pa=0x1000 len=8 to=0x33"], cmdline="runs=3", timeout=30.0,
                           on_hit="freeze", slots=6, backtrace="fp", hang_timeout=5.0,
-                          accel="tcg", log_path=tmp_path / "r.jsonl")
+                          accel="tcg", log_path=tmp_path / "r.jsonl",
+                          modules=[str(tmp_path / "m.ko")], drives=["/d.img,overlay", "/e.img"],
+                          qemu_args=["-device", "virtio-rng-pci"])
     argv = replay_argv(template, 42, log=tmp_path / "r.jsonl")
     assert argv[:2] == ["kswgdb", "run"]
     back = options_from_args(build_parser().parse_args(argv[1:]))

@@ -24,6 +24,13 @@ CASES = [
     (["run"], "no --watch given"),
     (["run", "--accel", "quantum", "--watch", "fn=x fo=1"], "invalid choice"),
     (["disasm", "no_such_function"], "no_such_function"),
+    (["run", "--watch", "fn=s3_victim fo=0x23", "--module", "/nonexistent.ko"],
+     "--module: image kswtest is not a Linux image"),
+    (["run", "--watch", "fn=s3_victim fo=0x23", "--qemu-arg=-gdb", "--qemu-arg=tcp::1"],
+     "--qemu-arg -gdb: refused, kswgdb wires the gdbstub itself"),
+    (["run", "--watch", "fn=s3_victim fo=0x23", "--drive", "/nonexistent.img,overlay"],
+     "--drive /nonexistent.img: no such file"),
+    (["boot", "--drive", "/nonexistent.img"], "--drive /nonexistent.img: no such file"),
 ]
 
 

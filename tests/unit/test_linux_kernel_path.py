@@ -240,7 +240,7 @@ def test_gdb_index_is_added_once(tmp_path: Path) -> None:
 
 def test_module_finder_places_unwatched_modules_for_gdb(module_ko: Path, tmp_path: Path) -> None:
     """A hit in vmlinux with a module frame on its stack: the module is found and given."""
-    from kswgdb.watch.modules import ModuleFinder, ModuleLayout
+    from kswgdb.watch.modules import ModuleFinder, ModuleLayout, module_files
     from tests.unit.test_linux_modules import LAYOUT, _module, _q
 
     modules_dir = tmp_path / "mods"
@@ -255,8 +255,8 @@ def test_module_finder_places_unwatched_modules_for_gdb(module_ko: Path, tmp_pat
     _module(fake, mod_at, "m", LAYOUT.modules_head, {"entry": entry_at})
     sym = ModuleSymbolizer(Program.load(ROOT / "images" / "kswtest.elf"))
     finder = ModuleFinder.__new__(ModuleFinder)        # the layout without a vmlinux
-    finder.layout, finder.modules_dir, finder.symbolizer, finder.read = (
-        LAYOUT, modules_dir, sym, fake.read)
+    finder.layout, finder.modules, finder.symbolizer, finder.read = (
+        LAYOUT, module_files(modules_dir), sym, fake.read)
     assert isinstance(finder.layout, ModuleLayout)
     tracer = _FakeTracer([Frame(0, entry_at + 2, "entry", None, None)])
     unwinder = GdbUnwinder(_Target(), "vmlinux", sym, find_modules=finder)

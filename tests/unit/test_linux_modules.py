@@ -113,10 +113,11 @@ def _load_build_script():
 def test_initramfs_is_a_newc_archive_with_init_busybox_module_and_console(tmp_path: Path):
     build = _load_build_script()
     for name, data in (("busybox", b"\x7fELFbusybox"), ("init", b"#!/bin/sh\n"),
-                       ("lkdtm.ko", b"\x7fELFko")):
+                       ("lkdtm.ko", b"\x7fELFko"), ("qemu_fw_cfg.ko", b"\x7fELFfw")):
         (tmp_path / name).write_bytes(data)
     out = tmp_path / "initrd.img"
-    build.write_initramfs(tmp_path / "busybox", tmp_path / "init", tmp_path / "lkdtm.ko", out)
+    build.write_initramfs(tmp_path / "busybox", tmp_path / "init",
+                          [tmp_path / "lkdtm.ko", tmp_path / "qemu_fw_cfg.ko"], out)
     blob = gzip.decompress(out.read_bytes())
     entries, pos = {}, 0
     while True:
@@ -133,5 +134,6 @@ def test_initramfs_is_a_newc_archive_with_init_busybox_module_and_console(tmp_pa
     assert entries["init"][0] == 0o100755 and entries["init"][2] == b"#!/bin/sh\n"
     assert entries["bin/busybox"][2] == b"\x7fELFbusybox"
     assert entries["lib/modules/lkdtm.ko"][2] == b"\x7fELFko"
+    assert entries["lib/modules/qemu_fw_cfg.ko"][2] == b"\x7fELFfw"
     assert entries["dev/console"][:2] == (0o020600, (5, 1))
     assert entries["proc"][0] == 0o040755

@@ -67,6 +67,13 @@ def test_default_kswtest_like_image(tmp_path: Path, paths: RunPaths) -> None:
     assert _value(argv, "-mon") == "chardev=qmp0,mode=control"
 
 
+def test_a_linux_guest_gets_the_vmcoreinfo_device_and_the_test_kernel_not(
+        tmp_path: Path, paths: RunPaths) -> None:
+    """Only a Linux kernel fills QEMU's vmcoreinfo (the note a dump needs for drgn/crash)."""
+    assert "vmcoreinfo" in _values(build_argv(_image(tmp_path, guest="linux"), paths), "-device")
+    assert "vmcoreinfo" not in _values(build_argv(_image(tmp_path), paths), "-device")
+
+
 def test_sockets_live_in_the_run_dir(tmp_path: Path, paths: RunPaths) -> None:
     argv = build_argv(_image(tmp_path), paths)
     chardevs = _values(argv, "-chardev")
