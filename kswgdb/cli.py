@@ -18,8 +18,17 @@ from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never,
 from kswgdb.campaign.args import add_parser as campaign_parser
 from kswgdb.errors import BadInput, KswError
 from kswgdb.exitcodes import ExitStatus, signalled, unexpected
+from kswgdb.helptext import document
 from kswgdb.run.hang import DEFAULT_HANG_TIMEOUT
 
+IMAGE_HELP = "image name or description file (default: the bundled kswtest)"
+SCENARIO_HELP = "the test kernel's scenario N (README: 'The test kernel')"
+ACCEL_HELP = ("accelerator; auto: KVM only where a probe saw its data watchpoints fire, "
+              "else TCG (default: auto; `kswgdb accel` says which and why)")
+CMDLINE_HELP = ("extra kernel command-line words; after ' -- ', a shell command the "
+                "Linux image's init runs (the reproducer)")
+ALLOW_UNARMED_HELP = ("a watch that was never armed is no failure: exit 0, not 4 (the "
+                      "warning is still printed)")
 QEMU_HELP = ("the qemu-system-x86_64 to run (default: $KSWGDB_QEMU, else the one on PATH; "
              "tested: 7.2 and 10.0)")
 
@@ -32,9 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kswgdb", description=(
-        "Catch silent kernel stack corruption at the instant of the write, from outside "
-        "a QEMU guest: KStackWatch through the gdbstub."))
+    parser = _Parser(prog="kswgdb")     # descriptions and examples: kswgdb.helptext
     parser.add_argument("--version", action="version", version=f"kswgdb {__version__}")
     parser.add_argument("--qemu", default=None, metavar="PATH", help=QEMU_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -45,19 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: %(default)g)")
     run.add_argument("--json", action="store_true", help="print JSONL events instead of panels")
     run.add_argument("--allow-unarmed", action="store_true",
-                     help="a watch that was never armed is no failure: exit 0, not 4 "
-                          "(the warning is still printed)")
+                     help=ALLOW_UNARMED_HELP)
+    run.add_argument("--console", action="store_true",
+                     help="stream the guest's console on stderr as it comes, each line "
+                          "after a '|' (without it: its last lines when nothing was "
+                          "caught; always in the event log)")
 
     boot = sub.add_parser("boot", help="boot an image without watching; show its console")
-    boot.add_argument("image", nargs="?", default=None)
-    boot.add_argument("--scenario", type=scenario_number, default=None)
+    boot.add_argument("image", nargs="?", default=None, help=IMAGE_HELP)
+    boot.add_argument("--scenario", type=scenario_number, default=None, metavar="N",
+                      help=SCENARIO_HELP)
     _machine_options(boot)
     _guest_additions(boot)
+    boot.add_argument("--console", action="store_true",
+                      help="stream the console on stderr as it comes, each line after a "
+                           "'|' (without it: printed on stdout when the guest ends)")
 
     disasm = sub.add_parser("disasm", help="disassemble a function, mark canary and "
                                            "initialising stores, suggest fo")
-    disasm.add_argument("func")
-    disasm.add_argument("--image", default=None)
+    disasm.add_argument("func", help="the function (kernel, or a module of the image's "
+                                      "module directory)")
+    disasm.add_argument("--image", default=None, help=IMAGE_HELP)
     disasm.add_argument("--var", default=None,
                         help="suggest a watch on this local (NAME or NAME[i]) instead")
     disasm.add_argument("--so", default=None,
@@ -67,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="look for FUNC in this module too (repeatable)")
 
     symbols = sub.add_parser("symbols", help="list functions of an image's kernel")
-    symbols.add_argument("pattern", nargs="?", default="")
-    symbols.add_argument("--image", default=None)
+    symbols.add_argument("pattern", nargs="?", default="",
+                         help="a part of the name (default: every function)")
+    symbols.add_argument("--image", default=None, help=IMAGE_HELP)
 
     sub.add_parser("accel", help="say which accelerator 'auto' picks here, and why")
 
@@ -76,15 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     campaign_parser(sub, _watch_options, positive_seconds)
 
     sub.add_parser("demo", help="scenario 3 of the test kernel, caught (what `make demo` runs)")
+    document(parser)
     return parser
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
-    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto", help=ACCEL_HELP)
     p.add_argument("--timeout", type=positive_seconds, default=120.0, metavar="S",
                    help="end the run after S seconds, said as such (default: %(default)g)")
-    p.add_argument("--cmdline", default="", help="extra kernel command-line words")
+    p.add_argument("--cmdline", default="", metavar="WORDS", help=CMDLINE_HELP)
 
 
 def _seconds(text: str) -> float:
@@ -113,35 +130,40 @@ def _tui_parser(sub) -> None:
                    timeout_help="freeze the guest after S seconds (default: never)")
     tui.add_argument("--paused", action="store_true",
                      help="stay frozen before the first guest instruction until `c`")
+    tui.add_argument("--allow-unarmed", action="store_true",
+                     help=ALLOW_UNARMED_HELP)
 
 
 def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
                    timeout_help: str) -> None:
     """The options `run` and `tui` share: same names, same meaning (`options_from_args`)."""
-    p.add_argument("image", nargs="?", default=None,
-                   help="image name or description file (default: the bundled kswtest)")
-    p.add_argument("--scenario", type=scenario_number, default=None,
-                   help="test-kernel scenario to run")
+    p.add_argument("image", nargs="?", default=None, help=IMAGE_HELP)
+    p.add_argument("--scenario", type=scenario_number, default=None, metavar="N",
+                   help=SCENARIO_HELP)
     p.add_argument("--watch", "-w", action="append", default=[], metavar="CONFIG",
-                   help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x1c' (repeatable)")
+                   help="a KStackWatch config string, e.g. 'fn=s3_victim fo=0x23' (keys: fn "
+                        "fo dp mw so wl ac ph var; `kswgdb disasm FUNC` suggests one; "
+                        "repeatable)")
     p.add_argument("--poll", "-p", action="append", default=[], metavar="SPEC",
-                   help="poll guest physical memory, e.g. 'pa=0x1136a8 len=8 to=0x33' "
+                   help="poll guest physical memory, e.g. 'pa=0x1146a8 len=8 to=0x33' "
                         "(keys: pa len to from any mask region interval on-hit once; "
                         "repeatable)")
     p.add_argument("--qemu", default=argparse.SUPPRESS, metavar="PATH", help=QEMU_HELP)
-    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto", help=ACCEL_HELP)
     p.add_argument("--timeout", type=timeout_type, default=timeout, metavar="S",
                    help=timeout_help)
-    p.add_argument("--cmdline", default="", help="extra kernel command-line words")
+    p.add_argument("--cmdline", default="", metavar="WORDS", help=CMDLINE_HELP)
     p.add_argument("--seed", type=int, default=None, metavar="S",
                    help="the guest's seed: the test kernel's seed=S, a Linux guest's "
                         "KSWGDB_SEED=S environment word (replays a campaign's run)")
     p.add_argument("--on-hit", choices=("continue", "freeze"), default="continue",
                    help="freeze: stop the guest at the first hit, dump a vmcore, show how "
                         "to attach gdb")
-    p.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
-    p.add_argument("--slots", type=slot_count, default=None,
-                   help="watchpoint slots under TCG (KVM always has 4)")
+    p.add_argument("--log", default=None, metavar="PATH",
+                   help="event log path (JSONL, mode 0600; default: kswgdb-DATE-TIME.jsonl "
+                        "here)")
+    p.add_argument("--slots", type=slot_count, default=None, metavar="N",
+                   help="watchpoint slots under TCG (default 256; KVM always has 4)")
     p.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",
                    help="how a hit's backtrace is unwound: gdb (DWARF CFI; the default "
                         "when gdb is installed) or fp (frame-pointer walk)")

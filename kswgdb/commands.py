@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -21,16 +22,22 @@ from kswgdb.poll.poller import PollHit
 from kswgdb.render.console import output_console
 from kswgdb.render.hit import render_hit
 from kswgdb.render.pollhit import render_poll_hit, render_poll_summary
+from kswgdb.render.statusline import StatusLine
 from kswgdb.render.summary import render_summary
 from kswgdb.run.oneshot import RunReport, WatchSession
 from kswgdb.run.options import RunOptions, default_log_path, options_from_args
+from kswgdb.run.progress import RunProgress
 from kswgdb.run.rig import Sink
 from kswgdb.symbols.slide import gdb_symbols
 from kswgdb.watch.hits import Hit
 from kswgdb.watch.scenarios import scenario_watch
 
-#: A wedged guest's run ends with its last console lines (kswgdb.run.hang).
-HUNG, HUNG_CONSOLE_LINES = "the guest hung", 10
+#: How a wedged guest's run is said to have ended (kswgdb.run.hang).
+HUNG = "the guest hung"
+#: A run that ends without a hit, or badly, shows the guest's last console lines.
+CONSOLE_TAIL_LINES = 20
+#: The prefix of a guest console line on stderr (``--console``, and the last lines).
+CONSOLE_PREFIX = "  | "
 #: The test-kernel scenario the demo runs (3: silent corruption by another thread).
 DEMO_SCENARIO = 3
 
@@ -61,31 +68,66 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 class TerminalSink(Sink):
     """A run's news on the terminal: hit panels on stdout (or JSONL with --json), status
-    lines on stderr; the boot spinner stops when the guest runs or a hit comes."""
+    lines on stderr; the boot spinner stops when the guest runs or a hit comes, and on a
+    terminal a live status line (`kswgdb.render.statusline`) takes its place until the
+    run ends. Used as a context manager around the run: both are gone after it."""
 
-    def __init__(self, out: Console, err: Console, json_out: bool) -> None:
-        self.out, self.err, self.json_out = out, err, json_out
+    def __init__(self, out: Console, err: Console, json_out: bool,
+                 console: bool = False) -> None:
+        self.out, self.err, self.json_out, self.show_console = out, err, json_out, console
+        live = not json_out and err.is_terminal
         self.spinner = err.status("booting the guest and arming watches...", spinner="dots") \
-            if not json_out and err.is_terminal else None
+            if live else None
+        self.status_line: StatusLine | None = None
+        self._live = live
+
+    def __enter__(self) -> TerminalSink:
+        if self.spinner is not None:
+            self.spinner.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_spinner()
+        if self.status_line is not None:
+            self.status_line.stop()
+
+    def running(self, progress: Callable[[], RunProgress]) -> None:
+        if self._live:
+            self.status_line = StatusLine(self.err, progress)
 
     def status(self, text: str) -> None:
         self.err.print(f"[dim]{text}", soft_wrap=True)
         if text.startswith("guest running"):
             self.stop_spinner()     # the guest runs: nothing may print over a live spinner
+            if self.status_line is not None:
+                self.status_line.start()
+        elif text.startswith("guest frozen") and self.status_line is not None:
+            self.status_line.stop()     # lent to gdb: nothing runs any more
 
     def hit(self, hit: Hit) -> None:
         if not self.json_out:
             self.stop_spinner()
-            self.out.print(render_hit(hit))
+            with self._above_status():
+                self.out.print(render_hit(hit))
 
     def poll_hit(self, hit: PollHit) -> None:
         if not self.json_out:
-            self.out.print(render_poll_hit(hit))
+            with self._above_status():
+                self.out.print(render_poll_hit(hit))
+
+    def _above_status(self) -> contextlib.AbstractContextManager:
+        """The status line off the screen while a panel goes to stdout (the same tty)."""
+        return self.status_line.paused() if self.status_line is not None \
+            else contextlib.nullcontext()
 
     def logged(self, line: str) -> None:
         if self.json_out:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
+
+    def console(self, line: str) -> None:
+        if self.show_console:       # --console: the guest's console, live, on stderr
+            self.err.print(CONSOLE_PREFIX + line, markup=False, highlight=False, soft_wrap=True)
 
     def stop_spinner(self) -> None:
         if self.spinner is not None:
@@ -95,7 +137,7 @@ class TerminalSink(Sink):
 def run_and_render(options: RunOptions, json_out: bool = False) -> int:
     out = output_console()
     err = _stderr()
-    sink = TerminalSink(out, err, json_out)
+    sink = TerminalSink(out, err, json_out, console=options.console)
     session = WatchSession(options, sink=sink)
     session.prepare()
     for resolved in session.resolved:
@@ -104,7 +146,7 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
         for warning in resolved.warnings:
             err.print(f"[yellow]warning: {warning}")
     try:
-        with sink.spinner or contextlib.nullcontext():
+        with sink:
             report = session.run()
     except (KeyboardInterrupt, SystemExit):
         # Ctrl-C, SIGTERM, SIGHUP: the run is over but what it found is not lost. The
@@ -114,12 +156,9 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
             _render_report(so_far, options, out if not json_out else err)
         raise
     _render_report(report, options, out if not json_out else err)
+    # What the guest or QEMU said last comes first: the error stays the last line.
+    _console_tail(report, options)
     if report.fault:
-        # What QEMU or the wedged guest said last comes first: the error stays the last line.
-        if report.fault.startswith(HUNG):
-            print("the guest's last console lines:", file=sys.stderr)
-            for line in report.console_log[-HUNG_CONSOLE_LINES:]:
-                print(f"  | {line}", file=sys.stderr)
         for line in report.qemu_stderr:
             print(f"qemu: {line}", file=sys.stderr)
         if report.qemu_log is not None:
@@ -131,6 +170,24 @@ def run_and_render(options: RunOptions, json_out: bool = False) -> int:
             print(f"kswgdb: warning: {line}", file=sys.stderr)
     return status_of_run(report.hit_count + len(report.poll_hits), report.fault,
                          unarmed=bool(report.unarmed) and not options.allow_unarmed)
+
+
+def _console_tail(report: RunReport, options: RunOptions) -> None:
+    """The guest's last console lines on stderr when the run found nothing or failed.
+
+    A reproducer that never ran (a typo, a missing file) says so on the console
+    only: a run without a hit shows it rather than a bare "0 hit(s)". Not with
+    ``--console``, which has shown every line already.
+    """
+    caught = report.hit_count + len(report.poll_hits)
+    if options.console or not report.console_log or (
+            caught and not report.fault and not report.unarmed):
+        return
+    shown = report.console_log[-CONSOLE_TAIL_LINES:]
+    print(f"the guest's last console lines: ({len(shown)} of {len(report.console_log)}; "
+          "all of them: --console, or the log's console events)", file=sys.stderr)
+    for line in shown:
+        print(CONSOLE_PREFIX + line, file=sys.stderr)
 
 
 def _render_report(report: RunReport, options: RunOptions, out: Console) -> None:
@@ -196,12 +253,16 @@ def cmd_boot(args: argparse.Namespace) -> int:
     out = output_console()
     with Machine(img, accel=args.accel, scenario=args.scenario, extra_cmdline=args.cmdline,
                  paused=False, **additions.machine_kwargs()) as machine:
-        _stderr().print(f"[dim]accelerator: {machine.accel_decision.accel} "
-                        f"({machine.accel_decision.reason})", soft_wrap=True)
+        err = _stderr()
+        err.print(f"[dim]accelerator: {machine.accel_decision.accel} "
+                  f"({machine.accel_decision.reason})", soft_wrap=True)
         for line in additions.describe():
-            _stderr().print(line, style="dim", soft_wrap=True, markup=False)
+            err.print(line, style="dim", soft_wrap=True, markup=False)
+        if args.console:            # live, on stderr, as `run --console` shows it
+            machine.console.follow(lambda line: err.print(
+                CONSOLE_PREFIX + line, markup=False, highlight=False, soft_wrap=True))
         ended = machine.wait_exit(args.timeout)
-        for line in machine.console.lines():
+        for line in [] if args.console else machine.console.lines():
             out.print(line, markup=False, soft_wrap=True)
         out.print(f"[dim]guest ended: {ended}", soft_wrap=True)
         if ended.kind == "timeout":

@@ -132,8 +132,14 @@ def resolve(spec: str | Path | None) -> Path:
     raise BadInput(f"image not found: {spec} (looked for {', '.join(map(str, candidates))})")
 
 
-def load(spec: str | Path | None = None) -> Image:
-    """Load and check an image description; every path it names must exist."""
+def load(spec: str | Path | Image | None = None) -> Image:
+    """Load and check an image description; every path it names must exist.
+
+    An `Image` is returned as it is: one loaded already (a cluster worker's, its
+    paths in the worker's cache: `kswgdb.campaign.shipping`).
+    """
+    if isinstance(spec, Image):
+        return spec
     toml_path = resolve(spec)
     try:
         data = tomllib.loads(toml_path.read_text())

@@ -33,5 +33,8 @@ def add_parser(sub: argparse._SubParsersAction, watch_options: Callable[..., Non
                    help="the campaign directory, new or empty (default: "
                         "./kswgdb-campaign-DATE-TIME)")
     p.add_argument("--cluster", default=None, metavar="tcp://HOST:PORT",
-                   help="run the guests on this Dask scheduler's workers (each needs QEMU "
-                        "and the same image files, checked by sha256); --jobs runs at once")
+                   help="run the guests on this Dask scheduler's workers (each needs QEMU; "
+                        "the image is shipped by sha256); --jobs runs at once")
+    p.add_argument("--cluster-timeout", type=campaign_options.parse_duration, default=5.0,
+                   metavar="DURATION", help="how long to wait for the --cluster scheduler "
+                                            "to answer (default: 5s)")

@@ -5,19 +5,21 @@ Why Dask: measured on this machine (README, "Campaigns on a cluster"), Dask's
 quarter of its time with a quarter of its memory; its larger per-task latency
 (~12 ms against ~2 ms) is nothing beside a run of seconds.
 
-Each run is one Dask task (`run_on_worker`): on the worker it checks the image
-by content hash (the same files at the same paths: a shared or identically
-installed tree; a mismatch is that run's failure, never a wrong answer), starts
-the run as a child process (`kswgdb.campaign.child`), relays an interrupt from
-the campaign (a Dask `Event`), and returns the outcome and the run's event log,
+The image travels by content hash (`kswgdb.campaign.shipping`): shipped once
+per campaign to the workers that lack it, cached on each by sha256. Each run is
+one Dask task (`run_on_worker`): on the worker it materializes the image from
+that cache, starts the run as a child process (`kswgdb.campaign.child`),
+publishes each hit as it happens (a Dask structured event on the campaign's
+topic, so ``--until-hits`` counts runs in flight), relays an interrupt from the
+campaign (a Dask `Event`), and returns the outcome and the run's event log,
 which the campaign writes into its own directory. A worker lost mid-run is
 retried elsewhere by the scheduler (its ``allowed-failures``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
 import os
 import pickle
 import shutil
@@ -27,57 +29,80 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from kswgdb.campaign.shipping import ImageParcel, ShipError, materialize, ship
 from kswgdb.campaign.worker import RunJob
 from kswgdb.errors import BadInput
+from kswgdb.exitcodes import ExitStatus
 
 #: A run's temporary directory on a worker: PREFIX + the worker's pid + "-" + random.
 RUN_DIR_PREFIX = "kswgdb-cluster-run-"
 #: How often a worker looks for the campaign's stop event.
 STOP_POLL = 0.5
+#: Seconds a run may take to end after its interrupt before the worker kills it
+#: (before the campaign gives it up, 20 s, so the outcome still comes back).
+KILL_AFTER = 15.0
+#: How long the campaign waits for a scheduler to answer (``--cluster-timeout``).
+CONNECT_TIMEOUT = 5.0
 
 
-def image_digests(paths: list[Path]) -> dict[str, str]:
-    """sha256 of each image file (kernel, symbols, initrd, description)."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
-
-
-def check_digests(digests: dict[str, str]) -> str | None:
-    """On the worker: why its image differs from the campaign's, or None."""
-    for path, digest in digests.items():
-        try:
-            found = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        except OSError as exc:
-            return f"the worker has no {path} ({exc.strerror or exc})"
-        if found != digest:
-            return f"the worker's {path} differs (sha256 {found[:12]}, not {digest[:12]})"
-    return None
-
-
-def run_on_worker(job: RunJob, digests: dict[str, str], stop_events: list[str]) -> dict:
+def run_on_worker(job: RunJob, parcel: ImageParcel, stop_events: list[str],
+                  topic: str | None = None) -> dict:
     """The Dask task: one run on this worker; the outcome dict plus ``log_text``."""
     from distributed import Event
 
-    from kswgdb.campaign.worker import RunOutcome
-
-    problem = check_digests(digests)
-    if problem is not None:
-        import dataclasses
-
-        return {**dataclasses.asdict(RunOutcome(job.index, job.seed, "failed", 3,
-                                                reason=problem)), "log_text": ""}
     stop = _AnyEvent([Event(name) for name in stop_events])
+    if stop.is_set():                  # queued behind other runs while the campaign ended
+        return {**_failed(job, "stopped before it started"), "status": "stopped",
+                "exit_status": int(ExitStatus.INTERRUPTED)}
+    try:
+        image = materialize(parcel)
+    except (ShipError, OSError) as exc:
+        return _failed(job, f"the image on the worker: {exc}")
     sweep_lost_runs()
     with tempfile.TemporaryDirectory(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-") as tmp:
-        local = replace(job, log_path=Path(tmp) / "events.jsonl")
-        outcome = _run_child(local, stop)
+        local = replace(job, log_path=Path(tmp) / "events.jsonl",
+                        options=replace(job.options, image=image))
+        outcome = _run_child(local, stop, _HitPublisher(topic, job.index))
         outcome["log_text"] = _read(local.log_path)
         outcome["worker"] = os.uname().nodename
         return outcome
+
+
+def _failed(job: RunJob, reason: str) -> dict:
+    import dataclasses
+
+    from kswgdb.campaign.worker import RunOutcome
+
+    return {**dataclasses.asdict(RunOutcome(job.index, job.seed, "failed", 3, reason=reason)),
+            "log_text": ""}
+
+
+class _HitPublisher:
+    """A run's hits, as they come, to the campaign: Dask structured events on its topic.
+
+    ``attempt`` tells a retried run's hits (on another worker) from those of the
+    attempt that was lost: the campaign counts only the latest attempt's.
+    """
+
+    def __init__(self, topic: str | None, index: int) -> None:
+        self.topic, self.index, self.attempt = topic, index, uuid.uuid4().hex
+        self.worker = None
+        if topic is not None:
+            from distributed import get_worker
+
+            with contextlib.suppress(ValueError):   # not in a worker (a unit test)
+                self.worker = get_worker()
+
+    def hit(self, key: str) -> None:
+        if self.worker is not None:
+            self.worker.log_event(self.topic, {"run": self.index, "attempt": self.attempt,
+                                               "key": key})
 
 
 class _AnyEvent:
@@ -90,7 +115,7 @@ class _AnyEvent:
         return any(e.is_set() for e in self.events)
 
 
-def _run_child(job: RunJob, stop: Any) -> dict:
+def _run_child(job: RunJob, stop: Any, hits: _HitPublisher) -> dict:
     rfd, wfd = os.pipe()
     proc = subprocess.Popen([sys.executable, "-m", "kswgdb.campaign.child", str(wfd)],
                             stdin=subprocess.PIPE, pass_fds=(wfd,))
@@ -100,7 +125,8 @@ def _run_child(job: RunJob, stop: Any) -> dict:
         assert proc.stdin is not None
         proc.stdin.write(pickle.dumps(job))
         proc.stdin.close()
-        interrupted = False
+        interrupted: float | None = None
+        next_look = time.monotonic() + STOP_POLL
         while True:
             if conn.poll(STOP_POLL):
                 try:
@@ -109,20 +135,24 @@ def _run_child(job: RunJob, stop: Any) -> dict:
                     break
                 if kind == "outcome":
                     return payload
-            elif not interrupted and stop.is_set():
-                interrupted = True
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGINT)
+                if kind == "hit":
+                    hits.hit(payload)
+            # Looked at on time even while hits stream in (a storm never starves a stop).
+            now = time.monotonic()
+            if interrupted is None and now >= next_look:
+                next_look = now + STOP_POLL
+                if stop.is_set():
+                    interrupted = now
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGINT)
+            elif interrupted is not None and now - interrupted > KILL_AFTER:
+                proc.kill()                 # deaf to the interrupt: its QEMU dies with it
             if proc.poll() is not None and not conn.poll(0):
                 break
         code = proc.wait()
-        import dataclasses
-
-        from kswgdb.campaign.worker import RunOutcome
-
-        return dataclasses.asdict(RunOutcome(
-            job.index, job.seed, "failed", 3,
-            reason=f"the run's process on the worker died (exit status {code})"))
+        outcome = _failed(job, f"the run's process on the worker died (exit status {code})")
+        outcome.pop("log_text")
+        return outcome
     finally:
         conn.close()
         if proc.poll() is None:
@@ -153,7 +183,8 @@ class _Remote:
     future: Any
     process: Any = None
     started: float = field(default_factory=time.monotonic)
-    hits: list[str] = field(default_factory=list)
+    hits: list[str] = field(default_factory=list)     # signature keys seen live
+    attempt: str | None = None                        # the task attempt they came from
     qemu_pid: int | None = None
     interrupted_at: float | None = None
     hung: bool = False
@@ -162,20 +193,24 @@ class _Remote:
 class ClusterPool:
     """`RunPool`'s interface over a Dask scheduler."""
 
-    def __init__(self, address: str, digests: dict[str, str]) -> None:
+    def __init__(self, address: str, parcel: ImageParcel,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect (`BadInput` within ``connect_timeout`` if nothing answers) and ship the image."""
+        self.client = connect(address, connect_timeout)
+        from distributed import Event
+
+        self.parcel = parcel
         try:
-            from distributed import Client, Event
-        except ImportError:
-            raise BadInput("--cluster needs Dask's distributed package "
-                           "(pip install 'kswgdb[cluster]')") from None
-        try:
-            self.client = Client(address, timeout=20)
-        except (OSError, TimeoutError) as exc:
-            raise BadInput(f"--cluster {address}: no Dask scheduler there ({exc})") from None
-        self.digests = digests
+            self.shipment = ship(self.client, parcel)
+        except BaseException:
+            self.client.close()
+            raise
         self.stop_name = f"kswgdb-campaign-stop-{uuid.uuid4().hex}"
+        self.topic = f"kswgdb-campaign-hits-{uuid.uuid4().hex}"
         self.stop = Event(self.stop_name, client=self.client)
         self.running: dict[int, _Remote] = {}
+        self._hits: deque[dict] = deque()
+        self.client.subscribe_topic(self.topic, lambda event: self._hits.append(event[1]))
 
     @property
     def workers(self) -> int:
@@ -183,14 +218,15 @@ class ClusterPool:
 
     def start(self, job: RunJob) -> _Remote:
         stops = [self.stop_name, f"{self.stop_name}-{job.index}"]
-        future = self.client.submit(run_on_worker, job, self.digests, stops,
+        future = self.client.submit(run_on_worker, job, self.parcel, stops, self.topic,
                                     pure=False, key=f"kswgdb-run-{job.index}-{uuid.uuid4().hex}")
         run = self.running[job.index] = _Remote(job, future)
         return run
 
     def poll(self, timeout: float) -> list[tuple[Any, str, Any]]:
+        """Hits published by runs in flight, then the outcomes of the runs that ended."""
         time.sleep(timeout)
-        messages: list[tuple[Any, str, Any]] = []
+        messages: list[tuple[Any, str, Any]] = self._live_hits()
         for run in list(self.running.values()):
             if not run.future.done():
                 continue
@@ -205,6 +241,19 @@ class ClusterPool:
                 fh.write(log_text)
             outcome["log"] = str(run.job.log_path)
             messages.append((run, "outcome", outcome))
+        return messages
+
+    def _live_hits(self) -> list[tuple[Any, str, Any]]:
+        messages: list[tuple[Any, str, Any]] = []
+        while self._hits:
+            hit = self._hits.popleft()
+            run = self.running.get(hit.get("run"))
+            if run is None:
+                continue                        # its outcome is in: counted from there
+            if run.attempt != hit.get("attempt"):
+                run.attempt, run.hits = hit.get("attempt"), []
+            run.hits.append(hit["key"])
+            messages.append((run, "hit", hit["key"]))
         return messages
 
     def interrupt(self, run: Any) -> None:
@@ -228,5 +277,81 @@ class ClusterPool:
             run.future.cancel()
             self.running.pop(run.job.index)
             messages.append((run, "died", "cancelled: no answer from the cluster"))
+        with contextlib.suppress(ValueError):
+            self.client.unsubscribe_topic(self.topic)
+        self.shipment.release()
         self.client.close()
         return messages
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
+    """A Dask client of the scheduler at ``address``, with at least one worker; else `BadInput`.
+
+    Every step is bounded by ``timeout``: Dask's own client waits forever for a
+    peer that accepts the connection and never answers.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise BadInput("--cluster needs Dask's distributed package "
+                       "(pip install 'kswgdb[cluster]')") from None
+    refused = _refused(address, timeout)
+    if refused is not None:
+        raise BadInput(f"--cluster {address}: no Dask scheduler there ({refused})")
+    try:
+        identity = asyncio.run(asyncio.wait_for(_identity(address, timeout), timeout))
+    except ValueError as exc:
+        raise BadInput(f"--cluster {address}: not a Dask scheduler address "
+                       f"({' '.join(str(exc).split())})") from None
+    except (OSError, TimeoutError) as exc:
+        why = " ".join(str(exc).split()) or "no answer"
+        raise BadInput(f"--cluster {address}: no Dask scheduler answered within "
+                       f"{timeout:g} s ({why})") from None
+    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
+        raise BadInput(f"--cluster {address}: something answers there, not a Dask scheduler")
+    if not identity.get("workers"):
+        raise BadInput(f"--cluster {address}: the scheduler has no workers "
+                       f"(start some: dask worker {address})")
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise BadInput(f"--cluster {address}: {' '.join(str(exc).split())}") from None
+
+
+async def _identity(address: str, timeout: float) -> Any:
+    """The peer's answer to Dask's ``identity`` request (a scheduler says who it is)."""
+    from distributed.comm import connect as dask_connect
+
+    comm = await dask_connect(address, timeout=timeout)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
+
+
+def _refused(address: str, timeout: float) -> str | None:
+    """Why nothing can listen at a TCP ``address`` (refused, no such host), found at once.
+
+    Dask's own connect retries a refused connection until its timeout (a
+    scheduler may be starting); a campaign asked for a scheduler that is up.
+    """
+    import socket
+
+    from distributed.comm.addressing import get_address_host_port
+
+    try:
+        if not address.startswith(("tcp://", "tls://")) and "://" in address:
+            return None                     # another transport: Dask's connect decides
+        host, port = get_address_host_port(address)
+    except (ValueError, TypeError) as exc:
+        return f"not a scheduler address: {exc}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return f"nothing listens on {host}:{port}"
+    except socket.gaierror as exc:
+        return f"no such host {host!r}: {exc.strerror or exc}"
+    except OSError:
+        return None                         # unreachable or slow: Dask's timeout says so

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from kswgdb.campaign import options as campaign_options
 from kswgdb.campaign.directory import CampaignDir
@@ -26,10 +25,10 @@ def cmd_campaign(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> int:
     plan = prepare(opts.run)          # every check `kswgdb run` makes, nothing started
     plan.close()
     opts.run.image = str(plan.image.path)   # replay lines name the image exactly
-    pool = _cluster_pool(opts, plan) if opts.cluster else None
+    out, err = output_console(), output_console(stderr=True)
+    pool = _cluster_pool(opts, plan, err) if opts.cluster else None
     directory = CampaignDir.create(opts.directory)
     directory.write_command(opts.argv)
-    out, err = output_console(), output_console(stderr=True)
     err.print(f"[dim]campaign directory: {directory.path}", soft_wrap=True)
     view = LiveView(err) if err.is_terminal else PlainView(sys.stderr)
     campaign = Campaign(opts, directory, on_progress=view.progress,
@@ -51,10 +50,14 @@ def cmd_campaign(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> int:
     return status
 
 
-def _cluster_pool(opts, plan):
-    """The cluster's pool (`BadInput` if no scheduler answers), with the image's digests."""
-    from kswgdb.campaign.cluster import ClusterPool, image_digests
+def _cluster_pool(opts, plan, err):
+    """The cluster's pool (`BadInput` if no scheduler answers), the image shipped to it."""
+    from kswgdb.campaign.cluster import ClusterPool
+    from kswgdb.campaign.shipping import parcel_of
 
-    image = plan.image
-    files = [image.path, image.kernel, image.symbols, getattr(image, "initrd", None)]
-    return ClusterPool(opts.cluster, image_digests([Path(f) for f in files if f]))
+    pool = ClusterPool(opts.cluster, parcel_of(plan.image), opts.cluster_timeout)
+    sent = pool.shipment
+    err.print(f"[dim]image {plan.image.name}: {len(pool.parcel.hashes())} file(s) by sha256, "
+              f"{sent.files} sent to the cluster ({sent.bytes / 2**20:.1f} MiB), "
+              f"{pool.workers} worker(s)", soft_wrap=True)
+    return pool

@@ -35,6 +35,7 @@ class CampaignOptions:
     argv: tuple[str, ...] = ()          # the campaign's own command line, kept in the directory
     qemu: str | None = None             # --qemu, repeated in replay lines
     cluster: str | None = None          # a Dask scheduler's address: runs go there
+    cluster_timeout: float = 5.0        # seconds to wait for that scheduler to answer
 
     @property
     def run_limit(self) -> int | None:
@@ -72,7 +73,8 @@ def campaign_options_from_args(args: argparse.Namespace, argv: tuple[str, ...] =
         run=run, jobs=args.jobs, runs=args.runs, until_hits=args.until_hits,
         budget=args.budget, seed_start=seed,
         directory=Path(args.dir) if args.dir else None, argv=argv,
-        qemu=getattr(args, "qemu", None), cluster=getattr(args, "cluster", None))
+        qemu=getattr(args, "qemu", None), cluster=getattr(args, "cluster", None),
+        cluster_timeout=getattr(args, "cluster_timeout", 5.0))
 
 
 def check(opts: CampaignOptions) -> None:
@@ -91,5 +93,8 @@ def check(opts: CampaignOptions) -> None:
     if opts.run.seed is not None:
         raise BadInput("--seed is not for campaigns: each run gets its own "
                        "(--seed-start S gives S, S+1, ...)")
+    if opts.cluster_timeout <= 0:
+        raise BadInput(f"--cluster-timeout must be more than 0 seconds, not "
+                       f"{opts.cluster_timeout:g}")
     if opts.run.timeout <= 0:
         raise BadInput("a campaign's runs need a --timeout (seconds, more than 0)")

@@ -67,6 +67,7 @@ class RunOutcome:
     verdict: str | None = None
     pid: int | None = None           # the worker process
     qemu_pid: int | None = None      # its guest's QEMU (gone when the outcome is sent)
+    qemu: str | None = None          # that QEMU's version line (a cluster worker's own QEMU)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -133,10 +134,21 @@ def run_one(job: RunJob, conn: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - one line, the traceback in a debug log
         outcome.reason = unexpected(exc)
     outcome.qemu_pid = sink.qemu_pid
+    outcome.qemu = _qemu_banner()
     try:
         conn.send(("outcome", dataclasses.asdict(outcome)))
     finally:
         conn.close()
+
+
+def _qemu_banner() -> str | None:
+    """The version line of the QEMU this run used (detected once, cached), if it had one."""
+    from kswgdb.qemu import binary
+
+    try:
+        return binary.selected().banner
+    except KswError:
+        return None
 
 
 def _detach() -> None:

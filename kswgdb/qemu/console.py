@@ -57,6 +57,7 @@ class Console:
         self.log_path = log_path
         self._argv = list(argv)
         self._on_line = on_line
+        self._followers: list[Callable[[str], None]] = []
         self._log: BinaryIO = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         self._spawn = pexpect.fdpexpect.fdspawn(sock.fileno(), timeout=None, logfile=None)
         self._spawn.logfile_read = self._log
@@ -106,10 +107,10 @@ class Console:
             excess = len(self._lines) - MAX_LINES
             del self._lines[:excess]
             self._dropped += excess
-        if self._on_line is not None:
+        for listener in ([self._on_line] if self._on_line else []) + self._followers:
             for line in new:
                 with contextlib.suppress(Exception):
-                    self._on_line(line)
+                    listener(line)
 
     # -- public API --------------------------------------------------------------
 
@@ -127,6 +128,18 @@ class Console:
         """All complete lines so far (the oldest may be dropped beyond MAX_LINES)."""
         with self._cond:
             return list(self._lines)
+
+    def follow(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener`` with every line: those kept so far at once, then each new one.
+
+        Under the same lock as the reader, so no line is missed or given twice; the
+        listener runs on the reader thread and must be quick.
+        """
+        with self._cond:
+            for line in self._lines:
+                with contextlib.suppress(Exception):
+                    listener(line)
+            self._followers.append(listener)
 
     def tail(self, n: int = 20) -> list[str]:
         """The last ``n`` lines, including an unterminated last line if any."""

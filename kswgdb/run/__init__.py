@@ -11,6 +11,10 @@
 - `startevent`   the event log's ``start`` event (schema version, QEMU version, ...)
 - `stub_target`  `StubTarget`: the engine's `Target` over the gdbstub (host emulation,
                  queued Z2, batched reads)
+- `consolelog`   the guest's console in the event log (``console`` events, bounded) and
+                 on the sink (``--console``)
+- `progress`     a running rig's counts (calls, armed, hits, elapsed, slide), from any
+                 thread: the terminal's live status line
 - `faults`       which guest endings are faults (exit 3), and the hang/QMP `Watchdog`
 - `qemucrash`    QEMU's last stderr lines shown and its log kept after a fault
 - `hang`         a wedged guest told from a quiet one (its clock read through QMP), and

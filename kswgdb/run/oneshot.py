@@ -24,6 +24,7 @@ from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.run.faults import exit_fault, normal_exits
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan, prepare
+from kswgdb.run.progress import progress_reader
 from kswgdb.run.rig import Rig, Sink, open_rig
 from kswgdb.run.vmcore import FrozenCore, freeze_vmcore
 from kswgdb.run.vmcore import describe as describe_vmcore
@@ -173,6 +174,7 @@ class WatchSession:
         """The engine handles stops until the run ends; keep a frozen moment."""
         plan, opts = rig.plan, rig.plan.options
         assert rig.engine is not None and rig.machine is not None
+        self.sink.running(progress_reader(rig))
         self.sink.status("guest running, watches installed")
         deadline = rig.started + opts.timeout
         try:
@@ -207,6 +209,7 @@ class WatchSession:
         opts = rig.plan.options
         assert rig.machine is not None and rig.phys is not None
         rig.machine.resume()
+        self.sink.running(progress_reader(rig))
         self.sink.status("guest running, polls sampling")
         deadline = rig.started + opts.timeout
         reason, guest_exit = "deadline", None

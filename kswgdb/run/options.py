@@ -12,15 +12,19 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kswgdb.run.hang import DEFAULT_HANG_TIMEOUT
+
+if TYPE_CHECKING:
+    from kswgdb.image import Image
 
 
 @dataclass
 class RunOptions:
     """What a user asked for on the command line (or a test, or the benchmark)."""
 
-    image: str | Path | None = None
+    image: str | Path | Image | None = None     # an Image: loaded already (a cluster worker's)
     scenario: int | None = None
     watches: list[str] = field(default_factory=list)
     accel: str = "auto"
@@ -41,6 +45,7 @@ class RunOptions:
     allow_unarmed: bool = False        # a never-armed watch is no failure (exit 0, not 4)
     keep_hits: int | None = 1000       # hits kept in RunReport.hits (the log has them all)
     seed: int | None = None            # the guest's seed word (`kswgdb.run.seed`)
+    console: bool = False              # run: stream the guest's console on stderr
     modules: list[str] = field(default_factory=list)    # --module .ko files (Linux guests)
     drives: list[str] = field(default_factory=list)     # --drive PATH[,overlay]
     qemu_args: list[str] = field(default_factory=list)  # --qemu-arg, one argv element each
@@ -63,6 +68,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         polls=list(args.poll), backtrace=args.backtrace, hang_timeout=args.hang_timeout,
         gdb_listen=args.gdb_listen, paused=getattr(args, "paused", False),
         allow_unarmed=getattr(args, "allow_unarmed", False), seed=getattr(args, "seed", None),
+        console=getattr(args, "console", False),
         modules=list(getattr(args, "module", [])), drives=list(getattr(args, "drive", [])),
         qemu_args=list(getattr(args, "qemu_arg", [])),
     )

@@ -38,9 +38,11 @@ from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.qemu import reaper
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.machine import Machine
+from kswgdb.run.consolelog import ConsoleRecorder
 from kswgdb.run.faults import Watchdog
 from kswgdb.run.hang import GuestClock, StallReporter, tick_physical_address
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
+from kswgdb.run.progress import RunProgress
 from kswgdb.run.qemucrash import keep_qemu_log
 from kswgdb.run.startevent import start_fields
 from kswgdb.run.stub_target import StubTarget
@@ -54,7 +56,7 @@ from kswgdb.watch.modules import ModuleArmer, ModuleFinder, ModuleSymbolizer
 from kswgdb.watch.slots import TCG_DEFAULT_SLOTS, SlotPool
 from kswgdb.watch.symbolize import ProgramSymbolizer
 from kswgdb.watch.target import Target
-from kswgdb.watch.unarmed import run_warnings
+from kswgdb.watch.unarmed import live_warnings, run_warnings
 
 
 class Sink:
@@ -74,6 +76,12 @@ class Sink:
 
     def logged(self, line: str) -> None:
         """One event-log line (JSON) as written: for a JSONL echo on stdout."""
+
+    def running(self, progress: Callable[[], RunProgress]) -> None:
+        """The guest is about to run: ``progress`` reads how far it got (any thread)."""
+
+    def console(self, line: str) -> None:
+        """One line of the guest's console (already in the event log), on its reader thread."""
 
 
 class _SinkEcho:
@@ -148,6 +156,7 @@ class Rig:
         self.phys: PhysWatch | None = None
         self.watchdog: Watchdog | None = None
         self._stalls: StallReporter | None = None
+        self.console_record: ConsoleRecorder | None = None
         #: Where the kernel runs (KASLR; set by `attach`), and the program, layout,
         #: specs and exit hook at the guest's addresses (the plan's when not slid).
         self.placement: KernelPlacement | None = None
@@ -209,6 +218,17 @@ class Rig:
         self._logged_start = True
         self.log.write("start", **start_fields(self.plan, self.machine, stub=self.stub,
                                                interactive=self.interactive))
+        self._record_console()
+
+    def _record_console(self) -> None:
+        """The console into the log (`kswgdb.run.consolelog`), once ``start`` is written."""
+        if self.console_record is not None or not self._logged_start or self.machine is None:
+            return
+        assert self.log is not None
+        self.console_record = ConsoleRecorder(self.log, self.sink.console)
+        follow = getattr(self.machine.console, "follow", None)
+        if follow is not None:          # a test's fake machine may have none
+            follow(self.console_record.line)
 
     def _start_polls(self, machine: Machine) -> None:
         """Map the guest's RAM and start polling while it is still stopped."""
@@ -426,11 +446,16 @@ class Rig:
         self.summary = self.engine.summary() if self.engine is not None else []
         assert self.log is not None
         self._log_start()           # a launch that failed still leaves a whole log
+        if self.console_record is not None:
+            self.console_record.finish()
         if not self.interactive and self.stub:
             self.unarmed = run_warnings(self.summary, self.plan.module_watches, self.placement,
                                         self.result, self.plan.options.timeout)
-            if self.unarmed:
-                self.log.write("unarmed", warnings=self.unarmed)
+        elif self.interactive and self.engine is not None:
+            self.unarmed = live_warnings(self.summary, self.engine.removed,
+                                         self.plan.module_watches)
+        if self.unarmed:
+            self.log.write("unarmed", warnings=self.unarmed)
         self.log.write("summary", watches=self.summary,
                        polls=[vars(p) for p in self.poll_statuses])
         failure = sys.exc_info()[1]

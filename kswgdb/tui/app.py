@@ -84,7 +84,7 @@ class KswApp(App[None]):
         yield Static("", id="message")
         yield Input(placeholder="KStackWatch config, e.g. fn=s3_victim fo=0x23   "
                                 "(enter: add, esc: cancel)", id="add")
-        yield Input(placeholder="poll spec, e.g. pa=0x1136a8 len=8 to=0x33   "
+        yield Input(placeholder="poll spec, e.g. pa=0x1146a8 len=8 to=0x33   "
                                 "(enter: add, esc: cancel)", id="addpoll")
         yield Footer()
 

@@ -4,7 +4,8 @@ Bad input (image, scenario, configs, accelerator, log path, no terminal) is a
 one-line error with exit status 2 *before* the screen takes the terminal and
 before QEMU starts. After the screen closes, the summary is printed to the
 terminal, so the run leaves a record like `kswgdb run` does; the exit status
-is 1 if anything was caught, 3 if QEMU or the stub failed.
+is 1 if anything was caught, 3 if QEMU or the stub failed, 4 if a watch (not
+removed by the user) was never armed, unless ``--allow-unarmed``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from rich.console import Console
 
 from kswgdb.errors import BadInput
-from kswgdb.exitcodes import status_of_run
+from kswgdb.exitcodes import ExitStatus, status_of_run
 from kswgdb.render.hit import value
 from kswgdb.render.pollhit import render_poll_summary
 from kswgdb.render.summary import render_summary
@@ -44,7 +45,17 @@ def run_tui(args: argparse.Namespace) -> int:
     print_record(session, Console(highlight=False))
     if session.error is not None:
         raise session.error
-    return status_of_run(len(session.hits()) + len(session.poll_hits()))
+    return session_status(session)
+
+
+def session_status(session: LiveSession) -> ExitStatus:
+    """The closed session's exit status, as `kswgdb run` decides it; one warning line per
+    watch that was never armed (a watch the user removed does not count)."""
+    unarmed = session.rig.unarmed if session.rig is not None else []
+    for line in unarmed:
+        print(f"kswgdb: warning: {line}", file=sys.stderr)
+    return status_of_run(len(session.hits()) + len(session.poll_hits()),
+                         unarmed=bool(unarmed) and not session.options.allow_unarmed)
 
 
 def print_record(session: LiveSession, out: Console) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,8 @@ class EventLog:
         self.run_id = run_id or new_run_id()
         self._echo = echo
         self._fh: IO[str] | None = None
+        #: The engine, the poller and the console reader write from their own threads.
+        self._lock = threading.Lock()
         if path is not None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
             fd = os.open(path, flags | (os.O_EXCL if exclusive else 0), 0o600)
@@ -147,18 +150,20 @@ class EventLog:
         self.write(fields.pop("event"), sync=True, **fields)
 
     def _emit(self, line: str, sync: bool) -> None:
-        for fh in (self._fh, self._echo):
-            if fh is None:
-                continue
-            fh.write(line + "\n")
-            fh.flush()
-        if sync and self._fh is not None:
-            os.fsync(self._fh.fileno())
+        with self._lock:
+            for fh in (self._fh, self._echo):
+                if fh is None:
+                    continue
+                fh.write(line + "\n")
+                fh.flush()
+            if sync and self._fh is not None:
+                os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
 
 def new_run_id() -> str:

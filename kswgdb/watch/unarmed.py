@@ -66,12 +66,24 @@ def unarmed_warnings(summary: Iterable[dict], *, pending: Iterable[PendingModule
     return lines
 
 
+def _pending(module_watches: Iterable) -> list[PendingModule]:
+    return [PendingModule(m.resolved.config.text or m.resolved.config.canonical(), m.module)
+            for m in module_watches if m.armed_index is None]
+
+
+def live_warnings(summary: list[dict], removed: Iterable[int],
+                  module_watches: Iterable = ()) -> list[str]:
+    """`unarmed_warnings` for an interactive session (`kswgdb tui`): a watch the user
+    removed (``removed``: the engine's indices) is not held against the session."""
+    gone = [summary[i]["config"] for i in removed if 0 <= i < len(summary)]
+    return unarmed_warnings(summary, pending=_pending(module_watches), removed=gone)
+
+
 def run_warnings(summary: list[dict], module_watches: Iterable, placement, result,
                  timeout: float) -> list[str]:
     """`unarmed_warnings` for a `WatchSession` run (its module watches, kernel placement
     (`kswgdb.watch.kaslr.KernelPlacement` or None) and engine result (None: it raised))."""
-    pending = [PendingModule(m.resolved.config.text or m.resolved.config.canonical(), m.module)
-               for m in module_watches if m.armed_index is None]
+    pending = _pending(module_watches)
     reason = placement.unarmed_reason() if placement is not None else None
     if result is None and not summary and reason is None:
         return []       # the run failed before any watch could be: the failure says why

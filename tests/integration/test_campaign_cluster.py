@@ -1,23 +1,31 @@
 """`kswgdb campaign --cluster` on a real local Dask cluster (two worker processes).
 
 The cluster is Dask's own `LocalCluster` (a scheduler and two nanny-managed worker
-processes on 127.0.0.1), not a mock: the campaign connects by address, each run
-is a task that checks the image by sha256 and runs the guest on a worker, and the
-outcomes and event logs come back into the campaign directory.
+processes on 127.0.0.1, with their own cache directory), not a mock: the campaign
+connects by address and ships the image by sha256 (the source copy is deleted once
+shipped: the workers run on the bytes they got), each run is a task that runs the
+guest on a worker and publishes its hits as they come (``--until-hits`` stops runs
+in flight), and the outcomes and event logs come back into the campaign directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers.cli_run import ROOT
+from tests.integration.helpers.cli_run import ROOT, alive
 from tests.integration.helpers.procs import processes
 
 try:
@@ -32,30 +40,64 @@ pytestmark = pytest.mark.one_qemu
 
 
 @pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    os.environ["PYTHONPATH"] = str(ROOT)      # the workers' runs import this tree
+def worker_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workers' own kswgdb cache (where shipped images land), not the campaign's."""
+    return tmp_path_factory.mktemp("worker-cache")
+
+
+@pytest.fixture(scope="module")
+def scheduler(worker_cache: Path) -> Iterator[str]:
+    os.environ["PYTHONPATH"] = str(ROOT)      # the workers import this tree (read at their start)
+    env = {"KSWGDB_CACHE_DIR": str(worker_cache)}
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
+                                       dashboard_address=None, host="127.0.0.1", env=env)
     try:
         yield cluster.scheduler_address
     finally:
         cluster.close()
 
 
-def campaign(tmp_path: Path, address: str, *args: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "kswgdb", "campaign", "--scenario", "4", "--watch", WATCH,
+def argv(tmp_path: Path, address: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kswgdb", "campaign", "--scenario", "4", "--watch", WATCH,
             "--accel", "tcg", "--backtrace", "fp", "--cluster", address,
             "--dir", str(tmp_path / "c"), *args]
-    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_a_small_campaign_runs_on_the_cluster(tmp_path: Path, scheduler: str) -> None:
-    done = campaign(tmp_path, scheduler, "--jobs", "2", "--runs", "3", "--seed-start", "51000")
-    assert done.returncode == 1, done.stderr
+def start(tmp_path: Path, address: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(argv(tmp_path, address, *args), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def shipped_copy(tmp_path: Path) -> Path:
+    """The test kernel's image, copied; its description made unique to this test."""
+    src = tmp_path / "image"
+    src.mkdir()
+    shutil.copy(ROOT / "images" / "kswtest.elf", src)
+    text = (ROOT / "images" / "kswtest.toml").read_text()
+    (src / "kswtest.toml").write_text(f"{text}\n# shipped copy {tmp_path}\n")
+    return src / "kswtest.toml"
+
+
+def test_a_small_campaign_runs_on_the_cluster_with_the_image_it_shipped(
+        tmp_path: Path, scheduler: str, worker_cache: Path) -> None:
+    image = shipped_copy(tmp_path)
+    proc = start(tmp_path, scheduler, str(image), "--jobs", "2", "--runs", "3",
+                 "--seed-start", "51000")
+    assert proc.stderr is not None
+    shipped = ""
+    for line in proc.stderr:
+        if "sent to the cluster" in line:
+            shipped = line
+            break
+    assert re.search(r"image kswtest: 2 file\(s\) by sha256, [12] sent", shipped), shipped
+    shutil.rmtree(image.parent)            # the workers now have only what was shipped
+    _out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert [r["status"] for r in summary["runs"]] == ["caught"] * 3
     assert all(r.get("worker") for r in summary["runs"])       # ran as cluster tasks
+    assert all(r["qemu"].startswith("QEMU emulator version") for r in summary["runs"])
     [sig] = summary["signatures"]
     assert sig["writer"].startswith("s3_corrupt_write+0x") and sig["target"] == "canary"
     for r in summary["runs"]:
@@ -63,6 +105,68 @@ def test_a_small_campaign_runs_on_the_cluster(tmp_path: Path, scheduler: str) ->
         events = [json.loads(ln) for ln in Path(r["log"]).read_text().splitlines()]
         assert events[-1]["event"] == "end"
         assert len([e for e in events if e["event"] == "hit"]) == r["hits"] > 0
+        [start_event] = [e for e in events if e["event"] == "start"]
+        cached = Path(start_event["image"])           # the description, in the worker's cache
+        assert cached.parent.parent == worker_cache / "images" and cached.is_file()
+        assert cached.read_text().endswith(f"# shipped copy {tmp_path}\n")
+    assert summary["config"]["image"] == str(image)   # the replay lines name the source
+
+
+def test_until_hits_counts_the_hits_of_runs_in_flight(tmp_path: Path, scheduler: str,
+                                                     worker_cache: Path) -> None:
+    files = [ROOT / "images" / "kswtest.toml", ROOT / "images" / "kswtest.elf"]
+    missing = [f for f in files if not (worker_cache / "images" / hashlib.sha256(
+        f.read_bytes()).hexdigest()).is_dir()]    # the ELF is there if another test shipped it
+    # Each run (runs=300) lasts far longer than it takes to the first hit: only a
+    # hit counted while its run is still going can stop the campaign in time. Three
+    # runs on two single-thread workers: the third waits its turn and never starts.
+    proc = start(tmp_path, scheduler, "--jobs", "3", "--until-hits", "1",
+                 "--cmdline", "runs=300", "--seed-start", "54000")
+    _out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err
+    assert f"2 file(s) by sha256, {len(missing)} sent to the cluster" in err   # no re-send
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["ending"] == "--until-hits 1 reached"
+    assert summary["counts"]["hits"] >= 1
+    assert {r["status"] for r in summary["runs"]} == {"stopped"}, summary["runs"]
+    assert not any(r["verdict"] for r in summary["runs"])     # no guest ran to its end
+    assert len(summary["runs"]) == 3
+    [queued] = [r for r in summary["runs"] if r["qemu"] is None]   # its guest never started
+    assert queued["calls"] == queued["hits"] == 0
+    _assert_nothing_left(range(54000, 54010))
+
+
+def _assert_nothing_left(seeds: range) -> None:
+    """No run of the campaign (child process or QEMU) is still there."""
+    words = {f"seed={s}".encode() for s in seeds}
+
+    def ours() -> list[int]:
+        return [pid for pid, _ppid, argv in processes() if alive(pid) and (
+            any(b"kswgdb.campaign.child" in a for a in argv)
+            or (any(a.startswith(b"kswgdb-kswtest") for a in argv)
+                and any(w in words for a in argv for w in a.split())))]
+
+    deadline = time.monotonic() + 10
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ours(), "a run or its QEMU outlived the campaign"
+
+
+def test_a_scheduler_address_where_nothing_listens_is_bad_input(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # closed again: nothing listens there
+    started = time.monotonic()
+    done = subprocess.run(argv(tmp_path, f"tcp://127.0.0.1:{port}"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    took = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"kswgdb: error: --cluster tcp://127.0.0.1:{port}: no Dask scheduler there "
+        f"(nothing listens on 127.0.0.1:{port})"]
+    assert took < 5 + 10, took            # the interpreter's start under load, plus 5 s at most
+    assert not (tmp_path / "c").exists()
 
 
 def _run_children() -> list[tuple[int, int]]:
@@ -72,16 +176,8 @@ def _run_children() -> list[tuple[int, int]]:
 
 
 def test_a_worker_lost_mid_run_is_retried_elsewhere(tmp_path: Path, scheduler: str) -> None:
-    import signal
-    import time
-
-    argv = [sys.executable, "-m", "kswgdb", "campaign", "--scenario", "4", "--watch", WATCH,
-            "--accel", "tcg", "--backtrace", "fp", "--cluster", scheduler, "--jobs", "1",
-            "--runs", "2", "--seed-start", "53000", "--cmdline", "runs=30",
-            "--dir", str(tmp_path / "c")]
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = start(tmp_path, scheduler, "--jobs", "1", "--runs", "2", "--seed-start", "53000",
+                 "--cmdline", "runs=30")
     deadline = time.monotonic() + 120
     while not _run_children() and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""

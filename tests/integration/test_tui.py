@@ -19,12 +19,16 @@ from rich.console import Console
 from textual.widgets import DataTable, Input, Static
 
 from kswgdb import image as image_mod
+from kswgdb.exitcodes import ExitStatus
 from kswgdb.run.live import FROZEN, RUNNING, LiveSession
 from kswgdb.run.options import RunOptions
 from kswgdb.tui.app import KswApp
+from kswgdb.tui.command import session_status
 from kswgdb.watch.scenarios import scenario_watch
 
 LONG_RUN = "runs=100000"
+#: A watch on a function scenario 3 never calls (scenario 5's victim).
+NEVER_CALLED = "fn=s5_victim fo=0x1a"
 
 
 def alive(pid: int) -> bool:
@@ -112,7 +116,8 @@ def test_watch_added_in_the_ui_catches_the_writer_then_freeze_and_quit(tmp_path,
     assert '"event": "watch-add"' in log and '"event": "hit"' in log
 
 
-def test_bad_config_typed_in_the_ui_is_one_line_error_and_changes_nothing(tmp_path, config):
+def test_bad_config_typed_in_the_ui_is_one_line_error_and_changes_nothing(tmp_path, config,
+                                                                         capsys):
     session = session_for(tmp_path, paused=True)
     app = KswApp(session)
 
@@ -136,11 +141,22 @@ def test_bad_config_typed_in_the_ui_is_one_line_error_and_changes_nothing(tmp_pa
             assert "s3_victimm" in text_of(message) and text_of(message).startswith("error:")
             assert watches.row_count == 0 and session.snapshot().watches == ()
             assert session.snapshot().state == FROZEN      # nothing was sent to the guest
+            # A good watch on a function scenario 3 never calls: never armed at the end.
+            box.value = ""
+            await pilot.press(*NEVER_CALLED, "enter")
+            await wait_until(pilot, "the watch in the list", lambda: watches.row_count == 1)
             await pilot.press("escape", "q")
         return pid
 
     pid = asyncio.run(drive())
     assert not alive(pid), f"QEMU {pid} still running after q"
+    # The session ends as `kswgdb run` would: a warning, an `unarmed` event, exit 4.
+    assert session_status(session) == ExitStatus.UNARMED
+    assert capsys.readouterr().err == (f"kswgdb: warning: watch {NEVER_CALLED!r} was never "
+                                       "armed: s5_victim was never called\n")
+    session.options.allow_unarmed = True
+    assert session_status(session) == ExitStatus.OK
+    assert '"event": "unarmed"' in (tmp_path / "events.jsonl").read_text()
 
 
 def _plain(widget: Static) -> str:

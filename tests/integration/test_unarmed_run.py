@@ -20,6 +20,7 @@ def test_never_called_function_is_a_warning_and_exit_status_4(tmp_path: Path) ->
     called = "fn=s3_victim fo=0x23"
     log = tmp_path / "ev.jsonl"
     argv = [sys.executable, "-m", "kswgdb", "run", "--scenario", "6", "--accel", "tcg",
+            "--cmdline", "iters=200",       # 200 calls of s3_victim are enough to arm it
             "--watch", called, "--watch", never, "--log", str(log)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 4, proc.stderr[-1000:]
@@ -27,7 +28,13 @@ def test_never_called_function_is_a_warning_and_exit_status_4(tmp_path: Path) ->
     assert warnings == [f"kswgdb: warning: watch {never!r} was never armed: "
                         "s5_victim was never called"], proc.stderr[-1000:]
     events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [e["event"] for e in events][-3:] == ["unarmed", "summary", "end"]
+    assert [e["event"] for e in events][-4:] == ["console-end", "unarmed", "summary", "end"]
+    # Nothing caught: the guest's last console lines are on stderr, all of them in the log.
+    console = [e["line"] for e in events if e["event"] == "console"]
+    verdict = next(line for line in console if line.startswith("KSWTEST verdict scenario=6"))
+    tail = proc.stderr.split("the guest's last console lines:")[1]
+    assert f"  | {verdict}" in tail.splitlines()
+    assert events[-4]["lines"] == len(console) and events[-4]["dropped"] == 0
     rows = {r["config"]: r for r in events[-2]["watches"]}
     assert rows[called]["armed"] > 0 and rows[never]["calls"] == 0
     # Asked for: the same run is no failure.

@@ -33,6 +33,10 @@ class FakeConsole:
     def lines(self) -> list[str]:
         return list(self.text)
 
+    def follow(self, listener) -> None:
+        for line in self.text:
+            listener(line)
+
 
 class FakeQmp:
     connected = True

@@ -280,24 +280,6 @@ def test_ctrl_c_writes_the_partial_summary(tmp_path):
     assert summary["counts"]["stopped"] >= 1 and not pool.running
 
 
-# -------------------------------------------------------------- cluster image
-def test_the_image_is_checked_by_content_on_the_worker(tmp_path):
-    from kswgdb.campaign.cluster import check_digests, image_digests, run_on_worker
-
-    kernel = tmp_path / "k.elf"
-    kernel.write_bytes(b"kernel one")
-    digests = image_digests([kernel])
-    assert check_digests(digests) is None
-    kernel.write_bytes(b"kernel two")
-    assert "differs" in check_digests(digests)
-    kernel.unlink()
-    assert "has no" in check_digests(digests)
-    job = RunJob(index=3, seed=9, options=RunOptions(), log_path=tmp_path / "e.jsonl")
-    outcome = run_on_worker(job, digests, [])
-    assert (outcome["status"], outcome["index"], outcome["seed"]) == ("failed", 3, 9)
-    assert "has no" in outcome["reason"]
-
-
 def test_a_failure_of_the_campaign_itself_still_stops_runs_and_writes_the_summary(tmp_path):
     pool = FakePool(["caught"] * 10)
     c, _ = campaign(tmp_path, pool, runs=10, jobs=2)

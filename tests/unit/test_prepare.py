@@ -77,7 +77,7 @@ def test_both_commands_take_the_same_watch_and_poll_options():
     def options(name: str) -> set[str]:
         return {o for a in sub.choices[name]._actions for o in a.option_strings}
 
-    only_run, only_tui = {"--json", "--allow-unarmed"}, {"--paused"}
+    only_run, only_tui = {"--json", "--console"}, {"--paused"}
     assert options("run") - only_run == options("tui") - only_tui
 
 

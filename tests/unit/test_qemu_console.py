@@ -99,3 +99,14 @@ def test_close_is_prompt_while_peer_open(tmp_path: Path) -> None:
     con.close()
     assert time.monotonic() - t < 1
     qemu.close()
+
+
+def test_follow_replays_kept_lines_then_new_ones_once(pair: tuple[socket.socket, Console]) -> None:
+    qemu, con = pair
+    qemu.sendall(b"one\ntwo\n")
+    con.wait_for("two", 2)
+    seen: list[str] = []
+    con.follow(seen.append)
+    qemu.sendall(b"three\n")
+    con.wait_for("three", 2)
+    assert seen == ["one", "two", "three"]

@@ -108,8 +108,16 @@ def test_normal_end_releases_everything_and_reports_through_one_sink(tmp_path, w
                    "guest_exit": "debug-exit", "guest_exit_reason": "isa-debug-exit",
                    "guest_exit_status": 39, "guest_exit_code": 0x13}
     assert len(sink.hits) == 1 and sink.hits[0].writer.function == "corrupter"
-    assert [json.loads(x)["event"] for x in sink.lines][-2:] == ["summary", "end"]
+    echoed = [json.loads(x) for x in sink.lines]
+    assert [e["event"] for e in echoed][-2:] == ["summary", "end"]
     assert any(s.startswith("accelerator: tcg") for s in sink.statuses)
+    # The console is in the log, after ``start``, closed by its count before the summary.
+    names = [e["event"] for e in echoed]
+    console = [e["line"] for e in echoed if e["event"] == "console"]
+    assert console == machine.console.text and names.index("start") < names.index("console")
+    assert names[-3:] == ["console-end", "summary", "end"]
+    assert {k: v for k, v in echoed[-3].items() if k not in ("time", "run_id")} == \
+        {"event": "console-end", "lines": 2, "logged": 2, "dropped": 0}
 
 
 def test_hit_and_freeze_keeps_a_vmcore_then_releases_everything(tmp_path, wiring):
@@ -299,7 +307,8 @@ def test_a_tui_log_begins_with_start_before_its_polls(tmp_path, wiring):
     w = wiring()
     rig = Rig(plan, None, interactive=True, **w.rig_options())
     rig.launch()
-    assert [e["event"] for e in events(plan)] == ["start", "polls"]
+    names = [e["event"] for e in events(plan)]
+    assert names[0] == "start" and [n for n in names if n != "console"] == ["start", "polls"]
     start = events(plan)[0]
     assert start["schema"] == 1 and start["interactive"] is True
     assert start["qemu_version"] is None        # the fake machine detected no QEMU
@@ -410,3 +419,16 @@ def test_a_failure_while_closing_still_releases_the_rest(tmp_path, wiring):
         rig.close()
     end = assert_released(plan, w)          # the machine, client and polls all let go
     assert end["reason"] == "poller wedged" and end["fault"] is True
+
+
+def test_a_watch_never_called_is_an_unarmed_event_before_the_summary(tmp_path, wiring):
+    import dataclasses
+
+    never = dataclasses.replace(canary_spec(), text="fn=other fo=0x10", func="other",
+                                func_addr=0x40_3000, probe_addr=0x40_3010)
+    plan = fake_plan(tmp_path, [canary_spec(), never])
+    report = one_shot(plan, wiring()).run()
+    assert report.unarmed == ["watch 'fn=other fo=0x10' was never armed: other was never called"]
+    kinds = [e.get("event") for e in events(plan)]
+    assert kinds[-4:] == ["console-end", "unarmed", "summary", "end"], kinds
+    assert events(plan)[-3]["warnings"] == report.unarmed

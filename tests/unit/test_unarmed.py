@@ -94,7 +94,7 @@ def _report(hits: int = 0, unarmed: tuple[str, ...] = ()) -> SimpleNamespace:
         summary=[], polls=[], result=EngineResult("exit"), guest_exit=None, seconds=1.0,
         packets=0, steps=0, accel=AccelDecision("tcg", "test", "probe"), backtrace="fp",
         verdict=None, vmcore=None, poll_vmcores=[], hits=[object()] * hits,
-        hit_count=hits, poll_hits=[],
+        hit_count=hits, poll_hits=[], console_log=["KSWTEST boot"],
         fault=None, unarmed=list(unarmed), symbols=None, pool="",
         slide=KernelSlide(0x3000_0000, None, "first kernel-map write"))
 
@@ -124,6 +124,9 @@ def test_exit_status_4_unless_allowed(monkeypatch, capsys, hits, unarmed, allow,
     for line in unarmed:
         assert f"kswgdb: warning: {line}" in captured.err
     assert "kaslr slide +0x30000000" in " ".join(captured.out.split())
+    # Nothing caught, or a watch never armed: the guest's last console lines are shown.
+    shown = "  | KSWTEST boot" in captured.err.splitlines()
+    assert shown == (hits == 0 or bool(unarmed))
 
 
 def test_timeout_default_is_in_the_help(capsys) -> None:
@@ -131,3 +134,13 @@ def test_timeout_default_is_in_the_help(capsys) -> None:
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 120)" in out and "--allow-unarmed" in out
+
+
+def test_a_live_session_does_not_count_the_watches_the_user_removed() -> None:
+    from kswgdb.watch.unarmed import live_warnings
+
+    rows = [{"config": c, "func": f, "calls": 0, "armed": 0, "skipped_depth": 0}
+            for c, f in (("fn=a fo=1", "a"), ("fn=b fo=2", "b"))]
+    assert live_warnings(rows, removed={0}) == [
+        "watch 'fn=b fo=2' was never armed: b was never called"]
+    assert live_warnings(rows, removed={0, 1}) == []
