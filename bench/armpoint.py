@@ -11,9 +11,12 @@ does, and then checks that ``run`` accepts the suggestion (`resolve_watch`):
 * refused: no suggestion, with the reason (grouped by its first words);
 * run refuses: a suggestion ``run`` rejects (must be 0).
 
-Stack-realigning functions (``and rsp, -N``) with a canary are counted apart: every
-one should be placeable. Times are process CPU seconds (the machine is shared),
-with wall seconds beside them.
+Stack-realigning functions (``and rsp, -N``) with a canary are counted apart, and
+those that realign through a DRAP register among them: every one should be
+placeable. Source lines play no part in where a watch may be armed, so the
+listing is built without them (decoding every CU's line program would double the
+time). Times are process CPU seconds (the machine is shared), with wall seconds
+beside them.
 
 Usage: python bench/armpoint.py [--image images/linux.toml] [--locals] [--every N]
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import random
 import re
 import sys
 import time
@@ -92,6 +96,27 @@ def _judge(program: Program, name: str, request: WatchRequest, tally: Tally) -> 
     return True
 
 
+def _may_load_gs_canary(program: Program, sym) -> bool:
+    """Could the function load Linux's per-CPU canary (``mov reg, gs:[0x28]``: a gs
+    prefix and the 32-bit displacement 0x28)? Four in five functions cannot, and
+    need no decoding in a canary-only pass."""
+    try:
+        code = program.symtab.read_bytes(sym.addr, sym.size)
+    except BadInput:
+        return False
+    return b"\x65" in code and b"\x28\x00\x00\x00" in code
+
+
+def _drap_like(analysis) -> bool:
+    """``lea REG, [rsp+8]`` before the ``and rsp``: a DRAP realignment, anchored or not."""
+    insns = analysis.code.instructions
+    for i, x in enumerate(insns):
+        if x.mnemonic == "and" and x.op_str.startswith("rsp"):
+            return any(y.mnemonic == "lea" and y.op_str.endswith("[rsp + 8]")
+                       for y in insns[max(0, i - 3):i])
+    return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", default=str(ROOT / "images" / "linux.toml"))
@@ -102,14 +127,27 @@ def main() -> int:
     image = load_image(args.image)
     cpu0, wall0 = time.process_time(), time.monotonic()
     program = Program.load(image.symbols)
+    program.lines = None          # no source lines: they do not decide placement
     funcs = sorted({s.addr: s for s in program.symtab.symbols
                     if s.kind == "func" and s.size}.values(), key=lambda s: s.addr)
     funcs = funcs[::args.every]
+    # A fixed shuffle: the tallies printed along the way are those of a uniform sample
+    # (a pass stopped early still says something), the final ones the same as in order.
+    random.Random(0).shuffle(funcs)
     print(f"{image.symbols}: {len(funcs)} functions (every {args.every}), "
           f"symbols loaded in {time.process_time() - cpu0:.1f} s CPU")
-    canary, realigned, var = Tally(), Tally(), Tally()
-    with_canary = decoded = 0
+    canary, realigned, drap, var = Tally(), Tally(), Tally(), Tally()
+    with_canary = decoded = uncovered = skipped = 0
+    gs_canary = not program.symtab.lookup_all("__stack_chk_guard")
     for i, sym in enumerate(funcs):
+        if i and i % 2000 == 0:
+            print(f"  ... {i} functions, {time.process_time() - cpu0:.0f} s CPU: canary "
+                  f"placeable {canary.counts['placeable']} of {sum(canary.counts.values())}, "
+                  f"stack-realigning placeable {realigned.counts['placeable']} of "
+                  f"{sum(realigned.counts.values())}", flush=True)
+        if gs_canary and not args.locals and not _may_load_gs_canary(program, sym):
+            skipped += 1        # no %gs:0x28 load: no canary, nothing to decode
+            continue
         name = program.config_name(sym)
         try:
             analysis = program.analyze(name)
@@ -121,22 +159,37 @@ def main() -> int:
             ok = _judge(program, name, WatchRequest(), canary)
             if any(x.mnemonic == "and" and x.op_str.startswith("rsp")
                    for x in analysis.code.instructions):
-                realigned.add("placeable" if ok else "refused")
+                realigned.add("placeable" if ok else "refused", "" if ok else "not placeable",
+                              name)
+                if analysis.frame.drap_anchored or _drap_like(analysis):
+                    drap.add("placeable" if ok else "refused", "" if ok else "not placeable",
+                             name)
         if args.locals:
             region = analysis.frame.straight_line()
             pc = region[-1].end if region else sym.addr
             for v in program.locals_at(pc):
-                if v.on_stack and not v.inlined and (v.size or 0) in (1, 2, 4, 8):
+                if not v.on_stack or v.inlined:
+                    continue
+                if (v.size or 0) in (1, 2, 4, 8):
                     _judge(program, name, WatchRequest(var=v.name), var)
-        if i and i % 2000 == 0:
-            print(f"  ... {i} functions, {time.process_time() - cpu0:.0f} s CPU", flush=True)
+                else:
+                    uncovered += 1      # a struct: var= names a member-sized part only
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-    print(f"\n{decoded} functions decoded, {with_canary} with a canary; "
+    print(f"\n{decoded} functions decoded ({skipped} with no %gs:0x28 load skipped), "
+          f"{with_canary} with a canary; "
           f"{cpu:.1f} s CPU ({wall:.1f} s wall) for the whole pass")
     canary.report("canary (fn=F fo=SUGGESTED)")
     realigned.report("  of which stack-realigning (and rsp, -N)")
+    drap.report("  of which realigning through a DRAP register (lea r10, [rsp+8])")
+    placed = realigned.counts["placeable"] + realigned.counts["some paths"]
+    total = sum(realigned.counts.values())
+    missing = ", ".join(realigned.examples.values())
+    print(f"\nstack-realigning functions with a canary: {placed} of {total} placeable"
+          + ("" if placed == total else f"; NOT placeable: {missing}"))
     if args.locals:
         var.report("var= (every stack local of 1/2/4/8 bytes, arrays: last element)")
+        print(f"  + {uncovered} stack locals of other sizes (structs): var= cannot cover "
+              "them whole (name a member-sized part, or so=/wl=)")
     return 0
 
 

@@ -1,15 +1,22 @@
 """Watching hot paths of Debian's kernel under TCG: guest alone, kswgdb, a plain gdb script.
 
 Usage: python3 bench/linux_hot.py [--reps 3] [--full] [--rows never,openat,statx]
+           [--modes alone,kswgdb,gdb,alone10,plugin]
 
 Each row is one busybox workload, run by the initramfs as the command after
-``--`` on the kernel command line (images/linux.toml, ``nokaslr``), in three modes
-interleaved rep by rep (the machine is shared and noisy: only figures of one run,
-side by side, are compared):
+``--`` on the kernel command line (images/linux.toml, with ``nokaslr``: the gdb
+script breaks at the file's addresses), in up to five modes interleaved rep by
+rep (the machine is shared and noisy: only figures of one run, side by side,
+are compared):
 
-  alone   no debugger (Machine(paused=False))
+  alone   no debugger (Machine(paused=False)), the QEMU on PATH (7.2)
   kswgdb  `WatchSession` watching the function's canary at the ``fo`` that
-          `kswgdb disasm` suggests (the gdbstub engine)
+          `kswgdb disasm` suggests, ``--engine gdbstub`` (the QEMU on PATH)
+  alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline
+  plugin  the same watch, ``--engine plugin`` on QEMU 10 (no breakpoint stop)
+  plugin0 the plugin with the same watch at ``dp=5``: every call probed and
+          released, none armed, every store instrumented: what the plugin costs
+          a workload whatever it arms, so ``plugin`` against it is the armed call
   gdb     gdb in batch mode on the same QEMU command line, running the script a
           user would write by hand: a breakpoint at the same probe whose
           ``stop()`` reads the slot, compares it with the per-CPU canary
@@ -30,7 +37,12 @@ Rows (``--full``: the sizes of issue 13's table):
 The time of a run is host wall time between the initramfs's ``KSWGDB-INIT ready``
 and ``KSWGDB-INIT done`` console lines (boot and symbol loading excluded). Per
 armed call = (median T_mode - median T_alone) / armed calls; slowdown = median
-T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call.
+T_mode / median T_alone; "kswgdb/gdb" compares the two per armed call. QEMU's
+CPU time between the same two lines is shown too (`bench/stamps.py`), per armed
+call against the same baseline: on a shared host it moves much less than the
+wall time. The
+plugin engine is measured against ``alone10`` (same QEMU), and its per-call cost
+is compared with the gdb script's too: one line per engine.
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ import stamps as bench_stamps  # noqa: E402  (bench/stamps.py: console line time
 
 from kswgdb.image import IMAGES_DIR  # noqa: E402
 from kswgdb.image import load as load_image  # noqa: E402
+from kswgdb.qemu import binary  # noqa: E402
+from kswgdb.qemu.fetch import fetch  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.run.oneshot import WatchSession  # noqa: E402
 from kswgdb.run.options import RunOptions  # noqa: E402
@@ -66,7 +80,13 @@ from kswgdb.symbols.program import Program  # noqa: E402
 
 LINUX_TOML = IMAGES_DIR / "linux.toml"
 READY, DONE = "KSWGDB-INIT ready", "KSWGDB-INIT done"
-MODES = ("alone", "kswgdb", "gdb")
+MODES = ("alone", "kswgdb", "gdb", "alone10", "plugin", "plugin0")
+#: What each watched mode is measured against (the guest alone on the same QEMU).
+BASELINE = {"kswgdb": "alone", "gdb": "alone", "plugin": "alone10", "plugin0": "alone10"}
+#: The plugin's watch that is probed at every call and never armed.
+UNARMED_DEPTH = " dp=5"
+#: Each engine's column in the summary lines, and its QEMU.
+ENGINES = {"kswgdb": "gdbstub engine", "plugin": "plugin engine"}
 W1 = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
 
 
@@ -90,6 +110,11 @@ def rows(full: bool) -> list[Row]:
     ]
 
 
+def cmdline(row: Row) -> str:
+    """``nokaslr`` in every mode: the gdb script breaks at the file's addresses."""
+    return f"nokaslr -- {row.command}"
+
+
 bench_stamps.stamp_lines(READY, DONE)
 _LAST_MACHINE = bench_stamps.LAST_MACHINE
 
@@ -98,6 +123,7 @@ _LAST_MACHINE = bench_stamps.LAST_MACHINE
 class Run:
     mode: str
     seconds: float | None = None
+    cpu: float | None = None          # QEMU's CPU seconds between the two lines
     armed: int = 0
     calls: int = 0
     hits: int = 0
@@ -108,6 +134,9 @@ class Run:
 
 def _window(console, run: Run) -> None:
     stamps = bench_stamps.stamps(console)
+    cpu = bench_stamps.cpu_stamps(console)
+    if cpu.get(READY) is not None and cpu.get(DONE) is not None:
+        run.cpu = cpu[DONE] - cpu[READY]
     if READY in stamps and DONE in stamps:
         run.seconds = stamps[DONE][0] - stamps[READY][0]
         if "status=0" not in stamps[DONE][1]:
@@ -116,9 +145,11 @@ def _window(console, run: Run) -> None:
         run.failed = run.failed or f"no {READY}/{DONE} lines on the console"
 
 
-def run_alone(image, row: Row, timeout: float) -> Run:
-    run = Run("alone")
-    with Machine(image, accel="tcg", extra_cmdline=f"-- {row.command}", paused=False) as m:
+def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run:
+    run = Run("alone" if qemu10 is None else "alone10")
+    extra = {"qemu_binary": qemu10} if qemu10 else {}
+    with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=False,
+                 **extra) as m:
         try:
             m.wait_for(DONE, timeout)
         except Exception as exc:  # noqa: BLE001
@@ -128,12 +159,19 @@ def run_alone(image, row: Row, timeout: float) -> Run:
     return run
 
 
-def run_kswgdb(image, row: Row, watch: str, timeout: float) -> Run:
-    run = Run("kswgdb")
+def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None = None,
+               mode: str = "") -> Run:
+    """kswgdb's gdbstub engine (the QEMU on PATH), or with ``qemu10`` its plugin engine."""
+    run = Run(mode or ("kswgdb" if qemu10 is None else "plugin"))
     _LAST_MACHINE.clear()
-    session = WatchSession(RunOptions(image=image.path, watches=[watch], accel="tcg",
-                                      timeout=timeout, cmdline=f"-- {row.command}"))
-    report = session.run()
+    options = RunOptions(image=image.path, watches=[watch], accel="tcg", timeout=timeout,
+                         cmdline=cmdline(row),
+                         engine="gdbstub" if qemu10 is None else "plugin")
+    with binary.using(qemu10) if qemu10 else contextlib.nullcontext():
+        session = WatchSession(options, rig_options={"plugin_extra": ("prof=1",)}
+                               if qemu10 else None)
+        report = session.run()
+    profile = getattr(session.rig.engine, "profile", None) if session.rig else None
     _window(_LAST_MACHINE[0].console if _LAST_MACHINE else None, run)
     s = report.summary[0]
     run.armed, run.calls, run.hits, run.packets = s["armed"], s["calls"], s["hits"], \
@@ -141,6 +179,10 @@ def run_kswgdb(image, row: Row, watch: str, timeout: float) -> Run:
     run.extra = {"returns": s["returns"], "stale": s["stale"], "not_armed": s["not_armed"],
                  "unexpected_stops": report.unexpected_stops, "steps": report.steps,
                  "emulated": report.emulated, "refusals": report.emulation_refusals}
+    if profile:
+        run.extra["callbacks_us"] = sum(profile.get(k, 0) for k in
+                                        ("probe_ns", "release_ns", "store_ns")) / 1e3
+        run.extra["profile"] = profile
     if report.fault:
         run.failed = run.failed or report.fault
     if run.hits:
@@ -240,7 +282,7 @@ def run_gdb(image, row: Row, spec, timeout: float, workdir: Path) -> Run:
     run = Run("gdb")
     script, out_path = workdir / "linux_hot_gdb.py", workdir / "gdb.out"
     script.write_text(GDB_SCRIPT)
-    with Machine(image, accel="tcg", extra_cmdline=f"-- {row.command}", paused=True) as m:
+    with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=True) as m:
         params = {"sock": str(m.gdb_socket), "probe": spec.probe_addr,
                   "cfa_base": spec.cfa_base, "cfa_offset": spec.cfa_offset,
                   "base": spec.base, "offset": spec.offset, "guard_gs": spec.guard.offset,
@@ -286,35 +328,60 @@ def _fmt(value, spec=".2f"):
 
 def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
     t = {m: _median([r.seconds for r in rs if not r.failed]) for m, rs in runs.items()}
+    c = {m: _median([r.cpu for r in rs if not r.failed]) for m, rs in runs.items()}
     armed = {m: _median([r.armed for r in rs if not r.failed]) for m, rs in runs.items()}
-    alone = t.get("alone")
     out: dict = {"row": row.name}
     print(f"\n{row.name}: {row.what}, watching {row.func}")
     print(f"  {'mode':7} {'ok/reps':>7} {'median s':>9} {'slowdown':>9} {'armed':>6} "
-          f"{'ms/armed call':>13} {'packets/armed':>13}")
+          f"{'us/armed call':>13} {'QEMU CPU s':>10} {'CPU us/call':>11} {'packets/armed':>13}")
     for mode in MODES:
         if mode not in runs:
             continue
         rs = runs[mode]
+        if mode == "plugin0":
+            armed[mode] = armed.get("plugin")     # per call of the armed run, by design
         ok = [r for r in rs if not r.failed]
-        slow = t[mode] / alone if t.get(mode) is not None and alone else None
-        per = None
-        if mode != "alone" and alone is not None and t[mode] is not None and armed[mode]:
-            per = (t[mode] - alone) / armed[mode] * 1e3
+        base_mode = BASELINE.get(mode, mode)
+        base, cbase = t.get(base_mode), c.get(base_mode)
+        slow = t[mode] / base if t.get(mode) is not None and base else None
+        per = cper = None
+        if mode in BASELINE and armed[mode]:
+            if base is not None and t[mode] is not None:
+                per = (t[mode] - base) / armed[mode] * 1e6
+            if cbase is not None and c[mode] is not None:
+                cper = (c[mode] - cbase) / armed[mode] * 1e6
         pk = _median([r.packets / r.armed for r in ok if r.armed]) if mode == "kswgdb" else None
-        out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "ms_per": per}
+        out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "us_per": per,
+                     "cpu": c[mode], "cpu_us_per": cper,
+                     "cpu_slowdown": c[mode] / cbase if c[mode] and cbase else None}
         print(f"  {mode:7} {len(ok):>3}/{len(rs):<3} {_fmt(t[mode], '.3f'):>9} "
-              f"{_fmt(slow):>8}x {_fmt(armed[mode], '.0f'):>6} {_fmt(per, '.1f'):>13} "
-              f"{_fmt(pk, '.1f'):>13}")
-    k, g = out.get("kswgdb", {}), out.get("gdb", {})
-    if row.name == "never":
-        if k.get("slowdown") and g.get("slowdown"):
-            print(f"  never-called watch: kswgdb {k['slowdown']:.2f}x the guest alone "
-                  f"(aim <= 1.2x), gdb {g['slowdown']:.2f}x")
-    elif k.get("ms_per") and g.get("ms_per"):
-        print(f"  per armed call: kswgdb {k['ms_per']:.1f} ms (aim <= 10), gdb "
-              f"{g['ms_per']:.1f} ms; ratio kswgdb/gdb {k['ms_per'] / g['ms_per']:.2f} "
-              "(aim <= 0.5)")
+              f"{_fmt(slow):>8}x {_fmt(armed[mode], '.0f'):>6} {_fmt(per, '.0f'):>13} "
+              f"{_fmt(c[mode], '.2f'):>10} {_fmt(cper, '.0f'):>11} {_fmt(pk, '.1f'):>13}")
+    g = out.get("gdb", {})
+    for mode, engine in ENGINES.items():
+        k = out.get(mode, {})
+        if row.name == "never" and k.get("slowdown"):
+            print(f"  never-called watch, {engine}: {k['slowdown']:.2f}x the guest alone "
+                  f"(QEMU CPU {_fmt(k.get('cpu_slowdown'))}x; aim <= 1.2x)"
+                  + (f"; gdb script {g['slowdown']:.2f}x" if g.get("slowdown") else ""))
+        elif row.name != "never" and k.get("us_per") is not None:
+            aim = "10 ms" if mode == "kswgdb" else "50 us"
+            ratio = (f"; ratio to the gdb script {k['us_per'] / g['us_per']:.3f} (gdb "
+                     f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
+            print(f"  per armed call, {engine}: {k['us_per']:.0f} us wall, "
+                  f"{_fmt(k.get('cpu_us_per'), '.0f')} us QEMU CPU (aim <= {aim}){ratio}")
+    in_plugin = _median([r.extra.get("callbacks_us") for r in runs.get("plugin", [])
+                         if not r.failed])
+    if in_plugin is not None and armed.get("plugin"):
+        print(f"  per armed call, plugin engine, inside its callbacks (probe, release, "
+              f"store checks past the range test; clock_gettime): "
+              f"{in_plugin / armed['plugin']:.1f} us (aim <= 50 us)")
+    k, u = out.get("plugin", {}), out.get("plugin0", {})
+    if row.name != "never" and k.get("armed") and k.get("cpu") and u.get("cpu"):
+        print(f"  per armed call, plugin engine, against plugin0 (the same probes and store "
+              f"callbacks, nothing armed): {(k['seconds'] - u['seconds']) / k['armed'] * 1e6:.0f}"
+              f" us wall, {(k['cpu'] - u['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU "
+              "(aim <= 50 us)")
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
@@ -341,12 +408,13 @@ def main() -> int:
     chosen = [r for r in rows(args.full) if r.name in args.rows.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     if not chosen or any(m not in MODES for m in modes):
-        ap.error("--rows: never,openat,statx; --modes: alone,kswgdb,gdb")
+        ap.error(f"--rows: never,openat,statx; --modes: {','.join(MODES)}")
     if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
         print("linux_hot: the Debian image is not built (make image-linux)", file=sys.stderr)
         return 2
     if "gdb" in modes and shutil.which("gdb") is None:
         ap.error("gdb not found")
+    qemu10 = str(fetch().binary) if {"alone10", "plugin", "plugin0"} & set(modes) else None
     image = load_image(LINUX_TOML)
     program = Program.load(image.symbols)
     print(machine_facts())
@@ -356,7 +424,8 @@ def main() -> int:
     try:
         for row in chosen:
             watch = build_listing(program, row.func).suggested_config
-            prep = WatchSession(RunOptions(image=image.path, watches=[watch]))
+            prep = WatchSession(RunOptions(image=image.path, watches=[watch],
+                                           engine="gdbstub"))
             prep.prepare()
             spec = prep.specs[0]
             print(f"\n[{row.name}] watch {watch!r}: probe {spec.probe_addr:#x}, "
@@ -367,16 +436,20 @@ def main() -> int:
                 for mode in order:
                     t0 = time.monotonic()
                     try:
-                        if mode == "alone":
-                            r = run_alone(image, row, args.timeout)
-                        elif mode == "kswgdb":
-                            r = run_kswgdb(image, row, watch, args.timeout)
+                        if mode in ("alone", "alone10"):
+                            r = run_alone(image, row, args.timeout,
+                                          qemu10 if mode == "alone10" else None)
+                        elif mode in ("kswgdb", "plugin", "plugin0"):
+                            r = run_kswgdb(image, row, watch + UNARMED_DEPTH * (
+                                mode == "plugin0"), args.timeout,
+                                qemu10 if mode != "kswgdb" else None, mode)
                         else:
                             r = run_gdb(image, row, spec, args.timeout, workdir)
                     except Exception as exc:  # noqa: BLE001 - one bad run must not end it
                         r = Run(mode, failed=f"{type(exc).__name__}: {exc}".splitlines()[0])
                     runs[mode].append(r)
-                    print(f"  rep {rep + 1} {mode:6} {_fmt(r.seconds, '.3f')} s, armed "
+                    print(f"  rep {rep + 1} {mode:6} {_fmt(r.seconds, '.3f')} s "
+                          f"({_fmt(r.cpu)} s QEMU CPU), armed "
                           f"{r.armed}, run took {time.monotonic() - t0:.1f}s"
                           + (f" FAILED: {r.failed}" if r.failed else ""), flush=True)
             results.append(report(row, runs, args.verbose))

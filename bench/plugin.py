@@ -42,11 +42,10 @@ is reported as failed, never averaged in.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,10 +53,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import armed_call as ac  # noqa: E402  (its console stamping applies to every Machine)
+import stamps as bench_stamps  # noqa: E402
 
 from kswgdb import image as image_mod  # noqa: E402
 from kswgdb.plugin.build import build  # noqa: E402
-from kswgdb.plugin.runner import PluginRun  # noqa: E402
+from kswgdb.qemu import binary  # noqa: E402
 from kswgdb.qemu.fetch import Qemu10, fetch  # noqa: E402
 from kswgdb.qemu.machine import Machine  # noqa: E402
 from kswgdb.run.oneshot import WatchSession  # noqa: E402
@@ -72,33 +72,9 @@ BASELINE = {"alone": None, "alone10": None, "plugin": "alone10", "unarmed": "alo
             "gdbstub": "alone", "noregs": "alone10", "nostores": "alone10"}
 PLUGIN_EXTRA = {"noregs": ("stores=1",), "nostores": ("stores=0",)}
 LINUX_ROUND = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
-ac.STAMPED = (*ac.STAMPED, "KSWGDB-INIT ready", "KSWGDB-INIT done")
-_stamping_append = ac.console_mod.Console._append
-
-
-def _cpu_stamping_append(self, raw_lines):
-    """armed_call's stamps, plus QEMU's CPU seconds (utime + stime) at each stamp.
-
-    The workload's own CPU (between the two lines) leaves out boot, whose cost
-    the plugin's store callbacks raise too but which is not per armed call.
-    """
-    before = set(getattr(self, "bench_stamps", {}))
-    _stamping_append(self, raw_lines)
-    new = set(getattr(self, "bench_stamps", {})) - before
-    if new and ac._LAST_MACHINE and ac._LAST_MACHINE[0].pid:
-        cpu = _process_cpu(ac._LAST_MACHINE[0].pid)
-        self.__dict__.setdefault("bench_cpu", {}).update({key: cpu for key in new})
-
-
-def _process_cpu(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-ac.console_mod.Console._append = _cpu_stamping_append
+# bench/stamps.py stamps these lines too, with QEMU's CPU seconds at each (``bench_cpu``):
+# the workload's own CPU between the two leaves out the boot.
+bench_stamps.stamp_lines("KSWGDB-INIT ready", "KSWGDB-INIT done")
 
 
 @dataclass(frozen=True)
@@ -172,19 +148,21 @@ def run_alone(work: Workload, qemu: Qemu10 | None, iters: int, timeout: float) -
 
 def run_plugin(work: Workload, qemu: Qemu10, watch: str, iters: int, timeout: float,
                mode: str) -> ac.Run:
+    """`kswgdb run --engine plugin` on QEMU 10 (``mode``'s extra plugin arguments)."""
     run = ac.Run(mode)
     ac._LAST_MACHINE.clear()
     c0 = ac._children_cpu()
-    report = PluginRun(work.options(iters, watch, timeout), qemu=qemu,
-                       plugin_extra=PLUGIN_EXTRA.get(mode, ())).run()
+    with binary.using(str(qemu.binary)):
+        report = WatchSession(replace(work.options(iters, watch, timeout), engine="plugin"),
+                              rig_options={"plugin_extra": PLUGIN_EXTRA.get(mode, ())}).run()
     run.cpu_qemu = ac._children_cpu() - c0
     work.fill(run, ac._LAST_MACHINE[0].console if ac._LAST_MACHINE else None)
     s = report.summary[0] if report.summary else {}
     run.calls = s.get("calls", 0) if mode == "unarmed" else s.get("armed", 0)
     run.hits = len(report.hits)
     run.extra.update(returns=s.get("returns"), stale=s.get("stale"))
-    if not report.ended_cleanly:
-        run.failed = run.failed or "the plugin sent no end line"
+    if report.fault or not report.summary:
+        run.failed = run.failed or report.fault or "no counters from the plugin"
     if run.hits:
         run.failed = run.failed or f"{run.hits} hits where nothing is corrupted"
     return run
@@ -194,7 +172,8 @@ def run_gdbstub(work: Workload, iters: int, timeout: float) -> ac.Run:
     run = ac.Run("gdbstub")
     ac._LAST_MACHINE.clear()
     c0 = ac._children_cpu()
-    report = WatchSession(work.options(iters, work.watch, timeout)).run()
+    report = WatchSession(replace(work.options(iters, work.watch, timeout),
+                                  engine="gdbstub")).run()
     run.cpu_qemu = ac._children_cpu() - c0
     work.fill(run, ac._LAST_MACHINE[0].console if ac._LAST_MACHINE else None)
     s = report.summary[0]

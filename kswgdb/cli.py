@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from kswgdb import __version__
 from kswgdb.argtypes import positive_seconds, scenario_number, seconds_or_never, slot_count
+from kswgdb.attach_cli import add_parser as attach_parser
 from kswgdb.campaign.args import add_parser as campaign_parser
 from kswgdb.errors import BadInput, KswError
 from kswgdb.exitcodes import ExitStatus, signalled, unexpected
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("accel", help="say which accelerator 'auto' picks here, and why")
 
     _tui_parser(sub)
+    attach_parser(sub)
     campaign_parser(sub, _watch_options, positive_seconds)
 
     sub.add_parser("demo", help="scenario 3 of the test kernel, caught (what `make demo` runs)")
@@ -171,6 +173,10 @@ def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
                    help="end with status 3 if the guest prints nothing, stops nowhere and "
                         "its clock does not tick for S seconds (default "
                         f"{DEFAULT_HANG_TIMEOUT:g}; 0: never)")
+    p.add_argument("--engine", choices=("auto", "gdbstub", "plugin"), default=None,
+                   help="what watches: the gdbstub (breakpoint stops) or the TCG plugin "
+                        "inside QEMU >= 9.2 (no stop); auto (the default, or "
+                        "$KSWGDB_ENGINE) takes the plugin where it can and says why not")
     p.add_argument("--gdb-listen", type=_loopback, default=None, metavar="127.0.0.1:PORT",
                    help="freeze at the first hit and lend the frozen guest, read-only, to "
                         "gdb on this loopback TCP port until Ctrl-C")

@@ -48,6 +48,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "run": cmd_run, "boot": cmd_boot, "disasm": cmd_disasm, "symbols": cmd_symbols,
         "accel": cmd_accel, "demo": cmd_demo, "tui": cmd_tui, "campaign": _cmd_campaign,
+        "attach": _cmd_attach,
     }[args.command]
     return handler(args)
 
@@ -56,6 +57,12 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     from kswgdb.campaign.command import cmd_campaign
 
     return cmd_campaign(args, getattr(args, "argv", ()))
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    from kswgdb.attach_cli import cmd_attach
+
+    return cmd_attach(args)
 
 
 def _stderr() -> Console:
@@ -205,6 +212,8 @@ def _render_report(report: RunReport, options: RunOptions, out: Console) -> None
                       markup=False, style="bold")
     elif report.fault and report.fault.startswith(HUNG):
         ending = "guest wedged, ended by the hang watchdog"
+    elif ending == "freeze" and options.on_hit == "detach":
+        ending = "detached at the first hit (--on-hit detach), the guest runs on"
     elif ending == "deadline":
         ending = f"stopped after --timeout {options.timeout:g}s (guest still running)"
     elif ending == "mismatch":

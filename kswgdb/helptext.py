@@ -42,6 +42,11 @@ DESCRIPTIONS: dict[str | None, str] = {
     "campaign": "Run the same watched run in many guests, J at a time, each with its own "
                 "seed, until a number of runs, hits or a time budget; each distinct hit is "
                 "shown once, with the command that replays its run.",
+    "attach": "Watch a guest in a QEMU you started yourself (virtme-ng, libvirt, a -s -S "
+              "command line): connect to its gdbstub, find where the running kernel is "
+              "(KASLR), watch exactly as run does, and at the end (--timeout, Ctrl-C, the "
+              "first hit with --on-hit detach) remove every breakpoint and watchpoint and "
+              "detach, leaving the guest running. Never stops or kills that QEMU.",
     "demo": "Run scenario 3 of the bundled test kernel (silent corruption by another "
             "thread) and catch it: exit 0 if caught, 5 if not (what `make demo` runs).",
 }
@@ -52,6 +57,13 @@ EXAMPLES: dict[str | None, list[tuple[str, str]]] = {
         ("kswgdb demo", "see a catch"),
         ("kswgdb disasm s3_victim", "where to arm a canary watch"),
         ("kswgdb run --scenario 3 --watch 'fn=s3_victim fo=0x23'", "catch the writer"),
+    ],
+    "attach": [
+        ("kswgdb attach unix:/tmp/vm/gdb.sock --qmp unix:/tmp/vm/qmp.sock --image kswtest "
+         "--watch 'fn=s3_victim fo=0x23' --on-hit detach",
+         "a QEMU started with -gdb unix:...,server=on,wait=off and -qmp: detach at the hit"),
+        ("kswgdb attach localhost:1234 --vmlinux vmlinux --watch 'fn=cp_new_stat fo=0x3d' "
+         "--timeout 60", "QEMU -s: watch a distribution kernel (KASLR found) for a minute"),
     ],
     "run": [
         ("kswgdb run --scenario 3 --watch 'fn=s3_victim fo=0x23'",

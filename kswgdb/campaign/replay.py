@@ -38,6 +38,8 @@ def replay_argv(opts: RunOptions, seed: int, log: Path | None = None,
         argv += ["--slots", str(opts.slots)]
     if opts.backtrace != "auto":
         argv += ["--backtrace", opts.backtrace]
+    if opts.engine is not None:
+        argv += ["--engine", opts.engine]
     argv += ["--hang-timeout", f"{opts.hang_timeout:g}"]     # always: its default may change
     if opts.allow_unarmed:
         argv.append("--allow-unarmed")

@@ -9,6 +9,7 @@ It knows nothing about watching. One module per job, imports going one way::
     stopreply   stop replies (T/S/W/X/O) as data
     client      RemoteClient: the protocol rules, pipelining, QEMU extensions
     server      the server side (Listener, StubServer), for the relay and the fake
+    attach      connecting to a stub someone else's QEMU serves, busy-stub checks
     relay       read-only relay lending a stopped guest to gdb; backtraces
     mi          a token-matched gdb/MI driver on pygdbmi
     fake        a scripted fake QEMU stub for tests of this layer and above

@@ -85,8 +85,10 @@ class RemoteClient:
     def detach(self) -> None:
         """``D``: QEMU removes all breakpoints and *resumes* the guest, then we close."""
         self._require_stopped("D")
+        # With multiprocess ids on, QEMU 10 refuses a bare ``D`` (E22): name the process.
+        sent = "D;1" if self.features.get("multiprocess") == "+" else "D"
         try:
-            rq.check_ok(self.request("D"), "D")
+            rq.check_ok(self.request(sent), sent)
         finally:
             self.running = True
             self.close()

@@ -20,11 +20,21 @@ _REG = {"rsp": 0, "rbp": 1}
 _GUARD = {None: 0, "global": 1, "gs": 2}
 
 
+def spec_refusal(specs: list[ArmSpec]) -> str | None:
+    """Why the plugin cannot take these watches (None: it can)."""
+    for spec in specs:
+        if not spec.exits:
+            return (f"{spec.text}: the function's release points are unknown (its epilogue "
+                    "could not be analysed)")
+    if len(specs) > MAX_SPECS:
+        return f"it takes at most {MAX_SPECS} watches"
+    if sum(len(s.exits) for s in specs) > MAX_EXITS:
+        return f"it takes at most {MAX_EXITS} release points in all"
+    return None
+
+
 def spec_args(index: int, spec: ArmSpec) -> list[str]:
     """``w=...`` and its ``x=...`` release points for watch ``index``."""
-    if not spec.exits:
-        raise BadInput(f"{spec.text}: the plugin engine needs the function's release points "
-                       "(its epilogue could not be analysed); use the gdbstub engine")
     guard = spec.guard if spec.mode == "canary" else None
     kind = _GUARD[guard.kind if guard is not None else None]
     value = 0 if guard is None else (guard.addr if guard.kind == "global" else guard.offset)
@@ -39,12 +49,8 @@ def spec_args(index: int, spec: ArmSpec) -> list[str]:
 def plugin_args(specs: list[ArmSpec], layout: GuestLayout, sock: str, *, pool: int,
                 freeze: bool = False, task_exit: int | None = None) -> list[str]:
     """Every argument after the plugin's path, in order."""
-    if not specs:
-        raise BadInput("the plugin engine needs at least one --watch")
-    if len(specs) > MAX_SPECS:
-        raise BadInput(f"the plugin engine takes at most {MAX_SPECS} watches")
-    if sum(len(s.exits) for s in specs) > MAX_EXITS:
-        raise BadInput(f"the plugin engine takes at most {MAX_EXITS} release points in all")
+    if (refusal := spec_refusal(specs)) is not None:
+        raise BadInput(f"the plugin engine: {refusal}")
     if "," in sock:
         raise BadInput(f"socket path {sock!r} contains a comma (QEMU's option separator)")
     out = [f"sock={sock}",

@@ -13,12 +13,14 @@ Usage: python3 -m kswgdb.plugin.build
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from kswgdb.qemu.fetch import FetchError, Qemu10, fetch
 
+PLUGIN_DIR_VAR = "KSWGDB_PLUGIN_DIR"
 SOURCE = Path(__file__).resolve().parent / "kswplugin.c"
 CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11",
           "-shared", "-fPIC")
@@ -34,8 +36,11 @@ def _stamp(qemu: Qemu10) -> str:
 
 
 def plugin_path(qemu: Qemu10) -> Path:
-    """Where the built object for this source and header lives."""
-    return qemu.cache / "plugin" / f"kswplugin-{_stamp(qemu)}.so"
+    """Where the built object for this source and header lives: ``KSWGDB_PLUGIN_DIR``
+    if set (a QEMU cache shared read-only), else the cache's ``plugin/``."""
+    where = os.environ.get(PLUGIN_DIR_VAR)
+    directory = Path(where) if where else qemu.cache / "plugin"
+    return directory / f"kswplugin-{_stamp(qemu)}.so"
 
 
 def build(qemu: Qemu10 | None = None) -> Path:

@@ -38,6 +38,26 @@
  *                      (0 none, 1 global address, 2 %gs offset) and value,
  *                      panic (freeze on its hits)
  *   x=I/ADDR/B/O       a release point of watch I, with the CFA rule there
+ *   kmap=LO/HI         KASLR: the kernel's addresses are not known yet. Nothing is
+ *                      probed until the first store into [LO, HI) (the kernel's
+ *                      first write at its virtual addresses, as the gdbstub engine's
+ *                      search watchpoint sees it). That store's vCPU is held while
+ *                      a "kernel" line (the storing PC and 16 code bytes) goes to
+ *                      kswgdb, which finds the slide and answers with one line of
+ *                      arguments at the guest's addresses ("cfg ARG,ARG...\n",
+ *                      the w=/x=/exitfn=/cur=... above plus chk=ADDR and pb=ADDR:
+ *                      16 bytes at chk and 8 at pb are sent back in a "placed"
+ *                      line, for kswgdb's symbol check and physical slide), or
+ *                      "cfg none\n" (no slide: probe nothing).
+ *   kstores=ADDR       check only stores by instructions at ADDR and above (Linux:
+ *                      the kernel half; user code cannot write a kernel stack)
+ *   prof=1             time the probe, release and store-check callbacks (clock_gettime)
+ *                      and send the totals in the "end" line (bench/linux_hot.py)
+ *   hook=ADDR          module loads (do_init_module): each call holds its vCPU and
+ *                      serves kswgdb's requests, one line each, until "go":
+ *                      "r ADDR LEN" (guest memory, answered by a "mem" line),
+ *                      "add ARG,ARG..." (more w=/x= watches, numbered on), "unhook"
+ *                      (no module watch pends any more: the hook returns at once)
  * Numbers are C integers (0x hex, a leading - allowed).
  */
 #include <errno.h>
@@ -126,11 +146,37 @@ static int hold_ms = 2000;      /* longest a freezing hit holds its vCPU for ksw
  * dead-frame rule, exact registers in the report), 1 without (cheaper; registers
  * may lag within a translation block), 0 not at all (measurement only). */
 static int store_mode = 2;
+static uint64_t store_min_pc;   /* kstores=: stores of code below are not instrumented */
 static uint64_t hit_seq;
+/* prof=1: nanoseconds spent in probe, release and store-check (past the range test)
+ * callbacks, and how many of the latter. */
+static int prof;
+static _Atomic uint64_t prof_probe_ns, prof_release_ns, prof_store_ns, prof_stores;
+#include <time.h>
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 static atomic_int live_watches;
+/* Every live watch lies in [live_lo, live_hi): a store outside needs no lock (most
+ * stores of an armed call go to its callees' frames, below the watched slot). Widened
+ * before a watch goes live, narrowed after one is dropped. */
+static _Atomic uint64_t live_lo = UINT64_MAX, live_hi;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock_fd = -1;
+/* KASLR (kmap=): until placed, nothing is probed and stores are only looked at for
+ * the first one into the kernel map. 1 when the addresses are the guest's. */
+static atomic_int placed = 1;
+static uint64_t kmap_lo, kmap_hi;
+static uint64_t check_addr, phys_base_addr;     /* chk= and pb= of the cfg line */
+#define PLACE_WAIT_MS 60000
+static uint64_t hook_addr;          /* hook=: a module was loaded, not yet initialised */
+static atomic_int hook_on;
+#define HOOK_WAIT_MS 10000
+#define MAX_READ (1 << 20)
 static struct qemu_plugin_register *regs[R_COUNT];
 static int regs_found;
 
@@ -239,6 +285,21 @@ static struct frame *find_frame(uint64_t task, int spec, uint64_t cfa)
     return NULL;
 }
 
+/* Under lock: the span of the armed frames, after one was dropped. */
+static void narrow_live_range(void)
+{
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < frames_hw; i++) {
+        struct frame *f = &frames[i];
+        if (f->used && f->armed) {
+            lo = f->addr < lo ? f->addr : lo;
+            hi = f->addr + (uint64_t)f->len > hi ? f->addr + (uint64_t)f->len : hi;
+        }
+    }
+    atomic_store(&live_lo, lo);
+    atomic_store(&live_hi, hi);
+}
+
 static void drop_frame(struct frame *f, int stale)
 {
     if (stale) {
@@ -248,6 +309,7 @@ static void drop_frame(struct frame *f, int stale)
         f->armed = 0;
         pool_used--;
         atomic_fetch_sub(&live_watches, 1);
+        narrow_live_range();
     }
     f->used = 0;
     while (frames_hw > 0 && !frames[frames_hw - 1].used) {
@@ -283,7 +345,35 @@ static struct frame *new_frame(void)
 
 /* ------------------------------------------------------------------- probe */
 
+static void on_probe_body(unsigned int vcpu, void *udata);
+
+/*
+ * At most once a second, a probe says so ("beat"): the hang watchdog counts the
+ * engine's work as activity, as it counts the gdbstub engine's stops.
+ */
+static void beat(void)
+{
+    static _Atomic uint64_t last;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec, was = atomic_load_explicit(&last, memory_order_relaxed);
+    if (now != was && atomic_compare_exchange_strong(&last, &was, now)) {
+        static const char line[] = "{\"event\":\"beat\"}\n";
+        send_line(line, sizeof(line) - 1);
+    }
+}
+
 static void on_probe(unsigned int vcpu, void *udata)
+{
+    uint64_t t0 = prof ? now_ns() : 0;
+    beat();
+    on_probe_body(vcpu, udata);
+    if (prof) {
+        atomic_fetch_add(&prof_probe_ns, now_ns() - t0);
+    }
+}
+
+static void on_probe_body(unsigned int vcpu, void *udata)
 {
     int idx = (int)(intptr_t)udata;
     struct spec *s = &specs[idx];
@@ -360,6 +450,12 @@ static void on_probe(unsigned int vcpu, void *udata)
     if (pool_used > pool_high) {
         pool_high = pool_used;
     }
+    if (slot < atomic_load(&live_lo)) {
+        atomic_store(&live_lo, slot);
+    }
+    if (slot + (uint64_t)s->len > atomic_load(&live_hi)) {
+        atomic_store(&live_hi, slot + (uint64_t)s->len);
+    }
     f->armed = 1;
     f->addr = slot;
     f->len = s->len;
@@ -372,7 +468,18 @@ out:
 
 /* ----------------------------------------------------------------- release */
 
+static void on_exit_point_body(unsigned int vcpu, void *udata);
+
 static void on_exit_point(unsigned int vcpu, void *udata)
+{
+    uint64_t t0 = prof ? now_ns() : 0;
+    on_exit_point_body(vcpu, udata);
+    if (prof) {
+        atomic_fetch_add(&prof_release_ns, now_ns() - t0);
+    }
+}
+
+static void on_exit_point_body(unsigned int vcpu, void *udata)
 {
     struct exitpt *x = &exits[(intptr_t)udata];
     uint64_t sp = reg(R_RSP), fp = reg(R_RBP), gs = reg(R_GS_BASE);
@@ -410,10 +517,12 @@ static void put_task(GString *s, const char *key, uint64_t task)
 {
     int32_t pid = -1;
     char comm[17] = {0};
-    if (pid_off >= 0 && task % thread_size != 0) {
+    /* A task from %gs:current is a task_struct (which may well be thread_size-aligned);
+     * without cur= the "task" is a stack base, with no pid or comm to read. */
+    if (pid_off >= 0 && cur_off >= 0) {
         read_mem(task + (uint64_t)pid_off, &pid, 4);
     }
-    if (comm_off >= 0 && task % thread_size != 0) {
+    if (comm_off >= 0 && cur_off >= 0) {
         read_mem(task + (uint64_t)comm_off, comm, 16);
     }
     for (char *c = comm; *c; c++) {
@@ -479,14 +588,40 @@ struct store_site {
     int is_rep;
 };
 
+static void place_kernel(uint64_t pc);
+struct store_site;
+static void check_store(unsigned int vcpu, struct store_site *site, uint64_t vaddr,
+                        uint64_t size);
+
 static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr,
                      void *udata)
 {
+    struct store_site *site = udata;
+    if (!atomic_load_explicit(&placed, memory_order_relaxed)) {
+        if (vaddr >= kmap_lo && vaddr < kmap_hi) {
+            place_kernel(site->pc);
+        }
+        return;
+    }
     if (atomic_load_explicit(&live_watches, memory_order_relaxed) == 0) {
         return;
     }
-    struct store_site *site = udata;
     uint64_t size = 1ull << qemu_plugin_mem_size_shift(info);
+    if (vaddr >= atomic_load_explicit(&live_hi, memory_order_relaxed)
+        || vaddr + size <= atomic_load_explicit(&live_lo, memory_order_relaxed)) {
+        return;
+    }
+    uint64_t t0 = prof ? now_ns() : 0;
+    check_store(vcpu, site, vaddr, size);
+    if (prof) {
+        atomic_fetch_add(&prof_store_ns, now_ns() - t0);
+        atomic_fetch_add(&prof_stores, 1);
+    }
+}
+
+static void check_store(unsigned int vcpu, struct store_site *site, uint64_t vaddr,
+                        uint64_t size)
+{
     struct frame hit[4];
     int n_hit = 0;
 
@@ -607,30 +742,37 @@ static struct store_site *store_site_for(struct qemu_plugin_insn *insn, uint64_t
     return site;
 }
 
+static void on_hook(unsigned int vcpu, void *udata);
+
 static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         uint64_t pc = qemu_plugin_insn_vaddr(insn);
-        for (int k = 0; k < n_specs; k++) {
+        int k_specs = atomic_load(&placed) ? n_specs : 0;
+        int k_exits = atomic_load(&placed) ? n_exits : 0;
+        for (int k = 0; k < k_specs; k++) {
             if (specs[k].probe == pc) {
                 qemu_plugin_register_vcpu_insn_exec_cb(insn, on_probe, QEMU_PLUGIN_CB_R_REGS,
                                                        (void *)(intptr_t)k);
             }
         }
-        for (int k = 0; k < n_exits; k++) {
+        for (int k = 0; k < k_exits; k++) {
             if (exits[k].addr == pc) {
                 qemu_plugin_register_vcpu_insn_exec_cb(insn, on_exit_point,
                                                        QEMU_PLUGIN_CB_R_REGS,
                                                        (void *)(intptr_t)k);
             }
         }
-        if (task_exit_addr && pc == task_exit_addr) {
+        if (hook_addr && pc == hook_addr && atomic_load(&hook_on)) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_hook, QEMU_PLUGIN_CB_R_REGS, NULL);
+        }
+        if (task_exit_addr && k_specs && pc == task_exit_addr) {
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_task_exit, QEMU_PLUGIN_CB_R_REGS,
                                                    NULL);
         }
-        if (store_mode == 0) {
+        if (store_mode == 0 || pc < store_min_pc) {
             continue;
         }
         struct store_site *site = store_site_for(insn, pc);
@@ -666,6 +808,12 @@ static void on_exit_qemu(qemu_plugin_id_t id, void *p)
     pthread_mutex_lock(&lock);
     put_stats(line);
     pthread_mutex_unlock(&lock);
+    if (prof) {
+        g_string_append_printf(line, ",\"prof\":{\"probe_ns\":%" PRIu64 ",\"release_ns\":%"
+                               PRIu64 ",\"store_ns\":%" PRIu64 ",\"stores\":%" PRIu64 "}",
+                               atomic_load(&prof_probe_ns), atomic_load(&prof_release_ns),
+                               atomic_load(&prof_store_ns), atomic_load(&prof_stores));
+    }
     g_string_append(line, "}\n");
     send_line(line->str, line->len);
     g_string_free(line, TRUE);
@@ -707,68 +855,232 @@ static int connect_to(const char *path)
     return fd;
 }
 
+/* One NAME=VALUE argument (command line or kswgdb's cfg line); -1 if bad. */
+static int parse_arg(const char *arg, const char **sock)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq) {
+        fprintf(stderr, "kswplugin: argument without '=': %s\n", arg);
+        return -1;
+    }
+    size_t k = (size_t)(eq - arg);
+    const char *v = eq + 1;
+    int64_t f[11];
+    if (!strncmp(arg, "sock", k) && k == 4) {
+        *sock = v;
+    } else if (k == 3 && !strncmp(arg, "cur", k)) {
+        cur_off = strtoll(v, NULL, 0);
+    } else if (k == 3 && !strncmp(arg, "tsz", k)) {
+        thread_size = strtoull(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "pidoff", k)) {
+        pid_off = strtoll(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "comm", k)) {
+        comm_off = strtoll(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "pool", k)) {
+        pool_cap = (int)strtol(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "hold", k)) {
+        hold_ms = (int)strtol(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "stores", k)) {
+        store_mode = (int)strtol(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "exitfn", k)) {
+        task_exit_addr = strtoull(v, NULL, 0);
+    } else if (k == 6 && !strncmp(arg, "freeze", k)) {
+        freeze_all = (int)strtol(v, NULL, 0);
+    } else if (k == 1 && arg[0] == 'w') {
+        if (parse_fields(v, f, 11) || f[0] != n_specs || n_specs >= MAX_SPECS
+            || f[6] < 1 || f[6] > 8) {
+            fprintf(stderr, "kswplugin: bad watch: %s\n", v);
+            return -1;
+        }
+        struct spec *s = &specs[n_specs++];
+        s->probe = (uint64_t)f[1];
+        s->cfa_rbp = (int)f[2];
+        s->cfa_off = f[3];
+        s->base_rbp = (int)f[4];
+        s->off = f[5];
+        s->len = (int)f[6];
+        s->depth = (int)f[7];
+        s->guard_kind = (int)f[8];
+        s->guard_val = (uint64_t)f[9];
+        s->panic = (int)f[10];
+    } else if (k == 1 && arg[0] == 'x') {
+        if (parse_fields(v, f, 4) || f[0] < 0 || f[0] >= n_specs || n_exits >= MAX_EXITS) {
+            fprintf(stderr, "kswplugin: bad release point: %s\n", v);
+            return -1;
+        }
+        struct exitpt *x = &exits[n_exits++];
+        x->spec = (int)f[0];
+        x->addr = (uint64_t)f[1];
+        x->rbp = (int)f[2];
+        x->off = f[3];
+    } else if (k == 4 && !strncmp(arg, "kmap", k)) {
+        if (parse_fields(v, f, 2)) {
+            fprintf(stderr, "kswplugin: bad kmap: %s\n", v);
+            return -1;
+        }
+        kmap_lo = (uint64_t)f[0];
+        kmap_hi = (uint64_t)f[1];
+        atomic_store(&placed, 0);
+    } else if (k == 7 && !strncmp(arg, "kstores", k)) {
+        store_min_pc = strtoull(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "prof", k)) {
+        prof = (int)strtol(v, NULL, 0);
+    } else if (k == 4 && !strncmp(arg, "hook", k)) {
+        hook_addr = strtoull(v, NULL, 0);
+        atomic_store(&hook_on, 1);
+    } else if (k == 3 && !strncmp(arg, "chk", k)) {
+        check_addr = strtoull(v, NULL, 0);
+    } else if (k == 2 && !strncmp(arg, "pb", k)) {
+        phys_base_addr = strtoull(v, NULL, 0);
+    } else {
+        fprintf(stderr, "kswplugin: unknown argument: %s\n", arg);
+        return -1;
+    }
+    return 0;
+}
+
+/* One line from kswgdb (at most cap-1 bytes, without its newline); -1: none in time. */
+static int read_line(int fd, char *buf, size_t cap, int wait_ms)
+{
+    size_t n = 0;
+    while (n + 1 < cap) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, wait_ms) != 1 || read(fd, &buf[n], 1) != 1) {
+            return -1;
+        }
+        if (buf[n] == '\n') {
+            break;
+        }
+        n++;
+    }
+    buf[n] = 0;
+    return (int)n;
+}
+
+/*
+ * The kernel's first store into its virtual map (kmap=): this vCPU is held while
+ * kswgdb finds the slide from the storing code and answers with the arguments at
+ * the guest's addresses. No probe was translated before (nothing matched while
+ * unplaced), and at this point of the boot the kernel runs on one vCPU.
+ */
+static void place_kernel(uint64_t pc)
+{
+    static pthread_mutex_t place_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&place_lock);
+    if (atomic_load(&placed)) {
+        pthread_mutex_unlock(&place_lock);
+        return;
+    }
+    uint8_t code[16] = {0};
+    GString *line = g_string_new(NULL);
+    g_string_append_printf(line, "{\"event\":\"kernel\",\"pc\":\"0x%" PRIx64 "\"", pc);
+    put_hex(line, "code", code, read_mem(pc, code, sizeof(code)) ? (int)sizeof(code) : 0);
+    g_string_append(line, "}\n");
+    send_line(line->str, line->len);
+    g_string_free(line, TRUE);
+
+    pthread_mutex_lock(&out_lock);
+    int fd = sock_fd;
+    pthread_mutex_unlock(&out_lock);
+    static char cfg[16384];
+    int ok = fd >= 0 && read_line(fd, cfg, sizeof(cfg), PLACE_WAIT_MS) > 4
+             && !strncmp(cfg, "cfg ", 4);
+    n_specs = n_exits = 0;
+    task_exit_addr = 0;
+    check_addr = phys_base_addr = 0;
+    if (ok && strcmp(cfg + 4, "none") != 0) {
+        const char *ignored = NULL;
+        char *save = NULL;
+        for (char *arg = strtok_r(cfg + 4, ",", &save); arg; arg = strtok_r(NULL, ",", &save)) {
+            if (parse_arg(arg, &ignored)) {
+                n_specs = n_exits = 0;       /* a bad line probes nothing */
+                task_exit_addr = 0;
+                break;
+            }
+        }
+    }
+    uint8_t check[16] = {0};
+    uint64_t phys_base = 0;
+    int have_check = check_addr && read_mem(check_addr, check, sizeof(check));
+    int have_pb = phys_base_addr && read_mem(phys_base_addr, &phys_base, 8);
+    line = g_string_new(NULL);
+    g_string_append_printf(line, "{\"event\":\"placed\",\"specs\":%d,\"exits\":%d", n_specs,
+                           n_exits);
+    put_hex(line, "check", check, have_check ? (int)sizeof(check) : 0);
+    if (have_pb) {
+        g_string_append_printf(line, ",\"phys_base\":\"0x%" PRIx64 "\"", phys_base);
+    }
+    g_string_append(line, "}\n");
+    send_line(line->str, line->len);
+    g_string_free(line, TRUE);
+    atomic_store(&placed, 1);
+    pthread_mutex_unlock(&place_lock);
+}
+
+/*
+ * A module is linked in and relocated, its init not run yet: kswgdb reads the
+ * module list through this held vCPU and adds the watches of the module, then
+ * says "go" (bounded by HOOK_WAIT_MS per line, so a vanished kswgdb never hangs
+ * the guest). Probes in the module's code are translated after this returns.
+ */
+static void on_hook(unsigned int vcpu, void *udata)
+{
+    if (!atomic_load(&hook_on)) {
+        return;
+    }
+    pthread_mutex_lock(&out_lock);
+    int fd = sock_fd;
+    pthread_mutex_unlock(&out_lock);
+    if (fd < 0) {
+        return;
+    }
+    static pthread_mutex_t hook_lock = PTHREAD_MUTEX_INITIALIZER;
+    static char req[16384];
+    pthread_mutex_lock(&hook_lock);
+    char hello[96];
+    int n = snprintf(hello, sizeof(hello), "{\"event\":\"hook\",\"pc\":\"0x%" PRIx64 "\"}\n",
+                     hook_addr);
+    send_line(hello, (size_t)n);
+    while (read_line(fd, req, sizeof(req), HOOK_WAIT_MS) >= 0) {
+        if (!strcmp(req, "go")) {
+            break;
+        } else if (!strcmp(req, "unhook")) {
+            atomic_store(&hook_on, 0);
+        } else if (!strncmp(req, "r ", 2)) {
+            char *end;
+            uint64_t addr = strtoull(req + 2, &end, 0);
+            uint64_t len = strtoull(end, NULL, 0);
+            GString *line = g_string_new("{\"event\":\"mem\"");
+            uint8_t *buf = len && len <= MAX_READ ? g_malloc(len) : NULL;
+            put_hex(line, "data", buf, buf && read_mem(addr, buf, len) ? (int)len : 0);
+            g_free(buf);
+            g_string_append(line, "}\n");
+            send_line(line->str, line->len);
+            g_string_free(line, TRUE);
+        } else if (!strncmp(req, "add ", 4)) {
+            const char *ignored = NULL;
+            char *save = NULL;
+            int ok = 1;
+            pthread_mutex_lock(&lock);
+            for (char *arg = strtok_r(req + 4, ",", &save); arg && ok;
+                 arg = strtok_r(NULL, ",", &save)) {
+                ok = parse_arg(arg, &ignored) == 0;
+            }
+            pthread_mutex_unlock(&lock);
+            n = snprintf(hello, sizeof(hello), "{\"event\":\"added\",\"ok\":%d,\"specs\":%d}\n",
+                         ok, n_specs);
+            send_line(hello, (size_t)n);
+        }
+    }
+    pthread_mutex_unlock(&hook_lock);
+}
+
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
                                            int argc, char **argv)
 {
     const char *sock = NULL;
     for (int i = 0; i < argc; i++) {
-        char *eq = strchr(argv[i], '=');
-        if (!eq) {
-            fprintf(stderr, "kswplugin: argument without '=': %s\n", argv[i]);
-            return -1;
-        }
-        size_t k = (size_t)(eq - argv[i]);
-        const char *v = eq + 1;
-        int64_t f[11];
-        if (!strncmp(argv[i], "sock", k) && k == 4) {
-            sock = v;
-        } else if (k == 3 && !strncmp(argv[i], "cur", k)) {
-            cur_off = strtoll(v, NULL, 0);
-        } else if (k == 3 && !strncmp(argv[i], "tsz", k)) {
-            thread_size = strtoull(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "pidoff", k)) {
-            pid_off = strtoll(v, NULL, 0);
-        } else if (k == 4 && !strncmp(argv[i], "comm", k)) {
-            comm_off = strtoll(v, NULL, 0);
-        } else if (k == 4 && !strncmp(argv[i], "pool", k)) {
-            pool_cap = (int)strtol(v, NULL, 0);
-        } else if (k == 4 && !strncmp(argv[i], "hold", k)) {
-            hold_ms = (int)strtol(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "stores", k)) {
-            store_mode = (int)strtol(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "exitfn", k)) {
-            task_exit_addr = strtoull(v, NULL, 0);
-        } else if (k == 6 && !strncmp(argv[i], "freeze", k)) {
-            freeze_all = (int)strtol(v, NULL, 0);
-        } else if (k == 1 && argv[i][0] == 'w') {
-            if (parse_fields(v, f, 11) || f[0] != n_specs || n_specs >= MAX_SPECS
-                || f[6] < 1 || f[6] > 8) {
-                fprintf(stderr, "kswplugin: bad watch: %s\n", v);
-                return -1;
-            }
-            struct spec *s = &specs[n_specs++];
-            s->probe = (uint64_t)f[1];
-            s->cfa_rbp = (int)f[2];
-            s->cfa_off = f[3];
-            s->base_rbp = (int)f[4];
-            s->off = f[5];
-            s->len = (int)f[6];
-            s->depth = (int)f[7];
-            s->guard_kind = (int)f[8];
-            s->guard_val = (uint64_t)f[9];
-            s->panic = (int)f[10];
-        } else if (k == 1 && argv[i][0] == 'x') {
-            if (parse_fields(v, f, 4) || f[0] < 0 || f[0] >= n_specs || n_exits >= MAX_EXITS) {
-                fprintf(stderr, "kswplugin: bad release point: %s\n", v);
-                return -1;
-            }
-            struct exitpt *x = &exits[n_exits++];
-            x->spec = (int)f[0];
-            x->addr = (uint64_t)f[1];
-            x->rbp = (int)f[2];
-            x->off = f[3];
-        } else {
-            fprintf(stderr, "kswplugin: unknown argument: %s\n", argv[i]);
+        if (parse_arg(argv[i], &sock)) {
             return -1;
         }
     }

@@ -6,7 +6,8 @@ One module per job: `argv` (the command line), `rundir` (private 0700 directory)
 `probe` (KVM only where a watchpoint provably fires), `pvh` (tiny bootable ELFs),
 `cpio` and `guestcmd` (files appended to a Linux initramfs: the command, modules),
 `drives` (``--drive`` images, overlays), `userargs` (``--qemu-arg`` checked),
-and `machine`, which puts them together.
+and `machine`, which puts them together; `attached` is a QEMU the user started,
+seen through its sockets and never owned (`kswgdb attach`).
 """
 
 from kswgdb.qemu.accel import AccelDecision, decide

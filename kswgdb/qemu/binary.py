@@ -13,10 +13,12 @@ before anything starts); the default one missing is the host's problem (exit 3).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,18 @@ def choose(path: str) -> QemuBinary:
     found = detect(path, named_by="--qemu")
     _chosen = path
     return found
+
+
+@contextlib.contextmanager
+def using(path: str) -> Iterator[QemuBinary]:
+    """`choose` ``path`` for the block only (tests and benchmarks that compare QEMUs)."""
+    global _chosen
+    before = _chosen
+    found = choose(path)
+    try:
+        yield found
+    finally:
+        _chosen = before
 
 
 def check_choice(path: str | None) -> None:

@@ -4,6 +4,8 @@
 - `seed`         the seed's kernel command-line word (``--seed``, campaigns)
 - `prepare`      `prepare(options) -> Plan`: every check before QEMU starts (exit 2)
 - `additions`    ``--module``, ``--drive``, ``--qemu-arg`` checked (`Additions`)
+- `attach`       the rig's parts for a QEMU the user started (`kswgdb attach`): attached
+                 machine, kernel placed where it runs, symbols checked, detach at the end
 - `rig`          `Rig` / `open_rig(plan, sink)`: one guest's resources (machine, stub,
                  target, engine, unwinder, polls, event log, watchdog), all released on
                  every ending, the log closed with ``summary`` and ``end``; `Sink`, where

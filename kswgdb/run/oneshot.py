@@ -189,7 +189,9 @@ class WatchSession:
         if rig.phys is not None:
             rig.phys.stop()         # a hit in hand (vCPU snapshot, dump) finishes first
         vmcore, fault, guest_exit = None, None, None
-        if result.reason == "freeze":
+        if result.reason == "freeze" and opts.on_hit == "detach":
+            pass                    # attach: the rig removes its watches and detaches
+        elif result.reason == "freeze":
             self.frozen = freeze_vmcore(rig)
             vmcore = self.vmcore = self.frozen.path
             if plan.listener is not None:
@@ -254,7 +256,7 @@ class WatchSession:
         if phys is not None:
             polls = {"poll_hits": list(phys.poller.hits), "polls": rig.poll_statuses,
                      "poll_vmcores": list(phys.vmcores)}
-        watching = target is not None
+        watching = rig.engine is not None
         return RunReport(
             accel=plan.accel, watches=plan.watches if watching else [], result=result,
             summary=rig.summary, guest_exit=rig.guest_exit, verdict=verdict,

@@ -49,6 +49,11 @@ class RunOptions:
     modules: list[str] = field(default_factory=list)    # --module .ko files (Linux guests)
     drives: list[str] = field(default_factory=list)     # --drive PATH[,overlay]
     qemu_args: list[str] = field(default_factory=list)  # --qemu-arg, one argv element each
+    engine: str | None = None          # auto | gdbstub | plugin; None: $KSWGDB_ENGINE or auto
+    attach: str | None = None          # attach: the gdbstub address of the user's QEMU
+    qmp: str | None = None             # attach: its QMP socket, if given
+    modules_dir: Path | None = None    # attach: the kernel modules' .ko files
+    guest: str | None = None           # attach with a bare vmlinux: linux | kswtest
 
 
 def default_log_path() -> Path:
@@ -71,6 +76,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         console=getattr(args, "console", False),
         modules=list(getattr(args, "module", [])), drives=list(getattr(args, "drive", [])),
         qemu_args=list(getattr(args, "qemu_arg", [])),
+        engine=getattr(args, "engine", None),
     )
     if options.gdb_listen is not None:
         options.on_hit = "freeze"     # lending the guest to gdb means keeping it frozen

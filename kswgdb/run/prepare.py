@@ -22,10 +22,12 @@ from kswgdb.argtypes import check_polls_fit
 from kswgdb.errors import BadInput
 from kswgdb.gdb.backtrace import gdb_available
 from kswgdb.gdbstub.server import Listener
+from kswgdb.plugin.choice import EngineChoice, RunShape, choose
 from kswgdb.poll.config import PollSpec, parse_polls
 from kswgdb.qemu.accel import AccelDecision, decide
 from kswgdb.qemu.binary import selected_path as selected_qemu
 from kswgdb.run.additions import Additions, check_additions
+from kswgdb.run.attach import attached_accel, attached_image, check_attach_options
 from kswgdb.run.options import RunOptions
 from kswgdb.run.seed import seeded_cmdline
 from kswgdb.symbols.match import check_kernel_matches
@@ -65,6 +67,8 @@ class Plan:
     listener: Listener | None = None
     #: ``--module``, ``--drive``, ``--qemu-arg``, checked.
     additions: Additions = field(default_factory=Additions)
+    #: Which engine watches (``--engine``: `kswgdb.plugin.choice`), and why.
+    engine: EngineChoice = field(default_factory=lambda: EngineChoice("gdbstub", "default"))
 
     @property
     def watches(self) -> list[ResolvedWatch]:
@@ -105,7 +109,11 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         raise BadInput("no --watch given (and no --poll): nothing to watch "
                        "(try `kswgdb disasm FUNC`)")
     check_numbers(opts)
-    image = image_mod.load(opts.image)
+    if opts.attach is not None:
+        check_attach_options(opts)
+        image = attached_image(opts)
+    else:
+        image = image_mod.load(opts.image)
     image.check_scenario(opts.scenario)
     check_polls_fit(image, poll_specs)
     program = Program.load(image.symbols)
@@ -128,15 +136,22 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
     resolved = [with_alignment_warning(r) for r in resolved]
     check_kernel_matches(image.kernel, image.symbols,
                          sorted({f"{r.function.name}@{r.function.addr:#x}" for r in resolved}))
-    accel = decide(opts.accel)
+    accel = decide(opts.accel) if opts.attach is None else attached_accel(opts.accel)
     for watch in resolved + [m.resolved for m in module_watches]:
         check_alignment(watch, accel.accel)
     if opts.log_path is not None:
         check_log_path(opts.log_path)
+    specs = [r.to_arm_spec(read_release=opts.release_by_read) for r in resolved]
+    engine = choose(opts.engine, RunShape(
+        specs, module_watches=len(module_watches), polls=len(poll_specs),
+        gdb_listen=opts.gdb_listen is not None, backtrace=opts.backtrace,
+        interactive=not require_watch, accel=accel.accel,
+        release_by_read=opts.release_by_read, attached=opts.attach is not None))
+    if engine.engine == "plugin":
+        backtrace_mode = "fp"       # the plugin walks the writer's frame pointers itself
     plan = Plan(options=opts, image=image, program=program, layout=layout, accel=accel,
-                backtrace_mode=backtrace_mode, resolved=resolved,
-                specs=[r.to_arm_spec(read_release=opts.release_by_read) for r in resolved],
-                module_watches=module_watches, additions=additions,
+                backtrace_mode=backtrace_mode, resolved=resolved, specs=specs,
+                module_watches=module_watches, additions=additions, engine=engine,
                 poll_specs=poll_specs, exit_hook=exit_hook_address(program, layout))
     if opts.gdb_listen is not None:
         plan.listener = bind_gdb_listen(opts.gdb_listen)     # last: nothing fails after it
@@ -152,7 +167,8 @@ def check_numbers(opts: RunOptions) -> None:
         raise BadInput(f"--slots must be at least 1, not {opts.slots}")
     if opts.seed is not None and not 0 <= opts.seed < 2**64:
         raise BadInput(f"--seed must be between 0 and 2**64-1, not {opts.seed}")
-    if opts.on_hit not in ("continue", "freeze"):
+    if opts.on_hit not in ("continue", "freeze") and not (
+            opts.on_hit == "detach" and opts.attach is not None):
         raise BadInput(f"--on-hit {opts.on_hit!r}: expected continue or freeze")
 
 

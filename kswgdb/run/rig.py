@@ -33,6 +33,7 @@ from kswgdb.errors import BadInput, KswError
 from kswgdb.gdb.backtrace import GdbUnwinder
 from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.gdbstub.errors import ErrorReply, StubError
+from kswgdb.plugin.engine import PluginEngine, PluginRunError, plugin_engine
 from kswgdb.poll.physrun import PhysWatch
 from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.qemu import reaper
@@ -131,8 +132,17 @@ class Rig:
                  target_factory: Callable[..., Target] | None = None,
                  unwinder_factory: Callable[..., GdbUnwinder] | None = None,
                  phys_factory: Callable[..., PhysWatch] = PhysWatch,
-                 symbolizer: Any = None, symbols_lock: threading.Lock | None = None) -> None:
-        """The factories are QEMU's, the stub's and the poller's; tests pass fakes."""
+                 symbolizer: Any = None, symbols_lock: threading.Lock | None = None,
+                 plugin_extra: tuple[str, ...] = (),
+                 placer: Callable[..., KernelPlacement] | None = None,
+                 release_target: Callable[..., None] | None = None) -> None:
+        """The factories are QEMU's, the stub's and the poller's; tests pass fakes.
+
+        ``plugin_extra``: more arguments for the TCG plugin (measurements, bench/).
+        ``placer(rig, target, deadline)`` and ``release_target(rig, target, client)``
+        replace placing the kernel and (before the stub is closed) releasing it: how
+        `kswgdb.run.attach` watches a QEMU it did not start.
+        """
         self.plan = plan
         self.sink = sink or Sink()
         self.stub = stub or interactive
@@ -143,6 +153,8 @@ class Rig:
         self._phys_factory = phys_factory
         self._unwinder_factory = unwinder_factory or GdbUnwinder
         self._given_symbolizer = symbolizer
+        self._placer = placer
+        self._release_target = release_target
         self.symbols_lock = symbols_lock or threading.Lock()
         self.program = LockedSymbols(plan.program, self.symbols_lock)
         self.log: EventLog | None = None
@@ -151,7 +163,9 @@ class Rig:
         self.target: Target | None = None
         self.symbolizer: Any = None
         self.unwinder: GdbUnwinder | None = None
-        self.engine: Engine | None = None
+        self.engine: Engine | PluginEngine | None = None
+        self.plugin: PluginEngine | None = None     # the TCG plugin engine, when chosen
+        self._plugin_extra = plugin_extra
         self.pool: SlotPool | None = None
         self.phys: PhysWatch | None = None
         self.watchdog: Watchdog | None = None
@@ -196,12 +210,20 @@ class Rig:
         self._stack.callback(self._write_end)
         self._stack.callback(plan.close)                 # the --gdb-listen port
         self.sink.status(f"accelerator: {plan.accel.accel} ({plan.accel.reason})")
+        self.sink.status(plan.engine.describe())
         # RAM in a shared file whenever a poll may come: given now, or added later.
         shared = bool(plan.poll_specs) or self.interactive
+        plugin = {}
+        if plan.engine.engine == "plugin" and self.stub:
+            self.plugin = plugin_engine(plan, self.pool_capacity(), self._plugin_extra)
+            self._stack.callback(self.plugin.close)
+            plugin = {"extra_args": self.plugin.qemu_args()}
         machine = self._machine_factory(plan.image, accel=plan.accel, scenario=opts.scenario,
                                         extra_cmdline=plan.cmdline, paused=True,
                                         shared_ram="file" if shared else False,
-                                        gdb=self.stub, **plan.additions.machine_kwargs())
+                                        gdb=self.stub and self.plugin is None,
+                                        **_machine_kwargs(plan.additions.machine_kwargs(),
+                                                          plugin))
         for line in plan.additions.describe():
             self.sink.status(line)
         self._stack.callback(machine.close)
@@ -253,6 +275,11 @@ class Rig:
         guest's. Tests pass a fake ``target`` and ``symbolizer``.
         """
         plan, opts = self.plan, self.plan.options
+        if self.plugin is not None:
+            assert self.machine is not None
+            self.plugin.connect(self.machine)
+            self._adopt_placement(self.plugin.place(plan.program, self._deadline()))
+            return self._attach_plugin(self.plugin, symbolizer)
         if target is None:
             assert self.machine is not None
             client = self._connect(str(self.machine.gdb_socket), timeout=10.0)
@@ -260,6 +287,8 @@ class Rig:
             self.client = client
             client.handshake()
             target = self._target_factory(client)
+            if self._release_target is not None:
+                self._stack.callback(self._release_target, self, target, client)
         self.target = target
         self._place_kernel(target)
         if self.placement is not None and self.log is not None:
@@ -282,7 +311,7 @@ class Rig:
         self.engine = Engine(
             target, self.specs, self.layout, self.symbolizer, self.pool,
             log=self.log, on_hit=self.sink.hit,
-            freeze_on_hit=opts.on_hit == "freeze", exit_hook_addr=self.exit_hook,
+            freeze_on_hit=opts.on_hit in ("freeze", "detach"), exit_hook_addr=self.exit_hook,
             backtracer=self.unwinder,
             release_by_read=opts.release_by_read and plan.accel.accel == "tcg",
             keep_hits=opts.keep_hits,
@@ -292,17 +321,42 @@ class Rig:
             assert isinstance(symbolizer, ModuleSymbolizer)
             ModuleArmer(program, plan.module_watches, self.symbolizer,
                         self.sink.status, unreadable=(ErrorReply,)).install(self.engine)
-        if self.machine is not None:
-            machine = self.machine
-            ticks = GuestClock(machine, tick_physical_address(self.layout.ticks_addr,
-                                                              self.layout.flavour))
-            self.watchdog = Watchdog(
-                activity=lambda: machine.console.mark() + target.packets_sent + ticks(),
-                qmp_lost=lambda: not machine.qmp.connected and machine.running,
-                hang_timeout=opts.hang_timeout)
-            self._stalls = StallReporter(machine.console.lines, machine.console.mark,
-                                         self._stall)
+        self._start_watchdog(target)
         return self.engine
+
+    def _attach_plugin(self, plugin: PluginEngine, symbolizer: Any) -> Any:
+        """The plugin engine's `attach`: the kernel is placed; symbols, engine, watchdog."""
+        self._log_start(**(slide_fields(self.placement) if self.placement else {}))
+        program = self.program_view
+        self.symbolizer = LockedSymbols(symbolizer or self._given_symbolizer
+                                        or self._symbolizer(program), self.symbols_lock)
+        self.sink.status(f"backtraces: {BACKTRACE_WHAT[self.plan.backtrace_mode]}, "
+                         "read inside QEMU by the plugin")
+        self.engine = plugin.start(self.specs, self.layout, self.symbolizer, self.log,
+                                   self.sink.hit)
+        if self.plan.module_watches:
+            ModuleArmer(program, self.plan.module_watches, self.symbolizer, self.sink.status,
+                        unreadable=(PluginRunError,)).install(plugin)
+        self._start_watchdog(plugin)
+        return self.engine
+
+    def _start_watchdog(self, activity: Any) -> None:
+        """Hang and lost-QMP checks; ``activity.packets_sent`` grows while the engine works."""
+        if self.machine is None or getattr(self.machine, "attached", False):
+            return                  # an attached QEMU: no console, not ours to judge
+        machine, opts = self.machine, self.plan.options
+        ticks = GuestClock(machine, tick_physical_address(self.layout.ticks_addr,
+                                                          self.layout.flavour))
+        self.watchdog = Watchdog(
+            activity=lambda: machine.console.mark() + activity.packets_sent + ticks(),
+            qmp_lost=lambda: not machine.qmp.connected and machine.running,
+            hang_timeout=opts.hang_timeout)
+        self._stalls = StallReporter(machine.console.lines, machine.console.mark,
+                                     self._stall)
+
+    def _deadline(self) -> float:
+        timeout = self.plan.options.timeout
+        return self.started + timeout if timeout else float("inf")
 
     def _stall(self, line: str) -> None:
         """A kernel stall report on the console: said at once, and logged."""
@@ -312,20 +366,26 @@ class Rig:
 
     def _place_kernel(self, target: Target) -> None:
         """Where the kernel runs (KASLR); the program, layout, specs and exit hook there."""
-        plan, opts = self.plan, self.plan.options
+        plan = self.plan
         if plan.program is None:
             return                  # a hand-made test plan: the fake guest is not slid
-        deadline = self.started + opts.timeout if opts.timeout else float("inf")
-        placement = place_kernel(target, plan.program, plan.image.guest, plan.accel.accel,
-                                 deadline)
+        deadline = self._deadline()
+        placement = self._placer(self, target, deadline) if self._placer is not None else \
+            place_kernel(target, plan.program, plan.image.guest, plan.accel.accel, deadline)
         if self.interactive and not placement.found:
             raise KswError(placement.unarmed_reason() or "the kernel was not found")
-        self.placement = placement
-        self.sink.status(placement.slide.describe())
+        self._adopt_placement(placement)
         if placement.program is not plan.program:
             lost = getattr(target, "lost_stops", None)
             if lost is not None:
                 lost.disasm = placement.program.disasm      # the guest's addresses
+
+    def _adopt_placement(self, placement: KernelPlacement) -> None:
+        """The program, layout, specs and exit hook at the guest's addresses."""
+        plan = self.plan
+        self.placement = placement
+        self.sink.status(placement.slide.describe())
+        if placement.program is not plan.program:
             with self.symbols_lock:
                 self.program_view = placement.program
                 self.layout = layout_for(placement.program, plan.image.guest)
@@ -468,7 +528,14 @@ class Rig:
 
 
 def open_rig(plan: Plan, sink: Sink | None = None, **kwargs: Any) -> Rig:
-    """A rig for a ``with`` block: launched and attached on entry, released on the way out."""
+    """A rig for a ``with`` block: launched and attached on entry, released on the way out.
+
+    A plan with ``options.attach`` watches the user's QEMU (`kswgdb.run.attach`).
+    """
+    if plan.options.attach is not None:
+        from kswgdb.run.attach import rig_options
+
+        kwargs = {**rig_options(plan), **kwargs}
     return Rig(plan, sink, **kwargs)
 
 
@@ -490,3 +557,13 @@ def _ending_of(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"terminated (exit status {exc.code})"
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _machine_kwargs(additions: dict[str, Any], plugin: dict[str, Any]) -> dict[str, Any]:
+    """``Machine(...)`` keywords: the user's additions, then the plugin engine's QEMU
+    arguments after the user's ``--qemu-arg`` ones (both are plain argv elements)."""
+    out = dict(additions)
+    extra = (*out.pop("extra_args", ()), *plugin.get("extra_args", ()))
+    if extra:
+        out["extra_args"] = tuple(extra)
+    return out

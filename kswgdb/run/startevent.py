@@ -37,8 +37,11 @@ def start_fields(plan: Plan, machine: Machine | None, *, stub: bool,
         "configs": [s.text for s in plan.specs],
         "polls": [p.canonical() for p in plan.poll_specs],
         "backtrace": plan.backtrace_mode if stub else None,
+        "engine": plan.engine.engine,
+        "engine_reason": plan.engine.reason,
     }
     if interactive:
         fields["interactive"] = True
     fields.update(plan.additions.log_fields())      # modules, drives, qemu_args if given
+    fields.update(getattr(machine, "log_fields", {}))   # `kswgdb attach`: what it attached to
     return fields

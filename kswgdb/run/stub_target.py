@@ -198,6 +198,21 @@ class StubTarget:
         else:
             self._watchpoints.pop((addr, length), None)
 
+    def remove_all(self) -> dict[str, int]:
+        """Remove every breakpoint and watchpoint this target inserted, now (``z0``,
+        ``z2``, ``z3``, one per insertion): what leaving a guest we do not own needs."""
+        payloads = [rq.remove_breakpoint(addr) for addr in sorted(self._breakpoints)]
+        writes = [rq.remove_watchpoint(addr, n) for (addr, n), count in
+                  self._watchpoints.items() for _ in range(count)]
+        reads = [rq.remove_watchpoint(addr, n, "read") for (addr, n), count in
+                 self._read_watches.items() for _ in range(count)]
+        self._queue += payloads + writes + reads
+        self._breakpoints.clear()
+        self._watchpoints.clear()
+        self._read_watches.clear()
+        self._flush()
+        return {"breakpoints": len(payloads), "watchpoints": len(writes) + len(reads)}
+
     # ------------------------------------------------------------ running
     def resume(self) -> None:
         thread, pc = self._stopped_thread, self._stopped_pc

@@ -12,6 +12,7 @@ Start from `kswgdb.symbols.program.Program`, which loads each part on first use:
 - ``prologue`` the canary slot, initialising stores, the suggested arming offset
 - ``listing``  the annotated listing behind ``kswgdb disasm``
 - ``modinfo``  a ``.ko``'s ``.modinfo`` (name, vermagic) checked against the kernel's
+- ``running``  is this symbol file the running kernel? (build-id / code in guest memory)
 
 Nothing here imports ``kswgdb.watch``, the CLI or the renderers.
 """

@@ -214,6 +214,7 @@ class Blocks:
             if insn.flow in ("jump", "cjump") and insn.target is not None \
                     and code.is_boundary(insn.target):
                 leaders.add(insn.target)
+            leaders.update(t for t in code.detours.get(insn.addr, ()) if code.is_boundary(t))
         self.starts = sorted(leaders)
         self.block_of: dict[int, int] = {}
         self.members: list[list[Instruction]] = [[] for _ in self.starts]
@@ -231,6 +232,10 @@ class Blocks:
             inside = self._inside(last.target)
             if last.flow not in ("jump", "ret", "trap") and last.end in self.block_of:
                 self.succs[b].append(self.block_of[last.end])
+            back = [t for t in code.detours.get(last.addr, ()) if t in self.block_of]
+            if back:            # out to a test and straight back (static_cpu_has)
+                self.succs[b].extend(self.block_of[t] for t in back)
+                continue
             if last.flow in ("jump", "cjump") and inside:
                 self.succs[b].append(self.block_of[last.target])     # type: ignore[index]
             elif last.flow in ("jump", "cjump") and last.target is None:
@@ -365,8 +370,8 @@ class FunctionWriters:
                 continue                  # unknown, or SP already above the range
             released = insn.flow == "ret" or (after is not None and after.sp is not None
                                               and -after.sp >= end)
-            if released and _frame_known(before):
-                rule = ("rbp", before.fp) if before.fp is not None else ("rsp", before.sp)
+            rule = frame.frame_rule(before) if released else None
+            if rule is not None:
                 points.append((insn.addr, rule[0], rule[1]))
         return tuple(points)
 
@@ -435,7 +440,8 @@ class FunctionWriters:
     def _placeable(self, insn: Instruction, cfa_offset: int, length: int) -> bool:
         """After ``insn`` the range is inside the frame and RSP or RBP places it."""
         after = self.frame.state_after(insn.addr)
-        if after is None or after.from_cfa(cfa_offset) is None or not _frame_known(after):
+        if after is None or after.from_cfa(cfa_offset) is None \
+                or self.frame.frame_rule(after) is None:
             return False
         if after.sp is not None and is_aligned(after.sp) == is_aligned(cfa_offset):
             return -after.sp <= cfa_offset
@@ -465,12 +471,6 @@ class FunctionWriters:
         return ArmPlan(name, start, cfa_offset, length, fo, False,
                        self.blocks.on_every_path(self.blocks.block_of[start + fo]), reason,
                        tuple(writers), frozenset(), tuple(late))
-
-
-def _frame_known(state: FrameState) -> bool:
-    """The CFA itself can be computed here (RBP, or RSP outside the aligned space):
-    what matching a stop to its frame and a release point need."""
-    return state.fp is not None and not is_aligned(state.fp) or state.cfa_sp is not None
 
 
 def _first_after_writer(code: FunctionCode, safe: list[tuple[int, bool]],

@@ -131,6 +131,10 @@ class FunctionCode:
 
     symbol: Symbol
     instructions: list[Instruction]
+    #: Direct jumps out of the function that come back into it (Linux's
+    #: ``static_cpu_has``: ``jmp`` to a test in ``.altinstr_aux`` that jumps back to
+    #: one of two labels here): jump address -> the addresses here it comes back to.
+    detours: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _starts: list[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -202,8 +206,45 @@ class Disassembler:
             if sym.size == 0:
                 raise BadInput(f"{sym.name} has no size in the symbol table: cannot decode it")
             code = self.symtab.read_bytes(sym.addr, sym.size)
-            self._functions[sym.addr] = FunctionCode(sym, self.decode(code, sym.addr))
+            insns = self.decode(code, sym.addr)
+            self._functions[sym.addr] = FunctionCode(sym, insns, self._detours(sym, insns))
         return self._functions[sym.addr]
+
+    def _detours(self, sym: Symbol, insns: list[Instruction]) -> dict[int, tuple[int, ...]]:
+        """Jumps out of ``sym`` to code that is no function's start and that jumps
+        straight back into ``sym`` (a few instructions that never touch RSP or memory)."""
+        out = {}
+        for insn in insns:
+            target = insn.target
+            if insn.flow != "jump" or target is None or target in sym:
+                continue
+            found = self.symtab.containing(target, "func")
+            if found is not None and found.addr == target:
+                continue                    # a tail call
+            back = self._jumps_back(sym, target)
+            if back:
+                out[insn.addr] = back
+        return out
+
+    def _jumps_back(self, sym: Symbol, start: int, limit: int = 8) -> tuple[int, ...]:
+        code = b""
+        for n in (16 * limit, 32, 16):         # what the section holds, up to 16 * limit
+            try:
+                code = self.symtab.read_bytes(start, n)
+                break
+            except BadInput:
+                continue
+        back: list[int] = []
+        for insn in self.decode(code, start)[:limit]:
+            if insn.flow in ("jump", "cjump") and insn.target is not None and insn.target in sym:
+                back.append(insn.target)
+                if insn.flow == "jump":
+                    return tuple(back)
+                continue
+            if insn.flow is not None or insn.mem_writes or insn.is_push \
+                    or "rsp" in insn.regs_written:
+                return ()
+        return ()
 
     def function_at(self, pc: int) -> FunctionCode | None:
         sym = self.symtab.containing(pc, "func")

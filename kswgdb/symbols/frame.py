@@ -29,6 +29,11 @@ Value = tuple[str, int]
 #: A being RSP just after the ``and``, and slots reached through RSP get offsets
 #: -ALIGNED + (slot - A). The two spaces never overlap, RBP (still CFA-relative)
 #: keeps placing the CFA itself, and a slot of the aligned space is placed from RSP.
+#: A function that realigns through a DRAP register (``lea r10, [rsp+8]; and rsp,
+#: -16; push [r10-8]; push rbp; mov rbp, rsp``) has RBP in the aligned space too:
+#: its CFA is in no register the engine reads, but A is (RBP + 16), and A - 8
+#: holds the copied return address, A - 16 the caller's RBP, exactly as CFA - 8
+#: and CFA - 16 do in an ordinary frame. Such a frame is keyed by A instead.
 ALIGNED = 1 << 40
 
 
@@ -112,6 +117,29 @@ class FrameAnalysis:
     def __init__(self, code: FunctionCode) -> None:
         self.code = code
         self.before: dict[int, FrameState] = _dataflow(code)
+        #: Realigned through a DRAP register with the frame laid out at A (see
+        #: `ALIGNED`): the frame is keyed by A, from the aligned RBP or RSP.
+        self.drap_anchored = _drap_anchored(code, self.before)
+
+    def frame_rule(self, state: FrameState) -> tuple[str, int] | None:
+        """The frame's key address as (register, offset) in ``state``, or None.
+
+        The key is the CFA (RBP preferred, RSP outside the aligned space); in a
+        DRAP-anchored function it is A instead, from RBP or RSP in the aligned
+        space only: a probe and a release point must agree on one key, and only
+        A can be read from RBP or RSP once the stack is realigned.
+        """
+        if self.drap_anchored:
+            if is_aligned(state.fp):
+                return "rbp", state.fp - ALIGNED          # type: ignore[operator]
+            if is_aligned(state.sp):
+                return "rsp", state.sp - ALIGNED          # type: ignore[operator]
+            return None
+        if state.fp is not None and not is_aligned(state.fp):
+            return "rbp", state.fp
+        if state.cfa_sp is not None:
+            return "rsp", state.cfa_sp
+        return None
 
     def state_before(self, addr: int) -> FrameState | None:
         return self.before.get(addr)
@@ -140,6 +168,39 @@ class FrameAnalysis:
                 break
             out.append(insn)
         return out
+
+
+def _drap_anchored(code: FunctionCode, before: dict[int, FrameState]) -> bool:
+    """One ``and rsp, -N``, then the DRAP prologue: the return address (read through
+    the register that holds the CFA) pushed first, RBP pushed next, and RBP set to
+    A - 16 wherever it is in the aligned space (A: RSP just after the ``and``)."""
+    ands = [i for i in code.instructions if i.addr in before and _realigns(i)]
+    if len(ands) != 1:
+        return False
+    pushes = []
+    for insn in code.instructions[code.index_of(ands[0].addr) + 1:]:
+        if insn.flow is not None:
+            break
+        if insn.is_push:
+            pushes.append(insn)
+            if len(pushes) == 2:
+                break
+        elif "rsp" in insn.regs_written or insn.mem_writes:
+            break
+    if len(pushes) != 2 or pushes[1].op_str != "rbp" or len(pushes[0].mem_reads) != 1:
+        return False
+    ref, state = pushes[0].mem_reads[0], before.get(pushes[0].addr)
+    if state is None or ref.index is not None or ref.segment is not None \
+            or ref.base in (None, "rsp", "rbp") or state.cfa_offset(ref.base, ref.disp) != -8:
+        return False
+    fps = {s.fp for s in before.values() if is_aligned(s.fp)}
+    return fps == {ALIGNED + 16}
+
+
+def _realigns(insn: Instruction) -> bool:
+    return (insn.mnemonic == "and" and insn.imm is not None and insn.imm < 0
+            and bool(insn.reg_ops) and full_reg(insn.reg_ops[0][0]) == "rsp"
+            and not insn.mem_reads and not insn.mem_writes)
 
 
 def frame_writes(insn: Instruction, state: FrameState) -> list[FrameWrite]:
@@ -194,6 +255,7 @@ def _dataflow(code: FunctionCode) -> dict[int, FrameState]:
             succs.append(insn.end)
         if insn.flow in ("jump", "cjump") and insn.target is not None:
             succs.append(insn.target)
+        succs += code.detours.get(addr, ())      # out and straight back (static_cpu_has)
         for succ in succs:
             if not code.is_boundary(succ):
                 continue

@@ -19,7 +19,7 @@ from kswgdb.symbols.disasm import Disassembler, Instruction
 from kswgdb.symbols.dwarf import DwarfInfo
 from kswgdb.symbols.elf import Symbol, Symbolized, SymbolTable, cache_dir, raw_symbol_address
 from kswgdb.symbols.factcache import FactCache
-from kswgdb.symbols.lines import LineTable, SourceLine
+from kswgdb.symbols.lines import LineTable, RowCache, SourceLine
 from kswgdb.symbols.locals import FrameVar, find_local, frame_variables
 from kswgdb.symbols.prologue import FunctionAnalysis, analyze
 from kswgdb.symbols.types import TypeIndex
@@ -75,6 +75,8 @@ class Program:
         if self._dwarf is None:
             self._dwarf = (self._open_dwarf() if self._open_dwarf is not None
                            else DwarfInfo.open(self.symtab.path))
+            if self.row_cache is not None:
+                self._dwarf.aranges_store = self.row_cache.dir / "aranges.pickle"
         return self._dwarf
 
     @cached_property
@@ -87,7 +89,17 @@ class Program:
 
     @cached_property
     def lines(self) -> LineTable | None:
-        return LineTable(self.dwarf) if self.has_dwarf else None
+        return LineTable(self.dwarf, self.row_cache) if self.has_dwarf else None
+
+    @cached_property
+    def row_cache(self) -> RowCache | None:
+        """Decoded line rows and aranges on disk, when loaded with the on-disk caches."""
+        if self.facts is None:
+            return None
+        try:
+            return RowCache(self.symtab.path, self.symtab.build_id, cache_dir())
+        except OSError:
+            return None
 
     @cached_property
     def types(self) -> TypeIndex:

@@ -17,7 +17,8 @@ It drives any `target.Target` (a fake in unit tests, `kswgdb.run.stub_target` fo
 - `guest`, `layout`  guest-kernel knowledge: current task, stack bounds, canary, per flavour
 - `modules`      Linux module watches and symbols
 - `kaslr`        where a KASLR kernel runs (the slide, found at its entry point), and
-                 `kernelmap`: its physical<->virtual map, for polls
+                 `kernelmap`: its physical<->virtual map, for polls; `kaslr_running`:
+                 the slide of a kernel that booted long ago (attach)
 - `loststops`    the watch stops QEMU 7.2 loses on another vCPU, found and collected
 - `unarmed`      one warning line per watch that was never armed (exit status 4)
 - `symbolize`    addresses -> names, source lines, writer instructions

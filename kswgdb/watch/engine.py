@@ -583,7 +583,11 @@ class Engine:
         is_store = getattr(self.sym, "is_store", None)
         if is_store is None or not is_store(stop.pc):
             return False
-        insn_addr = self.sym.writer(stop.pc, self.target.registers(stop.thread))[0]
+        regs = self.target.registers(stop.thread)
+        misses = getattr(self.sym, "store_misses", None)
+        if misses is not None and misses(stop.pc, regs, watch.addr, watch.length):
+            return False            # its store went elsewhere: a report, not a write
+        insn_addr = self.sym.writer(stop.pc, regs)[0]
         return self._last_writer.get(id(watch)) != insn_addr
 
     def _pushed_over(self, watch: ArmedWatch, regs: Registers, pc: int) -> bool:

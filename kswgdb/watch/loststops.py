@@ -75,17 +75,17 @@ class LostStopFinder:
             # After a `call` instruction means a `ret` brought us back here.
             read.append(((sp - 8) & MASK, 8))
         for ref in insn.mem_writes:
-            where = _address(ref, insn, regs)
+            where = operand_address(ref, insn, regs)
             if where is not None:
                 written.append((where, ref.size or 8))
         for ref in insn.mem_reads:
-            where = _address(ref, insn, regs)
+            where = operand_address(ref, insn, regs)
             if where is not None:
                 read.append((where, ref.size or 8))
         return written, read
 
 
-def _address(ref: MemRef, insn: Instruction, regs: Registers) -> int | None:
+def operand_address(ref: MemRef, insn: Instruction, regs: Registers) -> int | None:
     """The operand's address from the registers *after* ``insn`` ran.
 
     Right only when the instruction did not change the registers it addresses

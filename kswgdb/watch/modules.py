@@ -357,6 +357,10 @@ class ModuleSymbolizer(ProgramSymbolizer):
         hit = self._find(pc)
         return super().is_store(pc) if hit is None else hit[1].is_store(hit[2])
 
+    def store_misses(self, pc: int, regs: Registers, addr: int, length: int) -> bool:
+        # Module code is decoded at placeholder addresses: only the kernel's own proves it.
+        return self._find(pc) is None and super().store_misses(pc, regs, addr, length)
+
 
 def _module_text(program: Program, addr: int, text: str, to_guest: Callable[[int], int]) -> str:
     """An instruction of a module as the loaded module has it, not as the file does.

@@ -68,7 +68,9 @@ class ResolvedWatch:
     suggested_offset: int | None
     returns: tuple[int, ...]        # addresses of the function's ret instructions
     warnings: tuple[str, ...] = ()
-    frame_cfa: tuple[str, int] | None = None   # CFA = reg + off at arm_addr (rbp preferred)
+    # CFA = reg + off at arm_addr (rbp preferred); in a DRAP-realigned function the
+    # frame's aligned anchor instead (`kswgdb.symbols.frame.ALIGNED`)
+    frame_cfa: tuple[str, int] | None = None
     analysis: FunctionAnalysis | None = None
 
     @property
@@ -191,11 +193,7 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
         suggested = plan.fo
         warnings += _timing_warnings(cfg, analysis, plan, probe_addr)
     returns = tuple(i.addr for i in code.instructions if i.flow == "ret")
-    frame_cfa = None
-    if after_state is not None:
-        frame_cfa = (("rbp", after_state.fp) if after_state.fp is not None
-                     and not is_aligned(after_state.fp) else
-                     ("rsp", after_state.cfa_sp) if after_state.cfa_sp is not None else None)
+    frame_cfa = analysis.frame.frame_rule(after_state) if after_state is not None else None
     resolved = ResolvedWatch(cfg, func, probe_addr, insn, insn.end, sp_delta, slot, cfa, canary,
                              var, suggested, returns, tuple(warnings), frame_cfa, analysis)
     below_sp = cfa is not None and after_state is not None and after_state.sp is not None \

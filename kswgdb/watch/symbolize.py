@@ -11,6 +11,7 @@ from __future__ import annotations
 from kswgdb.symbols.disasm import Instruction
 from kswgdb.symbols.lines import SourceLine
 from kswgdb.symbols.program import Program
+from kswgdb.watch.loststops import operand_address
 from kswgdb.watch.target import Registers
 
 #: Instructions shown on each side of the writer in a report.
@@ -66,6 +67,28 @@ class ProgramSymbolizer:
         insn = self.program.writer_of(pc)
         return insn is not None and (bool(insn.mem_writes) or insn.is_rep_string_store
                                      or insn.is_push or insn.flow == "call")
+
+    def store_misses(self, pc: int, regs: Registers, addr: int, length: int) -> bool:
+        """Does the store behind a watch stop at ``pc`` provably miss ``[addr, addr+length)``?
+
+        QEMU can report a watch stop at an instruction whose store went elsewhere
+        (seen on the Debian kernel with QEMU 7.2: `vfs_getattr_nosec`'s ``mov [rsi+4],
+        0`` reported against `vfs_statx`'s canary, the value unchanged, on 46 of 48
+        calls). Only a plain store whose every operand address is known from the
+        registers after it ran can prove that; pushes, calls, string stores and
+        stores that move their own base register cannot, and count as hits.
+        """
+        insn = self.program.writer_of(pc)
+        func = self.program.disasm.function_at(pc)
+        here = func.at(pc) if func is not None else None
+        if (insn is None or not insn.mem_writes or insn.is_push or insn.flow == "call"
+                or insn.is_rep_string_store or (here is not None and here.is_rep_string_store)):
+            return False
+        for ref in insn.mem_writes:
+            where = operand_address(ref, insn, regs)
+            if where is None or (where < addr + length and addr < where + (ref.size or 8)):
+                return False
+        return True
 
     def stack_push(self, pc: int) -> bool:
         """Was the write that stopped at ``pc`` a push onto the stack?

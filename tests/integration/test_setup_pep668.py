@@ -74,7 +74,8 @@ def test_make_setup_installs_into_a_project_venv(marked_python: Path, tmp_path: 
     fake_apt.write_text(f'#!/bin/sh\necho "$*" >> {apt_log}\n')
     fake_apt.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS",
+                        "VENV", "PYTHON", "SYSTEM_PYTHON")}   # an outer make's variables
     env["PATH"] = str(bin_dir)
     argv = ["make", "-C", str(clone), "setup", f"SYSTEM_PYTHON={marked_python}",
             f"APT_GET={fake_apt}"]

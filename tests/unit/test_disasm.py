@@ -332,3 +332,23 @@ def test_symbolizer_adapter() -> None:
     assert sym.source(store.addr).line == prog.source_line(store.addr).line
     assert "pushed its return address" in sym.writer(rec.addr, Registers({}))[1]
     assert "not an instruction boundary of recurse" in sym.writer(store.addr + 1, Registers({}))[1]
+
+
+def test_symbolizer_proves_a_store_missed_a_slot_only_when_it_can() -> None:
+    """`store_misses`: the address of a plain store, from the registers after it ran."""
+    from kswgdb.watch.symbolize import ProgramSymbolizer
+    from kswgdb.watch.target import Registers
+
+    prog = _program("global")
+    sym = ProgramSymbolizer(prog)
+    code = prog.analyze("recurse").code.instructions
+    store = next(i for i in code if i.text == "mov dword ptr [rbp - 0x1c], ebx")
+    regs = Registers({"rip": store.end, "rbp": 0x9000})
+    slot = 0x9000 - 0x1c
+    # the store writes [slot, slot + 4)
+    assert sym.store_misses(store.end, regs, slot + 4, 8)          # just above it
+    assert sym.store_misses(store.end, regs, slot - 8, 8)          # just below it
+    assert not sym.store_misses(store.end, regs, slot + 3, 8)      # over its last byte
+    assert not sym.store_misses(store.end, regs, slot - 7, 8)      # over its first byte
+    push = next(i for i in code if i.is_push)
+    assert not sym.store_misses(push.end, Registers({"rip": push.end, "rsp": 0}), 0x100, 8)

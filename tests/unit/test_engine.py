@@ -104,6 +104,29 @@ def test_foreign_write_of_the_same_value_is_a_hit_marked_unchanged():
     assert event["new_bytes"] == GUARD.hex()
 
 
+class MissingStoreSymbols(StoreSymbols):
+    """The store at ``WRITER_PC`` provably wrote elsewhere (its address from registers)."""
+
+    def store_misses(self, pc: int, regs: Registers, addr: int, length: int) -> bool:
+        return pc == WRITER_PC
+
+
+def test_same_value_report_whose_store_went_elsewhere_is_dropped_and_counted():
+    """QEMU 7.2 reported `vfs_getattr_nosec`'s ``mov [rsi+4], 0`` against `vfs_statx`'s
+    canary (value unchanged, 46 of 48 calls): a store that provably missed the slot
+    is a stub report, not a write."""
+    fake = FakeTarget()
+    prog = Program(fake, PROBE, RET_SITE)
+    f = prog.call(task=0xA000, sp=0x8000_3f00)
+    prog.store(task=0xA000, addr=f["canary"], value=GUARD, pc=WRITER_PC, sp=0x8000_3e00)
+    prog.ret(task=0xA000, frame=f)
+    engine = Engine(fake, [canary_spec()], LAYOUT, MissingStoreSymbols(), SlotPool(capacity=64))
+    engine.install()
+    assert engine.run().hits == []
+    row = engine.summary()[0]
+    assert (row["hits"], row["filtered_reports"]) == (0, 1)
+
+
 def test_write_after_return_is_not_a_hit():
     fake = FakeTarget()
     prog = Program(fake, PROBE, RET_SITE)
