@@ -326,7 +326,8 @@ class Rig:
 
     def _attach_plugin(self, plugin: PluginEngine, symbolizer: Any) -> Any:
         """The plugin engine's `attach`: the kernel is placed; symbols, engine, watchdog."""
-        self._log_start(**(slide_fields(self.placement) if self.placement else {}))
+        if self.placement is not None and self.log is not None:
+            self.log.write("kaslr", **slide_fields(self.placement))
         program = self.program_view
         self.symbolizer = LockedSymbols(symbolizer or self._given_symbolizer
                                         or self._symbolizer(program), self.symbols_lock)
