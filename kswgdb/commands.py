@@ -356,7 +356,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _stderr().print(f"[bold]kswgdb demo[/]: scenario {DEMO_SCENARIO} (silent corruption) of "
                     f"{img.name}, watching with: [bold]{watch}", soft_wrap=True)
     options = RunOptions(image=None, scenario=DEMO_SCENARIO, watches=[watch],
-                         log_path=default_log_path())
+                         log_path=default_log_path(), log_exclusive=True)
     return demo_status(run_and_render(options))
 
 

@@ -170,7 +170,7 @@ class PhysWatch:
                               self._hmp("info registers -a")))
             vmcore = None
             if spec.on_hit in ("freeze", "dump"):
-                vmcore = self._dump()
+                vmcore = self._dump(f"poll {spec.canonical()}")
         finally:
             if paused:
                 qmp.cont()
@@ -190,11 +190,13 @@ class PhysWatch:
         sym = self.program.symbolize(pc)
         return str(sym) if sym else ""
 
-    def _dump(self) -> Path:
+    def _dump(self, why: str) -> Path:
         path = self.vmcore_dir / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}-poll.elf"
         with self._qmp_lock:
             self.machine.qmp.dump_guest_memory(path)
         self.vmcores.append(path)
+        if self.log is not None:
+            self.log.write("vmcore", sync=True, path=str(path), why=why)
         return path
 
     def hint(self, spec: PollSpec, addr: int) -> str | None:

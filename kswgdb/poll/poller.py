@@ -31,6 +31,7 @@ from typing import Any
 from kswgdb.errors import BadInput
 from kswgdb.poll.config import PollSpec, parse_poll
 from kswgdb.poll.physmem import PhysMemory, Source
+from kswgdb.watch.hits import value_fields
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class PollHit:
         data = asdict(self)
         data["event"] = "poll-hit"
         data["addr"] = hex(self.addr)
+        data.update(value_fields(self.old, self.new))
         data["context"]["vcpus"] = [
             {**v, "pc": hex(v["pc"])} for v in data["context"]["vcpus"]]
         return data

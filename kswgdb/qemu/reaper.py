@@ -161,3 +161,12 @@ def install() -> None:
 def signalled() -> int | None:
     """The terminating signal this process received and handled, if any."""
     return _signalled
+
+
+def consume(signum: int) -> None:
+    """Forget that ``signum`` came: its caller took it as the normal end of what it was
+    doing (Ctrl-C ends a ``--gdb-listen``), not as an interruption of the run."""
+    global _signalled
+    with _lock:
+        if _signalled == signum:
+            _signalled = None

@@ -10,6 +10,7 @@
                  target, engine, unwinder, polls, event log, watchdog), all released on
                  every ending, the log closed with ``summary`` and ``end``; `Sink`, where
                  a rig's news goes
+- `startevent`   the event log's ``start`` event (schema version, QEMU version, ...)
 - `stub_target`  `StubTarget`: the engine's `Target` over the gdbstub (host emulation,
                  queued Z2, batched reads)
 - `consolelog`   the guest's console in the event log (``console`` events, bounded) and

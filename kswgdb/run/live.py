@@ -580,7 +580,7 @@ class LiveSession:
         """Keep the guest stopped and keep the moment: a vmcore through QMP."""
         self._run_wanted = False
         self._state, self._detail = RunState.FROZEN, f"({why})"
-        frozen = freeze_vmcore(self.rig) if self.machine is not None else None
+        frozen = freeze_vmcore(self.rig, why) if self.machine is not None else None
         path = frozen.path if frozen is not None else None
         self._vmcore, self._inspect = path, frozen.inspect if frozen is not None else ""
         if self.log is not None:

@@ -9,6 +9,7 @@ Whatever happens, the rig releases everything it holds.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from kswgdb.gdbstub.errors import StubClosed
 from kswgdb.gdbstub.relay import Relay
 from kswgdb.poll.poller import PollHit, PollStatus
+from kswgdb.qemu import reaper
 from kswgdb.qemu.accel import AccelDecision
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.run.faults import exit_fault, normal_exits
@@ -278,12 +280,21 @@ class WatchSession:
         )
 
     def _lend_to_gdb(self, rig: Rig, thread: int) -> None:
-        """Serve the frozen guest, read-only, to gdb sessions until the user ends the run."""
+        """Serve the frozen guest, read-only, to gdb sessions until the user ends the run.
+
+        Ctrl-C is the documented way to end the listen: the run then ends as a frozen
+        run does (summary, ``end``, the hits' exit status), not as an interrupted one.
+        The signal handler has already killed QEMU; nothing after this needs it.
+        """
         listener = rig.plan.listener
         assert listener is not None and rig.client is not None
         symbols = gdb_symbols(rig.plan.image.symbols,
                               rig.placement.slide if rig.placement else None)
         self.sink.status(f"guest frozen; attach: gdb {symbols} "
                          f"-ex 'target remote {listener.address}'  (Ctrl-C ends the run)")
-        while True:
-            Relay(rig.client, None, thread).serve(listener.accept(None))
+        try:
+            while True:
+                Relay(rig.client, None, thread).serve(listener.accept(None))
+        except KeyboardInterrupt:
+            reaper.consume(signal.SIGINT)
+            self.sink.status("gdb listen ended (Ctrl-C)")

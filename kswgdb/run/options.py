@@ -8,6 +8,7 @@ means. Nothing here is checked: `kswgdb.run.prepare` does that.
 from __future__ import annotations
 
 import argparse
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ class RunOptions:
     timeout: float = 120.0             # run: give up; tui: freeze after (0: never)
     cmdline: str = ""
     on_hit: str = "continue"           # "continue" | "freeze"
-    log_path: Path | None = None
+    log_path: Path | None = None       # None: no event log
+    log_exclusive: bool = False        # log_path is kswgdb's own per-run name: create, never append
     slots: int | None = None
     polls: list[str] = field(default_factory=list)   # --poll strings (physical memory)
     emulate: bool = True               # leave breakpoints by host emulation, not steps
@@ -55,7 +57,10 @@ class RunOptions:
 
 
 def default_log_path() -> Path:
-    return Path.cwd() / f"kswgdb-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    """A new file per run in the current directory (docs/events.md): the UTC start time
+    and 8 random hex digits, created with O_EXCL (`RunOptions.log_exclusive`)."""
+    return Path.cwd() / (f"kswgdb-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+                         f"-{secrets.token_hex(4)}.jsonl")
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -64,6 +69,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         image=args.image, scenario=args.scenario, watches=list(args.watch),
         accel=args.accel, timeout=args.timeout, cmdline=args.cmdline, on_hit=args.on_hit,
         log_path=Path(args.log) if args.log else default_log_path(), slots=args.slots,
+        log_exclusive=not args.log,
         polls=list(args.poll), backtrace=args.backtrace, hang_timeout=args.hang_timeout,
         gdb_listen=args.gdb_listen, paused=getattr(args, "paused", False),
         allow_unarmed=getattr(args, "allow_unarmed", False), seed=getattr(args, "seed", None),

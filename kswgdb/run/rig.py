@@ -45,6 +45,7 @@ from kswgdb.run.hang import GuestClock, StallReporter, tick_physical_address
 from kswgdb.run.prepare import BACKTRACE_WHAT, Plan
 from kswgdb.run.progress import RunProgress
 from kswgdb.run.qemucrash import keep_qemu_log
+from kswgdb.run.startevent import start_fields
 from kswgdb.run.stub_target import StubTarget
 from kswgdb.symbols.program import Program
 from kswgdb.watch.engine import Engine, EngineResult
@@ -203,7 +204,8 @@ class Rig:
         one-shot run starts them in `attach`, once the kernel is placed.
         """
         plan, opts = self.plan, self.plan.options
-        self.log = EventLog(opts.log_path, echo=_SinkEcho(self.sink))
+        self.log = EventLog(opts.log_path, echo=_SinkEcho(self.sink),
+                            exclusive=opts.log_exclusive)
         self._stack.callback(self.log.close)
         self._stack.callback(self._write_end)
         self._stack.callback(plan.close)                 # the --gdb-listen port
@@ -224,32 +226,20 @@ class Rig:
                                                           plugin))
         for line in plan.additions.describe():
             self.sink.status(line)
-        if not self.stub:
-            self._log_start()
         self._stack.callback(machine.close)
         machine.launch()
         self.machine = machine
-        self._record_console()
+        self._log_start()                   # first, whatever comes next (polls, the TUI)
         if shared and (self.interactive or not self.stub):
             self._start_polls(machine)
 
-    def _log_start(self, **extra: Any) -> None:
-        """The log's first event (once), then the ``polls`` event if polls started first."""
+    def _log_start(self) -> None:
+        """The log's first event (once): what was asked for and which QEMU runs it."""
         if self._logged_start or self.log is None:
             return
-        plan, opts = self.plan, self.plan.options
         self._logged_start = True
-        self.log.write("start", image=str(plan.image.path), accel=plan.accel.accel,
-                       accel_reason=plan.accel.reason, scenario=opts.scenario,
-                       watches=[r.describe() for r in plan.watches],
-                       configs=[s.text for s in plan.specs],
-                       polls=[p.canonical() for p in plan.poll_specs],
-                       backtrace=plan.backtrace_mode if self.stub else None,
-                       engine=plan.engine.engine, engine_reason=plan.engine.reason,
-                       **({"interactive": True} if self.interactive else {}),
-                       **plan.additions.log_fields(), **extra)
-        if self.phys is not None:
-            self.log.write("polls", polls=self.phys.describe())
+        self.log.write("start", **start_fields(self.plan, self.machine, stub=self.stub,
+                                               interactive=self.interactive))
         self._record_console()
 
     def _record_console(self) -> None:
@@ -301,8 +291,8 @@ class Rig:
                 self._stack.callback(self._release_target, self, target, client)
         self.target = target
         self._place_kernel(target)
-        self._log_start(**(slide_fields(self.placement) if self.placement else {}),
-                        **getattr(self.machine, "log_fields", {}))
+        if self.placement is not None and self.log is not None:
+            self.log.write("kaslr", **slide_fields(self.placement))
         if plan.poll_specs and self.phys is None and self.machine is not None:
             self._start_polls(self.machine)
         program = self.program_view
@@ -336,7 +326,8 @@ class Rig:
 
     def _attach_plugin(self, plugin: PluginEngine, symbolizer: Any) -> Any:
         """The plugin engine's `attach`: the kernel is placed; symbols, engine, watchdog."""
-        self._log_start(**(slide_fields(self.placement) if self.placement else {}))
+        if self.placement is not None and self.log is not None:
+            self.log.write("kaslr", **slide_fields(self.placement))
         program = self.program_view
         self.symbolizer = LockedSymbols(symbolizer or self._given_symbolizer
                                         or self._symbolizer(program), self.symbols_lock)
@@ -553,7 +544,8 @@ def _guest_exit_fields(guest_exit: GuestExit | None) -> dict:
     """How the guest ended, for the log's ``end`` event (the kernel's panic line included)."""
     if guest_exit is None:
         return {}
-    fields = {"guest_exit": guest_exit.kind, "guest_exit_reason": guest_exit.reason}
+    fields = {"guest_exit": guest_exit.kind, "guest_exit_reason": guest_exit.reason,
+              "guest_exit_status": guest_exit.status, "guest_exit_code": guest_exit.code}
     if guest_exit.panic:
         fields["panic"] = guest_exit.panic
     return fields

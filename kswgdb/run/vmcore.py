@@ -48,8 +48,9 @@ class FrozenCore:
     vmcoreinfo: str | None = None   # Linux: "note" (in the dump), "file" (beside it) or None
 
 
-def freeze_vmcore(rig: Rig) -> FrozenCore:
-    """Keep the moment: a vmcore through QMP while the guest is stopped, beside the log.
+def freeze_vmcore(rig: Rig, why: str = "hit") -> FrozenCore:
+    """Keep the moment: a vmcore through QMP while the guest is stopped, beside the log,
+    and a ``vmcore`` event naming it (docs/events.md).
 
     The tick counter is read through the stub first: the value any reader of the dump
     must find there (the guest does not run between the two).
@@ -58,7 +59,11 @@ def freeze_vmcore(rig: Rig) -> FrozenCore:
     ticks = _ticks(rig)
     path = rig.plan.vmcore_dir / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
     rig.machine.qmp.dump_guest_memory(path)
-    return describe(rig, path, ticks)
+    frozen = describe(rig, path, ticks)
+    if rig.log is not None:
+        rig.log.write("vmcore", sync=True, path=str(path), why=why, ticks=ticks,
+                      inspect=frozen.inspect, vmcoreinfo=frozen.vmcoreinfo)
+    return frozen
 
 
 def describe(rig: Rig, path: Path, ticks: int | None = None) -> FrozenCore:

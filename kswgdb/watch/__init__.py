@@ -12,7 +12,8 @@ It drives any `target.Target` (a fake in unit tests, `kswgdb.run.stub_target` fo
 - `engine`       `Engine`: stops in, arming/disarming/hits out
 - `frames`       live frames per task; `slots`: the watchpoint slot pool
 - `hitbuild`     a `Hit` assembled from a watch stop; the frame-pointer backtrace walk
-- `hits`         `Hit`, `EventLog` (JSONL, 0600)
+- `hits`         `Hit`, `EventLog` (JSONL, 0600; run id and time on every event)
+- `eventschema`  the event log's JSON Schema (package data) and version (docs/events.md)
 - `guest`, `layout`  guest-kernel knowledge: current task, stack bounds, canary, per flavour
 - `modules`      Linux module watches and symbols
 - `kaslr`        where a KASLR kernel runs (the slide, found at its entry point), and

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -81,15 +83,27 @@ class Hit:
         data = asdict(self)
         data["event"] = "hit"
         data["addr"] = hex(self.addr)
-        data["old"], data["new"] = slot_value(self.old), slot_value(self.new)
-        data["old_bytes"], data["new_bytes"] = self.old, self.new
+        data.update(value_fields(self.old, self.new))
         data["registers"] = {k: hex(v) for k, v in self.registers.items()}
+        data["owner"]["task"] = hex(self.owner.task)
+        data["writer_task"]["task"] = hex(self.writer_task.task)
         data["writer"]["pc_reported"] = hex(self.writer.pc_reported)
         data["writer"]["insn_addr"] = hex(self.writer.insn_addr)
         data["writer"]["context"] = [[hex(a), t] for a, t in self.writer.context]
         for frame in data["backtrace"]:
             frame["pc"] = hex(frame["pc"])
         return data
+
+
+def value_fields(old: str, new: str) -> dict[str, str | None]:
+    """An event's ``old``/``new`` (the little-endian number, "0x...", for 1 to 8 bytes,
+    else null) and ``old_bytes``/``new_bytes`` (the bytes in guest order, hex)."""
+    def number(hexbytes: str) -> str | None:
+        raw = bytes.fromhex(hexbytes)
+        return f"{int.from_bytes(raw, 'little'):#0{2 + 2 * len(raw)}x}" if 0 < len(raw) <= 8 \
+            else None
+
+    return {"old": number(old), "new": number(new), "old_bytes": old, "new_bytes": new}
 
 
 def slot_value(hexbytes: str) -> str:
@@ -101,25 +115,39 @@ def slot_value(hexbytes: str) -> str:
 
 
 class EventLog:
-    """An append-only JSONL file (mode 0600): one event per line, hits fsynced."""
+    """An append-only JSONL file (mode 0600): one event per line, hits fsynced.
 
-    def __init__(self, path: Path | None, echo: IO[str] | None = None) -> None:
+    Every line carries the event's name, its wall-clock ``time`` (Unix seconds) and
+    the ``run_id`` shared by every event of one run, so a script can tell runs apart
+    even in a file given to several runs with ``--log``. docs/events.md and the JSON
+    Schema beside this module (`kswgdb.watch.eventschema`) say what each event holds.
+
+    ``exclusive``: the file must not exist yet (a name kswgdb chose for this run):
+    created with O_EXCL, so two runs never share it.
+    """
+
+    def __init__(self, path: Path | None, echo: IO[str] | None = None, *,
+                 run_id: str | None = None, exclusive: bool = False) -> None:
         self.path = path
+        self.run_id = run_id or new_run_id()
         self._echo = echo
         self._fh: IO[str] | None = None
         #: The engine, the poller and the console reader write from their own threads.
         self._lock = threading.Lock()
         if path is not None:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            fd = os.open(path, flags | (os.O_EXCL if exclusive else 0), 0o600)
             os.fchmod(fd, 0o600)   # an existing log, or a loose umask, gets tightened too
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, event: str, sync: bool = False, **data: Any) -> None:
-        line = json.dumps({"event": event, **data}, sort_keys=False, default=_jsonable)
-        self._emit(line, sync)
+        """One event: ``data`` are its fields (docs/events.md), after the common ones."""
+        record = {"event": event, "time": round(time.time(), 6), "run_id": self.run_id, **data}
+        self._emit(json.dumps(record, default=_jsonable), sync)
 
     def write_hit(self, hit: Hit) -> None:
-        self._emit(json.dumps(hit.to_json(), default=_jsonable), sync=True)
+        fields = hit.to_json()
+        self.write(fields.pop("event"), sync=True, **fields)
 
     def _emit(self, line: str, sync: bool) -> None:
         with self._lock:
@@ -136,6 +164,11 @@ class EventLog:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
+
+
+def new_run_id() -> str:
+    """A run's identity in its events: 32 random hex digits (a UUID4)."""
+    return uuid.uuid4().hex
 
 
 def _jsonable(obj: Any) -> Any:

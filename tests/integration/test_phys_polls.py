@@ -189,7 +189,8 @@ def test_cli_exit_status_and_json_events(program, tmp_path):
     assert proc.returncode == 1, proc.stderr[-500:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     [hit] = [e for e in events if e["event"] == "poll-hit"]
-    assert hit["addr"] == hex(addr) and hit["new"] == "33" + "00" * 7
+    assert hit["addr"] == hex(addr) and hit["new_bytes"] == "33" + "00" * 7
+    assert hit["new"] == "0x0000000000000033"     # the number, as a watch hit's
 
 
 def test_on_hit_freeze_stops_the_guest_and_dumps(program, tmp_path):

@@ -8,6 +8,7 @@ and the instruction it names really is a store in that function.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -145,6 +146,9 @@ def test_panic_hit_freezes_the_guest_and_keeps_a_vmcore(img, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert re.search(rf"^\$1 = {frozen.ticks}$", proc.stdout, re.MULTILINE), \
         (frozen.inspect, proc.stdout[-500:], proc.stderr[-500:])
+    logged = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert {"event": "vmcore", "path": str(report.vmcore), "why": "hit"}.items() <= \
+        next(e for e in logged if e["event"] == "vmcore").items()
 
 
 def test_cli_run_exit_status_1_and_jsonl_events(tmp_path):
@@ -164,3 +168,10 @@ def test_cli_run_exit_status_1_and_jsonl_events(tmp_path):
     assert hit["writer"]["function"] == "s3_corrupt_write"
     logged = (tmp_path / "ev.jsonl").read_text().splitlines()
     assert [json.loads(x)["event"] for x in logged] == kinds
+    # The log says which QEMU ran it, and one run id and a timestamp are on every event.
+    from kswgdb.qemu import binary
+
+    assert events[0]["schema"] == 1
+    assert events[0]["qemu_version"] == str(binary.selected().version)
+    assert len({e["run_id"] for e in events}) == 1
+    assert all(e["time"] >= events[0]["time"] for e in events)

@@ -66,7 +66,8 @@ def test_the_wheel_carries_the_image_the_kernel_its_sources_and_a_licence(instal
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("kswgdb/_data/images/kswtest.toml", "kswgdb/_data/images/kswtest.elf",
                  "kswgdb/_data/guest/Makefile", "kswgdb/_data/guest/scenarios.c",
-                 "kswgdb/_data/guest/tools/check_layout.py", "kswgdb/tui/app.tcss"):
+                 "kswgdb/_data/guest/tools/check_layout.py", "kswgdb/tui/app.tcss",
+                 "kswgdb/watch/events.schema.json"):
         assert name in names, name
     meta = zipfile.ZipFile(wheel).read(f"kswgdb-{kswgdb.__version__}.dist-info/METADATA")
     text = meta.decode()
@@ -87,6 +88,10 @@ def test_installed_kswgdb_catches_the_demo_from_another_directory(installed: Pat
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(installed / "lib")), where.stdout
     assert "/_data/images/kswtest.elf" in where.stdout
+    schema = _run([str(installed / "bin" / "python"), "-c",
+                   "from kswgdb.watch.eventschema import event_types; print(*event_types())"],
+                  cwd=elsewhere)       # the event-log schema, found as package data
+    assert "start" in schema.stdout.split() and "end" in schema.stdout.split(), schema.stderr
 
     demo = _run([str(exe), "demo"], cwd=elsewhere, timeout=300)
     assert demo.returncode in (0, 1), demo.stderr[-3000:]

@@ -69,7 +69,7 @@ def test_drgn_reads_jiffies_task_and_stack_of_the_freeze(frozen: dict) -> None:
     # The guest's clock at the freeze, read through the stub, is the dump's.
     assert prog["jiffies"].value_() == frozen["ticks"] == hit["guest_time"]
     # The writer task kswgdb named (KASLR: its address is a guest address).
-    task = drgn.Object(prog, "struct task_struct *", hit["writer_task"]["task"])
+    task = drgn.Object(prog, "struct task_struct *", int(hit["writer_task"]["task"], 16))
     assert task.comm.string_().decode() == hit["writer_task"]["name"] == "sh"
     assert task.pid.value_() == hit["writer_task"]["pid"]
     names = [frame.name for frame in prog.stack_trace(task)]

@@ -10,7 +10,9 @@ from kswgdb.watch.hits import EventLog
 
 
 def _events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The log's events without the fields every event has (`time`, `run_id`)."""
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k not in ("time", "run_id")} for e in events]
 
 
 def test_every_line_is_logged_and_shown_while_within_the_head(tmp_path: Path) -> None:

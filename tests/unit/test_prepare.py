@@ -15,6 +15,7 @@ from kswgdb import cli
 from kswgdb.errors import BadInput
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import check_log_path, prepare
+from kswgdb.watch.hits import EventLog
 
 WATCH = "fn=s3_victim fo=0x23"
 
@@ -94,9 +95,12 @@ def test_the_gdb_listen_port_is_bound_by_prepare_and_released_by_close(tmp_path)
 
 def test_an_existing_log_is_kept_and_a_new_one_is_not_created(tmp_path):
     existing = tmp_path / "old.jsonl"
-    existing.write_text('{"event": "start"}\n')
+    log = EventLog(existing)
+    log.write("guest-stall", line="watchdog: BUG: soft lockup")
+    log.close()
+    before = existing.read_text()
     check_log_path(existing)
-    assert existing.read_text() == '{"event": "start"}\n'
+    assert existing.read_text() == before
     check_log_path(tmp_path / "new.jsonl")
     assert not (tmp_path / "new.jsonl").exists()
 

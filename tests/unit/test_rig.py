@@ -11,6 +11,7 @@ must leave all of them released and the event log ending with ``summary`` and
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -27,6 +28,7 @@ from kswgdb.run.oneshot import WatchSession
 from kswgdb.run.prepare import bind_gdb_listen
 from kswgdb.run.rig import Rig, Sink, open_rig
 from kswgdb.watch.target import Stop
+from tests.eventlog_check import problems_in_file
 from tests.unit.fake_rig import FakeMachine, FakeUnwinder, RigTarget, Wiring, fake_plan
 from tests.unit.fake_target import Program
 from tests.unit.test_engine import PROBE, RET_SITE, WRITER_PC, canary_spec
@@ -101,18 +103,21 @@ def test_normal_end_releases_everything_and_reports_through_one_sink(tmp_path, w
     assert machine.kwargs["gdb"] is True and machine.kwargs["shared_ram"] is False
     assert len(FakeUnwinder.made) == 1                  # --backtrace gdb: made and closed
     end = assert_released(plan, w)
+    assert end.pop("run_id") == events(plan)[0]["run_id"] and end.pop("time") > 0
     assert end == {"event": "end", "reason": "exit", "fault": False,
-                   "guest_exit": "debug-exit", "guest_exit_reason": "isa-debug-exit"}
+                   "guest_exit": "debug-exit", "guest_exit_reason": "isa-debug-exit",
+                   "guest_exit_status": 39, "guest_exit_code": 0x13}
     assert len(sink.hits) == 1 and sink.hits[0].writer.function == "corrupter"
-    events = [json.loads(x) for x in sink.lines]
-    assert [e["event"] for e in events][-2:] == ["summary", "end"]
+    echoed = [json.loads(x) for x in sink.lines]
+    assert [e["event"] for e in echoed][-2:] == ["summary", "end"]
     assert any(s.startswith("accelerator: tcg") for s in sink.statuses)
     # The console is in the log, after ``start``, closed by its count before the summary.
-    names = [e["event"] for e in events]
-    console = [e["line"] for e in events if e["event"] == "console"]
+    names = [e["event"] for e in echoed]
+    console = [e["line"] for e in echoed if e["event"] == "console"]
     assert console == machine.console.text and names.index("start") < names.index("console")
     assert names[-3:] == ["console-end", "summary", "end"]
-    assert events[-3] == {"event": "console-end", "lines": 2, "logged": 2, "dropped": 0}
+    assert {k: v for k, v in echoed[-3].items() if k not in ("time", "run_id")} == \
+        {"event": "console-end", "lines": 2, "logged": 2, "dropped": 0}
 
 
 def test_hit_and_freeze_keeps_a_vmcore_then_releases_everything(tmp_path, wiring):
@@ -123,6 +128,29 @@ def test_hit_and_freeze_keeps_a_vmcore_then_releases_everything(tmp_path, wiring
     assert report.vmcore is not None and report.vmcore.parent == tmp_path
     assert w.machines[0].qmp.dumps == [report.vmcore]
     assert assert_released(plan, w)["reason"] == "freeze"
+    [dumped] = [e for e in events(plan) if e["event"] == "vmcore"]
+    assert dumped["path"] == str(report.vmcore) and dumped["why"] == "hit"
+
+
+def test_ctrl_c_ending_a_gdb_listen_is_a_normal_end(tmp_path, wiring, monkeypatch):
+    """``--gdb-listen`` is ended by Ctrl-C, as documented: the run ends as a frozen run does
+    (summary, ``end`` without a fault, the hits' status), not as an interrupted one (130)."""
+    plan = fake_plan(tmp_path, [canary_spec()], on_hit="freeze")
+    plan.listener = bind_gdb_listen(("127.0.0.1", 0))
+
+    def ctrl_c(_timeout):
+        monkeypatch.setattr(reaper, "_signalled", signal.SIGINT)   # as its handler does
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plan.listener, "accept", ctrl_c)
+    sink = Recorder()
+    report = one_shot(plan, wiring(), sink).run()
+    assert reaper.signalled() is None
+    assert report.fault is None and report.hit_count == 1 and report.vmcore is not None
+    assert status_of_run(report.hit_count, report.fault) == ExitStatus.HIT
+    end = events(plan)[-1]
+    assert end["reason"] == "freeze" and end["fault"] is False
+    assert "gdb listen ended (Ctrl-C)" in sink.statuses
 
 
 @pytest.mark.parametrize("raised,reason", [
@@ -269,6 +297,26 @@ def test_live_guest_exit_then_quit_releases_everything(tmp_path, wiring):
     end = assert_released(plan, w)
     assert end["reason"] == "exit" and end["fault"] is False
     assert events(plan)[0]["interactive"] is True
+
+
+def test_a_tui_log_begins_with_start_before_its_polls(tmp_path, wiring):
+    """A live session's polls start at launch, before the worker attaches: `start` is
+    written as soon as QEMU runs, so it still comes first (then `polls`, live events)."""
+    plan = fake_plan(tmp_path, [canary_spec()])
+    plan.poll_specs = [parse_poll("pa=0x1000 len=8 to=0x33")]
+    w = wiring()
+    rig = Rig(plan, None, interactive=True, **w.rig_options())
+    rig.launch()
+    names = [e["event"] for e in events(plan)]
+    assert names[0] == "start" and [n for n in names if n != "console"] == ["start", "polls"]
+    start = events(plan)[0]
+    assert start["schema"] == 1 and start["interactive"] is True
+    assert start["qemu_version"] is None        # the fake machine detected no QEMU
+    rig.attach()
+    rig.end("quit")
+    rig.close()
+    assert problems_in_file(plan.options.log_path) == []
+    assert len({e["run_id"] for e in events(plan)}) == 1
 
 
 def test_live_failure_releases_everything_and_is_reported(tmp_path, wiring):

@@ -108,7 +108,7 @@ def test_event_log_is_0600(tmp_path: Path, existing: bool) -> None:
     old = os.umask(0)
     try:
         log = EventLog(path)
-        log.write("start")
+        log.write("guest-stall", line="rcu: INFO: rcu_sched self-detected stall on CPU")
         log.close()
     finally:
         os.umask(old)
