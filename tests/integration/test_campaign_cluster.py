@@ -170,9 +170,23 @@ def test_a_scheduler_address_where_nothing_listens_is_bad_input(tmp_path: Path) 
 
 
 def _run_children() -> list[tuple[int, int]]:
-    """(pid, parent pid) of every ``kswgdb.campaign.child`` process (a run on a worker)."""
-    return [(pid, ppid) for pid, ppid, argv in processes()
-            if b"kswgdb.campaign.child" in argv]
+    """(pid, parent pid) of every ``kswgdb.campaign.child`` process (a run on a worker)
+    of this test's cluster: its workers descend from this process (another suite's
+    cluster on the same machine has runs too)."""
+    table = list(processes())
+    parent = {pid: ppid for pid, ppid, _ in table}
+
+    def ours(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid == os.getpid():
+                return True
+            seen.add(pid)
+            pid = parent.get(pid, 0)
+        return False
+
+    return [(pid, ppid) for pid, ppid, argv in table
+            if b"kswgdb.campaign.child" in argv and ours(pid)]
 
 
 def test_a_worker_lost_mid_run_is_retried_elsewhere(tmp_path: Path, scheduler: str) -> None:
