@@ -50,10 +50,9 @@ def main() -> None:
     from kswgdb.campaign import cores
 
     sizes = [int(a) for a in sys.argv[1:]] or [64, 256, 512]
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
-    client = distributed.Client(cluster)
-    try:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
         [worker] = client.scheduler_info()["workers"]
         for mib in sizes:
             dump = client.submit(dump_on_worker, mib << 20, pure=False).result()
@@ -65,11 +64,8 @@ def main() -> None:
                 assert got.stat().st_size == mib << 20
             client.run(cores.drop, remote["dir"], workers=[worker])
             print(f"{mib} MiB dump: kept on the worker in {kept:.2f} s (move, sha256); "
-                  f"fetched in {took:.2f} s ({mib / took:.0f} MiB/s, sha256 checked)")
-    finally:
-        client.close()
-        cluster.close()
-    print(f"load average {os.getloadavg()[0]:.1f}")
+                  f"fetched in {took:.2f} s ({mib / took:.0f} MiB/s, sha256 checked); "
+                  f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
