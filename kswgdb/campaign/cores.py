@@ -66,6 +66,8 @@ def drop(directory: str) -> None:
 def fetch(client: Any, remote: dict[str, Any], dest: Path) -> Path:
     """Bring the kept files into ``dest``; the dump's path there. `CoreError` on any failure."""
     worker = remote["worker"]
+    if not remote["files"]:
+        raise CoreError(f"the run's vmcore was not on worker {worker} (its dump failed?)")
     got: list[Path] = []
     try:
         for f in remote["files"]:
@@ -83,7 +85,7 @@ def _fetch_file(client: Any, worker: str, directory: str, f: dict[str, Any],
     partial = dest / f".{f['name']}.partial"
     digest = hashlib.sha256()
     try:
-        with open(partial, "wb") as out:
+        with open(partial, "wb", opener=_private) as out:     # 0600, as a local dump
             offset = 0
             while offset < f["size"]:
                 answer = client.run(read_chunk, directory, f["name"], offset, CHUNK,
@@ -107,3 +109,7 @@ def _fetch_file(client: Any, worker: str, directory: str, f: dict[str, Any],
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     return target
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)

@@ -53,6 +53,7 @@ def test_a_kept_dump_and_its_companion_come_back_in_chunks(kept, tmp_path):
     client = FakeClient()
     got = cores.fetch(client, remote, dest)
     assert got == dest / dump.name and got.read_bytes() == bytes(range(256)) * 10
+    assert got.stat().st_mode & 0o777 == 0o600
     assert (dest / (dump.name + ".vmcoreinfo")).read_text() == "OSRELEASE=6.1\n"
     assert client.calls == ["read_chunk"] * (3 + 1)
     assert sorted(p.name for p in dest.iterdir()) == [dump.name, dump.name + ".vmcoreinfo"]
@@ -91,3 +92,11 @@ def test_only_a_new_signatures_dump_is_fetched_and_every_kept_one_is_dropped(kep
     lost = {"vmcore": worker_path, "signatures": {"k2": 1}}      # a new one, the copy gone
     pool._bring_vmcore(runs[1], lost, dict(remote), "")
     assert lost["vmcore"] is None and "worker tcp://w:1" in lost["vmcore_lost"]
+
+
+def test_a_run_whose_dump_is_missing_says_so(tmp_path):
+    into = tmp_path / "kept"
+    into.mkdir()
+    remote = cores.keep(tmp_path / "never-written.elf", into, "tcp://w:1")
+    with pytest.raises(cores.CoreError, match="not on worker tcp://w:1"):
+        cores.fetch(FakeClient(), remote, tmp_path)
