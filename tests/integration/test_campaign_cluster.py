@@ -130,12 +130,26 @@ def test_a_small_campaign_runs_on_the_cluster_with_the_image_it_shipped(
         assert core.header["e_type"] == "ET_CORE"
         assert any(seg["p_type"] == "PT_LOAD" and seg["p_filesz"] > 0
                    for seg in core.iter_segments())
+    # gdb opens it (the test kernel's inspect command): the clock there is the hit's.
+    ticks = first_hit_ticks(Path(first["log"]))
+    proc = subprocess.run(["gdb", "-nx", "-batch", str(ROOT / "images" / "kswtest.elf"),
+                           str(kept), "-ex", "p jiffies"], capture_output=True, text=True,
+                          timeout=60)
+    assert re.search(rf"^\$1 = {ticks}$", proc.stdout, re.MULTILINE), proc.stdout + proc.stderr
     others = [r for r in summary["runs"] if r["index"] != sig["first"]["run"]]
     for r in others:
         assert r["vmcore_dropped"] == f"same signature as run {sig['first']['run']}"
         assert not Path(r["vmcore"]).exists()
     assert sorted(p.name for p in (tmp_path / "c" / "runs").rglob("*.elf")) == [kept.name]
     assert not list(Path(tempfile.gettempdir()).glob("kswgdb-cluster-run-*-core-*"))
+
+
+def first_hit_ticks(log: Path) -> int:
+    """The guest's tick counter at a frozen run's hit (read through the stub)."""
+    [hit] = [json.loads(ln) for ln in log.read_text().splitlines() if '"hit"' in ln
+             and json.loads(ln)["event"] == "hit"]
+    assert hit["guest_time"] is not None
+    return hit["guest_time"]
 
 
 def test_until_hits_counts_the_hits_of_runs_in_flight(tmp_path: Path, scheduler: str,
