@@ -77,10 +77,13 @@ def run_on_worker(job: RunJob, parcel: ImageParcel, stop_events: list[str],
         outcome["log_text"] = _read(local.log_path)
         outcome["worker"] = os.uname().nodename
         if outcome.get("vmcore") and publisher.worker is not None:
-            outcome["vmcore_remote"] = cores.keep(
-                Path(outcome["vmcore"]), Path(tempfile.mkdtemp(
-                    prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-{core_tag(topic)}")),
-                publisher.worker.address)
+            try:
+                outcome["vmcore_remote"] = cores.keep(
+                    Path(outcome["vmcore"]), Path(tempfile.mkdtemp(
+                        prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-{core_tag(topic)}")),
+                    publisher.worker.address)
+            except OSError as exc:                # a full disk: the run stands, its dump not
+                outcome["vmcore"], outcome["vmcore_lost"] = None, f"kept on the worker: {exc}"
         return outcome
 
 
