@@ -8,7 +8,8 @@ own process): nothing here wires a guest.
 - `worker`     one run in a child process: seed, event log, outcome as plain data
 - `pool`       up to J child processes at once (forkserver), interrupted or killed by id
 - `cluster`    the same on a Dask cluster (`--cluster`): tasks, live hits, stop events
-- `shipping`   the image to cluster workers by content hash (a per-sha256 cache there)
+- `shipping`   the image, --module and --drive files to cluster workers by content hash
+- `cores`      a frozen run's vmcore from a cluster worker, fetched in chunks when wanted
 - `child`      one run as a plain subprocess (what a cluster worker starts)
 - `tally`      outcomes folded into counts and per-signature records (the summary)
 - `directory`  the campaign directory: per-run logs, summary.json/.txt, replay lines

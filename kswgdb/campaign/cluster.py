@@ -12,14 +12,18 @@ that cache, starts the run as a child process (`kswgdb.campaign.child`),
 publishes each hit as it happens (a Dask structured event on the campaign's
 topic, so ``--until-hits`` counts runs in flight), relays an interrupt from the
 campaign (a Dask `Event`), and returns the outcome and the run's event log,
-which the campaign writes into its own directory. A worker lost mid-run is
-retried elsewhere by the scheduler (its ``allowed-failures``).
+which the campaign writes into its own directory. The run's ``--module`` and
+``--drive`` files travel with the image. A frozen run's vmcore stays on its
+worker until the campaign fetches it, only for a signature that has none yet
+(`kswgdb.campaign.cores`). A worker lost mid-run is retried elsewhere by the
+scheduler (its ``allowed-failures``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pickle
 import shutil
@@ -35,7 +39,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from kswgdb.campaign.shipping import ImageParcel, ShipError, materialize, ship
+from kswgdb.campaign import cores
+from kswgdb.campaign.shipping import ImageParcel, ShipError, ship, worker_options
 from kswgdb.campaign.worker import RunJob
 from kswgdb.errors import BadInput
 from kswgdb.exitcodes import ExitStatus
@@ -61,17 +66,36 @@ def run_on_worker(job: RunJob, parcel: ImageParcel, stop_events: list[str],
         return {**_failed(job, "stopped before it started"), "status": "stopped",
                 "exit_status": int(ExitStatus.INTERRUPTED)}
     try:
-        image = materialize(parcel)
+        options = worker_options(parcel, job.options)
     except (ShipError, OSError) as exc:
         return _failed(job, f"the image on the worker: {exc}")
     sweep_lost_runs()
+    publisher = _HitPublisher(topic, job.index)
     with tempfile.TemporaryDirectory(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-") as tmp:
-        local = replace(job, log_path=Path(tmp) / "events.jsonl",
-                        options=replace(job.options, image=image))
-        outcome = _run_child(local, stop, _HitPublisher(topic, job.index))
+        local = replace(job, log_path=Path(tmp) / "events.jsonl", options=options)
+        outcome = _run_child(local, stop, publisher)
         outcome["log_text"] = _read(local.log_path)
         outcome["worker"] = os.uname().nodename
+        if outcome.get("vmcore") and publisher.worker is not None:
+            try:
+                outcome["vmcore_remote"] = cores.keep(
+                    Path(outcome["vmcore"]), Path(tempfile.mkdtemp(
+                        prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-{core_tag(topic)}")),
+                    publisher.worker.address)
+            except OSError as exc:                # a full disk: the run stands, its dump not
+                outcome["vmcore"], outcome["vmcore_lost"] = None, f"kept on the worker: {exc}"
         return outcome
+
+
+def core_tag(topic: str | None) -> str:
+    """The name part of a campaign's vmcores kept on a worker (its hit topic's random part)."""
+    return f"core-{(topic or 'none').rsplit('-', 1)[-1]}-"
+
+
+def drop_kept_cores(tag: str) -> None:
+    """On a worker: delete the vmcores a campaign left there (runs it never collected)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-{tag}*"):
+        cores.drop(str(path))
 
 
 def _failed(job: RunJob, reason: str) -> dict:
@@ -209,6 +233,7 @@ class ClusterPool:
         self.topic = f"kswgdb-campaign-hits-{uuid.uuid4().hex}"
         self.stop = Event(self.stop_name, client=self.client)
         self.running: dict[int, _Remote] = {}
+        self._vmcores: set[str] = set()     # signature keys whose vmcore was brought back
         self._hits: deque[dict] = deque()
         self.client.subscribe_topic(self.topic, lambda event: self._hits.append(event[1]))
 
@@ -237,11 +262,35 @@ class ClusterPool:
                 messages.append((run, "died", f"the cluster task failed: {exc}"))
                 continue
             log_text = outcome.pop("log_text", "")
+            remote = outcome.pop("vmcore_remote", None)
+            if remote is not None:
+                log_text = self._bring_vmcore(run, outcome, remote, log_text)
             with open(run.job.log_path, "w", encoding="utf-8") as fh:
                 fh.write(log_text)
             outcome["log"] = str(run.job.log_path)
             messages.append((run, "outcome", outcome))
         return messages
+
+    def _bring_vmcore(self, run: _Remote, outcome: dict, remote: dict, log_text: str) -> str:
+        """The run's vmcore into its directory if its signature has none yet (the log's
+        path rewritten to where it is); else left on the worker, which deletes it."""
+        worker_path = outcome["vmcore"]
+        local = run.job.log_path.parent / Path(worker_path).name
+        first = next(iter(outcome.get("signatures", {})), None)
+        try:
+            if first is None or first not in self._vmcores:
+                try:
+                    local = cores.fetch(self.client, remote, run.job.log_path.parent)
+                    self._vmcores.update(outcome.get("signatures", {}))
+                except cores.CoreError as exc:
+                    outcome["vmcore"], outcome["vmcore_lost"] = None, str(exc)
+                    return log_text
+            # Not fetched: the tally marks it dropped, as a local campaign deletes it.
+            outcome["vmcore"] = str(local)
+            return log_text.replace(json.dumps(worker_path)[1:-1], json.dumps(str(local))[1:-1])
+        finally:
+            with contextlib.suppress(Exception):    # a worker gone took the copy with it
+                self.client.run(cores.drop, remote["dir"], workers=[remote["worker"]])
 
     def _live_hits(self) -> list[tuple[Any, str, Any]]:
         messages: list[tuple[Any, str, Any]] = []
@@ -277,6 +326,8 @@ class ClusterPool:
             run.future.cancel()
             self.running.pop(run.job.index)
             messages.append((run, "died", "cancelled: no answer from the cluster"))
+        with contextlib.suppress(Exception):    # a worker gone took its copies with it
+            self.client.run(drop_kept_cores, core_tag(self.topic))
         with contextlib.suppress(ValueError):
             self.client.unsubscribe_topic(self.topic)
         self.shipment.release()

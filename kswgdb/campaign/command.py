@@ -55,7 +55,7 @@ def _cluster_pool(opts, plan, err):
     from kswgdb.campaign.cluster import ClusterPool
     from kswgdb.campaign.shipping import parcel_of
 
-    pool = ClusterPool(opts.cluster, parcel_of(plan.image), opts.cluster_timeout)
+    pool = ClusterPool(opts.cluster, parcel_of(plan.image, plan.additions), opts.cluster_timeout)
     sent = pool.shipment
     err.print(f"[dim]image {plan.image.name}: {len(pool.parcel.hashes())} file(s) by sha256, "
               f"{sent.files} sent to the cluster ({sent.bytes / 2**20:.1f} MiB), "

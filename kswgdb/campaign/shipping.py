@@ -11,6 +11,13 @@ and then runs on an `Image` whose paths point into that cache
 (`materialize`): the campaign's own paths are never read on a worker, and a
 file that arrives damaged fails that run with its reason, never a run on the
 wrong kernel. A worker that already has a hash skips its transfer.
+
+The run's own additions travel the same way: each ``--module`` ``.ko`` and each
+``--drive`` image is hashed with the image (`parcel_of`), and on the worker the
+run's options name the cached copies instead (`worker_options`), each drive in
+its own mode. A cached copy is written once and made read-only (0444): a drive
+is attached ``readonly=on`` or as the backing file of a throw-away overlay, so
+neither the source nor the worker's copy is ever written.
 """
 
 from __future__ import annotations
@@ -22,11 +29,15 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kswgdb.errors import BadInput, KswError
 from kswgdb.image import Image
 from kswgdb.symbols.elf import cache_dir
+
+if TYPE_CHECKING:
+    from kswgdb.run.additions import Additions
+    from kswgdb.run.options import RunOptions
 
 #: Bytes per scattered chunk: a 590 MB vmlinux never sits whole in one message.
 CHUNK = 16 << 20
@@ -58,10 +69,13 @@ class ImageParcel:
     modules: tuple[ShippedFile, ...] = ()            # modules_dir/*.ko
     chunks: dict[str, list[str]] = field(default_factory=dict)   # sha256 -> chunk names
     sources: dict[str, str] = field(default_factory=dict)        # sha256 -> campaign path
+    added_modules: tuple[ShippedFile, ...] = ()      # the run's --module files, in load order
+    drives: tuple[tuple[ShippedFile, str], ...] = ()  # the run's --drive files and their mode
 
     def hashes(self) -> list[str]:
-        """Every distinct file hash of the image."""
-        return sorted({f.sha256 for f in (*self.files.values(), *self.modules)})
+        """Every distinct file hash of the image and of the run's additions."""
+        return sorted({f.sha256 for f in (*self.files.values(), *self.modules,
+                                          *self.added_modules, *(d for d, _m in self.drives))})
 
 
 def file_sha256(path: Path) -> str:
@@ -72,8 +86,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def parcel_of(image: Image) -> ImageParcel:
-    """Hash every file of ``image`` (on the campaign's host)."""
+def parcel_of(image: Image, additions: Additions | None = None) -> ImageParcel:
+    """Hash every file of ``image`` and of the run's ``additions`` (on the campaign's host)."""
     sources: dict[str, str] = {}
 
     def ship(path: Path) -> ShippedFile:
@@ -86,7 +100,11 @@ def parcel_of(image: Image) -> ImageParcel:
     modules: tuple[ShippedFile, ...] = ()
     if image.modules_dir is not None and image.modules_dir.is_dir():
         modules = tuple(ship(ko) for ko in sorted(image.modules_dir.glob("*.ko")))
-    return ImageParcel(image, files, modules, sources=sources)
+    parcel = ImageParcel(image, files, modules, sources=sources)
+    if additions is not None:
+        parcel.added_modules = tuple(ship(Path(m.path)) for m in additions.modules)
+        parcel.drives = tuple((ship(Path(d.path)), d.mode) for d in additions.drives)
+    return parcel
 
 
 # ----------------------------------------------------------- the campaign's side
@@ -162,6 +180,14 @@ def materialize(parcel: ImageParcel) -> Image:
     return dataclasses.replace(parcel.image, **changes)
 
 
+def worker_options(parcel: ImageParcel, options: RunOptions) -> RunOptions:
+    """The run's options on this worker: its image, modules and drives in the cache."""
+    return dataclasses.replace(
+        options, image=materialize(parcel),
+        modules=[str(_ensure(f, parcel)) for f in parcel.added_modules],
+        drives=[f"{_ensure(f, parcel)},{mode}" for f, mode in parcel.drives])
+
+
 def _ensure(f: ShippedFile, parcel: ImageParcel) -> Path:
     target = images_dir() / f.sha256 / f.name
     if _good(target, f):
@@ -178,6 +204,7 @@ def _ensure(f: ShippedFile, parcel: ImageParcel) -> Path:
         with open(partial, "wb") as out:
             for name in names:
                 out.write(Variable(name).get(timeout=CHUNK_TIMEOUT).result(CHUNK_TIMEOUT))
+        os.chmod(partial, 0o444)          # never written again (a drive above all)
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -17,6 +17,8 @@ from typing import Any
 
 from kswgdb.exitcodes import ExitStatus
 
+#: The file a Linux dump may have beside it (`kswgdb.run.vmcore`): deleted with it.
+VMCOREINFO_SUFFIX = ".vmcoreinfo"
 #: The run statuses that count as failures in the progress view.
 FAILED = ("fault", "failed")
 
@@ -69,8 +71,9 @@ class Tally:
         if finding.vmcore is None:
             finding.vmcore = core
         elif core != finding.vmcore and _only_signature(outcome, finding.key):
-            with contextlib.suppress(OSError):
-                Path(core).unlink()      # the same bug's first vmcore is kept
+            for path in (Path(core), Path(core + VMCOREINFO_SUFFIX)):   # and its companion
+                with contextlib.suppress(OSError):
+                    path.unlink()        # the same bug's first vmcore is kept
             outcome["vmcore_dropped"] = f"same signature as run {finding.runs[0]}"
 
     # ----------------------------------------------------------- counts

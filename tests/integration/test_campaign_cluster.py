@@ -19,11 +19,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from tests.integration.helpers.cli_run import ROOT, alive
 from tests.integration.helpers.procs import processes
@@ -81,16 +83,20 @@ def shipped_copy(tmp_path: Path) -> Path:
 
 def test_a_small_campaign_runs_on_the_cluster_with_the_image_it_shipped(
         tmp_path: Path, scheduler: str, worker_cache: Path) -> None:
+    """The image and a --drive travel by sha256; each signature's vmcore comes back."""
     image = shipped_copy(tmp_path)
+    drive = image.parent / "disk.raw"
+    drive.write_bytes(os.urandom(1 << 20))          # unique: never in a worker's cache yet
+    drive_sha = hashlib.sha256(drive.read_bytes()).hexdigest()
     proc = start(tmp_path, scheduler, str(image), "--jobs", "2", "--runs", "3",
-                 "--seed-start", "51000")
+                 "--seed-start", "51000", "--on-hit", "freeze", "--drive", str(drive))
     assert proc.stderr is not None
     shipped = ""
     for line in proc.stderr:
         if "sent to the cluster" in line:
             shipped = line
             break
-    assert re.search(r"image kswtest: 2 file\(s\) by sha256, [12] sent", shipped), shipped
+    assert re.search(r"image kswtest: 3 file\(s\) by sha256, [23] sent", shipped), shipped
     shutil.rmtree(image.parent)            # the workers now have only what was shipped
     _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
@@ -109,7 +115,41 @@ def test_a_small_campaign_runs_on_the_cluster_with_the_image_it_shipped(
         cached = Path(start_event["image"])           # the description, in the worker's cache
         assert cached.parent.parent == worker_cache / "images" and cached.is_file()
         assert cached.read_text().endswith(f"# shipped copy {tmp_path}\n")
+        [attached] = start_event["drives"]            # the worker's cached copy, read-only
+        assert Path(attached["path"]) == worker_cache / "images" / drive_sha / "disk.raw"
+        assert attached["mode"] == "ro"
+        assert hashlib.sha256(Path(attached["path"]).read_bytes()).hexdigest() == drive_sha
+        assert Path(attached["path"]).stat().st_mode & 0o222 == 0
     assert summary["config"]["image"] == str(image)   # the replay lines name the source
+    # One vmcore per signature, in the campaign directory, a readable ELF core.
+    kept = Path(sig["vmcore"])
+    [first] = [r for r in summary["runs"] if r["index"] == sig["first"]["run"]]
+    assert kept.parent == Path(first["log"]).parent and first["vmcore"] == str(kept)
+    with open(kept, "rb") as fh:
+        core = ELFFile(fh)
+        assert core.header["e_type"] == "ET_CORE"
+        assert any(seg["p_type"] == "PT_LOAD" and seg["p_filesz"] > 0
+                   for seg in core.iter_segments())
+    # gdb opens it (the test kernel's inspect command): the clock there is the hit's.
+    ticks = first_hit_ticks(Path(first["log"]))
+    proc = subprocess.run(["gdb", "-nx", "-batch", str(ROOT / "images" / "kswtest.elf"),
+                           str(kept), "-ex", "p jiffies"], capture_output=True, text=True,
+                          timeout=60)
+    assert re.search(rf"^\$1 = {ticks}$", proc.stdout, re.MULTILINE), proc.stdout + proc.stderr
+    others = [r for r in summary["runs"] if r["index"] != sig["first"]["run"]]
+    for r in others:
+        assert r["vmcore_dropped"] == f"same signature as run {sig['first']['run']}"
+        assert not Path(r["vmcore"]).exists()
+    assert sorted(p.name for p in (tmp_path / "c" / "runs").rglob("*.elf")) == [kept.name]
+    assert not list(Path(tempfile.gettempdir()).glob("kswgdb-cluster-run-*-core-*"))
+
+
+def first_hit_ticks(log: Path) -> int:
+    """The guest's tick counter at a frozen run's hit (read through the stub)."""
+    [hit] = [json.loads(ln) for ln in log.read_text().splitlines() if '"hit"' in ln
+             and json.loads(ln)["event"] == "hit"]
+    assert hit["guest_time"] is not None
+    return hit["guest_time"]
 
 
 def test_until_hits_counts_the_hits_of_runs_in_flight(tmp_path: Path, scheduler: str,

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,11 +166,13 @@ def test_one_vmcore_per_signature(tmp_path):
     cores = [tmp_path / f"core{i}.elf" for i in range(3)]
     for core in cores:
         core.write_bytes(b"ELF")
+        Path(f"{core}.vmcoreinfo").write_text("OSRELEASE=6.1\n")    # a Linux dump's companion
     tally = Tally()
     tally.add(outcome(1, sigs={"A": 1}, vmcore=str(cores[0])))
     tally.add(outcome(2, sigs={"A": 1}, vmcore=str(cores[1])))
     tally.add(outcome(3, sigs={"B": 1}, vmcore=str(cores[2])))
     assert [c.exists() for c in cores] == [True, False, True]
+    assert [Path(f"{c}.vmcoreinfo").exists() for c in cores] == [True, False, True]
     assert tally.findings["A"].vmcore == str(cores[0])
     assert tally.outcomes[1]["vmcore_dropped"] == "same signature as run 1"
 

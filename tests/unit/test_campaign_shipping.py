@@ -172,3 +172,31 @@ def test_hits_published_by_runs_in_flight_count_for_the_latest_attempt_only(tmp_
     campaign = object.__new__(Campaign)
     campaign.pool, campaign.tally = pool, type("T", (), {"hits": 2})()
     assert campaign.hits_seen == 3              # 2 of ended runs + 1 in flight
+
+
+# ------------------------------------------------- the run's --module and --drive files
+def test_a_runs_modules_and_drives_travel_and_name_the_cached_copies(image, cache, tmp_path):
+    from kswgdb.qemu.drives import Drive
+    from kswgdb.run.additions import Additions
+    from kswgdb.symbols.modinfo import ModuleInfo
+
+    (tmp_path / "extra.ko").write_bytes(b"extra module")
+    (tmp_path / "disk.raw").write_bytes(b"disk bytes")
+    info = ModuleInfo(path=tmp_path / "extra.ko", name="extra", vermagic="v", depends=())
+    additions = Additions(modules=(info,), drives=(
+        Drive(tmp_path / "disk.raw", "overlay", "raw"),))
+    parcel = shipping.parcel_of(image, additions)
+    assert [f.name for f in parcel.added_modules] == ["extra.ko"]
+    assert [(f.sha256, mode) for f, mode in parcel.drives] == [(sha(b"disk bytes"), "overlay")]
+    assert len(parcel.hashes()) == 6              # the image's 4 and the run's 2
+    for src in [image.path, image.kernel, image.initrd, image.modules_dir / "lkdtm.ko"]:
+        put(cache, Path(src).read_bytes(), Path(src).name)
+    options = RunOptions(modules=["extra.ko"], drives=["disk.raw,overlay"])
+    with pytest.raises(shipping.ShipError, match="no extra.ko"):
+        shipping.worker_options(parcel, options)  # not cached, not sent: that run fails
+    put(cache, b"extra module", "extra.ko")
+    put(cache, b"disk bytes", "disk.raw")
+    on_worker = shipping.worker_options(parcel, options)
+    assert on_worker.modules == [str(cache / sha(b"extra module") / "extra.ko")]
+    assert on_worker.drives == [f"{cache / sha(b'disk bytes') / 'disk.raw'},overlay"]
+    assert on_worker.image.kernel == cache / sha(b"kernel bytes") / "k.elf"
