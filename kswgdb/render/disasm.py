@@ -86,8 +86,12 @@ class DisasmTable:
                 styles[name] = console.get_style(name)
             return styles[name]
 
-        gap = Segment(" " * _GAP)
         header = [(name, "bold") for name, _ in _COLUMNS]
+        if console.color_system is None:           # plain text: one segment a line
+            yield Segment("".join(_plain_line(row, widths) for row in (header, *self.cells.rows)))
+            yield from console.render(self.cells.caption, annotation.update(justify="left"))
+            return
+        gap = Segment(" " * _GAP)
         for row in (header, *self.cells.rows):
             line = zip(row, widths, _COLUMNS, strict=True)
             for i, ((text, name), width, (_, justify)) in enumerate(line):
@@ -103,6 +107,14 @@ class DisasmTable:
                         yield Segment(pad, cell_style)
             yield Segment.line()
         yield from console.render(self.cells.caption, annotation.update(justify="left"))
+
+
+def _plain_line(row: tuple[Cell, ...], widths: list[int]) -> str:
+    """One row as text, padded as rich pads a table's cells (trailing spaces too)."""
+    parts = []
+    for (text, _style), width, (_, justify) in zip(row, widths, _COLUMNS, strict=True):
+        parts.append(text.rjust(width) if justify == "right" else text.ljust(width))
+    return (" " * _GAP).join(parts) + "\n"
 
 
 def _cells(listing: Listing) -> _Rows:
