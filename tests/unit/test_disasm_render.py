@@ -85,9 +85,11 @@ def test_narrow_terminal_keeps_the_config_intact() -> None:
 
 
 @pytest.mark.parametrize("color", [None, "truecolor"])
-def test_rows_written_directly_are_laid_out_as_rich_lays_out_the_table(color) -> None:
-    """A table that fits is written row by row (rich's layout costs 3 s for 4,000 rows):
-    the text must be exactly what rich's Table gives, padding included."""
+@pytest.mark.parametrize("width", [1000, 80, 60])
+def test_rows_written_directly_are_laid_out_as_rich_lays_out_the_table(color, width) -> None:
+    """The table is written row by row (rich's layout costs 3 s for 4,000 rows), at
+    rich's column widths and wrapping where it does not fit: the text must be exactly
+    what rich's Table gives, padding included."""
     from kswgdb.render.disasm import _rich_table
 
     prog = Program.load(binary("global"), cache=False)
@@ -96,7 +98,7 @@ def test_rows_written_directly_are_laid_out_as_rich_lays_out_the_table(color) ->
         texts = []
         for renderable in (table, _rich_table(table.cells)):
             buf = io.StringIO()
-            Console(file=buf, width=1000, color_system=color, legacy_windows=False,
+            Console(file=buf, width=width, color_system=color, legacy_windows=False,
                     highlight=False).print(renderable)
             texts.append(re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue()))
         assert texts[0] == texts[1]
