@@ -19,6 +19,11 @@ time). Times are process CPU seconds (the machine is shared), with wall seconds
 beside them.
 
 Usage: python bench/armpoint.py [--image images/linux.toml] [--locals] [--every N]
+       [--realigning] [--cold]
+
+``--realigning`` judges only the functions whose code holds an ``and rsp, imm`` (the
+stack-realigning ones: seconds instead of minutes); ``--cold`` only those with a
+``NAME.cold`` part (unlikely paths, often the epilogue, moved out by GCC).
 """
 
 from __future__ import annotations
@@ -74,26 +79,25 @@ class Tally:
                 print(f"    {n:6}  {key} ...   e.g. {self.examples[key][:110]}")
 
 
-def _judge(program: Program, name: str, request: WatchRequest, tally: Tally) -> bool:
+def _judge(program: Program, name: str, request: WatchRequest, tally: Tally) -> str:
+    """The watch's kind as tallied: placeable, some paths, best candidate, refused or
+    run refuses."""
     listing = build_listing(program, name, request)
     if listing.suggested_config is None:
         tally.add("refused", listing.note, f"{name}: {listing.note}")
-        return False
+        return "refused"
     try:
         resolve_watch(parse_watch(listing.suggested_config), program)
     except BadInput as e:
         tally.add("run refuses", str(e), f"{listing.suggested_config}: {e}")
-        return False
-    analysis = program.analyze(name)
+        return "run refuses"
     plan_note = listing.note
     if "not safe" in plan_note or "no point in" in plan_note:
         tally.add("best candidate", plan_note, f"{name}: {plan_note}")
-    elif "not on every path" in plan_note:
-        tally.add("some paths")
-    else:
-        tally.add("placeable")
-    del analysis
-    return True
+        return "best candidate"
+    kind = "some paths" if "not on every path" in plan_note else "placeable"
+    tally.add(kind)
+    return kind
 
 
 def _may_load_gs_canary(program: Program, sym) -> bool:
@@ -117,11 +121,27 @@ def _drap_like(analysis) -> bool:
     return False
 
 
+#: ``and rsp, imm8`` and ``and rsp, imm32`` (REX.W 83/81 /4 with ModRM 0xe4).
+_AND_RSP = (b"\x48\x83\xe4", b"\x48\x81\xe4")
+
+
+def _may_realign(program: Program, sym) -> bool:
+    """Could the function realign its stack? (Its bytes hold an ``and rsp, imm``.)"""
+    try:
+        code = program.symtab.read_bytes(sym.addr, sym.size)
+    except BadInput:
+        return False
+    return any(pattern in code for pattern in _AND_RSP)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", default=str(ROOT / "images" / "linux.toml"))
     ap.add_argument("--locals", action="store_true", help="also every stack local (var=)")
     ap.add_argument("--every", type=int, default=1, help="only every Nth function")
+    ap.add_argument("--realigning", action="store_true",
+                    help="only functions whose code holds an `and rsp, imm`")
+    ap.add_argument("--cold", action="store_true", help="only functions with a NAME.cold part")
     args = ap.parse_args()
 
     image = load_image(args.image)
@@ -130,14 +150,23 @@ def main() -> int:
     program.lines = None          # no source lines: they do not decide placement
     funcs = sorted({s.addr: s for s in program.symtab.symbols
                     if s.kind == "func" and s.size}.values(), key=lambda s: s.addr)
+    if args.cold:
+        colds = {s.name.split(".cold")[0] for s in program.symtab.symbols
+                 if s.kind == "func" and ".cold" in s.name}
+        funcs = [s for s in funcs if s.name in colds]
+    if args.realigning:
+        funcs = [s for s in funcs if _may_realign(program, s)]
     funcs = funcs[::args.every]
     # A fixed shuffle: the tallies printed along the way are those of a uniform sample
     # (a pass stopped early still says something), the final ones the same as in order.
     random.Random(0).shuffle(funcs)
-    print(f"{image.symbols}: {len(funcs)} functions (every {args.every}), "
+    which = " realigning" if args.realigning else ""
+    which += " with a .cold part" if args.cold else ""
+    print(f"{image.symbols}: {len(funcs)}{which} functions (every {args.every}), "
           f"symbols loaded in {time.process_time() - cpu0:.1f} s CPU")
     canary, realigned, drap, var = Tally(), Tally(), Tally(), Tally()
     with_canary = decoded = uncovered = skipped = 0
+    not_placed: list[str] = []
     gs_canary = not program.symtab.lookup_all("__stack_chk_guard")
     for i, sym in enumerate(funcs):
         if i and i % 2000 == 0:
@@ -156,14 +185,16 @@ def main() -> int:
         decoded += 1
         if analysis.canary is not None:
             with_canary += 1
-            ok = _judge(program, name, WatchRequest(), canary)
+            kind = _judge(program, name, WatchRequest(), canary)
             if any(x.mnemonic == "and" and x.op_str.startswith("rsp")
                    for x in analysis.code.instructions):
-                realigned.add("placeable" if ok else "refused", "" if ok else "not placeable",
-                              name)
+                ok = kind in ("placeable", "some paths")
+                note = "" if ok else f"{kind}: {name}"
+                if not ok:
+                    not_placed.append(f"{name} ({kind})")
+                realigned.add(kind, note, name)
                 if analysis.frame.drap_anchored or _drap_like(analysis):
-                    drap.add("placeable" if ok else "refused", "" if ok else "not placeable",
-                             name)
+                    drap.add(kind, note, name)
         if args.locals:
             region = analysis.frame.straight_line()
             pc = region[-1].end if region else sym.addr
@@ -183,7 +214,7 @@ def main() -> int:
     drap.report("  of which realigning through a DRAP register (lea r10, [rsp+8])")
     placed = realigned.counts["placeable"] + realigned.counts["some paths"]
     total = sum(realigned.counts.values())
-    missing = ", ".join(realigned.examples.values())
+    missing = ", ".join(not_placed)
     print(f"\nstack-realigning functions with a canary: {placed} of {total} placeable"
           + ("" if placed == total else f"; NOT placeable: {missing}"))
     if args.locals:

@@ -207,9 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kswgdb.qemu import binary
 
             binary.check_choice(args.qemu)   # a bad --qemu/KSWGDB_QEMU: exit 2 now
-        from kswgdb import commands
-
-        status = commands.dispatch(args)
+        if args.command in ("disasm", "symbols"):
+            from kswgdb.filecommands import dispatch  # files only: no run machinery
+        else:
+            from kswgdb.commands import dispatch
+        status = dispatch(args)
         signum = reaper.signalled()
         if signum == signal.SIGINT:
             # The handler's exception was lost on its way up (see reaper): the run

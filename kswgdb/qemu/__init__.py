@@ -10,10 +10,25 @@ and `machine`, which puts them together; `attached` is a QEMU the user started,
 seen through its sockets and never owned (`kswgdb attach`).
 """
 
-from kswgdb.qemu.accel import AccelDecision, decide
-from kswgdb.qemu.errors import MachineError, MachineStartError, MachineTimeout
-from kswgdb.qemu.exitstatus import GuestExit
-from kswgdb.qemu.machine import Machine
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kswgdb.qemu.accel import AccelDecision, decide
+    from kswgdb.qemu.errors import MachineError, MachineStartError, MachineTimeout
+    from kswgdb.qemu.exitstatus import GuestExit
+    from kswgdb.qemu.machine import Machine
+
+#: Where each name of the package lives. Imported on first use (PEP 562): importing
+#: one small module of the package (``reaper``, for every command) must not pull in
+#: the machine, asyncio, pexpect and the KVM probe (0.1-0.3 s of ``kswgdb disasm``).
+_LAZY = {
+    "AccelDecision": "accel", "decide": "accel", "GuestExit": "exitstatus",
+    "Machine": "machine", "MachineError": "errors", "MachineStartError": "errors",
+    "MachineTimeout": "errors",
+}
 
 __all__ = [
     "AccelDecision",
@@ -24,3 +39,9 @@ __all__ = [
     "MachineTimeout",
     "decide",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kswgdb.poll.physmem import parse_xp, xp_command
-from kswgdb.qemu.machine import Machine
+
+if TYPE_CHECKING:
+    from kswgdb.qemu.machine import Machine
 
 #: Seconds with no console output, no stop and no guest tick before a run is a wedge.
 DEFAULT_HANG_TIMEOUT = 30.0

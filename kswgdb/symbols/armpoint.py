@@ -209,18 +209,20 @@ class Blocks:
         self.code = code
         leaders = {insns[0].addr} if insns else set()
         for i, insn in enumerate(insns):
-            if insn.flow in ("jump", "cjump", "ret", "trap") and i + 1 < len(insns):
+            if i + 1 < len(insns) and (insn.flow in ("jump", "cjump", "ret", "trap")
+                                       or insns[i + 1].addr != insn.end):    # a cold part
                 leaders.add(insns[i + 1].addr)
             if insn.flow in ("jump", "cjump") and insn.target is not None \
                     and code.is_boundary(insn.target):
                 leaders.add(insn.target)
             leaders.update(t for t in code.detours.get(insn.addr, ()) if code.is_boundary(t))
-        self.starts = sorted(leaders)
+        # In instruction order: the entry's block is block 0, a cold part's come last.
+        self.starts = [i.addr for i in insns if i.addr in leaders]
         self.block_of: dict[int, int] = {}
         self.members: list[list[Instruction]] = [[] for _ in self.starts]
         b = -1
         for insn in insns:
-            if b + 1 < len(self.starts) and insn.addr == self.starts[b + 1]:
+            if insn.addr in leaders:
                 b += 1
             self.block_of[insn.addr] = b
             self.members[b].append(insn)
@@ -411,8 +413,9 @@ class FunctionWriters:
             tail_tainted = any(s in tainted for s in blocks.succs[b])
             every = blocks.on_every_path(b)
             for i, insn in enumerate(members):
-                if insn.flow is not None or not self._placeable(insn, cfa_offset, length):
-                    continue
+                if insn.flow is not None or not code.in_main(insn.addr) \
+                        or not self._placeable(insn, cfa_offset, length):
+                    continue            # fo is an offset into the function itself
                 later = [x for x in members[i + 1:] if x.addr in writer_addrs]
                 fo = insn.addr - code.start
                 if later or tail_tainted:

@@ -127,7 +127,14 @@ class Instruction:
 
 @dataclass
 class FunctionCode:
-    """A function's instructions in address order, searchable by address."""
+    """A function's instructions, searchable by address.
+
+    ``instructions`` holds the function's own instructions in address order, then
+    those of its cold parts (``parts``), each in address order: GCC moves unlikely
+    paths (error returns, and often the whole epilogue) to ``NAME.cold`` in
+    ``.text.unlikely`` and jumps there and back. The function's entry is always
+    ``instructions[0]``; address lookups (`at`, `containing`, ...) cover every part.
+    """
 
     symbol: Symbol
     instructions: list[Instruction]
@@ -135,10 +142,16 @@ class FunctionCode:
     #: ``static_cpu_has``: ``jmp`` to a test in ``.altinstr_aux`` that jumps back to
     #: one of two labels here): jump address -> the addresses here it comes back to.
     detours: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: Cold parts (``NAME.cold``) analysed with the function: their instructions
+    #: follow the function's own in ``instructions``.
+    parts: tuple[Symbol, ...] = ()
     _starts: list[int] = field(init=False, repr=False)
+    _order: list[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._starts = [i.addr for i in self.instructions]
+        self._order = sorted(range(len(self.instructions)),
+                             key=lambda i: self.instructions[i].addr)
+        self._starts = [self.instructions[i].addr for i in self._order]
 
     @property
     def name(self) -> str:
@@ -147,6 +160,14 @@ class FunctionCode:
     @property
     def start(self) -> int:
         return self.symbol.addr
+
+    def in_main(self, addr: int) -> bool:
+        """True for an address of the function itself, False for one of a cold part."""
+        return addr in self.symbol
+
+    def part_of(self, addr: int) -> Symbol:
+        """The symbol (the function, or one of its cold parts) whose code holds ``addr``."""
+        return next((p for p in self.parts if addr in p), self.symbol)
 
     def is_boundary(self, addr: int) -> bool:
         """True if an instruction starts exactly at ``addr``."""
@@ -157,36 +178,39 @@ class FunctionCode:
         i = bisect.bisect_left(self._starts, addr)
         if i == len(self._starts) or self._starts[i] != addr:
             raise KeyError(addr)
-        return i
+        return self._order[i]
 
     def at(self, addr: int) -> Instruction | None:
         i = bisect.bisect_left(self._starts, addr)
-        return self.instructions[i] if i < len(self._starts) and self._starts[i] == addr else None
+        if i < len(self._starts) and self._starts[i] == addr:
+            return self.instructions[self._order[i]]
+        return None
 
     def containing(self, addr: int) -> Instruction | None:
         """The instruction whose bytes include ``addr``."""
         i = bisect.bisect_right(self._starts, addr) - 1
-        if i >= 0 and addr < self.instructions[i].end:
-            return self.instructions[i]
+        if i >= 0 and addr < self.instructions[self._order[i]].end:
+            return self.instructions[self._order[i]]
         return None
 
     def after(self, addr: int) -> Instruction | None:
-        """The instruction following the one at ``addr``."""
-        i = self.index_of(addr) + 1
-        return self.instructions[i] if i < len(self.instructions) else None
+        """The instruction following the one at ``addr`` (in the same part)."""
+        insn = self.instructions[self.index_of(addr)]
+        return self.at(insn.end)
 
     def ending_at(self, pc: int) -> Instruction | None:
         """The instruction whose last byte is just before ``pc``."""
         i = bisect.bisect_left(self._starts, pc) - 1
-        if i >= 0 and self.instructions[i].end == pc:
-            return self.instructions[i]
+        if i >= 0 and self.instructions[self._order[i]].end == pc:
+            return self.instructions[self._order[i]]
         return None
 
     def nearest_boundaries(self, addr: int) -> tuple[int | None, int | None]:
-        """Function offsets of the boundaries just before and after ``addr``."""
-        i = bisect.bisect_right(self._starts, addr)
-        before = self._starts[i - 1] - self.start if i > 0 else None
-        after = self._starts[i] - self.start if i < len(self._starts) else None
+        """Function offsets of the function's own boundaries just before and after ``addr``."""
+        starts = [a for a in self._starts if a in self.symbol]
+        i = bisect.bisect_right(starts, addr)
+        before = starts[i - 1] - self.start if i > 0 else None
+        after = starts[i] - self.start if i < len(starts) else None
         return before, after
 
 
@@ -207,16 +231,43 @@ class Disassembler:
                 raise BadInput(f"{sym.name} has no size in the symbol table: cannot decode it")
             code = self.symtab.read_bytes(sym.addr, sym.size)
             insns = self.decode(code, sym.addr)
-            self._functions[sym.addr] = FunctionCode(sym, insns, self._detours(sym, insns))
+            parts = self._cold_parts(sym, insns)
+            for part in parts:
+                insns += self.decode(self.symtab.read_bytes(part.addr, part.size), part.addr)
+            self._functions[sym.addr] = FunctionCode(sym, insns, self._detours(sym, insns, parts),
+                                                     parts)
         return self._functions[sym.addr]
 
-    def _detours(self, sym: Symbol, insns: list[Instruction]) -> dict[int, tuple[int, ...]]:
-        """Jumps out of ``sym`` to code that is no function's start and that jumps
-        straight back into ``sym`` (a few instructions that never touch RSP or memory)."""
+    def _cold_parts(self, sym: Symbol, insns: list[Instruction]) -> tuple[Symbol, ...]:
+        """The ``NAME.cold`` (or ``NAME.cold.N``) functions ``sym`` jumps into, in the same
+        section: the unlikely paths GCC moved out, that belong to ``sym``'s frame.
+
+        Found through the jumps, not the name alone: a static name may repeat, and
+        each copy's cold part is the one its own code jumps to."""
+        section = self.symtab.section_name(sym.addr)
+        cold = f"{sym.name}.cold"
+        found: dict[int, Symbol] = {}
+        for insn in insns:
+            target = insn.target
+            if insn.flow not in ("jump", "cjump") or target is None or target in sym:
+                continue
+            part = self.symtab.containing(target, "func")
+            if part is None or part.addr in found or not part.size or not (
+                    part.name == cold or part.name.startswith(cold + ".")):
+                continue
+            if section is not None and self.symtab.section_name(part.addr) == section:
+                found[part.addr] = part
+        return tuple(sorted(found.values(), key=lambda p: p.addr))
+
+    def _detours(self, sym: Symbol, insns: list[Instruction], parts: tuple[Symbol, ...] = ()
+                 ) -> dict[int, tuple[int, ...]]:
+        """Jumps out of ``sym`` (or its cold ``parts``) to code that is no function's start
+        and that jumps straight back in (a few instructions that never touch RSP or memory)."""
         out = {}
         for insn in insns:
             target = insn.target
-            if insn.flow != "jump" or target is None or target in sym:
+            if insn.flow != "jump" or target is None or target in sym \
+                    or any(target in p for p in parts):
                 continue
             found = self.symtab.containing(target, "func")
             if found is not None and found.addr == target:

@@ -352,6 +352,11 @@ class SymbolTable:
         start = region.file_offset + (addr - region.addr)
         return bytes(self._map[start:start + n])
 
+    def section_name(self, addr: int) -> str | None:
+        """The name of the loaded section that holds ``addr`` (None: in none)."""
+        i = self._region_index(addr)
+        return None if i is None else self.regions[i].name
+
     def _region_index(self, addr: int) -> int | None:
         i = bisect.bisect_right(self._region_starts, addr) - 1
         if i >= 0 and addr < self.regions[i].addr + self.regions[i].size:

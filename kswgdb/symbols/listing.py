@@ -46,6 +46,7 @@ class ListingRow:
     marks: tuple[str, ...]
     suggested: bool = False
     comment: str = ""               # symbol of a call/jump target or rip-relative operand
+    part: Symbol | None = None      # a cold part (NAME.cold) the row is in; offset is into it
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def build_listing(program: Program, func: str, var: str | WatchRequest | None = 
         mark(canary.load_addr, f"canary load ({canary.guard_ref})")
         mark(canary.store_addr, f"canary store {canary.location}")
         for insn in code.instructions:
-            if insn.addr > canary.store_addr and any(
+            if (insn.addr > canary.store_addr or not code.in_main(insn.addr)) and any(
                     insn.mnemonic in ("sub", "xor", "cmp") and _same_guard(ref, insn, canary)
                     for ref in insn.mem_reads):
                 mark(insn.addr, "canary check")
@@ -98,13 +99,14 @@ def build_listing(program: Program, func: str, var: str | WatchRequest | None = 
         line = program.source_line(insn.addr)
         shown = line if line is not None and line != last_line else None
         last_line = line or last_line
-        offset = insn.addr - sym.addr
-        is_suggested = offset == suggested_offset
+        part = code.part_of(insn.addr)
+        offset = insn.addr - part.addr
+        is_suggested = part is sym and offset == suggested_offset
         row_marks = list(marks.get(insn.addr, ()))
         if is_suggested:
             row_marks.append("<- arm here")
         rows.append(ListingRow(insn, offset, shown, tuple(row_marks), is_suggested,
-                               _comment(program, insn)))
+                               _comment(program, insn), None if part is sym else part))
     body = frame.state_before(body_pc)
     uses_fp = body is not None and body.fp == 16
     return Listing(sym, tuple(rows), canary, tuple(stack_locals), suggested_offset, config, note,

@@ -119,6 +119,9 @@ class SlidSymbolTable:
     def read_bytes(self, addr: int, n: int) -> bytes:
         return self.base.read_bytes(self.to_file(addr), n)
 
+    def section_name(self, addr: int) -> str | None:
+        return self.base.section_name(self.to_file(addr))
+
     @cached_property
     def symbols(self) -> list[Symbol]:
         return [self._sym(s) for s in self.base.symbols]

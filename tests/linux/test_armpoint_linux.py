@@ -14,7 +14,9 @@ disasm F [--var NAME | --so OFF --wl LEN]``, never a typed offset):
   name[11]``, which ``snprintf`` and ``proc_fill_cache`` are given, in a loop;
 - ``vfs_rename`` (``mv``): canary mode in a function that realigns its stack
   through a DRAP register (``lea r10, [rsp+8]; and rsp, -16; push [r10-8]``):
-  keyed by the aligned frame (RBP + 16), released at ``lea rsp, [rbp-0x30]``.
+  keyed by the aligned frame (RBP + 16), released at ``lea rsp, [rbp-0x30]``;
+- ``pci_setup_device`` (every PCI device, at boot): canary mode in a function whose
+  only epilogue is in its cold part ``pci_setup_device.cold``: released there.
 
 Each must arm on real calls and report nothing: any hit is a false positive
 (the workload corrupts nothing).
@@ -40,6 +42,7 @@ WATCHED = (
     ("num_to_str", WatchRequest(var="tmp"), 20),
     ("proc_readfd_common", WatchRequest(so=0x18, wl=8), 6),
     ("vfs_rename", WatchRequest(), 10),
+    ("pci_setup_device", WatchRequest(), 3),
 )
 WORKLOAD = ("cat /proc/version /proc/meminfo > /dev/null; ls /bin > /dev/null; "
             "for i in 1 2 3; do ls /proc/self/fd > /dev/null; done; "
@@ -92,6 +95,14 @@ def test_do_filp_open_and_vfs_rename_realign_their_stack(kernel) -> None:
         assert any(i.mnemonic == "and" and i.op_str.startswith("rsp") for i in code.instructions)
     assert not kernel.analyze("do_filp_open").frame.drap_anchored       # RBP gives the CFA
     assert kernel.analyze("vfs_rename").frame.drap_anchored
+
+
+def test_pci_setup_device_returns_only_from_its_cold_part(kernel) -> None:
+    analysis = kernel.analyze("pci_setup_device")
+    (cold,) = analysis.code.parts
+    assert cold.name == "pci_setup_device.cold"
+    releases = analysis.writers.releases(analysis.canary.cfa_offset, 8)
+    assert releases and all(addr in cold for addr, _, _ in releases)
 
 
 def test_the_watched_locals_are_arrays(kernel) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from rich.console import Console
 
 from kswgdb.render.disasm import render_disasm
@@ -81,3 +82,24 @@ def test_rep_stos_marked_as_initialising_the_buffer() -> None:
 def test_narrow_terminal_keeps_the_config_intact() -> None:
     text = _render("global", "recurse", width=60)
     assert re.search(r"suggested watch: fn=recurse fo=0x[0-9a-f]+\s*$", text)
+
+
+@pytest.mark.parametrize("color", [None, "truecolor"])
+@pytest.mark.parametrize("width", [1000, 80, 60])
+def test_rows_written_directly_are_laid_out_as_rich_lays_out_the_table(color, width) -> None:
+    """The table is written row by row (rich's layout costs 3 s for 4,000 rows), at
+    rich's column widths and wrapping where it does not fit: the text must be exactly
+    what rich's Table gives, padding included."""
+    from kswgdb.render.disasm import _rich_table
+
+    prog = Program.load(binary("global"), cache=False)
+    for func in ("recurse", "rep_victim"):
+        table = render_disasm(build_listing(prog, func))
+        texts = []
+        for renderable in (table, _rich_table(table.cells)):
+            buf = io.StringIO()
+            Console(file=buf, width=width, color_system=color, legacy_windows=False,
+                    highlight=False).print(renderable)
+            texts.append(re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue()))
+        assert texts[0] == texts[1]
+        assert texts[0].count("\n") > len(table.cells.rows)

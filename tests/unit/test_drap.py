@@ -17,54 +17,39 @@ import struct
 from pathlib import Path
 
 import pytest
-from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED, UC_MODE_64, Uc
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn.x86_const import (
     UC_X86_REG_GS_BASE,
     UC_X86_REG_R10,
     UC_X86_REG_RBP,
-    UC_X86_REG_RIP,
     UC_X86_REG_RSP,
 )
 
 from kswgdb.emulate.x86 import uc_address
 from kswgdb.errors import BadInput
-from kswgdb.symbols.elf import Symbol, SymbolTable, _Region
 from kswgdb.symbols.listing import WatchRequest, build_listing
 from kswgdb.symbols.program import Program
 from kswgdb.watch.config import parse_watch
 from kswgdb.watch.resolve import resolve_watch
+from tests.unit.realcode import code_program, run_anywhere
 
 FIXTURE = Path(__file__).parent / "data" / "drap-debian-6.1.json"
 NAMES = ("sg_alloc_table_from_pages_segment", "ip6_tun_build_state", "vfs_rename")
 
 
-def _no_dwarf():
-    raise BadInput("the fixture has no DWARF")
-
-
 def _program(tmp_path: Path, patch: dict[str, tuple[int, bytes]] | None = None) -> Program:
     """The fixture's functions at their vmlinux addresses, in a file of their own."""
     data = json.loads(FIXTURE.read_text())
-    blob = bytearray()
-    symbols, regions = [], []
+    functions = []
     for f in data["functions"]:
         code = bytearray.fromhex(f["code"])
         if patch and f["name"] in patch:
             off, new = patch[f["name"]]
             code[off:off + len(new)] = new
-        addr = int(f["addr"], 16)
-        symbols.append(Symbol(f["name"], addr, f["size"], "func", "global"))
-        regions.append(_Region(".text", addr, len(code), len(blob)))
-        blob += code
+        functions.append((f["name"], int(f["addr"], 16), bytes(code), ".text"))
     aux = data["aux"]           # code of no function: a static_cpu_has test
-    regions.append(_Region(".altinstr_aux", int(aux["addr"], 16), len(aux["code"]) // 2,
-                           len(blob)))
-    blob += bytes.fromhex(aux["code"])
-    path = tmp_path / "drap.bin"
-    path.write_bytes(bytes(blob))
-    table = SymbolTable(path, "EXEC", data["build_id"], sorted(symbols, key=lambda s: s.addr),
-                        sorted(regions, key=lambda r: r.addr))
-    return Program(table, open_dwarf=_no_dwarf)
+    others = [("aux", int(aux["addr"], 16), bytes.fromhex(aux["code"]), ".altinstr_aux")]
+    return code_program(tmp_path / "drap.bin", data["build_id"], functions, others)
 
 
 @pytest.fixture
@@ -94,16 +79,7 @@ def _run_prologue(program: Program, name: str, until: int, entry_sp: int,
     uc.reg_write(UC_X86_REG_RSP, entry_sp)
     uc.reg_write(UC_X86_REG_RBP, 0x1234_5678)               # the caller's
 
-    def skip_calls(uc: Uc, addr: int, size: int, _user) -> None:
-        if uc.mem_read(addr, 1) == b"\xe8":
-            uc.reg_write(UC_X86_REG_RIP, addr + size)
-
-    def zero_page(uc: Uc, _access, addr: int, _size, _value, _user) -> bool:
-        uc.mem_map(addr & ~0xFFF, 0x1000)       # what the arguments point at: zeroes
-        return True
-
-    uc.hook_add(UC_HOOK_CODE, skip_calls)
-    uc.hook_add(UC_HOOK_MEM_UNMAPPED, zero_page)
+    run_anywhere(uc)
     uc.emu_start(start, uc_address(until))
     return uc
 
