@@ -12,7 +12,9 @@ are compared):
   alone   no debugger (Machine(paused=False)), the QEMU on PATH (7.2)
   kswgdb  `WatchSession` watching the function's canary at the ``fo`` that
           `kswgdb disasm` suggests, ``--engine gdbstub`` (the QEMU on PATH)
-  alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline
+  alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline;
+          like the plugin engine it runs without a gdbstub and so without the
+          ``-icount shift=auto`` that only the gdbstub engine gets on QEMU 10
   plugin  the same watch, ``--engine plugin`` on QEMU 10 (no breakpoint stop)
   plugin0 the plugin with the same watch at ``dp=5``: every call probed and
           released, none armed, every store instrumented: what the plugin costs
@@ -147,7 +149,9 @@ def _window(console, run: Run) -> None:
 
 def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run:
     run = Run("alone" if qemu10 is None else "alone10")
-    extra = {"qemu_binary": qemu10} if qemu10 else {}
+    # QEMU 10 alone runs as the plugin engine does: no gdbstub, hence no -icount
+    # (`Quirks.tcg_args`); only the gdbstub engine needs icount there.
+    extra = {"qemu_binary": qemu10, "gdb": False} if qemu10 else {}
     with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=False,
                  **extra) as m:
         try:
