@@ -772,6 +772,27 @@ static int is_rep_string_store(struct qemu_plugin_insn *insn)
 
 static void on_hook(unsigned int vcpu, void *udata);
 
+/*
+ * A push or a near call (push r64, push imm, pushf, call rel32; a REX prefix at
+ * most): it writes only just below the writer's stack pointer, where no live frame
+ * of its task lies, and no other task's stack. Such stores are not checked: they
+ * are a large share of a kernel's stores (every prologue and call), and only a
+ * frame its task has already left could be written by one. Until the kernel is
+ * placed (kmap=) they are, as every store is: the first kernel-map write finds it.
+ */
+static int writes_below_sp_only(struct qemu_plugin_insn *insn)
+{
+    uint8_t b[2] = {0};
+    size_t n = qemu_plugin_insn_data(insn, b, sizeof(b));
+    uint8_t op = n >= 1 ? b[0] : 0;
+    if (n >= 2 && (op & 0xf0) == 0x40) {
+        op = b[1];
+        return op >= 0x50 && op <= 0x57;
+    }
+    return (op >= 0x50 && op <= 0x57) || op == 0x6a || op == 0x68 || op == 0x9c
+           || op == 0xe8;
+}
+
 /* The exec callbacks of one instruction: a probe, a release point, the hooks. */
 static void instrument_code(struct qemu_plugin_insn *insn, uint64_t pc)
 {
@@ -807,7 +828,8 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         if (code_filter_has(pc)) {
             instrument_code(insn, pc);
         }
-        if (store_mode == 0 || pc < store_min_pc) {
+        if (store_mode == 0 || pc < store_min_pc
+            || (atomic_load(&placed) && writes_below_sp_only(insn))) {
             continue;
         }
         qemu_plugin_register_vcpu_mem_cb(insn, on_store, store_mode == 2 ?
