@@ -14,8 +14,9 @@
  *     for it), takes a pool slot and arms the watch;
  *   - each release point (ArmSpec.exits): an exec callback that disarms the
  *     watch of the frame with that (task, CFA);
- *   - every store: a memory callback that compares the address with the live
- *     watches (an atomic count keeps the no-watch path to one load).
+ *   - every store but pushes and near calls (writes_below_sp_only): a memory
+ *     callback that compares the address with the live watches (an atomic count
+ *     keeps the no-watch path to one load).
  * A hit is one JSON line on a Unix socket (kswgdb listens in its private
  * 0700 run directory); the plugin never blocks the vCPU for kswgdb, which
  * freezes the guest through QMP when it wants to. Counters go out with
@@ -828,11 +829,14 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         if (code_filter_has(pc)) {
             instrument_code(insn, pc);
         }
-        if (store_mode == 0 || pc < store_min_pc
-            || (atomic_load(&placed) && writes_below_sp_only(insn))) {
+        /* Unplaced (kmap=), every store is looked at, stores=0 included: the first
+         * kernel-map write places the kernel. */
+        int placed_now = atomic_load(&placed);
+        if (pc < store_min_pc || (placed_now && (store_mode == 0
+                                                 || writes_below_sp_only(insn)))) {
             continue;
         }
-        qemu_plugin_register_vcpu_mem_cb(insn, on_store, store_mode == 2 ?
+        qemu_plugin_register_vcpu_mem_cb(insn, on_store, store_mode != 1 ?
                                          QEMU_PLUGIN_CB_R_REGS : QEMU_PLUGIN_CB_NO_REGS,
                                          QEMU_PLUGIN_MEM_W,
                                          site_udata(pc, is_rep_string_store(insn)));
