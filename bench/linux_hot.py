@@ -12,11 +12,16 @@ are compared):
   alone   no debugger (Machine(paused=False)), the QEMU on PATH (7.2)
   kswgdb  `WatchSession` watching the function's canary at the ``fo`` that
           `kswgdb disasm` suggests, ``--engine gdbstub`` (the QEMU on PATH)
-  alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline
+  alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline;
+          like the plugin engine it runs without a gdbstub and so without the
+          ``-icount shift=auto`` that only the gdbstub engine gets on QEMU 10
   plugin  the same watch, ``--engine plugin`` on QEMU 10 (no breakpoint stop)
   plugin0 the plugin with the same watch at ``dp=5``: every call probed and
           released, none armed, every store instrumented: what the plugin costs
           a workload whatever it arms, so ``plugin`` against it is the armed call
+  nostore the plugin with the same watch, armed as in ``plugin``, but no store
+          instrumented (it catches nothing): ``plugin`` against it is what the
+          store check costs, the rest of ``plugin`` what probing and arming cost
   gdb     gdb in batch mode on the same QEMU command line, running the script a
           user would write by hand: a breakpoint at the same probe whose
           ``stop()`` reads the slot, compares it with the per-CPU canary
@@ -80,9 +85,13 @@ from kswgdb.symbols.program import Program  # noqa: E402
 
 LINUX_TOML = IMAGES_DIR / "linux.toml"
 READY, DONE = "KSWGDB-INIT ready", "KSWGDB-INIT done"
-MODES = ("alone", "kswgdb", "gdb", "alone10", "plugin", "plugin0")
+MODES = ("alone", "kswgdb", "gdb", "alone10", "plugin", "plugin0", "nostore")
 #: What each watched mode is measured against (the guest alone on the same QEMU).
-BASELINE = {"kswgdb": "alone", "gdb": "alone", "plugin": "alone10", "plugin0": "alone10"}
+BASELINE = {"kswgdb": "alone", "gdb": "alone", "plugin": "alone10", "plugin0": "alone10",
+            "nostore": "alone10"}
+#: The plugin modes, and the plugin arguments each adds (`kswplugin.c`'s ``stores=0``:
+#: probes and releases as in ``plugin``, no store instrumented; catches nothing).
+PLUGIN_MODES = {"plugin": (), "plugin0": (), "nostore": ("stores=0",)}
 #: The plugin's watch that is probed at every call and never armed.
 UNARMED_DEPTH = " dp=5"
 #: Each engine's column in the summary lines, and its QEMU.
@@ -147,7 +156,9 @@ def _window(console, run: Run) -> None:
 
 def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run:
     run = Run("alone" if qemu10 is None else "alone10")
-    extra = {"qemu_binary": qemu10} if qemu10 else {}
+    # QEMU 10 alone runs as the plugin engine does: no gdbstub, hence no -icount
+    # (`Quirks.tcg_args`); only the gdbstub engine needs icount there.
+    extra = {"qemu_binary": qemu10, "gdb": False} if qemu10 else {}
     with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=False,
                  **extra) as m:
         try:
@@ -168,8 +179,8 @@ def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None =
                          cmdline=cmdline(row),
                          engine="gdbstub" if qemu10 is None else "plugin")
     with binary.using(qemu10) if qemu10 else contextlib.nullcontext():
-        session = WatchSession(options, rig_options={"plugin_extra": ("prof=1",)}
-                               if qemu10 else None)
+        session = WatchSession(options, rig_options={"plugin_extra": (
+            "prof=1", *PLUGIN_MODES.get(run.mode, ()))} if qemu10 else None)
         report = session.run()
     profile = getattr(session.rig.engine, "profile", None) if session.rig else None
     _window(_LAST_MACHINE[0].console if _LAST_MACHINE else None, run)
@@ -382,6 +393,11 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
               f"callbacks, nothing armed): {(k['seconds'] - u['seconds']) / k['armed'] * 1e6:.0f}"
               f" us wall, {(k['cpu'] - u['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU "
               "(aim <= 50 us)")
+    n = out.get("nostore", {})
+    if row.name != "never" and k.get("armed") and k.get("cpu") and n.get("cpu"):
+        print(f"  per armed call, the store check alone (plugin against nostore): "
+              f"{(k['cpu'] - n['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU; probes and "
+              f"arming (nostore against alone10): {_fmt(n.get('cpu_us_per'), '.0f')} us")
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
@@ -414,7 +430,7 @@ def main() -> int:
         return 2
     if "gdb" in modes and shutil.which("gdb") is None:
         ap.error("gdb not found")
-    qemu10 = str(fetch().binary) if {"alone10", "plugin", "plugin0"} & set(modes) else None
+    qemu10 = str(fetch().binary) if {"alone10", *PLUGIN_MODES} & set(modes) else None
     image = load_image(LINUX_TOML)
     program = Program.load(image.symbols)
     print(machine_facts())
@@ -439,7 +455,7 @@ def main() -> int:
                         if mode in ("alone", "alone10"):
                             r = run_alone(image, row, args.timeout,
                                           qemu10 if mode == "alone10" else None)
-                        elif mode in ("kswgdb", "plugin", "plugin0"):
+                        elif mode == "kswgdb" or mode in PLUGIN_MODES:
                             r = run_kswgdb(image, row, watch + UNARMED_DEPTH * (
                                 mode == "plugin0"), args.timeout,
                                 qemu10 if mode != "kswgdb" else None, mode)

@@ -14,8 +14,9 @@
  *     for it), takes a pool slot and arms the watch;
  *   - each release point (ArmSpec.exits): an exec callback that disarms the
  *     watch of the frame with that (task, CFA);
- *   - every store: a memory callback that compares the address with the live
- *     watches (an atomic count keeps the no-watch path to one load).
+ *   - every store but pushes and near calls (writes_below_sp_only): a memory
+ *     callback that compares the address with the live watches (an atomic count
+ *     keeps the no-watch path to one load).
  * A hit is one JSON line on a Unix socket (kswgdb listens in its private
  * 0700 run directory); the plugin never blocks the vCPU for kswgdb, which
  * freezes the guest through QMP when it wants to. Counters go out with
@@ -177,6 +178,32 @@ static uint64_t hook_addr;          /* hook=: a module was loaded, not yet initi
 static atomic_int hook_on;
 #define HOOK_WAIT_MS 10000
 #define MAX_READ (1 << 20)
+/*
+ * Code addresses that get an exec callback (probes, release points, exitfn=, hook=),
+ * as a 4096-bit filter: translating any other instruction tests one bit instead of
+ * every watch's addresses. Bits are only ever set: a stale one costs the exact
+ * comparisons, never a callback.
+ */
+#define CODE_FILTER_BITS 4096
+static _Atomic uint64_t code_filter[CODE_FILTER_BITS / 64];
+
+static unsigned code_filter_bit(uint64_t pc)
+{
+    return (unsigned)((pc ^ (pc >> 12)) & (CODE_FILTER_BITS - 1));
+}
+
+static void code_filter_add(uint64_t pc)
+{
+    unsigned b = code_filter_bit(pc);
+    atomic_fetch_or(&code_filter[b / 64], 1ull << (b % 64));
+}
+
+static int code_filter_has(uint64_t pc)
+{
+    unsigned b = code_filter_bit(pc);
+    return (atomic_load_explicit(&code_filter[b / 64], memory_order_relaxed) >> (b % 64)) & 1;
+}
+
 static struct qemu_plugin_register *regs[R_COUNT];
 static int regs_found;
 
@@ -583,23 +610,44 @@ static void hold_for_freeze(void)
     }
 }
 
+/*
+ * A store instruction, as its memory callback's udata: the address in the low 48
+ * bits (x86-64 virtual addresses are canonical: bits 63..47 are copies of bit 47)
+ * and SITE_REP for a REP string store. Nothing is allocated or looked up per
+ * translated store (a translation-heavy guest translates the same stores again
+ * and again).
+ */
 struct store_site {
     uint64_t pc;
     int is_rep;
 };
+#define SITE_PC_BITS 48
+#define SITE_REP (1ull << SITE_PC_BITS)
+
+static void *site_udata(uint64_t pc, int is_rep)
+{
+    return (void *)(uintptr_t)((pc & (SITE_REP - 1)) | (is_rep ? SITE_REP : 0));
+}
+
+static struct store_site site_of(void *udata)
+{
+    uint64_t u = (uint64_t)(uintptr_t)udata;
+    struct store_site site = {
+        .pc = (uint64_t)((int64_t)(u << (64 - SITE_PC_BITS)) >> (64 - SITE_PC_BITS)),
+        .is_rep = (u & SITE_REP) != 0};
+    return site;
+}
 
 static void place_kernel(uint64_t pc);
-struct store_site;
-static void check_store(unsigned int vcpu, struct store_site *site, uint64_t vaddr,
+static void check_store(unsigned int vcpu, const struct store_site *site, uint64_t vaddr,
                         uint64_t size);
 
 static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr,
                      void *udata)
 {
-    struct store_site *site = udata;
     if (!atomic_load_explicit(&placed, memory_order_relaxed)) {
         if (vaddr >= kmap_lo && vaddr < kmap_hi) {
-            place_kernel(site->pc);
+            place_kernel(site_of(udata).pc);
         }
         return;
     }
@@ -612,14 +660,15 @@ static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vad
         return;
     }
     uint64_t t0 = prof ? now_ns() : 0;
-    check_store(vcpu, site, vaddr, size);
+    struct store_site site = site_of(udata);
+    check_store(vcpu, &site, vaddr, size);
     if (prof) {
         atomic_fetch_add(&prof_store_ns, now_ns() - t0);
         atomic_fetch_add(&prof_stores, 1);
     }
 }
 
-static void check_store(unsigned int vcpu, struct store_site *site, uint64_t vaddr,
+static void check_store(unsigned int vcpu, const struct store_site *site, uint64_t vaddr,
                         uint64_t size)
 {
     struct frame hit[4];
@@ -722,27 +771,54 @@ static int is_rep_string_store(struct qemu_plugin_insn *insn)
     return 0;
 }
 
-/* One site per instruction address for the whole run (retranslations reuse it). */
-static struct store_site *store_site_for(struct qemu_plugin_insn *insn, uint64_t pc)
+static void on_hook(unsigned int vcpu, void *udata);
+
+/*
+ * A push or a near call (push r64, push imm, pushf, call rel32; a REX prefix at
+ * most): it writes only just below the writer's stack pointer, where no live frame
+ * of its task lies, and no other task's stack. Such stores are not checked: they
+ * are a large share of a kernel's stores (every prologue and call), and only a
+ * frame its task has already left could be written by one. Until the kernel is
+ * placed (kmap=) they are, as every store is: the first kernel-map write finds it.
+ */
+static int writes_below_sp_only(struct qemu_plugin_insn *insn)
 {
-    static GHashTable *sites;
-    static pthread_mutex_t sites_lock = PTHREAD_MUTEX_INITIALIZER;
-    pthread_mutex_lock(&sites_lock);
-    if (!sites) {
-        sites = g_hash_table_new(g_int64_hash, g_int64_equal);
+    uint8_t b[2] = {0};
+    size_t n = qemu_plugin_insn_data(insn, b, sizeof(b));
+    uint8_t op = n >= 1 ? b[0] : 0;
+    if (n >= 2 && (op & 0xf0) == 0x40) {
+        op = b[1];
+        return op >= 0x50 && op <= 0x57;
     }
-    struct store_site *site = g_hash_table_lookup(sites, &pc);
-    if (!site) {
-        site = g_new0(struct store_site, 1);
-        site->pc = pc;
-        site->is_rep = is_rep_string_store(insn);
-        g_hash_table_insert(sites, &site->pc, site);
-    }
-    pthread_mutex_unlock(&sites_lock);
-    return site;
+    return (op >= 0x50 && op <= 0x57) || op == 0x6a || op == 0x68 || op == 0x9c
+           || op == 0xe8;
 }
 
-static void on_hook(unsigned int vcpu, void *udata);
+/* The exec callbacks of one instruction: a probe, a release point, the hooks. */
+static void instrument_code(struct qemu_plugin_insn *insn, uint64_t pc)
+{
+    int k_specs = atomic_load(&placed) ? n_specs : 0;
+    int k_exits = atomic_load(&placed) ? n_exits : 0;
+    for (int k = 0; k < k_specs; k++) {
+        if (specs[k].probe == pc) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_probe, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)(intptr_t)k);
+        }
+    }
+    for (int k = 0; k < k_exits; k++) {
+        if (exits[k].addr == pc) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_exit_point, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)(intptr_t)k);
+        }
+    }
+    if (hook_addr && pc == hook_addr && atomic_load(&hook_on)) {
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, on_hook, QEMU_PLUGIN_CB_R_REGS, NULL);
+    }
+    if (task_exit_addr && k_specs && pc == task_exit_addr) {
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, on_task_exit, QEMU_PLUGIN_CB_R_REGS,
+                                               NULL);
+    }
+}
 
 static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
@@ -750,35 +826,20 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         uint64_t pc = qemu_plugin_insn_vaddr(insn);
-        int k_specs = atomic_load(&placed) ? n_specs : 0;
-        int k_exits = atomic_load(&placed) ? n_exits : 0;
-        for (int k = 0; k < k_specs; k++) {
-            if (specs[k].probe == pc) {
-                qemu_plugin_register_vcpu_insn_exec_cb(insn, on_probe, QEMU_PLUGIN_CB_R_REGS,
-                                                       (void *)(intptr_t)k);
-            }
+        if (code_filter_has(pc)) {
+            instrument_code(insn, pc);
         }
-        for (int k = 0; k < k_exits; k++) {
-            if (exits[k].addr == pc) {
-                qemu_plugin_register_vcpu_insn_exec_cb(insn, on_exit_point,
-                                                       QEMU_PLUGIN_CB_R_REGS,
-                                                       (void *)(intptr_t)k);
-            }
-        }
-        if (hook_addr && pc == hook_addr && atomic_load(&hook_on)) {
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_hook, QEMU_PLUGIN_CB_R_REGS, NULL);
-        }
-        if (task_exit_addr && k_specs && pc == task_exit_addr) {
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_task_exit, QEMU_PLUGIN_CB_R_REGS,
-                                                   NULL);
-        }
-        if (store_mode == 0 || pc < store_min_pc) {
+        /* Unplaced (kmap=), every store is looked at, stores=0 included: the first
+         * kernel-map write places the kernel. */
+        int placed_now = atomic_load(&placed);
+        if (pc < store_min_pc || (placed_now && (store_mode == 0
+                                                 || writes_below_sp_only(insn)))) {
             continue;
         }
-        struct store_site *site = store_site_for(insn, pc);
-        qemu_plugin_register_vcpu_mem_cb(insn, on_store, store_mode == 2 ?
+        qemu_plugin_register_vcpu_mem_cb(insn, on_store, store_mode != 1 ?
                                          QEMU_PLUGIN_CB_R_REGS : QEMU_PLUGIN_CB_NO_REGS,
-                                         QEMU_PLUGIN_MEM_W, site);
+                                         QEMU_PLUGIN_MEM_W,
+                                         site_udata(pc, is_rep_string_store(insn)));
     }
 }
 
@@ -884,6 +945,7 @@ static int parse_arg(const char *arg, const char **sock)
         store_mode = (int)strtol(v, NULL, 0);
     } else if (k == 6 && !strncmp(arg, "exitfn", k)) {
         task_exit_addr = strtoull(v, NULL, 0);
+        code_filter_add(task_exit_addr);
     } else if (k == 6 && !strncmp(arg, "freeze", k)) {
         freeze_all = (int)strtol(v, NULL, 0);
     } else if (k == 1 && arg[0] == 'w') {
@@ -903,6 +965,7 @@ static int parse_arg(const char *arg, const char **sock)
         s->guard_kind = (int)f[8];
         s->guard_val = (uint64_t)f[9];
         s->panic = (int)f[10];
+        code_filter_add(s->probe);
     } else if (k == 1 && arg[0] == 'x') {
         if (parse_fields(v, f, 4) || f[0] < 0 || f[0] >= n_specs || n_exits >= MAX_EXITS) {
             fprintf(stderr, "kswplugin: bad release point: %s\n", v);
@@ -913,6 +976,7 @@ static int parse_arg(const char *arg, const char **sock)
         x->addr = (uint64_t)f[1];
         x->rbp = (int)f[2];
         x->off = f[3];
+        code_filter_add(x->addr);
     } else if (k == 4 && !strncmp(arg, "kmap", k)) {
         if (parse_fields(v, f, 2)) {
             fprintf(stderr, "kswplugin: bad kmap: %s\n", v);
@@ -927,6 +991,7 @@ static int parse_arg(const char *arg, const char **sock)
         prof = (int)strtol(v, NULL, 0);
     } else if (k == 4 && !strncmp(arg, "hook", k)) {
         hook_addr = strtoull(v, NULL, 0);
+        code_filter_add(hook_addr);
         atomic_store(&hook_on, 1);
     } else if (k == 3 && !strncmp(arg, "chk", k)) {
         check_addr = strtoull(v, NULL, 0);

@@ -238,8 +238,8 @@ class Machine:
             shared_ram=self.shared_ram, ram_file=self.ram_path,
             **{**self._options, "qemu_binary": self.qemu.path, "extra_args": extra_args},
             firmware_dirs=self.qemu.firmware_dirs,
-            version_args=self.qemu.quirks.tcg_args() if self.accel_decision.accel == "tcg"
-            else (),
+            version_args=self.qemu.quirks.tcg_args(gdbstub=self._options.get("gdb", True))
+            if self.accel_decision.accel == "tcg" else (),
         )
         self.argv = build_argv(self.image, paths, opts)
         log.debug("launching %s", self.argv)

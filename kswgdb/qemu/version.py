@@ -79,6 +79,10 @@ class Quirks:
         return cls(debug_exit_via_shutdown=version >= DEBUG_EXIT_VIA_SHUTDOWN,
                    rep_string_loops=version >= REP_STRING_LOOPS)
 
-    def tcg_args(self) -> tuple[str, ...]:
-        """Extra QEMU arguments under TCG that keep watchpoint stops per instruction step."""
-        return ("-icount", PER_ITERATION_ICOUNT) if self.rep_string_loops else ()
+    def tcg_args(self, *, gdbstub: bool = True) -> tuple[str, ...]:
+        """Extra QEMU arguments under TCG that keep watchpoint stops per instruction step.
+
+        Only a QEMU with a gdbstub has watchpoint stops: without one (the TCG plugin
+        engine, a guest alone) icount would only slow the guest down.
+        """
+        return ("-icount", PER_ITERATION_ICOUNT) if self.rep_string_loops and gdbstub else ()

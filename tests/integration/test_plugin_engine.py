@@ -75,6 +75,9 @@ def on_plugin(qemu, options: RunOptions) -> RunReport:
         session = WatchSession(replace(options, engine="plugin"))
         report = session.run()
     assert session.plan is not None and session.plan.engine.engine == "plugin"
+    # No gdbstub, so no -icount: only the gdbstub engine's REP-string stops need it.
+    argv = session.rig.machine.argv
+    assert "-plugin" in argv and "-icount" not in argv and "-gdb" not in argv
     return report
 
 

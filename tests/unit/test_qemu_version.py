@@ -186,6 +186,7 @@ def test_rep_string_quirk_by_version(version: tuple[int, int, int], loops: bool)
     quirks = Quirks.of(QemuVersion(*version))
     assert quirks.rep_string_loops is loops
     assert quirks.tcg_args() == (("-icount", "shift=auto") if loops else ())
+    assert quirks.tcg_args(gdbstub=False) == ()     # no watchpoint stop to keep exact
 
 
 def test_version_args_go_on_the_command_line(tmp_path: Path) -> None:
