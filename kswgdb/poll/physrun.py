@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -191,7 +192,8 @@ class PhysWatch:
         return str(sym) if sym else ""
 
     def _dump(self, why: str) -> Path:
-        path = self.vmcore_dir / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}-poll.elf"
+        path = self.vmcore_dir / (f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                  f"{secrets.token_hex(4)}-poll.elf")
         with self._qmp_lock:
             self.machine.qmp.dump_guest_memory(path)
         self.vmcores.append(path)

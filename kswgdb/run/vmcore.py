@@ -17,6 +17,7 @@ the slide.
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import time
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ def freeze_vmcore(rig: Rig, why: str = "hit") -> FrozenCore:
     """
     assert rig.machine is not None
     ticks = _ticks(rig)
-    path = rig.plan.vmcore_dir / f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}.elf"
+    # A random suffix: two runs freezing in the same second never share a file.
+    path = rig.plan.vmcore_dir / (f"kswgdb-vmcore-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                  f"{secrets.token_hex(4)}.elf")
     rig.machine.qmp.dump_guest_memory(path)
     frozen = describe(rig, path, ticks)
     if rig.log is not None:
