@@ -8,8 +8,8 @@ import stat
 import time
 from pathlib import Path
 
-from kswgdb.gdbstub.client import RemoteClient
 from tests.integration.helpers.cli_run import CliRun
+from tests.integration.helpers.lent_stub import check_read_only_stub
 
 
 def test_frozen_guest_served_on_loopback_until_ctrl_c(tmp_path: Path) -> None:
@@ -26,13 +26,7 @@ def test_frozen_guest_served_on_loopback_until_ctrl_c(tmp_path: Path) -> None:
     assert port, run.stderr()
     hits = run.events()
     assert [e["seq"] for e in hits if e["event"] == "hit"] == [1]
-    with RemoteClient.connect(f"127.0.0.1:{port}", timeout=10) as client:
-        client.handshake()
-        assert client.request("?").startswith("T")
-        regs = client.request("g")
-        assert len(regs) > 100 and set(regs) <= set("0123456789abcdefx")
-        assert client.request("M1000,1:00") == "E01"      # read-only: no writes
-        assert client.request("c") == "E01"               # and no resuming
+    check_read_only_stub(f"127.0.0.1:{port}")
     assert run.proc.poll() is None, "the tool must keep the guest until Ctrl-C"
     run.proc.send_signal(signal.SIGINT)
     # Ctrl-C is how the listen ends: the run's own status (1: a hit), not 130.

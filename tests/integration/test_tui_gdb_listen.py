@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from kswgdb import image as image_mod
-from kswgdb.gdbstub.client import RemoteClient
 from kswgdb.run.live import FROZEN, RUNNING, LiveSession
 from kswgdb.run.options import RunOptions
 from kswgdb.watch.scenarios import scenario_watch
+from tests.integration.helpers.lent_stub import check_read_only_stub
 
 
 def _wait(what: str, cond, timeout: float = 180.0) -> None:
@@ -33,13 +33,7 @@ def test_live_session_lends_the_frozen_guest_to_gdb(tmp_path: Path) -> None:
         _wait("a hit froze the guest", lambda: session.hits()
               and session.snapshot().state == FROZEN)
         assert f"target remote {address}" in session.snapshot().notice
-        with RemoteClient.connect(address, timeout=10) as client:
-            client.handshake()
-            assert client.request("?").startswith("T")
-            regs = client.request("g")
-            assert len(regs) > 100 and set(regs) <= set("0123456789abcdefx")
-            assert client.request("M1000,1:00") == "E01"      # read-only: no writes
-            assert client.request("c") == "E01"               # and no resuming
+        check_read_only_stub(address)
         _wait("gdb detached", lambda: "gdb detached" in session.snapshot().notice)
         assert session.snapshot().state == FROZEN
         session.resume()
