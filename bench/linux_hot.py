@@ -119,12 +119,23 @@ def rows(full: bool) -> list[Row]:
     ]
 
 
+#: Console lines with the guest's own clock (``/proc/uptime``) around the workload.
+GUEST_T0, GUEST_T1 = "LINUX-HOT-T0", "LINUX-HOT-T1"
+
+
 def cmdline(row: Row) -> str:
-    """``nokaslr`` in every mode: the gdb script breaks at the file's addresses."""
-    return f"nokaslr -- {row.command}"
+    """``nokaslr`` in every mode: the gdb script breaks at the file's addresses.
+
+    The workload is framed by the guest's uptime: under ``--icount`` the guest's
+    clock counts the instructions it executed (plus idle time skipped), so equal
+    guest times say each mode gave the guest the same work. The workload's own
+    exit status is the command's."""
+    clock = "read t rest </proc/uptime; echo {key} $t"
+    return (f"nokaslr -- {clock.format(key=GUEST_T0)}; {row.command}; s=$?; "
+            f"{clock.format(key=GUEST_T1)}; exit $s")
 
 
-bench_stamps.stamp_lines(READY, DONE)
+bench_stamps.stamp_lines(READY, DONE, GUEST_T0, GUEST_T1)
 _LAST_MACHINE = bench_stamps.LAST_MACHINE
 
 
@@ -133,6 +144,7 @@ class Run:
     mode: str
     seconds: float | None = None
     cpu: float | None = None          # QEMU's CPU seconds between the two lines
+    guest: float | None = None        # the guest's own seconds around the workload
     armed: int = 0
     calls: int = 0
     hits: int = 0
@@ -146,6 +158,9 @@ def _window(console, run: Run) -> None:
     cpu = bench_stamps.cpu_stamps(console)
     if cpu.get(READY) is not None and cpu.get(DONE) is not None:
         run.cpu = cpu[DONE] - cpu[READY]
+    with contextlib.suppress(KeyError, IndexError, ValueError):
+        run.guest = (float(stamps[GUEST_T1][1].split(GUEST_T1)[1].split()[0])
+                     - float(stamps[GUEST_T0][1].split(GUEST_T0)[1].split()[0]))
     if READY in stamps and DONE in stamps:
         run.seconds = stamps[DONE][0] - stamps[READY][0]
         if "status=0" not in stamps[DONE][1]:
@@ -154,11 +169,13 @@ def _window(console, run: Run) -> None:
         run.failed = run.failed or f"no {READY}/{DONE} lines on the console"
 
 
-def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run:
+def run_alone(image, row: Row, timeout: float, qemu10: str | None = None,
+              clock: tuple[str, ...] = ()) -> Run:
     run = Run("alone" if qemu10 is None else "alone10")
     # QEMU 10 alone runs as the plugin engine does: no gdbstub, hence no -icount
-    # (`Quirks.tcg_args`); only the gdbstub engine needs icount there.
-    extra = {"qemu_binary": qemu10, "gdb": False} if qemu10 else {}
+    # (`Quirks.tcg_args`); only the gdbstub engine needs icount there. ``clock``
+    # (--icount) is given to both alike.
+    extra = {"qemu_binary": qemu10, "gdb": False, "extra_args": clock} if qemu10 else {}
     with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=False,
                  **extra) as m:
         try:
@@ -171,12 +188,13 @@ def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run
 
 
 def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None = None,
-               mode: str = "") -> Run:
-    """kswgdb's gdbstub engine (the QEMU on PATH), or with ``qemu10`` its plugin engine."""
+               mode: str = "", clock: tuple[str, ...] = ()) -> Run:
+    """kswgdb's gdbstub engine (the QEMU on PATH), or with ``qemu10`` its plugin engine
+    (``clock``: the --icount arguments, as ``--qemu-arg`` gives them)."""
     run = Run(mode or ("kswgdb" if qemu10 is None else "plugin"))
     _LAST_MACHINE.clear()
     options = RunOptions(image=image.path, watches=[watch], accel="tcg", timeout=timeout,
-                         cmdline=cmdline(row),
+                         cmdline=cmdline(row), qemu_args=list(clock) if qemu10 else [],
                          engine="gdbstub" if qemu10 is None else "plugin")
     with binary.using(qemu10) if qemu10 else contextlib.nullcontext():
         session = WatchSession(options, rig_options={"plugin_extra": (
@@ -398,11 +416,39 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
         print(f"  per armed call, the store check alone (plugin against nostore): "
               f"{(k['cpu'] - n['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU; probes and "
               f"arming (nostore against alone10): {_fmt(n.get('cpu_us_per'), '.0f')} us")
+    _spread(row, runs, armed.get("plugin") or armed.get("kswgdb"))
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
                 print(f"  {mode} rep {i + 1}: {r.failed or 'ok'}; calls {r.calls}, {r.extra}")
     return out
+
+
+def _spread(row: Row, runs: dict[str, list[Run]], armed: float | None) -> None:
+    """How far QEMU's CPU time moved between reps, per mode, in us per armed call.
+
+    The medians above are only as good as this: a mode whose own CPU time moves by
+    more than the cost looked for between identical reps cannot resolve it. Reps
+    are interleaved, so rep i of a watched mode is also set against rep i of its
+    baseline (same minutes, same host load): the range of those paired figures.
+    """
+    if row.name == "never" or not armed:
+        return
+    for mode, rs in runs.items():
+        cpu = [r.cpu for r in rs if not r.failed and r.cpu is not None]
+        if len(cpu) < 2:
+            continue
+        base = BASELINE.get(mode)
+        pairs = [(r.cpu - b.cpu) / armed * 1e6
+                 for r, b in zip(rs, runs.get(base, []), strict=False)
+                 if not r.failed and not b.failed and None not in (r.cpu, b.cpu)]
+        paired = (f"; rep by rep against {base}: {min(pairs):.0f} to {max(pairs):.0f} us"
+                  if len(pairs) >= 2 else "")
+        guest = [r.guest for r in rs if not r.failed and r.guest is not None]
+        print(f"  spread, {mode}: QEMU CPU {min(cpu):.2f}-{max(cpu):.2f} s over {len(cpu)} "
+              f"reps = {(max(cpu) - min(cpu)) / armed * 1e6:.0f} us per armed call"
+              + paired + (f"; guest clock {min(guest):.2f}-{max(guest):.2f} s"
+                          if guest else ""))
 
 
 def machine_facts() -> str:
@@ -420,6 +466,10 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--timeout", type=float, default=600.0, help="hard bound per run (s)")
     ap.add_argument("--verbose", action="store_true", help="counts of every run")
+    ap.add_argument("--icount", type=int, metavar="SHIFT", default=None,
+                    help="run the QEMU 10 modes (alone10, plugin, plugin0, nostore) with "
+                         "-icount shift=SHIFT,sleep=off: a guest clock that follows the "
+                         "instructions executed, not the host's")
     args = ap.parse_args()
     chosen = [r for r in rows(args.full) if r.name in args.rows.split(",")]
     modes = [m for m in args.modes.split(",") if m]
@@ -430,10 +480,13 @@ def main() -> int:
         return 2
     if "gdb" in modes and shutil.which("gdb") is None:
         ap.error("gdb not found")
+    if args.icount is not None and not 0 <= args.icount <= 10:
+        ap.error("--icount: a shift from 0 to 10")
+    clock = () if args.icount is None else ("-icount", f"shift={args.icount},sleep=off")
     qemu10 = str(fetch().binary) if {"alone10", *PLUGIN_MODES} & set(modes) else None
     image = load_image(LINUX_TOML)
     program = Program.load(image.symbols)
-    print(machine_facts())
+    print(machine_facts() + (f"; QEMU 10 modes with {' '.join(clock)}" if clock else ""))
     workdir = Path(tempfile.mkdtemp(prefix="kswgdb-linux-hot-"))
     results = []
     t_all = time.monotonic()
@@ -454,18 +507,18 @@ def main() -> int:
                     try:
                         if mode in ("alone", "alone10"):
                             r = run_alone(image, row, args.timeout,
-                                          qemu10 if mode == "alone10" else None)
+                                          qemu10 if mode == "alone10" else None, clock)
                         elif mode == "kswgdb" or mode in PLUGIN_MODES:
                             r = run_kswgdb(image, row, watch + UNARMED_DEPTH * (
                                 mode == "plugin0"), args.timeout,
-                                qemu10 if mode != "kswgdb" else None, mode)
+                                qemu10 if mode != "kswgdb" else None, mode, clock)
                         else:
                             r = run_gdb(image, row, spec, args.timeout, workdir)
                     except Exception as exc:  # noqa: BLE001 - one bad run must not end it
                         r = Run(mode, failed=f"{type(exc).__name__}: {exc}".splitlines()[0])
                     runs[mode].append(r)
                     print(f"  rep {rep + 1} {mode:6} {_fmt(r.seconds, '.3f')} s "
-                          f"({_fmt(r.cpu)} s QEMU CPU), armed "
+                          f"({_fmt(r.cpu)} s QEMU CPU, guest {_fmt(r.guest)} s), armed "
                           f"{r.armed}, run took {time.monotonic() - t0:.1f}s"
                           + (f" FAILED: {r.failed}" if r.failed else ""), flush=True)
             results.append(report(row, runs, args.verbose))
