@@ -96,6 +96,8 @@ PLUGIN_MODES = {"plugin": (), "plugin0": (), "nostore": ("stores=0",)}
 UNARMED_DEPTH = " dp=5"
 #: Each engine's column in the summary lines, and its QEMU.
 ENGINES = {"kswgdb": "gdbstub engine", "plugin": "plugin engine"}
+#: The rows with a per-armed-call figure (``stores`` prices one store callback).
+HOT_ROWS = ("openat", "statx")
 W1 = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
 
 
@@ -109,6 +111,7 @@ class Row:
 
 def rows(full: bool) -> list[Row]:
     n_never, n_hot, k_statx, where = (300, 300, 3, "/bin") if full else (100, 10, 3, "/")
+    blocks = 32768 if full else 8192
     loop = f"for i in $(seq {{n}}); do {W1}; done"
     return [
         Row("never", "__sys_connect", loop.format(n=n_never), f"W1 x{n_never}, never called"),
@@ -116,6 +119,8 @@ def rows(full: bool) -> list[Row]:
         Row("statx", "vfs_statx",
             f"for i in $(seq {k_statx}); do ls -l {where} >/dev/null; done",
             f"ls -l {where} x{k_statx}"),
+        Row("stores", "do_sys_openat2", f"dd if=/dev/zero of=/dev/null bs=64k count={blocks}",
+            f"dd of {blocks} x 64 KiB from /dev/zero (kernel stores, few calls)"),
     ]
 
 
@@ -393,7 +398,7 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
             print(f"  never-called watch, {engine}: {k['slowdown']:.2f}x the guest alone "
                   f"(QEMU CPU {_fmt(k.get('cpu_slowdown'))}x; aim <= 1.2x)"
                   + (f"; gdb script {g['slowdown']:.2f}x" if g.get("slowdown") else ""))
-        elif row.name != "never" and k.get("us_per") is not None:
+        elif row.name in HOT_ROWS and k.get("us_per") is not None:
             aim = "10 ms" if mode == "kswgdb" else "50 us"
             ratio = (f"; ratio to the gdb script {k['us_per'] / g['us_per']:.3f} (gdb "
                      f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
@@ -406,17 +411,18 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
               f"store checks past the range test; clock_gettime): "
               f"{in_plugin / armed['plugin']:.1f} us (aim <= 50 us)")
     k, u = out.get("plugin", {}), out.get("plugin0", {})
-    if row.name != "never" and k.get("armed") and k.get("cpu") and u.get("cpu"):
+    if row.name in HOT_ROWS and k.get("armed") and k.get("cpu") and u.get("cpu"):
         print(f"  per armed call, plugin engine, against plugin0 (the same probes and store "
               f"callbacks, nothing armed): {(k['seconds'] - u['seconds']) / k['armed'] * 1e6:.0f}"
               f" us wall, {(k['cpu'] - u['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU "
               "(aim <= 50 us)")
     n = out.get("nostore", {})
-    if row.name != "never" and k.get("armed") and k.get("cpu") and n.get("cpu"):
+    if row.name in HOT_ROWS and k.get("armed") and k.get("cpu") and n.get("cpu"):
         print(f"  per armed call, the store check alone (plugin against nostore): "
               f"{(k['cpu'] - n['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU; probes and "
               f"arming (nostore against alone10): {_fmt(n.get('cpu_us_per'), '.0f')} us")
     _spread(row, runs, armed.get("plugin") or armed.get("kswgdb"))
+    _store_counts(row, runs, out)
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
@@ -432,7 +438,7 @@ def _spread(row: Row, runs: dict[str, list[Run]], armed: float | None) -> None:
     are interleaved, so rep i of a watched mode is also set against rep i of its
     baseline (same minutes, same host load): the range of those paired figures.
     """
-    if row.name == "never" or not armed:
+    if row.name not in HOT_ROWS or not armed:
         return
     for mode, rs in runs.items():
         cpu = [r.cpu for r in rs if not r.failed and r.cpu is not None]
@@ -451,6 +457,34 @@ def _spread(row: Row, runs: dict[str, list[Run]], armed: float | None) -> None:
                           if guest else ""))
 
 
+def _profile(runs: dict[str, list[Run]], mode: str, key: str) -> float | None:
+    return _median([r.extra.get("profile", {}).get(key) for r in runs.get(mode, [])
+                    if not r.failed])
+
+
+def _store_counts(row: Row, runs: dict[str, list[Run]], out: dict) -> None:
+    """What the plugin adds, counted rather than timed (``prof=1``).
+
+    Every kernel store but pushes and calls runs the plugin's store callback, armed
+    watch or not (one call per iteration of a REP string store): counted per vCPU
+    over the whole run, boot included. On ``stores`` (one dd, nearly every callback
+    in the window) plugin0 against nostore prices one callback: a lower bound, as
+    the boot's callbacks are in the count but not in the CPU window.
+    """
+    calls, armed = _profile(runs, "plugin", "store_calls"), out.get("plugin", {}).get("armed")
+    if calls is not None and armed and row.name in HOT_ROWS:
+        print(f"  plugin, counted: {calls / armed:.0f} store callbacks per armed call (whole "
+              f"run, boot included), {_profile(runs, 'plugin', 'store_sites'):.0f} store "
+              f"instructions instrumented in {_profile(runs, 'plugin', 'tbs'):.0f} blocks "
+              f"({_profile(runs, 'plugin', 'trans_ns') / 1e6:.0f} ms instrumenting them)")
+    u, n = out.get("plugin0", {}), out.get("nostore", {})
+    calls0 = _profile(runs, "plugin0", "store_calls")
+    if row.name == "stores" and calls0 and u.get("cpu") and n.get("cpu"):
+        print(f"  one store callback (plugin0 against nostore, {calls0 / 1e6:.0f} M callbacks, "
+              f"boot's included): {(u['cpu'] - n['cpu']) / calls0 * 1e9:.1f} ns QEMU CPU "
+              f"(a lower bound)")
+
+
 def machine_facts() -> str:
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
                           text=True).stdout.splitlines()[0]
@@ -462,7 +496,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="the workload sizes of issue 13")
-    ap.add_argument("--rows", default="never,openat,statx")
+    ap.add_argument("--rows", default="never,openat,statx",
+                    help="never,openat,statx, and stores: the cost of one store callback")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--timeout", type=float, default=600.0, help="hard bound per run (s)")
     ap.add_argument("--verbose", action="store_true", help="counts of every run")
@@ -474,7 +509,7 @@ def main() -> int:
     chosen = [r for r in rows(args.full) if r.name in args.rows.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     if not chosen or any(m not in MODES for m in modes):
-        ap.error(f"--rows: never,openat,statx; --modes: {','.join(MODES)}")
+        ap.error(f"--rows: never,openat,statx,stores; --modes: {','.join(MODES)}")
     if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
         print("linux_hot: the Debian image is not built (make image-linux)", file=sys.stderr)
         return 2
