@@ -408,7 +408,7 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
                          if not r.failed])
     if in_plugin is not None and armed.get("plugin"):
         print(f"  per armed call, plugin engine, inside its callbacks (probe, release, "
-              f"store checks past the range test; clock_gettime): "
+              f"store checks past the range test; the vCPU thread's CPU time): "
               f"{in_plugin / armed['plugin']:.1f} us (aim <= 50 us)")
     k, u = out.get("plugin", {}), out.get("plugin0", {})
     if row.name in HOT_ROWS and k.get("armed") and k.get("cpu") and u.get("cpu"):
@@ -473,10 +473,12 @@ def _store_counts(row: Row, runs: dict[str, list[Run]], out: dict) -> None:
     """
     calls, armed = _profile(runs, "plugin", "store_calls"), out.get("plugin", {}).get("armed")
     if calls is not None and armed and row.name in HOT_ROWS:
+        reps, sites, tbs, trans = (_profile(runs, "plugin", k) or 0 for k in
+                                   ("rep_calls", "store_sites", "tbs", "trans_ns"))
         print(f"  plugin, counted: {calls / armed:.0f} store callbacks per armed call (whole "
-              f"run, boot included), {_profile(runs, 'plugin', 'store_sites'):.0f} store "
-              f"instructions instrumented in {_profile(runs, 'plugin', 'tbs'):.0f} blocks "
-              f"({_profile(runs, 'plugin', 'trans_ns') / 1e6:.0f} ms instrumenting them)")
+              f"run, boot included; {reps / calls:.0%} REP string iterations), {sites:.0f} "
+              f"store instructions instrumented in {tbs:.0f} blocks ({trans / 1e6:.0f} ms "
+              "instrumenting them)")
     u, n = out.get("plugin0", {}), out.get("nostore", {})
     calls0 = _profile(runs, "plugin0", "store_calls")
     if row.name == "stores" and calls0 and u.get("cpu") and n.get("cpu"):
