@@ -1,7 +1,7 @@
 """Watching hot paths of Debian's kernel under TCG: guest alone, kswgdb, a plain gdb script.
 
-Usage: python3 bench/linux_hot.py [--reps 3] [--full] [--rows never,openat,statx]
-           [--modes alone,kswgdb,gdb,alone10,plugin]
+Usage: python3 bench/linux_hot.py [--reps 3] [--full] [--rows never,openat,statx,stores]
+           [--modes alone,kswgdb,gdb,alone10,plugin,plugin0,nostore] [--icount SHIFT]
 
 Each row is one busybox workload, run by the initramfs as the command after
 ``--`` on the kernel command line (images/linux.toml, with ``nokaslr``: the gdb
@@ -38,6 +38,34 @@ Rows (``--full``: the sizes of issue 13's table):
           which nothing in it calls: what a watch that never fires costs
   openat  W1, watching do_sys_openat2 (a hot syscall path)
   statx   3 x ``ls -l /`` (``--full``: 3 x ``ls -l /bin``), watching vfs_statx
+  stores  (not in the default rows) dd of 512 MiB (``--full``: 2 GiB) from
+          /dev/zero: nearly all its QEMU CPU is kernel stores, few calls; plugin0
+          against nostore prices one store callback of the plugin
+
+How the plugin engine's per-armed-call cost is resolved. The aim is 50 us of
+added QEMU CPU per armed call; on W1 x300 that is 75 ms in a run whose guest
+alone takes 4-8 s of QEMU CPU, and on this shared 2-core VM the same run's QEMU
+CPU moves by 1-3 s between reps (about +-1,000 us per armed call), whatever the
+host's load average says. Three ways were compared (docs/plugin-engine.md):
+
+  --icount SHIFT  every QEMU 10 mode runs with ``-icount shift=SHIFT,sleep=off``:
+          the guest's clock counts its instructions, so it gets the same ticks
+          and the same work whatever the host does (the guest's own clock around
+          the workload, printed per run, is then equal across modes). It did not
+          narrow the spread: the noise is the host's CPU time per unit of work,
+          not the guest's work. Off by default (it also changes what TCG
+          translates: no REP loop inside a block).
+  spread  more interleaved reps and their medians: each row prints, per mode,
+          the range of QEMU's CPU over the reps and of the rep-by-rep differences
+          with the baseline, in us per armed call. With a spread of 1,000+ us no
+          practical number of reps brings W1's median to +-50 us.
+  counted the plugin runs with ``prof=1``: its callbacks are timed in the vCPU
+          thread's CPU time, and it counts the store callbacks it executed (REP
+          string iterations apart), the store instructions it instrumented, the
+          blocks translated and the time spent instrumenting them. With the price
+          of one store callback (row ``stores``) this bounds what the plugin adds
+          per armed call without timing the whole run: this is what the W1 figure
+          of docs/plugin-engine.md rests on.
 
 The time of a run is host wall time between the initramfs's ``KSWGDB-INIT ready``
 and ``KSWGDB-INIT done`` console lines (boot and symbol loading excluded). Per
