@@ -503,10 +503,14 @@ def _store_counts(row: Row, runs: dict[str, list[Run]], out: dict) -> None:
     if calls is not None and armed and row.name in HOT_ROWS:
         reps, sites, tbs, trans = (_profile(runs, "plugin", k) or 0 for k in
                                    ("rep_calls", "store_sites", "tbs", "trans_ns"))
+        kinds = ", ".join(f"{(_profile(runs, 'plugin', key) or 0) / calls:.0%} {what}"
+                          for key, what in (("rip_calls", "RIP-relative"),
+                                            ("gs_abs_calls", "%gs absolute"),
+                                            ("rsp_calls", "RSP-based")))
         print(f"  plugin, counted: {calls / armed:.0f} store callbacks per armed call (whole "
-              f"run, boot included; {reps / calls:.0%} REP string iterations), {sites:.0f} "
-              f"store instructions instrumented in {tbs:.0f} blocks ({trans / 1e6:.0f} ms "
-              "instrumenting them)")
+              f"run, boot included; {reps / calls:.0%} REP string iterations, {kinds}), "
+              f"{sites:.0f} store instructions instrumented in {tbs:.0f} blocks "
+              f"({trans / 1e6:.0f} ms instrumenting them)")
     u, n = out.get("plugin0", {}), out.get("nostore", {})
     calls0 = _profile(runs, "plugin0", "store_calls")
     if row.name == "stores" and calls0 and u.get("cpu") and n.get("cpu"):
