@@ -1,7 +1,7 @@
 """Watching hot paths of Debian's kernel under TCG: guest alone, kswgdb, a plain gdb script.
 
-Usage: python3 bench/linux_hot.py [--reps 3] [--full] [--rows never,openat,statx]
-           [--modes alone,kswgdb,gdb,alone10,plugin]
+Usage: python3 bench/linux_hot.py [--reps 3] [--full] [--rows never,openat,statx,stores]
+           [--modes alone,kswgdb,gdb,alone10,plugin,plugin0,nostore] [--icount SHIFT]
 
 Each row is one busybox workload, run by the initramfs as the command after
 ``--`` on the kernel command line (images/linux.toml, with ``nokaslr``: the gdb
@@ -38,6 +38,34 @@ Rows (``--full``: the sizes of issue 13's table):
           which nothing in it calls: what a watch that never fires costs
   openat  W1, watching do_sys_openat2 (a hot syscall path)
   statx   3 x ``ls -l /`` (``--full``: 3 x ``ls -l /bin``), watching vfs_statx
+  stores  (not in the default rows) dd of 512 MiB (``--full``: 2 GiB) from
+          /dev/zero: nearly all its QEMU CPU is kernel stores, few calls; plugin0
+          against nostore prices one store callback of the plugin
+
+How the plugin engine's per-armed-call cost is resolved. The aim is 50 us of
+added QEMU CPU per armed call; on W1 x300 that is 75 ms in a run whose guest
+alone takes 4-8 s of QEMU CPU, and on this shared 2-core VM the same run's QEMU
+CPU moves by 1-3 s between reps (about +-1,000 us per armed call), whatever the
+host's load average says. Three ways were compared (docs/plugin-engine.md):
+
+  --icount SHIFT  every QEMU 10 mode runs with ``-icount shift=SHIFT,sleep=off``:
+          the guest's clock counts its instructions, so it gets the same ticks
+          and the same work whatever the host does (the guest's own clock around
+          the workload, printed per run, is then equal across modes). It did not
+          narrow the spread: the noise is the host's CPU time per unit of work,
+          not the guest's work. Off by default (it also changes what TCG
+          translates: no REP loop inside a block).
+  spread  more interleaved reps and their medians: each row prints, per mode,
+          the range of QEMU's CPU over the reps and of the rep-by-rep differences
+          with the baseline, in us per armed call. With a spread of 1,000+ us no
+          practical number of reps brings W1's median to +-50 us.
+  counted the plugin runs with ``prof=1``: its callbacks are timed in the vCPU
+          thread's CPU time, and it counts the store callbacks it executed (REP
+          string iterations apart), the store instructions it instrumented, the
+          blocks translated and the time spent instrumenting them. With the price
+          of one store callback (row ``stores``) this bounds what the plugin adds
+          per armed call without timing the whole run: this is what the W1 figure
+          of docs/plugin-engine.md rests on.
 
 The time of a run is host wall time between the initramfs's ``KSWGDB-INIT ready``
 and ``KSWGDB-INIT done`` console lines (boot and symbol loading excluded). Per
@@ -96,6 +124,8 @@ PLUGIN_MODES = {"plugin": (), "plugin0": (), "nostore": ("stores=0",)}
 UNARMED_DEPTH = " dp=5"
 #: Each engine's column in the summary lines, and its QEMU.
 ENGINES = {"kswgdb": "gdbstub engine", "plugin": "plugin engine"}
+#: The rows with a per-armed-call figure (``stores`` prices one store callback).
+HOT_ROWS = ("openat", "statx")
 W1 = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
 
 
@@ -109,6 +139,7 @@ class Row:
 
 def rows(full: bool) -> list[Row]:
     n_never, n_hot, k_statx, where = (300, 300, 3, "/bin") if full else (100, 10, 3, "/")
+    blocks = 32768 if full else 8192
     loop = f"for i in $(seq {{n}}); do {W1}; done"
     return [
         Row("never", "__sys_connect", loop.format(n=n_never), f"W1 x{n_never}, never called"),
@@ -116,15 +147,28 @@ def rows(full: bool) -> list[Row]:
         Row("statx", "vfs_statx",
             f"for i in $(seq {k_statx}); do ls -l {where} >/dev/null; done",
             f"ls -l {where} x{k_statx}"),
+        Row("stores", "do_sys_openat2", f"dd if=/dev/zero of=/dev/null bs=64k count={blocks}",
+            f"dd of {blocks} x 64 KiB from /dev/zero (kernel stores, few calls)"),
     ]
 
 
+#: Console lines with the guest's own clock (``/proc/uptime``) around the workload.
+GUEST_T0, GUEST_T1 = "LINUX-HOT-T0", "LINUX-HOT-T1"
+
+
 def cmdline(row: Row) -> str:
-    """``nokaslr`` in every mode: the gdb script breaks at the file's addresses."""
-    return f"nokaslr -- {row.command}"
+    """``nokaslr`` in every mode: the gdb script breaks at the file's addresses.
+
+    The workload is framed by the guest's uptime: under ``--icount`` the guest's
+    clock counts the instructions it executed (plus idle time skipped), so equal
+    guest times say each mode gave the guest the same work. The workload's own
+    exit status is the command's."""
+    clock = "read t rest </proc/uptime; echo {key} $t"
+    return (f"nokaslr -- {clock.format(key=GUEST_T0)}; {row.command}; s=$?; "
+            f"{clock.format(key=GUEST_T1)}; exit $s")
 
 
-bench_stamps.stamp_lines(READY, DONE)
+bench_stamps.stamp_lines(READY, DONE, GUEST_T0, GUEST_T1)
 _LAST_MACHINE = bench_stamps.LAST_MACHINE
 
 
@@ -133,6 +177,7 @@ class Run:
     mode: str
     seconds: float | None = None
     cpu: float | None = None          # QEMU's CPU seconds between the two lines
+    guest: float | None = None        # the guest's own seconds around the workload
     armed: int = 0
     calls: int = 0
     hits: int = 0
@@ -146,6 +191,9 @@ def _window(console, run: Run) -> None:
     cpu = bench_stamps.cpu_stamps(console)
     if cpu.get(READY) is not None and cpu.get(DONE) is not None:
         run.cpu = cpu[DONE] - cpu[READY]
+    with contextlib.suppress(KeyError, IndexError, ValueError):
+        run.guest = (float(stamps[GUEST_T1][1].split(GUEST_T1)[1].split()[0])
+                     - float(stamps[GUEST_T0][1].split(GUEST_T0)[1].split()[0]))
     if READY in stamps and DONE in stamps:
         run.seconds = stamps[DONE][0] - stamps[READY][0]
         if "status=0" not in stamps[DONE][1]:
@@ -154,11 +202,13 @@ def _window(console, run: Run) -> None:
         run.failed = run.failed or f"no {READY}/{DONE} lines on the console"
 
 
-def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run:
+def run_alone(image, row: Row, timeout: float, qemu10: str | None = None,
+              clock: tuple[str, ...] = ()) -> Run:
     run = Run("alone" if qemu10 is None else "alone10")
     # QEMU 10 alone runs as the plugin engine does: no gdbstub, hence no -icount
-    # (`Quirks.tcg_args`); only the gdbstub engine needs icount there.
-    extra = {"qemu_binary": qemu10, "gdb": False} if qemu10 else {}
+    # (`Quirks.tcg_args`); only the gdbstub engine needs icount there. ``clock``
+    # (--icount) is given to both alike.
+    extra = {"qemu_binary": qemu10, "gdb": False, "extra_args": clock} if qemu10 else {}
     with Machine(image, accel="tcg", extra_cmdline=cmdline(row), paused=False,
                  **extra) as m:
         try:
@@ -171,12 +221,13 @@ def run_alone(image, row: Row, timeout: float, qemu10: str | None = None) -> Run
 
 
 def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None = None,
-               mode: str = "") -> Run:
-    """kswgdb's gdbstub engine (the QEMU on PATH), or with ``qemu10`` its plugin engine."""
+               mode: str = "", clock: tuple[str, ...] = ()) -> Run:
+    """kswgdb's gdbstub engine (the QEMU on PATH), or with ``qemu10`` its plugin engine
+    (``clock``: the --icount arguments, as ``--qemu-arg`` gives them)."""
     run = Run(mode or ("kswgdb" if qemu10 is None else "plugin"))
     _LAST_MACHINE.clear()
     options = RunOptions(image=image.path, watches=[watch], accel="tcg", timeout=timeout,
-                         cmdline=cmdline(row),
+                         cmdline=cmdline(row), qemu_args=list(clock) if qemu10 else [],
                          engine="gdbstub" if qemu10 is None else "plugin")
     with binary.using(qemu10) if qemu10 else contextlib.nullcontext():
         session = WatchSession(options, rig_options={"plugin_extra": (
@@ -375,7 +426,7 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
             print(f"  never-called watch, {engine}: {k['slowdown']:.2f}x the guest alone "
                   f"(QEMU CPU {_fmt(k.get('cpu_slowdown'))}x; aim <= 1.2x)"
                   + (f"; gdb script {g['slowdown']:.2f}x" if g.get("slowdown") else ""))
-        elif row.name != "never" and k.get("us_per") is not None:
+        elif row.name in HOT_ROWS and k.get("us_per") is not None:
             aim = "10 ms" if mode == "kswgdb" else "50 us"
             ratio = (f"; ratio to the gdb script {k['us_per'] / g['us_per']:.3f} (gdb "
                      f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
@@ -385,24 +436,87 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
                          if not r.failed])
     if in_plugin is not None and armed.get("plugin"):
         print(f"  per armed call, plugin engine, inside its callbacks (probe, release, "
-              f"store checks past the range test; clock_gettime): "
+              f"store checks past the range test; the vCPU thread's CPU time): "
               f"{in_plugin / armed['plugin']:.1f} us (aim <= 50 us)")
     k, u = out.get("plugin", {}), out.get("plugin0", {})
-    if row.name != "never" and k.get("armed") and k.get("cpu") and u.get("cpu"):
+    if row.name in HOT_ROWS and k.get("armed") and k.get("cpu") and u.get("cpu"):
         print(f"  per armed call, plugin engine, against plugin0 (the same probes and store "
               f"callbacks, nothing armed): {(k['seconds'] - u['seconds']) / k['armed'] * 1e6:.0f}"
               f" us wall, {(k['cpu'] - u['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU "
               "(aim <= 50 us)")
     n = out.get("nostore", {})
-    if row.name != "never" and k.get("armed") and k.get("cpu") and n.get("cpu"):
+    if row.name in HOT_ROWS and k.get("armed") and k.get("cpu") and n.get("cpu"):
         print(f"  per armed call, the store check alone (plugin against nostore): "
               f"{(k['cpu'] - n['cpu']) / k['armed'] * 1e6:.0f} us QEMU CPU; probes and "
               f"arming (nostore against alone10): {_fmt(n.get('cpu_us_per'), '.0f')} us")
+    _spread(row, runs, armed.get("plugin") or armed.get("kswgdb"))
+    _store_counts(row, runs, out)
     for mode, rs in runs.items():
         for i, r in enumerate(rs):
             if r.failed or verbose:
                 print(f"  {mode} rep {i + 1}: {r.failed or 'ok'}; calls {r.calls}, {r.extra}")
     return out
+
+
+def _spread(row: Row, runs: dict[str, list[Run]], armed: float | None) -> None:
+    """How far QEMU's CPU time moved between reps, per mode, in us per armed call.
+
+    The medians above are only as good as this: a mode whose own CPU time moves by
+    more than the cost looked for between identical reps cannot resolve it. Reps
+    are interleaved, so rep i of a watched mode is also set against rep i of its
+    baseline (same minutes, same host load): the range of those paired figures.
+    """
+    if row.name not in HOT_ROWS or not armed:
+        return
+    for mode, rs in runs.items():
+        cpu = [r.cpu for r in rs if not r.failed and r.cpu is not None]
+        if len(cpu) < 2:
+            continue
+        base = BASELINE.get(mode)
+        pairs = [(r.cpu - b.cpu) / armed * 1e6
+                 for r, b in zip(rs, runs.get(base, []), strict=False)
+                 if not r.failed and not b.failed and None not in (r.cpu, b.cpu)]
+        paired = (f"; rep by rep against {base}: {min(pairs):.0f} to {max(pairs):.0f} us"
+                  if len(pairs) >= 2 else "")
+        guest = [r.guest for r in rs if not r.failed and r.guest is not None]
+        print(f"  spread, {mode}: QEMU CPU {min(cpu):.2f}-{max(cpu):.2f} s over {len(cpu)} "
+              f"reps = {(max(cpu) - min(cpu)) / armed * 1e6:.0f} us per armed call"
+              + paired + (f"; guest clock {min(guest):.2f}-{max(guest):.2f} s"
+                          if guest else ""))
+
+
+def _profile(runs: dict[str, list[Run]], mode: str, key: str) -> float | None:
+    return _median([r.extra.get("profile", {}).get(key) for r in runs.get(mode, [])
+                    if not r.failed])
+
+
+def _store_counts(row: Row, runs: dict[str, list[Run]], out: dict) -> None:
+    """What the plugin adds, counted rather than timed (``prof=1``).
+
+    Every kernel store but pushes and calls runs the plugin's store callback, armed
+    watch or not (one call per iteration of a REP string store): counted per vCPU
+    over the whole run, boot included. On ``stores`` (one dd, nearly every callback
+    in the window) plugin0 against nostore prices one callback: a lower bound, as
+    the boot's callbacks are in the count but not in the CPU window.
+    """
+    calls, armed = _profile(runs, "plugin", "store_calls"), out.get("plugin", {}).get("armed")
+    if calls is not None and armed and row.name in HOT_ROWS:
+        reps, sites, tbs, trans = (_profile(runs, "plugin", k) or 0 for k in
+                                   ("rep_calls", "store_sites", "tbs", "trans_ns"))
+        kinds = ", ".join(f"{(_profile(runs, 'plugin', key) or 0) / calls:.0%} {what}"
+                          for key, what in (("rip_calls", "RIP-relative"),
+                                            ("gs_abs_calls", "%gs absolute"),
+                                            ("rsp_calls", "RSP-based")))
+        print(f"  plugin, counted: {calls / armed:.0f} store callbacks per armed call (whole "
+              f"run, boot included; {reps / calls:.0%} REP string iterations, {kinds}), "
+              f"{sites:.0f} store instructions instrumented in {tbs:.0f} blocks "
+              f"({trans / 1e6:.0f} ms instrumenting them)")
+    u, n = out.get("plugin0", {}), out.get("nostore", {})
+    calls0 = _profile(runs, "plugin0", "store_calls")
+    if row.name == "stores" and calls0 and u.get("cpu") and n.get("cpu"):
+        print(f"  one store callback (plugin0 against nostore, {calls0 / 1e6:.0f} M callbacks, "
+              f"boot's included): {(u['cpu'] - n['cpu']) / calls0 * 1e9:.1f} ns QEMU CPU "
+              f"(a lower bound)")
 
 
 def machine_facts() -> str:
@@ -416,24 +530,32 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="the workload sizes of issue 13")
-    ap.add_argument("--rows", default="never,openat,statx")
+    ap.add_argument("--rows", default="never,openat,statx",
+                    help="never,openat,statx, and stores: the cost of one store callback")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--timeout", type=float, default=600.0, help="hard bound per run (s)")
     ap.add_argument("--verbose", action="store_true", help="counts of every run")
+    ap.add_argument("--icount", type=int, metavar="SHIFT", default=None,
+                    help="run the QEMU 10 modes (alone10, plugin, plugin0, nostore) with "
+                         "-icount shift=SHIFT,sleep=off: a guest clock that follows the "
+                         "instructions executed, not the host's")
     args = ap.parse_args()
     chosen = [r for r in rows(args.full) if r.name in args.rows.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     if not chosen or any(m not in MODES for m in modes):
-        ap.error(f"--rows: never,openat,statx; --modes: {','.join(MODES)}")
+        ap.error(f"--rows: never,openat,statx,stores; --modes: {','.join(MODES)}")
     if not (IMAGES_DIR / "linux" / "out" / ".stamp").is_file():
         print("linux_hot: the Debian image is not built (make image-linux)", file=sys.stderr)
         return 2
     if "gdb" in modes and shutil.which("gdb") is None:
         ap.error("gdb not found")
+    if args.icount is not None and not 0 <= args.icount <= 10:
+        ap.error("--icount: a shift from 0 to 10")
+    clock = () if args.icount is None else ("-icount", f"shift={args.icount},sleep=off")
     qemu10 = str(fetch().binary) if {"alone10", *PLUGIN_MODES} & set(modes) else None
     image = load_image(LINUX_TOML)
     program = Program.load(image.symbols)
-    print(machine_facts())
+    print(machine_facts() + (f"; QEMU 10 modes with {' '.join(clock)}" if clock else ""))
     workdir = Path(tempfile.mkdtemp(prefix="kswgdb-linux-hot-"))
     results = []
     t_all = time.monotonic()
@@ -454,18 +576,18 @@ def main() -> int:
                     try:
                         if mode in ("alone", "alone10"):
                             r = run_alone(image, row, args.timeout,
-                                          qemu10 if mode == "alone10" else None)
+                                          qemu10 if mode == "alone10" else None, clock)
                         elif mode == "kswgdb" or mode in PLUGIN_MODES:
                             r = run_kswgdb(image, row, watch + UNARMED_DEPTH * (
                                 mode == "plugin0"), args.timeout,
-                                qemu10 if mode != "kswgdb" else None, mode)
+                                qemu10 if mode != "kswgdb" else None, mode, clock)
                         else:
                             r = run_gdb(image, row, spec, args.timeout, workdir)
                     except Exception as exc:  # noqa: BLE001 - one bad run must not end it
                         r = Run(mode, failed=f"{type(exc).__name__}: {exc}".splitlines()[0])
                     runs[mode].append(r)
                     print(f"  rep {rep + 1} {mode:6} {_fmt(r.seconds, '.3f')} s "
-                          f"({_fmt(r.cpu)} s QEMU CPU), armed "
+                          f"({_fmt(r.cpu)} s QEMU CPU, guest {_fmt(r.guest)} s), armed "
                           f"{r.armed}, run took {time.monotonic() - t0:.1f}s"
                           + (f" FAILED: {r.failed}" if r.failed else ""), flush=True)
             results.append(report(row, runs, args.verbose))

@@ -52,8 +52,12 @@
  *                      "cfg none\n" (no slide: probe nothing).
  *   kstores=ADDR       check only stores by instructions at ADDR and above (Linux:
  *                      the kernel half; user code cannot write a kernel stack)
- *   prof=1             time the probe, release and store-check callbacks (clock_gettime)
- *                      and send the totals in the "end" line (bench/linux_hot.py)
+ *   prof=1             time the probe, release and store-check callbacks (the vCPU
+ *                      thread's CPU time) and send the totals in the "end" line
+ *                      (bench/linux_hot.py), with the store callbacks executed (range
+ *                      test passed or not; REP string iterations and a few addressing
+ *                      kinds apart: `store_kind`), the store instructions instrumented,
+ *                      the blocks translated and the time spent instrumenting them
  *   hook=ADDR          module loads (do_init_module): each call holds its vCPU and
  *                      serves kswgdb's requests, one line each, until "go":
  *                      "r ADDR LEN" (guest memory, answered by a "mem" line),
@@ -153,8 +157,26 @@ static uint64_t hit_seq;
  * callbacks, and how many of the latter. */
 static int prof;
 static _Atomic uint64_t prof_probe_ns, prof_release_ns, prof_store_ns, prof_stores;
+/* prof=1: every store callback executed (a plain count per vCPU: no atomic on the
+ * hot path; QEMU 10.0's inline scoreboard adds crash when its array grows at the
+ * second vCPU's start), store instructions instrumented, blocks translated and
+ * nanoseconds in on_tb_trans. */
+#define PROF_VCPUS 64
+static struct { uint64_t n, rep, kind[4]; char pad[16]; } prof_store_calls[PROF_VCPUS];
+static _Atomic uint64_t prof_store_sites, prof_tbs, prof_trans_ns;
 #include <time.h>
+/* The vCPU thread's CPU time: on a loaded host a callback preempted midway would
+ * count the other processes' time too with a wall clock. */
 static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The wall clock (vDSO, no system call) for on_tb_trans: tens of thousands of short
+ * translations, where a system call per reading would cost more than it measures. */
+static uint64_t wall_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -629,6 +651,79 @@ static void *site_udata(uint64_t pc, int is_rep)
     return (void *)(uintptr_t)((pc & (SITE_REP - 1)) | (is_rep ? SITE_REP : 0));
 }
 
+/* prof=1 only: what addresses a store (`store_kind`), in the udata's bits 49-50. */
+enum { KIND_OTHER, KIND_RIP, KIND_GS_ABS, KIND_RSP };
+#define SITE_KIND_SHIFT (SITE_PC_BITS + 1)
+
+static int site_kind(void *udata)
+{
+    return (int)(((uint64_t)(uintptr_t)udata >> SITE_KIND_SHIFT) & 3);
+}
+
+/*
+ * prof=1 only, to weigh which stores could go uninstrumented: a RIP-relative store
+ * (a global at an address fixed at translation), a %gs:disp32 store with no base
+ * and no index (per-CPU data), a store based on RSP, or another one (KIND_OTHER,
+ * also whatever this short decoder does not know).
+ */
+static int store_kind(struct qemu_plugin_insn *insn)
+{
+    uint8_t b[16] = {0};
+    size_t n = qemu_plugin_insn_data(insn, b, sizeof(b));
+    size_t i = 0;
+    int gs = 0, rex = 0;
+    for (; i < n; i++) {
+        uint8_t c = b[i];
+        if (c == 0x65) {
+            gs = 1;
+        } else if (c == 0x66 || c == 0x67 || c == 0xf0 || c == 0xf2 || c == 0xf3
+                   || c == 0x2e || c == 0x36 || c == 0x3e || c == 0x26 || c == 0x64) {
+            continue;
+        } else if ((c & 0xf0) == 0x40) {
+            rex = c;
+        } else {
+            break;
+        }
+    }
+    if (i >= n) {
+        return KIND_OTHER;
+    }
+    uint8_t op = b[i++];
+    int modrm;
+    if (op == 0x0f) {
+        uint8_t op2 = i < n ? b[i++] : 0;
+        modrm = op2 == 0x11 || op2 == 0x29 || op2 == 0x7f || op2 == 0xe7 || op2 == 0xc3
+                || op2 == 0xb0 || op2 == 0xb1 || op2 == 0xc0 || op2 == 0xc1 || op2 == 0xab
+                || op2 == 0xb3 || op2 == 0xbb || op2 == 0xba || (op2 >= 0x90 && op2 <= 0x9f)
+                || op2 == 0xc7;
+    } else {
+        modrm = (op < 0x40 && (op & 7) <= 1) || (op >= 0x80 && op <= 0x83)
+                || (op >= 0x86 && op <= 0x89) || op == 0x8c || op == 0xc0 || op == 0xc1
+                || op == 0xc6 || op == 0xc7 || (op >= 0xd0 && op <= 0xd3) || op == 0xf6
+                || op == 0xf7 || op == 0xfe || op == 0xff;
+    }
+    if (!modrm || i >= n) {
+        return KIND_OTHER;
+    }
+    uint8_t m = b[i++];
+    int mod = m >> 6, rm = m & 7;
+    if (mod == 3) {
+        return KIND_OTHER;
+    }
+    if (mod == 0 && rm == 5) {
+        return KIND_RIP;
+    }
+    if (rm == 4 && i < n) {
+        uint8_t sib = b[i];
+        int base = (sib & 7) | ((rex & 1) << 3), index = ((sib >> 3) & 7) | ((rex & 2) << 2);
+        if (mod == 0 && (sib & 7) == 5 && index == 4) {
+            return gs ? KIND_GS_ABS : KIND_OTHER;
+        }
+        return base == 4 ? KIND_RSP : KIND_OTHER;
+    }
+    return KIND_OTHER;
+}
+
 static struct store_site site_of(void *udata)
 {
     uint64_t u = (uint64_t)(uintptr_t)udata;
@@ -645,6 +740,11 @@ static void check_store(unsigned int vcpu, const struct store_site *site, uint64
 static void on_store(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr,
                      void *udata)
 {
+    if (prof) {
+        prof_store_calls[vcpu % PROF_VCPUS].n++;
+        prof_store_calls[vcpu % PROF_VCPUS].rep += site_of(udata).is_rep;
+        prof_store_calls[vcpu % PROF_VCPUS].kind[site_kind(udata)]++;
+    }
     if (!atomic_load_explicit(&placed, memory_order_relaxed)) {
         if (vaddr >= kmap_lo && vaddr < kmap_hi) {
             place_kernel(site_of(udata).pc);
@@ -822,6 +922,7 @@ static void instrument_code(struct qemu_plugin_insn *insn, uint64_t pc)
 
 static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
+    uint64_t t0 = prof ? wall_ns() : 0;
     size_t n = qemu_plugin_tb_n_insns(tb);
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -839,7 +940,17 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         qemu_plugin_register_vcpu_mem_cb(insn, on_store, store_mode != 1 ?
                                          QEMU_PLUGIN_CB_R_REGS : QEMU_PLUGIN_CB_NO_REGS,
                                          QEMU_PLUGIN_MEM_W,
-                                         site_udata(pc, is_rep_string_store(insn)));
+                                         (void *)((uintptr_t)site_udata(
+                                             pc, is_rep_string_store(insn))
+                                             | (prof ? (uintptr_t)store_kind(insn)
+                                                       << SITE_KIND_SHIFT : 0)));
+        if (prof) {
+            atomic_fetch_add(&prof_store_sites, 1);
+        }
+    }
+    if (prof) {
+        atomic_fetch_add(&prof_tbs, 1);
+        atomic_fetch_add(&prof_trans_ns, wall_ns() - t0);
     }
 }
 
@@ -863,6 +974,16 @@ static void on_vcpu_init(qemu_plugin_id_t id, unsigned int vcpu)
     __atomic_store_n(&regs_found, 1, __ATOMIC_RELEASE);
 }
 
+static uint64_t prof_store_call_count(int what)    /* -2 all, -1 REP, else a kind */
+{
+    uint64_t n = 0;
+    for (int v = 0; v < PROF_VCPUS; v++) {
+        n += what == -2 ? prof_store_calls[v].n : what == -1 ? prof_store_calls[v].rep
+                                                             : prof_store_calls[v].kind[what];
+    }
+    return n;
+}
+
 static void on_exit_qemu(qemu_plugin_id_t id, void *p)
 {
     GString *line = g_string_new("{\"event\":\"end\",");
@@ -871,9 +992,20 @@ static void on_exit_qemu(qemu_plugin_id_t id, void *p)
     pthread_mutex_unlock(&lock);
     if (prof) {
         g_string_append_printf(line, ",\"prof\":{\"probe_ns\":%" PRIu64 ",\"release_ns\":%"
-                               PRIu64 ",\"store_ns\":%" PRIu64 ",\"stores\":%" PRIu64 "}",
+                               PRIu64 ",\"store_ns\":%" PRIu64 ",\"stores\":%" PRIu64
+                               ",\"store_calls\":%" PRIu64 ",\"rep_calls\":%" PRIu64
+                               ",\"rip_calls\":%" PRIu64 ",\"gs_abs_calls\":%" PRIu64
+                               ",\"rsp_calls\":%" PRIu64
+                               ",\"store_sites\":%" PRIu64
+                               ",\"tbs\":%" PRIu64 ",\"trans_ns\":%" PRIu64 "}",
                                atomic_load(&prof_probe_ns), atomic_load(&prof_release_ns),
-                               atomic_load(&prof_store_ns), atomic_load(&prof_stores));
+                               atomic_load(&prof_store_ns), atomic_load(&prof_stores),
+                               prof_store_call_count(-2), prof_store_call_count(-1),
+                               prof_store_call_count(KIND_RIP),
+                               prof_store_call_count(KIND_GS_ABS),
+                               prof_store_call_count(KIND_RSP),
+                               atomic_load(&prof_store_sites), atomic_load(&prof_tbs),
+                               atomic_load(&prof_trans_ns));
     }
     g_string_append(line, "}\n");
     send_line(line->str, line->len);
