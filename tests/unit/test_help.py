@@ -94,3 +94,24 @@ def test_the_poll_examples_point_at_scenario_8s_word() -> None:
     assert examples and f"pa={word:#x}" in help_poll
     for example in examples:
         assert f"pa={word:#x}" in example, (example, hex(word))
+
+
+@pytest.mark.parametrize("name", [n for n, p in SUBCOMMANDS.choices.items()
+                                  if any("--log" in a.option_strings for a in p._actions)])
+def test_the_log_help_says_an_existing_file_is_appended_to(name: str, tmp_path, capsys) -> None:
+    """What the help promises is what an explicit ``--log`` of an existing file gets."""
+    from kswgdb.watch.hits import EventLog
+
+    [log] = [a for a in SUBCOMMANDS.choices[name]._actions if "--log" in a.option_strings]
+    assert "an existing file is appended to" in " ".join(log.help.split())
+    existing = tmp_path / "runs.log"           # not .jsonl: these are no real events
+    existing.write_text('{"event": "earlier"}\n')
+    if name in ("run", "tui"):
+        args = PARSER.parse_args([name, "--scenario", "3", "--log", str(existing)])
+        options = options_from_args(args)
+        assert (options.log_path, options.log_exclusive) == (existing, False)
+    events = EventLog(existing, exclusive=False)
+    events.write("start")
+    events.close()
+    lines = existing.read_text().splitlines()
+    assert lines[0] == '{"event": "earlier"}' and '"start"' in lines[1]
