@@ -255,3 +255,18 @@ def test_a_file_no_worker_holds_fails_with_every_reason(image, cache, tmp_path, 
         shipping.ensure(parcel.files["kernel"], parcel, Source(cluster, "me"))
     with pytest.raises(shipping.ShipError, match="not a cached file"):
         read_cached(parcel.files["kernel"].sha256, "../../etc/passwd", 0)
+
+
+def test_a_worker_that_holds_every_file_only_checks_them_when_it_joins(image, cache,
+                                                                      monkeypatch):
+    from kswgdb.campaign import joiner
+
+    parcel = shipping.parcel_of(image)
+    for src in [image.path, image.kernel, image.initrd, image.modules_dir / "lkdtm.ko"]:
+        put(cache, Path(src).read_bytes(), Path(src).name)
+
+    def no_client(*args, **kwargs):
+        raise AssertionError("a worker with every file connected to fetch one")
+
+    monkeypatch.setattr(joiner, "Client", no_client)
+    assert joiner.fill(parcel, "tcp://127.0.0.1:1", "me") == []
