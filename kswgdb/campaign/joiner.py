@@ -1,21 +1,22 @@
 """A worker fills its cache with the campaign's files when it joins: `CacheFill`.
 
 A Dask worker plugin registered by the campaign's client is set up on every
-worker there is, and on every worker that joins later, before that worker takes
-a task (Dask runs a joining worker's plugins before it reads the scheduler's
-messages). Its setup fetches what this worker's cache lacks of the campaign's
-files, from the chunks the campaign sent or from another worker that holds them
-(`kswgdb.campaign.peers`), sha256-checked and read-only as a run's own fetch
-(`kswgdb.campaign.shipping`); a worker that holds them all only checks them.
-It never fails the worker: a file it could not get is logged here, and the run
-that needs it fetches it again, or fails with the reason. The campaign removes
-the plugin when it ends (`unregister`).
+worker there is, and on every worker that joins later. Its setup starts fetching
+what this worker's cache lacks of the campaign's files, from the chunks the
+campaign sent or from another worker that holds them (`kswgdb.campaign.peers`),
+sha256-checked and read-only as a run's own fetch (`kswgdb.campaign.shipping`);
+a worker that holds them all only checks them. The fetch runs in a thread of its
+own: the campaign's registration and the worker's start never wait for the
+slowest worker's transfer, and a run that needs a file meanwhile waits for that
+fetch (one per file and process). It never fails the worker: a file it could
+not get is logged here, and the run that needs it fetches it again, or fails
+with the reason. The campaign removes the plugin when it ends (`unregister`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -39,30 +40,36 @@ class CacheFill(WorkerPlugin):
     def __init__(self, parcel: ImageParcel) -> None:
         self.parcel = parcel
 
-    async def setup(self, worker: Any) -> None:
-        await asyncio.to_thread(fill, self.parcel, worker.scheduler.address, worker.address)
+    def setup(self, worker: Any) -> None:
+        threading.Thread(target=fill, args=(self.parcel, worker.scheduler.address,
+                                            worker.address),
+                         name="kswgdb-cache-fill", daemon=True).start()
 
 
 def fill(parcel: ImageParcel, scheduler: str, me: str) -> list[str]:
     """Put every file of ``parcel`` this worker lacks into its cache; the names it got."""
-    missing = lacking(parcel)
-    if not missing:
-        return []
-    got = []
-    with Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False) as client:
-        source = Source(client, me, wait=SENT_WAIT)
-        for f in missing:
-            try:
-                ensure(f, parcel, source)
-                got.append(f.name)
-            except (ShipError, OSError) as exc:
-                log.warning("kswgdb: %s (sha256 %s) not in this worker's cache: %s",
-                            f.name, f.sha256[:12], exc)
+    got: list[str] = []
+    try:
+        missing = lacking(parcel)
+        if not missing:
+            return got
+        with Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False) as client:
+            source = Source(client, me, wait=SENT_WAIT)
+            for f in missing:
+                try:
+                    ensure(f, parcel, source)
+                    got.append(f.name)
+                except (ShipError, OSError) as exc:
+                    log.warning("kswgdb: %s (sha256 %s) not in this worker's cache: %s",
+                                f.name, f.sha256[:12], exc)
+    except Exception as exc:  # noqa: BLE001 - a thread of the worker's: logged, never raised
+        log.warning("kswgdb: filling this worker's cache failed: %s: %s",
+                    type(exc).__name__, exc)
     return got
 
 
 def register(client: Any, parcel: ImageParcel) -> str:
-    """Register a `CacheFill` for ``parcel`` (returns once every worker there is has run it)."""
+    """Register a `CacheFill` for ``parcel`` on every worker, now and later (its name)."""
     name = f"kswgdb-image-{uuid.uuid4().hex}"
     client.register_plugin(CacheFill(parcel), name=name)
     return name

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -205,6 +206,22 @@ def ensure(f: ShippedFile, parcel: ImageParcel, source: Any = None) -> Path:
     target = images_dir() / f.sha256 / f.name
     if _good(target, f):
         return target
+    with _fetching(f.sha256):              # one fetch per file in this process
+        if _good(target, f):               # (the worker plugin's, or a run's)
+            return target
+        return _fetch(f, parcel, target, source)
+
+
+def _fetching(sha256: str) -> threading.Lock:
+    with _fetch_locks_guard:
+        return _fetch_locks.setdefault(sha256, threading.Lock())
+
+
+_fetch_locks: dict[str, threading.Lock] = {}
+_fetch_locks_guard = threading.Lock()
+
+
+def _fetch(f: ShippedFile, parcel: ImageParcel, target: Path, source: Any) -> Path:
     from kswgdb.campaign import peers
 
     names = parcel.chunks.get(f.sha256)
