@@ -43,7 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-hit", choices=("continue", "detach", "freeze"), default="continue",
                    help="detach: detach at the first hit; freeze: also write a vmcore "
                         "(needs --qmp) first")
-    p.add_argument("--log", default=None, help="event log path (JSONL, mode 0600)")
+    p.add_argument("--log", default=None, metavar="PATH",
+                   help="event log path (JSONL, mode 0600); an existing file is appended "
+                        "to (default: a new kswgdb-DATE-TIME-RANDOM.jsonl here)")
     p.add_argument("--slots", type=slot_count, default=None,
                    help="watchpoint slots under TCG (KVM always has 4)")
     p.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",

@@ -162,8 +162,8 @@ def _watch_options(p: argparse.ArgumentParser, timeout: float, timeout_type,
                    help="freeze: stop the guest at the first hit, dump a vmcore, show how "
                         "to attach gdb")
     p.add_argument("--log", default=None, metavar="PATH",
-                   help="event log path (JSONL, mode 0600; default: kswgdb-DATE-TIME.jsonl "
-                        "here)")
+                   help="event log path (JSONL, mode 0600); an existing file is appended "
+                        "to (default: a new kswgdb-DATE-TIME-RANDOM.jsonl here)")
     p.add_argument("--slots", type=slot_count, default=None, metavar="N",
                    help="watchpoint slots under TCG (default 256; KVM always has 4)")
     p.add_argument("--backtrace", choices=("gdb", "fp"), default="auto",

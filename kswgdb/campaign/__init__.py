@@ -9,6 +9,8 @@ own process): nothing here wires a guest.
 - `pool`       up to J child processes at once (forkserver), interrupted or killed by id
 - `cluster`    the same on a Dask cluster (`--cluster`): tasks, live hits, stop events
 - `shipping`   the image, --module and --drive files to cluster workers by content hash
+- `peers`      a file a worker lacks and the campaign did not send, from a worker holding it
+- `joiner`     a Dask worker plugin: each worker, joining later too, fills its cache at once
 - `cores`      a frozen run's vmcore from a cluster worker, fetched in chunks when wanted
 - `child`      one run as a plain subprocess (what a cluster worker starts)
 - `tally`      outcomes folded into counts and per-signature records (the summary)

@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, watch_options: Callable[..., Non
                                         "distinct hit once")
     watch_options(p, timeout=120.0, timeout_type=timeout_type,
                   timeout_help="end each run after S seconds (default: %(default)g)")
+    p._option_string_actions["--log"].help = (      # run's option, refused here
+        "not for campaigns: each run's event log is DIR/runs/NNNN/events.jsonl")
     p.add_argument("--allow-unarmed", action="store_true",
                    help="a run whose watch never armed counts as clean")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="J",

@@ -6,7 +6,9 @@ quarter of its time with a quarter of its memory; its larger per-task latency
 (~12 ms against ~2 ms) is nothing beside a run of seconds.
 
 The image travels by content hash (`kswgdb.campaign.shipping`): shipped once
-per campaign to the workers that lack it, cached on each by sha256. Each run is
+per campaign to the workers that lack it, cached on each by sha256; a worker
+that joins later fills its cache when it joins (`kswgdb.campaign.joiner`, a Dask
+worker plugin), from what was sent or from a worker that holds it. Each run is
 one Dask task (`run_on_worker`): on the worker it materializes the image from
 that cache, starts the run as a child process (`kswgdb.campaign.child`),
 publishes each hit as it happens (a Dask structured event on the campaign's
@@ -226,6 +228,9 @@ class ClusterPool:
         self.parcel = parcel
         try:
             self.shipment = ship(self.client, parcel)
+            from kswgdb.campaign import joiner
+
+            self.cache_fill = joiner.register(self.client, parcel)   # workers now and later
         except BaseException:
             self.client.close()
             raise
@@ -330,6 +335,10 @@ class ClusterPool:
             self.client.run(drop_kept_cores, core_tag(self.topic))
         with contextlib.suppress(ValueError):
             self.client.unsubscribe_topic(self.topic)
+        with contextlib.suppress(Exception):    # the scheduler may be gone already
+            from kswgdb.campaign import joiner
+
+            joiner.unregister(self.client, self.cache_fill)
         self.shipment.release()
         self.client.close()
         return messages

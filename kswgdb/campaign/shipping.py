@@ -10,7 +10,10 @@ run first materializes each file into its per-hash cache,
 and then runs on an `Image` whose paths point into that cache
 (`materialize`): the campaign's own paths are never read on a worker, and a
 file that arrives damaged fails that run with its reason, never a run on the
-wrong kernel. A worker that already has a hash skips its transfer.
+wrong kernel. A worker that already has a hash skips its transfer. A file the
+campaign did not send (every worker held it when it looked) comes from a worker
+that holds it (`kswgdb.campaign.peers`): what a worker that joins later lacks,
+and a `kswgdb.campaign.joiner.CacheFill` plugin fetches it all when it joins.
 
 The run's own additions travel the same way: each ``--module`` ``.ko`` and each
 ``--drive`` image is hashed with the image (`parcel_of`), and on the worker the
@@ -26,7 +29,9 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,10 +178,10 @@ _verified: dict[Path, tuple[int, int]] = {}     # path -> (size, mtime_ns) hashe
 
 def materialize(parcel: ImageParcel) -> Image:
     """The image with every path in this worker's cache (fetching what it lacks)."""
-    paths = {role: _ensure(f, parcel) for role, f in parcel.files.items()}
+    paths = {role: ensure(f, parcel) for role, f in parcel.files.items()}
     changes: dict[str, Any] = dict(paths)
     if parcel.modules:
-        changes["modules_dir"] = _modules_dir([_ensure(f, parcel) for f in parcel.modules])
+        changes["modules_dir"] = _modules_dir([ensure(f, parcel) for f in parcel.modules])
     return dataclasses.replace(parcel.image, **changes)
 
 
@@ -184,35 +189,81 @@ def worker_options(parcel: ImageParcel, options: RunOptions) -> RunOptions:
     """The run's options on this worker: its image, modules and drives in the cache."""
     return dataclasses.replace(
         options, image=materialize(parcel),
-        modules=[str(_ensure(f, parcel)) for f in parcel.added_modules],
-        drives=[f"{_ensure(f, parcel)},{mode}" for f, mode in parcel.drives])
+        modules=[str(ensure(f, parcel)) for f in parcel.added_modules],
+        drives=[f"{ensure(f, parcel)},{mode}" for f, mode in parcel.drives])
 
 
-def _ensure(f: ShippedFile, parcel: ImageParcel) -> Path:
+def lacking(parcel: ImageParcel) -> list[ShippedFile]:
+    """The parcel's files this worker's cache does not hold whole and right (each once)."""
+    every = {f.sha256: f for f in (*parcel.files.values(), *parcel.modules,
+                                   *parcel.added_modules, *(d for d, _m in parcel.drives))}
+    return [f for f in every.values() if not _good(images_dir() / f.sha256 / f.name, f)]
+
+
+def ensure(f: ShippedFile, parcel: ImageParcel, source: Any = None) -> Path:
+    """``f`` in this worker's cache: from the chunks the campaign sent, else from a worker
+    that holds it (``source``: how to reach the cluster, `peers.Source`; None in a task)."""
     target = images_dir() / f.sha256 / f.name
     if _good(target, f):
         return target
-    names = parcel.chunks.get(f.sha256)
-    if names is None:
-        raise ShipError(f"the worker has no {f.name} (sha256 {f.sha256[:12]}) and the "
-                        "campaign did not send it (the worker joined after it started?)")
-    from distributed import Variable
+    with _fetching(f.sha256):              # one fetch per file in this process
+        if _good(target, f):               # (the worker plugin's, or a run's)
+            return target
+        return _fetch(f, parcel, target, source)
 
+
+def _fetching(sha256: str) -> threading.Lock:
+    with _fetch_locks_guard:
+        return _fetch_locks.setdefault(sha256, threading.Lock())
+
+
+_fetch_locks: dict[str, threading.Lock] = {}
+_fetch_locks_guard = threading.Lock()
+
+
+def _fetch(f: ShippedFile, parcel: ImageParcel, target: Path, source: Any) -> Path:
+    from kswgdb.campaign import peers
+
+    names = parcel.chunks.get(f.sha256)
+    source = source or peers.Source.of_task()
+    reasons = []
+
+    def streams() -> Iterator[Iterable[bytes]]:
+        if names is not None:
+            yield source.sent(names)
+        yield from source.holders(f)      # not sent, or its chunks did not come
+
+    try:
+        for blocks in streams():
+            try:
+                _write(target, blocks)
+            except ShipError as exc:
+                reasons.append(str(exc))
+                continue
+            if _good(target, f):
+                return target
+            target.unlink(missing_ok=True)
+            reasons.append(f"{f.name} arrived damaged on the worker (sha256 differs)")
+    except ShipError as exc:                   # the cluster could not say who holds it
+        reasons.append(str(exc))
+    raise ShipError("; ".join(reasons) or (
+        f"the worker has no {f.name} (sha256 {f.sha256[:12]}), the campaign did not send "
+        "it and no other worker holds it"))
+
+
+def _write(target: Path, blocks: Any) -> None:
+    """``blocks`` (an iterable of bytes) into ``target``, made read-only, atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{f.name}.{uuid.uuid4().hex}")
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     try:
         with open(partial, "wb") as out:
-            for name in names:
-                out.write(Variable(name).get(timeout=CHUNK_TIMEOUT).result(CHUNK_TIMEOUT))
+            for block in blocks:
+                out.write(block)
         os.chmod(partial, 0o444)          # never written again (a drive above all)
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-    if not _good(target, f):
-        target.unlink(missing_ok=True)
-        raise ShipError(f"{f.name} arrived damaged on the worker (sha256 differs)")
-    return target
 
 
 def _good(path: Path, f: ShippedFile) -> bool:

@@ -88,7 +88,9 @@ def inspect_command(image: Image, vmcore: Path, slide: KernelSlide | None,
 
     Linux: drgn, with the vmlinux and every module object of the image (drgn places
     each where the dump's module list says, and ignores one that is not loaded).
-    Other kernels: gdb with the symbol file moved by the KASLR slide.
+    Other kernels: gdb with the symbol file moved by the KASLR slide. Not crash:
+    before crash 9.0 its plain ``bt`` of a task running at the freeze aborts on
+    a kernel without CONFIG_X86_MCE, Debian's cloud kernel (README, "Freezing it").
     """
     if image.guest != "linux":
         return f"gdb {gdb_symbols(image.symbols, slide)} {shlex.quote(str(vmcore))}"

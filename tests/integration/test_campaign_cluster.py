@@ -247,3 +247,86 @@ def test_a_worker_lost_mid_run_is_retried_elsewhere(tmp_path: Path, scheduler: s
     while _run_children() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _run_children(), "a run outlived its worker"
+
+
+def test_a_worker_that_joins_later_gets_the_files_and_catches(tmp_path: Path) -> None:
+    """A worker that joins after the campaign shipped fills its own cache when it joins
+    (the campaign's worker plugin): the image the campaign sent, and a drive it never
+    sent (every worker held it then) from the worker that holds it; its runs catch.
+
+    Its own small cluster: one worker, kept busy by a task of the test's own, so the
+    campaign's runs wait there; once the joiner has the files, that worker is retired
+    and every run goes to the joiner."""
+    first, late = tmp_path / "first-cache", tmp_path / "late-cache"
+    image = shipped_copy(tmp_path)
+    drive = image.parent / "disk.raw"
+    drive.write_bytes(os.urandom(1 << 20))
+    drive_sha = hashlib.sha256(drive.read_bytes()).hexdigest()
+    held = first / "images" / drive_sha / "disk.raw"     # the first worker has it already
+    held.parent.mkdir(parents=True)
+    shutil.copy(drive, held)
+    held.chmod(0o444)
+    os.environ["PYTHONPATH"] = str(ROOT)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", host="127.0.0.1",
+                                       env={"KSWGDB_CACHE_DIR": str(first)})
+    client = distributed.Client(cluster.scheduler_address, timeout=30)
+    release = distributed.Event(f"kswgdb-test-{os.getpid()}", client=client)
+    joiner: subprocess.Popen | None = None
+    busy = None
+    try:
+        address = cluster.scheduler_address
+        [earlier] = client.scheduler_info()["workers"]
+        busy = client.submit(release.wait, workers=[earlier], pure=False)
+        proc = start(tmp_path, address, str(image), "--jobs", "2", "--runs", "2",
+                     "--seed-start", "55000", "--drive", str(drive))
+        assert proc.stderr is not None
+        shipped = next((ln for ln in proc.stderr if "sent to the cluster" in ln), "")
+        assert "image kswtest: 3 file(s) by sha256, 2 sent" in shipped, shipped  # not the drive
+        shutil.rmtree(image.parent)           # nothing left to send from the campaign's host
+        joiner = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--name", "late",
+             "--nthreads", "2", "--no-dashboard", "--host", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "KSWGDB_CACHE_DIR": str(late), "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 120
+        while len(_cached(late)) < 3 and time.monotonic() < deadline:
+            assert joiner.poll() is None and proc.poll() is None, "ended too soon"
+            time.sleep(0.1)
+        assert _cached(late) == _cached(first)       # filled when it joined, all of it
+        client.retire_workers([earlier])           # the runs waiting there go to the joiner
+        release.set()
+        _out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 1, err
+        summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+        assert [r["status"] for r in summary["runs"]] == ["caught"] * 2, summary["runs"]
+        for r in summary["runs"]:
+            events = [json.loads(ln) for ln in Path(r["log"]).read_text().splitlines()]
+            assert len([e for e in events if e["event"] == "hit"]) == r["hits"] > 0
+            [begin] = [e for e in events if e["event"] == "start"]
+            assert Path(begin["image"]).parent.parent == late / "images"   # on the joiner
+            [attached] = begin["drives"]
+            assert Path(attached["path"]) == late / "images" / drive_sha / "disk.raw"
+        copy = late / "images" / drive_sha / "disk.raw"
+        assert copy.stat().st_mode & 0o222 == 0
+        assert hashlib.sha256(copy.read_bytes()).hexdigest() == drive_sha
+    finally:
+        release.set()
+        if busy is not None:
+            busy.cancel()
+        client.close()
+        if joiner is not None:
+            joiner.terminate()
+            try:
+                joiner.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                joiner.kill()
+                joiner.wait()
+        cluster.close()
+    _assert_nothing_left(range(55000, 55010))
+
+
+def _cached(cache: Path) -> list[str]:
+    """The files in a worker's cache, by sha256 and name (dot-files are being written)."""
+    return sorted(f"{p.parent.name}/{p.name}" for p in (cache / "images").glob("*/*")
+                  if not p.name.startswith("."))

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,36 @@ def test_the_panels_inspect_command_opens_the_dump(frozen: dict) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"KSWGDB {frozen['ticks']} sh __lkdtm_CORRUPT_STACK" in proc.stdout, \
         (proc.stdout[-1000:], proc.stderr[-1000:])
+
+
+def test_crash_reads_the_dump_and_walks_the_writers_stack(frozen: dict, tmp_path: Path) -> None:
+    """crash opens the same dump: ``jiffies`` agrees, and ``bt -I RIP -S RSP`` (the
+    vCPU's registers at the freeze, which crash itself shows in ``help -r``) walks
+    the writer's stack. A plain ``bt`` of a task running at the freeze fails before
+    crash 9.0 (README, "Freezing it": Debian's cloud kernel has no CONFIG_X86_MCE, so
+    its #MC IST stack is one crash cannot size), and works from 9.0 on."""
+    crash = shutil.which("crash")
+    if crash is None:
+        pytest.skip("crash is not installed (apt-get install crash)")
+    version = subprocess.run([crash, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout.split()[1]
+    regs, pid = frozen["hit"]["registers"], frozen["hit"]["writer_task"]["pid"]
+    commands = tmp_path / "crash.in"
+    commands.write_text(f"p jiffies\n!echo KSWGDB-PLAIN\nbt {pid}\n!echo KSWGDB-GIVEN\n"
+                        f"bt -I {regs['rip']} -S {regs['rsp']} {pid}\nquit\n")
+    image = load_image(LINUX_TOML)
+    proc = subprocess.run([crash, "-s", str(image.symbols), str(frozen["vmcore"]),
+                           "-i", str(commands)], capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    out = proc.stdout + proc.stderr
+    assert re.search(rf"^jiffies = \$1 = {frozen['ticks']}$", out, re.MULTILINE), out[-3000:]
+    plain = out[out.index("KSWGDB-PLAIN"):out.index("KSWGDB-GIVEN")]
+    given = re.findall(r"^ #\d+ \[\w+\] (\S+) at", out[out.index("KSWGDB-GIVEN"):],
+                       re.MULTILINE)
+    print(f"\ncrash {version} bt -I -S of {pid}: {given}")
+    assert given[:4] == ["lkdtm_CORRUPT_STACK", "direct_entry.cold", "full_proxy_write",
+                         "vfs_write"], out[-3000:]
+    if int(version.split(".")[0]) < 9:
+        assert "read of stack at fffffe" in plain, plain
+    else:
+        assert " lkdtm_CORRUPT_STACK at " in plain, plain

@@ -200,3 +200,73 @@ def test_a_runs_modules_and_drives_travel_and_name_the_cached_copies(image, cach
     assert on_worker.modules == [str(cache / sha(b"extra module") / "extra.ko")]
     assert on_worker.drives == [f"{cache / sha(b'disk bytes') / 'disk.raw'},overlay"]
     assert on_worker.image.kernel == cache / sha(b"kernel bytes") / "k.elf"
+
+
+# ------------------------------------------- a file not sent, from a worker holding it
+class _Cluster:
+    """Workers as cache directories; `run` calls the function with that worker's cache."""
+
+    def __init__(self, monkeypatch, caches: dict[str, Path]) -> None:
+        self.monkeypatch, self.caches, self.calls = monkeypatch, caches, []
+
+    def scheduler_info(self):
+        return {"workers": {w: {} for w in self.caches}}
+
+    def run(self, fn, *args, workers):
+        self.calls.append((fn.__name__, tuple(workers)))
+        out = {}
+        for w in workers:
+            with self.monkeypatch.context() as m:
+                m.setenv("KSWGDB_CACHE_DIR", str(self.caches[w]))
+                out[w] = fn(*args)
+        return out
+
+
+def test_a_file_not_sent_comes_from_another_worker_that_holds_it(image, cache, tmp_path,
+                                                                 monkeypatch):
+    from kswgdb.campaign.peers import Source
+
+    parcel = shipping.parcel_of(image)                 # nothing sent: no chunks
+    kernel = parcel.files["kernel"]
+    damaged, good = tmp_path / "w1", tmp_path / "w2"
+    put(damaged / "images", b"kernel bytez", "k.elf")  # present, same size, other bytes
+    (damaged / "images" / sha(b"kernel bytez")).rename(damaged / "images" / kernel.sha256)
+    put(good / "images", b"kernel bytes", "k.elf")
+    cluster = _Cluster(monkeypatch, {"me": cache.parent, "w1": damaged, "w2": good})
+    monkeypatch.setattr(shipping, "CHUNK", 5)          # several chunks, one call each
+    import kswgdb.campaign.peers as peers
+    monkeypatch.setattr(peers, "CHUNK", 5)
+    got = shipping.ensure(kernel, parcel, Source(cluster, "me"))
+    assert got == cache / kernel.sha256 / "k.elf" and got.read_bytes() == b"kernel bytes"
+    assert got.stat().st_mode & 0o222 == 0
+    assert ("cached_hashes", ("w1", "w2")) in cluster.calls      # never asks itself
+    assert [c for c in cluster.calls if c[0] == "read_cached"] == [
+        ("read_cached", ("w1",))] * 3 + [("read_cached", ("w2",))] * 3   # w1's copy: damaged
+    assert shipping.lacking(parcel) == [f for f in [parcel.files["path"], parcel.files["initrd"],
+                                                    *parcel.modules]]
+
+
+def test_a_file_no_worker_holds_fails_with_every_reason(image, cache, tmp_path, monkeypatch):
+    from kswgdb.campaign.peers import Source, read_cached
+
+    parcel = shipping.parcel_of(image)
+    cluster = _Cluster(monkeypatch, {"me": cache.parent, "w1": tmp_path / "empty"})
+    with pytest.raises(shipping.ShipError, match="no k.elf .*no other worker holds it"):
+        shipping.ensure(parcel.files["kernel"], parcel, Source(cluster, "me"))
+    with pytest.raises(shipping.ShipError, match="not a cached file"):
+        read_cached(parcel.files["kernel"].sha256, "../../etc/passwd", 0)
+
+
+def test_a_worker_that_holds_every_file_only_checks_them_when_it_joins(image, cache,
+                                                                      monkeypatch):
+    from kswgdb.campaign import joiner
+
+    parcel = shipping.parcel_of(image)
+    for src in [image.path, image.kernel, image.initrd, image.modules_dir / "lkdtm.ko"]:
+        put(cache, Path(src).read_bytes(), Path(src).name)
+
+    def no_client(*args, **kwargs):
+        raise AssertionError("a worker with every file connected to fetch one")
+
+    monkeypatch.setattr(joiner, "Client", no_client)
+    assert joiner.fill(parcel, "tcp://127.0.0.1:1", "me") == []

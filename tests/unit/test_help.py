@@ -94,3 +94,39 @@ def test_the_poll_examples_point_at_scenario_8s_word() -> None:
     assert examples and f"pa={word:#x}" in help_poll
     for example in examples:
         assert f"pa={word:#x}" in example, (example, hex(word))
+
+
+def _log_help(name: str) -> str:
+    [log] = [a for a in SUBCOMMANDS.choices[name]._actions if "--log" in a.option_strings]
+    return " ".join(log.help.split())
+
+
+@pytest.mark.parametrize("name", [n for n, p in SUBCOMMANDS.choices.items()
+                                  if any("--log" in a.option_strings for a in p._actions)
+                                  and n != "campaign"])
+def test_the_log_help_says_an_existing_file_is_appended_to(name: str, tmp_path, capsys) -> None:
+    """What the help promises is what an explicit ``--log`` of an existing file gets."""
+    from kswgdb.watch.hits import EventLog
+
+    assert "an existing file is appended to" in _log_help(name)
+    existing = tmp_path / "runs.log"           # not .jsonl: these are no real events
+    existing.write_text('{"event": "earlier"}\n')
+    if name in ("run", "tui"):
+        args = PARSER.parse_args([name, "--scenario", "3", "--log", str(existing)])
+        options = options_from_args(args)
+        assert (options.log_path, options.log_exclusive) == (existing, False)
+    events = EventLog(existing, exclusive=False)
+    events.write("start")
+    events.close()
+    lines = existing.read_text().splitlines()
+    assert lines[0] == '{"event": "earlier"}' and '"start"' in lines[1]
+
+
+def test_the_campaign_log_help_says_it_is_refused(tmp_path) -> None:
+    from kswgdb.campaign.options import campaign_options_from_args
+    from kswgdb.errors import BadInput
+
+    assert _log_help("campaign").startswith("not for campaigns")
+    args = PARSER.parse_args(["campaign", "--scenario", "4", "--log", str(tmp_path / "x")])
+    with pytest.raises(BadInput, match="--log is not for campaigns"):
+        campaign_options_from_args(args)
