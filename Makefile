@@ -17,7 +17,7 @@ APT_GET ?= apt-get
 
 all: guest
 
-# Installs what is missing: QEMU, qemu-img, gdb, gcc, make and python3-venv from Debian packages
+# Installs what is missing: QEMU, qemu-img, gdb, crash, gcc, make and python3-venv from Debian packages
 # (as root), then kswgdb and its Python dependencies into $(VENV). The stamp, inside
 # the venv, keeps a second run instant; removing the venv redoes the Python part.
 setup: $(STAMP)
@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml setup.py
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	command -v make >/dev/null || missing="$$missing make"; \
 	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
+	command -v crash >/dev/null || missing="$$missing crash"; \
 	$(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
