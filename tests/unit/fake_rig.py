@@ -63,6 +63,7 @@ class FakeMachine:
         self.qemu_log_path: Path | None = None      # QEMU said nothing
         self.stderr_tail: list[str] = []
         self.launched = self.closed = self.running = False
+        self.shutting_down = False
 
     def launch(self) -> None:
         self.launched = self.running = True
