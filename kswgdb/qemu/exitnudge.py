@@ -42,6 +42,9 @@ from collections.abc import Callable
 #: How long QEMU may take to exit after its SHUTDOWN event before it is woken.
 #: A QEMU that is merely slow (flushing, on a loaded host) takes no harm from it.
 SHUTDOWN_EXIT_GRACE = 1.0
+#: The status line of a run whose QEMU had to be woken.
+NUDGED = ("QEMU did not exit after the guest ended (its monitor cleanup waited on a QMP "
+          "command in flight): woken with SIGTERM, exit status kept")
 
 
 class ExitNudge:
