@@ -71,8 +71,11 @@ SOCKET_NAME = "plugin.sock"
 KERNEL_HALF = 0xFFFF_8000_0000_0000
 #: How long QEMU may take from launch to the plugin's connection.
 HELLO_TIMEOUT = 30.0
-#: How often the run loop looks at QEMU; how often QMP is asked for a crashed state.
+#: How often the run loop looks at QEMU; how often the watchdog is asked (it reads the
+#: guest's clock through QMP: as often as the gdbstub engine asks it, not at every
+#: look); how often QMP is asked for a crashed state.
 POLL_PERIOD = 0.02
+WATCHDOG_PERIOD = 0.25
 STATE_CHECK_PERIOD = 1.0
 #: How long after sending QMP ``stop`` the held vCPU is let go (QEMU must have read it).
 RELEASE_AFTER = 0.05
@@ -326,24 +329,30 @@ class PluginEngine:
         """Let the guest run until it ends, a hit freezes it, the deadline or a watchdog.
 
         QEMU's process is looked at directly; QMP (for a crashed run state) once a
-        second, since QEMU's main loop answers nothing while a vCPU is exiting.
+        second, since QEMU's main loop answers nothing while a vCPU is exiting. A QEMU
+        that sent SHUTDOWN is exiting: the guest ended, and no QMP command goes to it
+        any more (`kswgdb.qemu.exitnudge`: one caught in flight can stall its exit,
+        which the caller's `Machine.wait_exit` then wakes).
         """
         machine = self.machine
         assert machine is not None
         self._resume()
-        checked = 0.0
+        checked = watched = 0.0
         while True:
             now = time.monotonic()
             if self.freeze.is_set():
                 self._freeze(machine)
                 return EngineResult("freeze", hits=self.hits)
             self._check_link()
-            if not machine.running or self.ended:
+            if not machine.running or self.ended or machine.shutting_down:
                 return EngineResult("exit", hits=self.hits, detail="QEMU exited")
             if now >= deadline:
                 return EngineResult("deadline", hits=self.hits)
             self._serve_hooks()
-            if (should_stop is not None and should_stop()) or (halt is not None and halt()):
+            asked = should_stop is not None and now - watched >= WATCHDOG_PERIOD
+            if asked:
+                watched = now
+            if (asked and should_stop()) or (halt is not None and halt()):
                 # QMP closes as QEMU exits, before its process is gone: an exit, not a fault.
                 if machine.wait_exit(EXIT_GRACE).kind != "timeout":
                     return EngineResult("exit", hits=self.hits, detail="QEMU exited")

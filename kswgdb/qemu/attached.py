@@ -29,6 +29,7 @@ from kswgdb.gdbstub.attach import chardev_busy, check_address
 from kswgdb.gdbstub.transport import parse_address
 from kswgdb.image import Image
 from kswgdb.qemu.errors import MachineError
+from kswgdb.qemu.exitnudge import ExitNudge
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.qemu.qmp import Qmp
 
@@ -70,6 +71,8 @@ class AttachedMachine:
         self.state_before: str | None = None
         self._qmp: Qmp | None = None
         self._gone: GuestExit | None = None
+        #: Never used: a QEMU that is not ours is never signalled (`kswgdb.qemu.exitnudge`).
+        self.exit_nudge = ExitNudge()
 
     # ------------------------------------------------------------- launch
     def launch(self) -> None:
@@ -122,6 +125,11 @@ class AttachedMachine:
     def running(self) -> bool:
         """QEMU is there, as far as we can tell (its QMP link is up, or we have none)."""
         return self._gone is None and (self._qmp is None or self._qmp.connected)
+
+    @property
+    def shutting_down(self) -> bool:
+        """QEMU sent SHUTDOWN and its QMP link is still up: it answers no more commands."""
+        return self._qmp is not None and self._qmp.count("SHUTDOWN") > 0 and self.running
 
     @property
     def guest_exit(self) -> GuestExit | None:

@@ -47,6 +47,7 @@ from kswgdb.qemu.binary import QemuBinary
 from kswgdb.qemu.console import Console
 from kswgdb.qemu.drives import Drive, drive_args
 from kswgdb.qemu.errors import MachineError, MachineStartError
+from kswgdb.qemu.exitnudge import ExitNudge
 from kswgdb.qemu.exitstatus import GuestExit, decode_exit, kernel_panic_line
 from kswgdb.qemu.qmp import Qmp
 from kswgdb.qemu.rundir import RunDir, sweep_stale
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 TAIL_LINES = 20
 #: How far back from the end of the console a kernel's panic line is looked for.
 PANIC_SCAN_LINES = 400
+
+#: How often `wait_exit` looks whether a QEMU that said SHUTDOWN needs waking.
+EXIT_SLICE = 0.1
 
 #: QemuOptions fields a caller may pass through Machine(**options).
 _OPTION_NAMES = {f.name for f in dataclasses.fields(QemuOptions)} - {
@@ -126,6 +130,7 @@ class Machine:
         self._qmp: Qmp | None = None
         self._exit: GuestExit | None = None
         self._closed = False
+        self.exit_nudge = ExitNudge()     # a QEMU stuck after SHUTDOWN (kswgdb.qemu.exitnudge)
 
     # -- context manager ---------------------------------------------------------
 
@@ -176,6 +181,14 @@ class Machine:
     def running(self) -> bool:
         """QEMU is alive (the guest may be paused)."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def shutting_down(self) -> bool:
+        """QEMU sent SHUTDOWN and is still alive: the guest has ended, QEMU is exiting.
+
+        It answers no more QMP commands (`kswgdb.qemu.exitnudge`): send none.
+        """
+        return self._qmp is not None and self._qmp.count("SHUTDOWN") > 0 and self.running
 
     @property
     def guest_exit(self) -> GuestExit | None:
@@ -358,17 +371,30 @@ class Machine:
         if self._proc is None:
             raise MachineError("machine not launched", argv=self.argv)
         try:
-            rc = self._proc.wait(timeout)
+            rc = self._wait_process(timeout)
         except subprocess.TimeoutExpired:
             state = ""
             with contextlib.suppress(MachineError):
-                state = self.qmp.status()
+                state = "" if self.shutting_down else self.qmp.status()
             if state in ("internal-error", "guest-panicked", "shutdown"):
                 return GuestExit("crashed", reason=f"QEMU run state {state}",
                                  lines=tuple(self.console.tail(TAIL_LINES)))
             return GuestExit("timeout", reason=f"still running after {timeout:g}s",
                              lines=tuple(self.console.tail(TAIL_LINES)))
         return self._finish(rc)
+
+    def _wait_process(self, timeout: float) -> int:
+        """QEMU's exit status within ``timeout`` s, waking an exit stuck after SHUTDOWN."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            self.exit_nudge.check(self._proc, self.shutting_down)
+            left = deadline - time.monotonic()
+            try:
+                return self._proc.wait(max(0.0, min(left, EXIT_SLICE)))
+            except subprocess.TimeoutExpired:
+                if left <= EXIT_SLICE:
+                    raise
 
     def _finish(self, rc: int) -> GuestExit:
         """QEMU has exited: collect the last events and console bytes, classify."""

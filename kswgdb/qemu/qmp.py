@@ -44,6 +44,14 @@ logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
 
 #: Events of lasting interest; each kept (bounded) in `Qmp.events`.
 HISTORY_LEN = 1024
+#: How long a command's reply is still awaited once QEMU has sent SHUTDOWN: it may
+#: never come (`kswgdb.qemu.exitnudge`); and how often that is looked at meanwhile.
+SHUTDOWN_REPLY_GRACE = 1.0
+REPLY_SLICE = 0.1
+
+
+class _ShutdownNoReply(TimeoutError):
+    """QEMU sent SHUTDOWN and the reply did not come within `SHUTDOWN_REPLY_GRACE`."""
 
 
 class QmpCommandError(MachineError):
@@ -100,6 +108,24 @@ class Qmp:
             fut.cancel()
             raise
 
+    def _reply(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """`_run` for a command: bounded by ``timeout``, and by `SHUTDOWN_REPLY_GRACE`
+        once QEMU has sent SHUTDOWN (it answers nothing after its main loop ended, and
+        a command caught in flight by the end waits for ever: `kswgdb.qemu.exitnudge`)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        deadline, cut = time.monotonic() + timeout, False
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return fut.result(max(0.0, min(left, REPLY_SLICE)))
+            except TimeoutError:
+                if left <= REPLY_SLICE:
+                    fut.cancel()
+                    raise _ShutdownNoReply() if cut else TimeoutError() from None
+            if not cut and self.count("SHUTDOWN"):
+                cut = True
+                deadline = min(deadline, time.monotonic() + SHUTDOWN_REPLY_GRACE)
+
     def _stop_loop(self) -> None:
         """Cancel what is left on the loop (e.g. a timed-out connect), then stop it."""
         if self._loop.is_closed():
@@ -140,8 +166,12 @@ class Qmp:
             raise QmpCommandError("QMP not connected", command=command, arguments=arguments,
                                   argv=self._argv)
         try:
-            return self._run(self._client.execute(command, arguments),
-                             self.timeout if timeout is None else timeout)
+            return self._reply(self._client.execute(command, arguments),
+                               self.timeout if timeout is None else timeout)
+        except _ShutdownNoReply as exc:
+            raise QmpCommandError(f"QMP {command}: no reply, QEMU is shutting down",
+                                  command=command, arguments=arguments,
+                                  argv=self._argv) from exc
         except TimeoutError as exc:
             raise QmpCommandError(f"QMP {command}: no reply within {timeout or self.timeout:g}s",
                                   command=command, arguments=arguments,

@@ -59,8 +59,8 @@ class GuestClock:
         self.phys_addr = phys_addr
 
     def __call__(self) -> int:
-        if self.phys_addr is None or not self.machine.running:
-            return 0
+        if self.phys_addr is None or not self.machine.running or self.machine.shutting_down:
+            return 0        # a QEMU that sent SHUTDOWN answers no command (qemu.exitnudge)
         command, unit = xp_command(self.phys_addr, 8)
         try:
             out = self.machine.qmp.execute("human-monitor-command", {"command-line": command})

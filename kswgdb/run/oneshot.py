@@ -20,6 +20,7 @@ from kswgdb.gdbstub.relay import Relay
 from kswgdb.poll.poller import PollHit, PollStatus
 from kswgdb.qemu import reaper
 from kswgdb.qemu.accel import AccelDecision
+from kswgdb.qemu.exitnudge import NUDGED
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.run.faults import exit_fault, normal_exits
 from kswgdb.run.options import RunOptions
@@ -202,6 +203,8 @@ class WatchSession:
             rig.interrupt()
         if result.reason == "exit":
             guest_exit = rig.machine.wait_exit(5.0)
+            if rig.machine.exit_nudge.nudged:
+                self.sink.status(NUDGED)
             fault = exit_fault(guest_exit, result.detail, normal_exits(plan.image.guest))
         rig.end(fault or result.reason, fault, guest_exit, result)
         return result, vmcore

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from kswgdb.qemu.accel import AccelDecision
+from kswgdb.qemu.exitnudge import ExitNudge
 from kswgdb.qemu.exitstatus import GuestExit
 from kswgdb.run.options import RunOptions
 from kswgdb.run.prepare import Plan
@@ -63,6 +64,8 @@ class FakeMachine:
         self.qemu_log_path: Path | None = None      # QEMU said nothing
         self.stderr_tail: list[str] = []
         self.launched = self.closed = self.running = False
+        self.shutting_down = False
+        self.exit_nudge = ExitNudge()
 
     def launch(self) -> None:
         self.launched = self.running = True

@@ -74,3 +74,57 @@ def test_cont_racing_a_guest_that_ends_at_once_is_not_an_error() -> None:
     finally:
         m._proc.kill()
         m._proc.wait()
+
+
+#: A process that, like QEMU stuck in monitor_cleanup, exits only when signalled, and
+#: then with the status its main loop had chosen (an isa-debug-exit's 45).
+_STUCK_EXIT = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(45))\n"
+               "print('ready', flush=True)\n"
+               "time.sleep(120)\n")
+
+
+class _ShutdownQmp:
+    """QEMU's QMP after its SHUTDOWN event: any command would go unanswered."""
+
+    connected = True
+
+    def count(self, name: str) -> int:
+        return int(name == "SHUTDOWN")
+
+    def shutdown_event(self) -> dict:
+        return {"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"}}
+
+    def wait_disconnected(self, timeout: float) -> bool:
+        return True
+
+    def status(self) -> str:
+        raise AssertionError("a QMP command went to a QEMU that said SHUTDOWN")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_qemu_stuck_after_its_shutdown_is_woken_and_keeps_its_status() -> None:
+    """`kswgdb.qemu.exitnudge`: SHUTDOWN came and QEMU does not exit; `wait_exit`
+    wakes it (SIGTERM), once, and the guest's ending is the one QEMU reports."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    m = Machine("kswtest")
+    m._qmp = _ShutdownQmp()  # type: ignore[assignment]
+    m.qemu = SimpleNamespace(quirks=SimpleNamespace(debug_exit_via_shutdown=True))  # type: ignore[assignment]
+    m._proc = subprocess.Popen([sys.executable, "-c", _STUCK_EXIT], stdout=subprocess.PIPE)
+    try:
+        assert m._proc.stdout is not None and m._proc.stdout.readline() == b"ready\n"
+        assert m.shutting_down
+        ended = m.wait_exit(60)
+    finally:
+        if m._proc.poll() is None:
+            m._proc.kill()
+        m._proc.wait()
+        m._proc.stdout.close()  # type: ignore[union-attr]
+    assert m.exit_nudge.nudged
+    assert (ended.kind, ended.status, ended.code) == ("debug-exit", 45, 22)
+    assert not m.shutting_down

@@ -176,3 +176,25 @@ def test_close_is_idempotent(make: Callable[..., tuple[Qmp, FakeQemu]]) -> None:
     q.close()
     with pytest.raises(QmpCommandError):
         q.status()
+
+
+def test_a_command_caught_by_qemus_shutdown_is_not_awaited_for_its_whole_timeout(
+        make: Callable[..., tuple[Qmp, FakeQemu]]) -> None:
+    """QEMU (10.0) can leave a command in flight unanswered for ever when the guest's
+    end lands during it (`kswgdb.qemu.exitnudge`): once SHUTDOWN came, the reply is
+    given up after a grace, and the error says why."""
+    fake_ref: list[FakeQemu] = []
+    release = threading.Event()
+
+    def handler(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        fake_ref[0].send(_event("SHUTDOWN", guest=True, reason="guest-shutdown"))
+        release.wait(60)                         # the reply that never comes in time
+        return {"return": ""}
+
+    q, fake = make(handler)
+    fake_ref.append(fake)
+    try:
+        with pytest.raises(QmpCommandError, match="no reply, QEMU is shutting down"):
+            q.execute("human-monitor-command", {"command-line": "xp /1gx 0"}, timeout=60)
+    finally:
+        release.set()
