@@ -88,7 +88,7 @@ def test_make_setup_installs_into_a_project_venv(marked_python: Path, tmp_path: 
     calls = apt_log.read_text().splitlines()
     assert calls[0] == "update -qq", calls
     assert calls[1].split()[:3] == ["install", "-y", "-qq"], calls
-    assert calls[1].split()[3:] == ["qemu-system-x86", "gdb", "gcc", "qemu-utils"], calls
+    assert calls[1].split()[3:] == ["qemu-system-x86", "gdb", "gcc", "qemu-utils", "crash"], calls
 
     # kswgdb and its dependencies are in the project venv, made from the system Python...
     venv_python = clone / ".venv" / "bin" / "python"
