@@ -70,6 +70,7 @@ class StubTarget:
         self.refusals: dict[str, int] = {}
         self._watchpoints: dict[tuple[int, int], int] = {}
         self._read_watches: dict[tuple[int, int], int] = {}      # Z3, for release reads
+        self._access_watches: dict[tuple[int, int], int] = {}    # Z4, release by check
         self._per_cpu_reads: list[tuple[int, int]] = []
         self._gs_base: dict[int, int] = {}
         self._prefetched: dict[tuple[int, int], bytes] = {}
@@ -175,7 +176,13 @@ class StubTarget:
             self._queue.append(rq.insert_watchpoint(addr, length, "read"))
             self._read_watches[(addr, length)] = self._read_watches.get((addr, length), 0) + 1
             return
-        sent = rq.insert_watchpoint(addr, length)
+        sent = rq.insert_watchpoint(addr, length, access)
+        if access == "access":
+            # Only the engine's release-by-check watches (TCG: never refused):
+            # queued, so Z4 goes out in the same write as the resume.
+            self._queue.append(sent)
+            self._access_watches[(addr, length)] = self._access_watches.get((addr, length), 0) + 1
+            return
         if self.queue_watchpoints:
             self._queue.append(sent)
         else:
@@ -185,11 +192,12 @@ class StubTarget:
         self._watchpoints[(addr, length)] = self._watchpoints.get((addr, length), 0) + 1
 
     def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
-        if access == "read":
-            self._queue.append(rq.remove_watchpoint(addr, length, "read"))
-            count = self._read_watches.pop((addr, length), 0) - 1
+        if access in ("read", "access"):
+            self._queue.append(rq.remove_watchpoint(addr, length, access))
+            held = self._read_watches if access == "read" else self._access_watches
+            count = held.pop((addr, length), 0) - 1
             if count > 0:
-                self._read_watches[(addr, length)] = count
+                held[(addr, length)] = count
             return
         self._queue.append(rq.remove_watchpoint(addr, length))
         count = self._watchpoints.get((addr, length), 0) - 1
@@ -200,16 +208,19 @@ class StubTarget:
 
     def remove_all(self) -> dict[str, int]:
         """Remove every breakpoint and watchpoint this target inserted, now (``z0``,
-        ``z2``, ``z3``, one per insertion): what leaving a guest we do not own needs."""
+        ``z2``, ``z3``, ``z4``, one per insertion): what leaving a guest we do not own needs."""
         payloads = [rq.remove_breakpoint(addr) for addr in sorted(self._breakpoints)]
         writes = [rq.remove_watchpoint(addr, n) for (addr, n), count in
                   self._watchpoints.items() for _ in range(count)]
         reads = [rq.remove_watchpoint(addr, n, "read") for (addr, n), count in
                  self._read_watches.items() for _ in range(count)]
+        reads += [rq.remove_watchpoint(addr, n, "access") for (addr, n), count in
+                  self._access_watches.items() for _ in range(count)]
         self._queue += payloads + writes + reads
         self._breakpoints.clear()
         self._watchpoints.clear()
         self._read_watches.clear()
+        self._access_watches.clear()
         self._flush()
         return {"breakpoints": len(payloads), "watchpoints": len(writes) + len(reads)}
 
@@ -267,12 +278,14 @@ class StubTarget:
             if not (sp - STACK_WRITE_BELOW <= addr and end <= sp + STACK_WRITE_ABOVE):
                 self._refused("write away from the stack")
                 return None
-            if any(w < end and addr < w + n for w, n in self._watchpoints):
+            if any(w < end and addr < w + n for w, n in [*self._watchpoints,
+                                                           *self._access_watches]):
                 self._refused("write on a watchpoint")
                 return None
             out.append(rq.write_memory(addr, data))
         for addr, size in result.reads:
-            if any(w < addr + size and addr < w + n for w, n in self._read_watches):
+            if any(w < addr + size and addr < w + n for w, n in [*self._read_watches,
+                                                                   *self._access_watches]):
                 self._refused("read on a read watchpoint")   # it must fire for real
                 return None
         layout = self.client.layout
@@ -331,7 +344,7 @@ class StubTarget:
         masked): the step's stop reports the stale hit and clears it. The
         engine gets the stop with the registers from before that step.
         """
-        if not (self._watchpoints or self._read_watches):
+        if not (self._watchpoints or self._read_watches or self._access_watches):
             return []
         assert self.lost_stops is not None
         if self._threads is None:
@@ -344,10 +357,14 @@ class StubTarget:
             regs = self.registers(thread)
             if self._reported.get(thread) == regs.values:
                 continue        # not run since its own stop was reported: nothing new
-            found = self.lost_stops.find(regs, list(self._watchpoints), list(self._read_watches))
+            access_watches = list(self._access_watches)
+            found = self.lost_stops.find(regs, [*self._watchpoints, *access_watches],
+                                         [*self._read_watches, *access_watches])
             if found is None:
                 continue
             addr, access = found
+            if any(a == addr for a, _ in access_watches):
+                access = "access"
             self._clear_stale_hit(thread)
             kind = "break" if regs.pc in self._breakpoints else "watch"
             lost.append(Stop(kind, thread=thread, pc=regs.pc, watch_addr=addr,
@@ -398,7 +415,7 @@ class StubTarget:
             # may be one of our breakpoints. Keep both facts: losing the
             # breakpoint would lose a probe or a return.
             kind = "break" if regs.pc in self._breakpoints and not after_step else "watch"
-            access = "read" if reply.watch == "rwatch" else "write"
+            access = {"rwatch": "read", "awatch": "access"}.get(reply.watch or "", "write")
             return Stop(kind, thread=thread, pc=regs.pc, watch_addr=reply.watch_addr,
                         watch_access=access)
         if after_step:

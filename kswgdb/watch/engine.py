@@ -71,6 +71,8 @@ class WatchStats:
     rep_repeats: int = 0      # further traps of a `rep` store already reported as a hit
     read_releases: int = 0    # returns seen by a read watchpoint (release_by_read)
     foreign_reads: int = 0    # read-watch stops that were not this frame's release
+    check_releases: int = 0   # returns seen by the canary check's read (release_by_check)
+    slot_reads: int = 0       # access-watch stops that were a read, not the check's
     unchanged_hits: int = 0   # hits whose store wrote the value already there (in hits)
     filtered_reports: int = 0  # stub reports with no new store behind them (dropped)
 
@@ -107,6 +109,7 @@ class Engine:
         backtracer: Callable[[Stop, Registers], list[BacktraceFrame] | None] | None = None,
         release_by_read: bool = False,
         keep_hits: int | None = None,
+        release_by_check: bool = False,
     ) -> None:
         """``release_by_read``: see a config's release by a read watchpoint when it can.
 
@@ -116,6 +119,12 @@ class Engine:
         release-point breakpoint: QEMU 7.2 flushes its translation cache at every
         breakpoint stop and at no watchpoint stop. TCG only (read watchpoints are
         refused by KVM's debug registers).
+
+        ``release_by_check``: for a canary config whose every release point
+        follows a read of the slot by its stack-protector check
+        (``ArmSpec.check_ends``, `kswgdb.watch.checkrelease`), the watch is an
+        access watchpoint and the check's read is the release: no release-point
+        breakpoint, no translation-cache flush. TCG only.
         """
         self.target = target
         self.specs = specs
@@ -138,6 +147,7 @@ class Engine:
         self._probes: dict[int, list[int]] = {}
         self._exits: dict[int, list[tuple[int, str, int]]] = {}
         self.release_by_read = release_by_read
+        self.release_by_check = release_by_check
         for index, spec in enumerate(specs):
             self._probes.setdefault(spec.probe_addr, []).append(index)
             for addr, base, offset in self._exit_breakpoints(spec):
@@ -197,9 +207,12 @@ class Engine:
     def _reads_release(self, spec: ArmSpec) -> bool:
         return self.release_by_read and bool(spec.read_exits)
 
+    def _checks_release(self, spec: ArmSpec) -> bool:
+        return self.release_by_check and bool(spec.check_ends) and not self._reads_release(spec)
+
     def _exit_breakpoints(self, spec: ArmSpec) -> tuple[tuple[int, str, int], ...]:
-        """Release points that need a breakpoint: none when a read watch sees them."""
-        return () if self._reads_release(spec) else spec.exits
+        """Release points that need a breakpoint: none when a read or the check sees them."""
+        return () if self._reads_release(spec) or self._checks_release(spec) else spec.exits
 
     def remove_spec(self, index: int) -> None:
         """Stop watching config ``index`` now; the guest must be stopped.
@@ -293,6 +306,10 @@ class Engine:
             self._on_release_read(stop)
             if stop.kind != "break":
                 return verdict
+        elif stop.watch_addr is not None and stop.watch_access == "access":
+            verdict = self._on_access(stop)
+            if stop.kind != "break":
+                return verdict
         elif stop.watch_addr is not None:
             verdict = self._on_watch(stop)
             if stop.kind != "break":
@@ -358,9 +375,15 @@ class Engine:
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
         self.frames.push(frame)
         self._sync_exit_hook()
+        by_check = self._checks_release(spec) and slot >= sp
         if self._reads_release(spec):
             self._watch_release_reads(frame, spec)
-        elif not spec.exits:
+        elif by_check:
+            # The slot's access watch is the frame's release sensor, armed or not:
+            # the check's read ends the frame (see `_on_access`).
+            self.target.set_watchpoint(slot, spec.length, "access")
+            frame.sensor = (slot, spec.length)
+        elif not spec.exits or self._checks_release(spec):
             frame.holds_return = True
             self._hold_return(return_addr)
         if depth != spec.depth:
@@ -376,6 +399,9 @@ class Engine:
                     return
                 if any(a < found + spec.length and found < a + n for a, n in frame.release_reads):
                     stats.refused_check += 1    # QEMU 7.2 aborts on read+write watches there
+                    return
+                if frame.sensor is not None and found != slot:
+                    stats.refused_check += 1    # the check reads the other slot: never released
                     return
                 slot, old = found, expected
                 stats.found_by_scan += 1
@@ -393,7 +419,8 @@ class Engine:
             stats.refused_pool += 1         # the run's pool (debug registers, --slots)
             return
         try:
-            self.target.set_watchpoint(slot, spec.length)
+            if frame.sensor is None:
+                self.target.set_watchpoint(slot, spec.length)
         except Exception:  # noqa: BLE001 - the stub refusing is counted, never fatal
             self.pool.give()
             stats.refused_stub += 1
@@ -483,11 +510,15 @@ class Engine:
         if counted:
             self.stats[frame.spec_index].stale += 1
         if frame.watch is not None:
-            self.target.clear_watchpoint(frame.watch.addr, frame.watch.length)
+            if frame.sensor is None:
+                self.target.clear_watchpoint(frame.watch.addr, frame.watch.length)
             self.pool.give()
             self.stats[frame.spec_index].live -= 1
             self._last_writer.pop(id(frame.watch), None)
             frame.watch = None
+        if frame.sensor is not None:
+            self.target.clear_watchpoint(*frame.sensor, "access")
+            frame.sensor = None
         for addr, length in frame.release_reads:
             self.target.clear_watchpoint(addr, length, "read")
         frame.release_reads = ()
@@ -539,6 +570,47 @@ class Engine:
         return (addr in self._probes or addr in self._exits or addr in self._hooks
                 or (self._exit_hook_in and addr == self.exit_hook_addr))
 
+    # ------------------------------------------------------ release by check
+    def _on_access(self, stop: Stop) -> str:
+        """An access-watch stop: the owner's canary check (its release), a read, or a write.
+
+        The stop names the slot, the slot names the frame: a stop whose PC ends
+        one of the function's slot-reading instructions is that frame's check,
+        run by its owner (no other task's code reads this stack), so the frame
+        ends here with no register or memory read. QEMU reports reads and writes
+        alike (``awatch``); any other stop is a read when the slot still holds
+        its value and no store is at the PC, otherwise the write path judges it.
+        """
+        addr = stop.watch_addr
+        assert addr is not None
+        frames = [f for f in self.frames.all()
+                  if f.sensor is not None and f.sensor[0] <= addr < f.sensor[0] + f.sensor[1]]
+        if not frames:
+            self.unexpected_stops += 1      # a late report of a watch already removed
+            return "continue"
+        writes = []
+        for frame in frames:
+            spec, stats = self.specs[frame.spec_index], self.stats[frame.spec_index]
+            if stop.pc in spec.check_ends:
+                for deeper in self.frames.stale_below(frame.task, frame.cfa):
+                    self._drop_frame(deeper, counted=True)
+                stats.returns += 1
+                stats.check_releases += 1
+                self._drop_frame(frame, counted=False)
+            elif frame.watch is None or self._pure_read(stop, frame.watch):
+                stats.slot_reads += 1
+            else:
+                writes.append(frame)
+        return self._judge_writes(stop, writes) if writes else "continue"
+
+    def _pure_read(self, stop: Stop, watch: ArmedWatch) -> bool:
+        """An access-watch stop that wrote nothing: the bytes are as armed and the
+        instruction stores nothing (a same-value store is still judged as a write)."""
+        if self._read(watch.addr, watch.length) != watch.old_value:
+            return False
+        is_store = getattr(self.sym, "is_store", None)
+        return is_store is None or not is_store(stop.pc)
+
     # ------------------------------------------------------------------ hit
     def _on_watch(self, stop: Stop) -> str:
         addr = stop.watch_addr
@@ -550,6 +622,10 @@ class Engine:
         if not owners:
             self.unexpected_stops += 1
             return "continue"
+        return self._judge_writes(stop, owners)
+
+    def _judge_writes(self, stop: Stop, owners: list[Frame]) -> str:
+        """A write into the watches of ``owners``: a hit, a duplicate report or the owner's own."""
         regs = self.target.registers(stop.thread)
         writer_task = guest.current_task(self.layout, regs, self._read)
         verdict = "continue"
@@ -704,6 +780,7 @@ class Engine:
                 "dead_frame_writes": stats.dead_frame_writes,
                 "rep_repeats": stats.rep_repeats,
                 "read_releases": stats.read_releases, "foreign_reads": stats.foreign_reads,
+                "check_releases": stats.check_releases, "slot_reads": stats.slot_reads,
                 "unchanged_hits": stats.unchanged_hits,
                 "filtered_reports": stats.filtered_reports,
             })

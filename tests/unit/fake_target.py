@@ -36,6 +36,7 @@ class FakeTarget:
         self.breakpoints: set[int] = set()
         self.watchpoints: set[tuple[int, int]] = set()
         self.read_watchpoints: list[tuple[int, int]] = []   # Z3: may be inserted twice
+        self.access_watchpoints: set[tuple[int, int]] = set()   # Z4: reads and writes
         self.script: list[Event] = []
         self.regs: dict[int, dict[str, int]] = {}
         self.stopped_thread = 1
@@ -66,12 +67,19 @@ class FakeTarget:
         if access == "read":
             self.read_watchpoints.append((addr, length))
             return
+        if access == "access":
+            assert (addr, length) not in self.access_watchpoints, "access watch inserted twice"
+            self.access_watchpoints.add((addr, length))
+            return
         self.watchpoints.add((addr, length))
         self.max_watchpoints_seen = max(self.max_watchpoints_seen, len(self.watchpoints))
 
     def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
         if access == "read":
             self.read_watchpoints.remove((addr, length))
+            return
+        if access == "access":
+            self.access_watchpoints.remove((addr, length))
             return
         self.watchpoints.remove((addr, length))
 
@@ -110,6 +118,13 @@ class FakeTarget:
                 if addr <= ev.addr < addr + length or ev.addr <= addr < ev.addr + len(ev.data):
                     self.regs[thread] = {**regs, "rip": ev.pc}
                     return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr)
+        if ev.kind in ("read", "write"):
+            size = ev.length if ev.kind == "read" else len(ev.data)
+            for addr, length in self.access_watchpoints:
+                if addr < ev.addr + size and ev.addr < addr + length:
+                    self.regs[thread] = {**regs, "rip": ev.pc}
+                    return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr,
+                                watch_access="access")
         if ev.kind == "read":
             for addr, length in self.read_watchpoints:
                 if addr < ev.addr + ev.length and ev.addr < addr + length:
