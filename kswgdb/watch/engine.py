@@ -338,13 +338,17 @@ class Engine:
 
     # ---------------------------------------------------------------- probe
     def _on_probe(self, stop: Stop) -> None:
-        """One pipelined batch of reads serves every config sharing this probe."""
+        """One pipelined batch of reads serves every config sharing this probe.
+
+        When every config here is released by its check, nothing decided before
+        the resume depends on what is read (the access watch goes in, armed or
+        not), so a target that can (`read_with_resume`) sends the reads in the
+        resume's own write and hands them back before the next stop.
+        """
         regs = self.target.registers(stop.thread)
         sp, fp = regs.sp, regs.fp
         reads: list[tuple[int, int]] = []
         current_at = guest.current_task_address(self.layout, regs)
-        if current_at is not None:
-            reads.append((current_at, 8))
         plans = []
         for index in self._probes[stop.pc]:
             spec = self.specs[index]
@@ -354,22 +358,53 @@ class Engine:
             reads += [(cfa - 8, 8), (slot, spec.length)]
             if spec.mode == "canary" and spec.guard is not None:
                 reads.append((guest.canary_address(spec.guard, regs), 8))
-            plans.append((index, cfa, slot, first))
+            plans.append((index, cfa, slot, first, len(reads)))
+        later = getattr(self.target, "read_with_resume", None)
+        if later is not None and all(self._checks_release(self.specs[index]) and slot >= sp
+                                     for index, _, slot, _, _ in plans):
+            # The current task first: prefetched along with the registers, it costs nothing.
+            task_word = self.target.read_many([(current_at, 8)])[0] if current_at else None
+            task = guest.current_task_from(self.layout, regs, task_word)
+            waiting = [(frame, first, end) for index, cfa, slot, first, end in plans
+                       if (frame := self._probe_one(index, task, sp, cfa, slot, None))]
+            if waiting:
+                later(reads, lambda data: self._arm_read(waiting, sp, data))
+            return
+        if current_at is not None:
+            reads.insert(0, (current_at, 8))
         data = self.target.read_many(reads)
         task = guest.current_task_from(self.layout, regs, data[0] if current_at else None)
-        for index, cfa, slot, first in plans:
-            self._probe_one(index, task, sp, cfa, slot, data[first:first + 3])
+        shift = 1 if current_at is not None else 0
+        for index, cfa, slot, first, end in plans:
+            self._probe_one(index, task, sp, cfa, slot, data[first + shift:end + shift])
+
+    def _arm_read(self, waiting: list[tuple[Frame, int, int]], sp: int,
+                  data: list[bytes] | None) -> None:
+        """The probe's reads, back from the resume's write: arm the frames that wait."""
+        for frame, first, end in waiting:
+            if not any(f is frame for f in self.frames.of_task(frame.task)):
+                continue                    # dropped meanwhile
+            if data is None:
+                self.stats[frame.spec_index].refused_check += 1   # unreadable: not armed
+                continue
+            frame.return_addr = int.from_bytes(data[first], "little")
+            assert frame.sensor is not None
+            self._arm(frame, sp, frame.sensor[0], data[first + 1:end])
 
     def _probe_one(
-        self, index: int, task: int, sp: int, cfa: int, slot: int, data: list[bytes],
-    ) -> None:
+        self, index: int, task: int, sp: int, cfa: int, slot: int, data: list[bytes] | None,
+    ) -> Frame | None:
+        """Count and track one call; arm it with ``data`` (return address, slot[, guard]).
+
+        ``data`` None: it is read with the resume; the frame to arm then is returned.
+        """
         spec, stats = self.specs[index], self.stats[index]
         for stale in self.frames.stale_below(task, cfa):
             self._drop_frame(stale, counted=True)
         if self.frames.find(task, index, cfa) is not None:
             stats.reentries += 1
-            return
-        return_addr = int.from_bytes(data[0], "little")
+            return None
+        return_addr = int.from_bytes(data[0], "little") if data is not None else 0
         stats.calls += 1
         depth = self.frames.depth_at(task, index, cfa)
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
@@ -388,10 +423,22 @@ class Engine:
             self._hold_return(return_addr)
         if depth != spec.depth:
             stats.skipped_depth += 1
-            return
-        old = data[1]
-        if spec.mode == "canary" and len(data) > 2:
-            expected = data[2]
+            return None
+        if data is None:
+            return frame
+        self._arm(frame, sp, slot, data[1:])
+        return None
+
+    def _arm(self, frame: Frame, sp: int, slot: int, data: list[bytes]) -> None:
+        """Check the slot (``data``: its bytes[, the guard's]) and watch it if it may be."""
+        index, cfa = frame.spec_index, frame.cfa
+        spec, stats = self.specs[index], self.stats[index]
+        old = data[0]
+        if spec.mode == "canary" and len(data) > 1:
+            expected = data[1]
+            if old != expected and frame.sensor is not None:
+                stats.refused_check += 1        # the check reads this slot only: no scan
+                return
             if old != expected:
                 found = self._scan_for_canary(spec, sp, cfa, expected)
                 if found is None:
@@ -399,9 +446,6 @@ class Engine:
                     return
                 if any(a < found + spec.length and found < a + n for a, n in frame.release_reads):
                     stats.refused_check += 1    # QEMU 7.2 aborts on read+write watches there
-                    return
-                if frame.sensor is not None and found != slot:
-                    stats.refused_check += 1    # the check reads the other slot: never released
                     return
                 slot, old = found, expected
                 stats.found_by_scan += 1
@@ -427,7 +471,7 @@ class Engine:
             return
         frame.watch = ArmedWatch(
             addr=slot, length=spec.length, old_value=old, spec_index=index,
-            owner_task=task, depth=depth, armed_at=time.time(),
+            owner_task=frame.task, depth=frame.depth, armed_at=time.time(),
         )
         stats.armed += 1
         stats.live += 1

@@ -41,6 +41,7 @@ class FakeTarget:
         self.regs: dict[int, dict[str, int]] = {}
         self.stopped_thread = 1
         self.resumes = 0
+        self.with_resume: list = []
         self.max_watchpoints_seen = 0
         self.write(GUARD_ADDR, GUARD)
 
@@ -89,6 +90,13 @@ class FakeTarget:
 
     def resume(self) -> None:
         self.resumes += 1
+        pending, self.with_resume = self.with_resume, []
+        for ranges, callback in pending:
+            callback(self.read_many(ranges))
+
+    def read_with_resume(self, ranges, callback) -> None:
+        """Reads sent with the resume (`StubTarget.read_with_resume`): answered then."""
+        self.with_resume.append((ranges, callback))
 
     def interrupt(self) -> None:
         pass

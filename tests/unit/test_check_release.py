@@ -167,3 +167,15 @@ def test_the_test_kernels_canary_functions_are_seen_by_their_checks():
         check_insn = resolved.analysis.code.ending_at(end)
         assert check_insn.mnemonic == "mov" and check_insn.mem_reads, check_insn
         assert resolved.to_arm_spec().check_ends == ()        # analysed only when asked
+
+
+def test_the_probe_reads_go_with_the_resume():
+    """Nothing decided before the resume depends on the slot's bytes: they are read in the
+    resume's write (StubTarget.read_with_resume) and the call is armed before the next stop."""
+    fake, _, _ = one_call()
+    engine = make(fake)
+    engine.handle(fake.wait_stop(None))
+    assert len(fake.access_watchpoints) == 1 and len(fake.with_resume) == 1
+    assert engine.stats[0].armed == 0
+    fake.resume()
+    assert engine.stats[0].armed == 1 and engine.live_watches() == 1
