@@ -471,7 +471,7 @@ class Engine:
             return
         frame.watch = ArmedWatch(
             addr=slot, length=spec.length, old_value=old, spec_index=index,
-            owner_task=frame.task, depth=frame.depth, armed_at=time.time(),
+            owner_task=frame.task, depth=frame.depth, armed_at=time.time(), armed_value=old,
         )
         stats.armed += 1
         stats.live += 1
@@ -638,6 +638,12 @@ class Engine:
             if stop.pc in spec.check_ends:
                 for deeper in self.frames.stale_below(frame.task, frame.cfa):
                     self._drop_frame(deeper, counted=True)
+                if self._check_fails(frame):
+                    # The canary holds what a caught hit wrote: the check fails and the
+                    # task dies in __stack_chk_fail, it does not return (as the
+                    # release-point breakpoint, which then never comes, would count).
+                    self._drop_frame(frame, counted=True)
+                    continue
                 stats.returns += 1
                 stats.check_releases += 1
                 self._drop_frame(frame, counted=False)
@@ -646,6 +652,13 @@ class Engine:
             else:
                 writes.append(frame)
         return self._judge_writes(stop, writes) if writes else "continue"
+
+    @staticmethod
+    def _check_fails(frame: Frame) -> bool:
+        """Every write into an armed slot is a hit that records what it wrote, so the
+        slot's bytes are known without a read: not the armed canary, the check fails."""
+        watch = frame.watch
+        return watch is not None and watch.hits > 0 and watch.old_value != watch.armed_value
 
     def _pure_read(self, stop: Stop, watch: ArmedWatch) -> bool:
         """An access-watch stop that wrote nothing: the bytes are as armed and the

@@ -31,6 +31,7 @@ class ArmedWatch:
     depth: int
     armed_at: float
     hits: int = 0
+    armed_value: bytes = b""    # the bytes when armed (old_value follows each hit)
 
 
 @dataclass

@@ -82,7 +82,7 @@ def test_a_read_by_another_instruction_is_counted_and_keeps_the_watch():
     result = engine.run()
     assert len(result.hits) == 1                    # still armed after the read
     stats = engine.stats[0]
-    assert (stats.slot_reads, stats.hits, stats.check_releases, stats.returns) == (1, 1, 1, 1)
+    assert (stats.slot_reads, stats.hits, stats.stale) == (1, 1, 1)   # the check then fails
     assert fake.access_watchpoints == set()
 
 
@@ -96,7 +96,21 @@ def test_a_write_on_the_access_watch_is_a_hit_with_its_writer():
     assert hit.addr == f["canary"] and hit.old == GUARD.hex() and hit.new == "42" * 8
     assert hit.writer.insn_addr == WRITER_PC - 3
     stats = engine.stats[0]
-    assert (stats.hits, stats.slot_reads, stats.check_releases) == (1, 0, 1)
+    # The check then reads the corrupted canary: it fails, the task does not return.
+    assert (stats.hits, stats.slot_reads, stats.check_releases) == (1, 0, 0)
+    assert (stats.returns, stats.stale) == (0, 1) and fake.access_watchpoints == set()
+
+
+def test_a_canary_written_back_is_a_return_again():
+    fake, prog, f = one_call()
+    for value in (b"\x42" * 8, GUARD):          # corrupted, then repaired
+        prog.store(task=0xB000, addr=f["canary"], value=value, pc=WRITER_PC, sp=0x9000_3f00,
+                   cpu=1)
+    check(fake, 0xA000, f)
+    engine = make(fake)
+    assert len(engine.run().hits) == 2
+    stats = engine.stats[0]
+    assert (stats.returns, stats.check_releases, stats.stale) == (1, 1, 0)
 
 
 def test_an_unarmed_frame_is_released_by_its_check_too():
