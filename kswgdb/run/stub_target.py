@@ -6,6 +6,10 @@ Three things make the per-call hot path cheap:
   the next read or resume (`RemoteClient.pipeline`); their replies are checked
   in order when they come back;
 - the registers of a stop are read once (``g``) and kept until the guest runs;
+  while watches are live, every vCPU's are read in that same round trip (the
+  lost-stop search needs the others' anyway), with the per-CPU words prefetched;
+- reads whose answer decides nothing before the resume (`read_with_resume`: the
+  slot of a call released by its canary check) go in the resume's own write;
 - stepping off a breakpoint is folded into `resume`: QEMU re-hits a breakpoint
   the vCPU is sitting on, so the stopped vCPU is single-stepped first (with
   ``vCont;s:N`` only that vCPU runs, measured on QEMU 7.2) and the rest of the

@@ -6,7 +6,10 @@ return to the caller. At the probe it identifies the task, computes the frame's
 CFA and the watched slot, checks a canary slot against the live guard, takes a
 slot from the pool and installs a write watchpoint plus a return breakpoint. At
 the return it gives both back. A watchpoint stop in between is a hit: it is
-recorded, logged, then handed to the caller for rendering.
+recorded, logged, then handed to the caller for rendering. With
+``release_by_check`` a canary watch is an access watchpoint instead, and the
+function's own stack-protector check reading the slot is the return
+(`kswgdb.watch.checkrelease`): one breakpoint stop per call, not two.
 
 The engine never talks to QEMU, gdb or the terminal itself: it is given a
 ``Target`` (the wire), a ``Symbolizer`` (the kernel's symbols) and callbacks, so
@@ -704,6 +707,10 @@ class Engine:
                 # pushes into the old frame (KStackWatch's exit-trampoline false
                 # positive). Not a corruption; the return stop follows.
                 self.stats[frame.spec_index].dead_frame_writes += 1
+                if frame.sensor is not None:
+                    # Released by check, and its check was never seen: the frame is
+                    # gone, drop its watch before an interrupt frame lands on it.
+                    self._drop_frame(frame, counted=True)
                 continue
             if self._record_hit(stop, regs, frame, watch, writer_task, new, unchanged):
                 verdict = "freeze"

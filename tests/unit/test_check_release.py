@@ -193,3 +193,14 @@ def test_the_probe_reads_go_with_the_resume():
     assert engine.stats[0].armed == 0
     fake.resume()
     assert engine.stats[0].armed == 1 and engine.live_watches() == 1
+
+
+def test_a_missed_check_is_made_good_by_the_owners_first_write_on_its_dead_frame():
+    fake, prog, f = one_call()
+    # No check stop seen (say, lost); the owner, returned, reuses the stack over the slot.
+    prog.store(task=0xA000, addr=f["canary"], value=b"\x43" * 8, pc=WRITER_PC, sp=f["cfa"])
+    engine = make(fake)
+    assert engine.run().hits == []
+    stats = engine.stats[0]
+    assert (stats.dead_frame_writes, stats.stale, stats.returns) == (1, 1, 0)
+    assert fake.access_watchpoints == set() and engine.live_watches() == 0
