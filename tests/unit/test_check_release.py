@@ -8,6 +8,7 @@ from pathlib import Path
 
 import capstone
 
+from kswgdb.run.options import RunOptions
 from kswgdb.symbols.disasm import Disassembler, FunctionCode
 from kswgdb.symbols.elf import Symbol
 from kswgdb.symbols.frame import FrameAnalysis
@@ -127,13 +128,15 @@ def test_an_unarmed_frame_is_released_by_its_check_too():
     assert fake.access_watchpoints == set()
 
 
-def test_off_by_default_keeps_the_release_breakpoint_and_the_write_watch():
+def test_switched_off_keeps_the_release_breakpoint_and_the_write_watch():
+    """The engine does it only when asked; a run asks by default (TCG only: the rig)."""
     fake, _, _ = one_call()
     engine = make(fake, by_check=False)
     assert fake.breakpoints == {PROBE, EXIT}
     engine.handle(engine.target.wait_stop(None))
     assert len(fake.watchpoints) == 1 and fake.access_watchpoints == set()
     assert inspect.signature(Engine).parameters["release_by_check"].default is False
+    assert RunOptions().release_by_check is True
 
 
 # ------------------------------------------------------------- the analysis
