@@ -63,6 +63,7 @@ def test_clean_workload_leaves_every_breakpoint_by_emulation(img):
     # a probe per call, and a release point unless the canary check's read released it
     # (kswgdb.watch.checkrelease): none of them left by a real step; the only steps
     # are the lost-stop collection's, one per stop QEMU lost on the other vCPU
+    assert stats["check_releases"] == 300       # s3_victim: released by its canary check
     release_bps = stats["returns"] - stats["check_releases"]
     assert report.emulated >= stats["armed"] + release_bps, (report.emulated, stats)
     assert report.steps == report.lost_stops, (report.steps, report.lost_stops)
