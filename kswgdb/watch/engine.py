@@ -363,7 +363,7 @@ class Engine:
                 reads.append((guest.canary_address(spec.guard, regs), 8))
             plans.append((index, cfa, slot, first, len(reads)))
         later = getattr(self.target, "read_with_resume", None)
-        if later is not None and all(self._checks_release(self.specs[index]) and slot >= sp
+        if later is not None and all(self._sensor_fits(self.specs[index], slot, sp)
                                      for index, _, slot, _, _ in plans):
             # The current task first: prefetched along with the registers, it costs nothing.
             task_word = self.target.read_many([(current_at, 8)])[0] if current_at else None
@@ -380,6 +380,22 @@ class Engine:
         shift = 1 if current_at is not None else 0
         for index, cfa, slot, first, end in plans:
             self._probe_one(index, task, sp, cfa, slot, data[first + shift:end + shift])
+
+    def _sensor_fits(self, spec: ArmSpec, slot: int, sp: int) -> bool:
+        """Released by its check here: the slot is above SP (an interrupt frame never
+        lands on it) and under no other config's write watch (QEMU 7.2 aborts on
+        watchpoints of two kinds over one slot); otherwise its return breakpoint."""
+        if not self._checks_release(spec) or slot < sp:
+            return False
+        end = slot + spec.length
+        return not any(f.watch is not None and f.sensor is None
+                       and f.watch.addr < end and slot < f.watch.addr + f.watch.length
+                       for f in self.frames.all())
+
+    def _under_sensor(self, addr: int, length: int) -> bool:
+        """Does another frame's access watch (release by check) cover these bytes?"""
+        return any(f.sensor is not None and f.sensor[0] < addr + length
+                   and addr < f.sensor[0] + f.sensor[1] for f in self.frames.all())
 
     def _arm_read(self, waiting: list[tuple[Frame, int, int]], sp: int,
                   data: list[bytes] | None) -> None:
@@ -413,7 +429,7 @@ class Engine:
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
         self.frames.push(frame)
         self._sync_exit_hook()
-        by_check = self._checks_release(spec) and slot >= sp
+        by_check = self._sensor_fits(spec, slot, sp)
         if self._reads_release(spec):
             self._watch_release_reads(frame, spec)
         elif by_check:
@@ -461,6 +477,9 @@ class Engine:
             return
         if spec.max_watch and stats.live >= spec.max_watch:
             stats.refused_max_watch += 1    # KStackWatch's mw: this config's own bound
+            return
+        if frame.sensor is None and self._under_sensor(slot, spec.length):
+            stats.refused_check += 1        # QEMU 7.2 aborts on watches of two kinds there
             return
         if not self.pool.take():
             stats.refused_pool += 1         # the run's pool (debug registers, --slots)

@@ -207,3 +207,18 @@ def test_a_missed_check_is_made_good_by_the_owners_first_write_on_its_dead_frame
     stats = engine.stats[0]
     assert (stats.dead_frame_writes, stats.stale, stats.returns) == (1, 1, 0)
     assert fake.access_watchpoints == set() and engine.live_watches() == 0
+
+
+def test_no_write_watch_goes_under_an_access_watch():
+    """QEMU 7.2 aborts on watchpoints of two kinds over one slot: a second config watching
+    the same bytes with a write watch is refused while the access watch is in."""
+    fake, _, _ = one_call()
+    plain = dataclasses.replace(check_spec(), text="fn=victim fo=0x10 so=0x20", mode="offset",
+                                guard=None, check_ends=())
+    engine = Engine(fake, [check_spec(), plain], LAYOUT, StoreSymbols(), SlotPool(capacity=64),
+                    release_by_check=True)
+    engine.install()
+    engine.handle(fake.wait_stop(None))
+    assert len(fake.access_watchpoints) == 1 and fake.watchpoints == set()
+    first, second = engine.stats
+    assert (first.armed, second.armed, second.refused_check) == (1, 0, 1)
