@@ -20,6 +20,11 @@ because this shared machine is noisy (+-30% between runs):
            read watchpoint on the saved register the epilogue pops right after it
            (kswgdb.watch.readrelease), a watchpoint stop, instead of a breakpoint;
            s3_victim releases with `add rsp` (no read), so it keeps its breakpoint
+  checkrel armed, with RunOptions.release_by_check: the watch is an access
+           watchpoint (Z4) and the stack-protector check's read of the slot is the
+           release (kswgdb.watch.checkrelease): no release-point breakpoint, one
+           breakpoint stop (the probe) and one watchpoint stop per call ("armed"
+           keeps the release-point breakpoints whatever the default)
   readrel-x  EXPERIMENT, not a kswgdb mode: readrel with readrelease.MAX_STRETCH
            raised to 8, so s3_victim's release is seen by the `pop rbx` two
            instructions after `add rsp`. Unsafe: QEMU 7.2 cuts every TB on a page
@@ -110,7 +115,8 @@ from kswgdb.watch.scenarios import scenario_watch  # noqa: E402
 
 SCENARIO = 6
 STAMPED = ("KSWTEST start", "KSWTEST stats", "KSWTEST verdict")
-MODES = ("alone", "floor", "armed", "readrel", "readrel-x", "stepped", "unarmed", "gdb")
+MODES = ("alone", "floor", "armed", "checkrel", "readrel", "readrel-x", "stepped", "unarmed",
+         "gdb")
 
 # --------------------------------------------------------------------------
 # Instrumentation, bench-only (monkeypatches in this process; nothing is edited)
@@ -138,6 +144,24 @@ def _stamp_returns(name: str) -> None:
 
 for _name in ("_on_return", "_on_exit", "_on_release_read"):
     _stamp_returns(_name)
+
+
+def _stamp_check_releases() -> None:
+    """Wrap the access-watch handler: only a check's read that ended a frame is a return."""
+    orig = engine_mod.Engine._on_access
+
+    def wrapper(self, stop, _orig=orig):
+        before = sum(s.check_releases for s in self.stats)
+        verdict = _orig(self, stop)
+        if sum(s.check_releases for s in self.stats) > before:
+            _RETURNS["count"] += 1
+            _RETURNS["last"] = time.monotonic()
+        return verdict
+
+    engine_mod.Engine._on_access = wrapper
+
+
+_stamp_check_releases()
 
 _WEDGE = {"since": None, "expect": 0}     # set by the watchdog during a kswgdb run
 STALL_SECONDS = 3.0
@@ -355,7 +379,8 @@ def run_alone(image, iters: int, timeout: float) -> Run:
 
 
 def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
-               emulate: bool = True, release_by_read: bool = False) -> Run:
+               emulate: bool = True, release_by_read: bool = False,
+               release_by_check: bool = False) -> Run:
     run = Run(mode)
     _RETURNS.update(count=0, last=None)
     _WEDGE.update(since=None, expect=iters)
@@ -363,7 +388,8 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
     c0, s0, trips0 = _children_cpu(), _self_cpu(), ROUND_TRIPS["count"]
     session = WatchSession(RunOptions(image=image.path, scenario=SCENARIO, watches=[watch],
                                       accel="tcg", timeout=timeout, cmdline=f"iters={iters}",
-                                      emulate=emulate, release_by_read=release_by_read))
+                                      emulate=emulate, release_by_read=release_by_read,
+                                      release_by_check=release_by_check))
     session.prepare()
     def on_wedge():
         _WEDGE["since"] = time.monotonic()
@@ -383,7 +409,8 @@ def run_kswgdb(image, watch: str, iters: int, timeout: float, mode: str,
                  "reason": report.result.reason, "returns": s["returns"],
                  "dead_frame_writes": s.get("dead_frame_writes"),
                  "unexpected_stops": report.unexpected_stops,
-                 "read_releases": s.get("read_releases"), "foreign_reads": s.get("foreign_reads")}
+                 "read_releases": s.get("read_releases"), "foreign_reads": s.get("foreign_reads"),
+                 "check_releases": s.get("check_releases"), "slot_reads": s.get("slot_reads")}
     if report.result.reason != "exit" and not run.wedged:
         run.failed = f"engine ended: {report.result.reason}"
     if report.fault and not run.wedged:
@@ -563,7 +590,7 @@ def run_gdb(image, spec, iters: int, timeout: float, script: Path, workdir: Path
 # Profile of one armed kswgdb run
 # --------------------------------------------------------------------------
 
-def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
+def profile_armed(image, watch: str, iters: int, timeout: float, mode: str = "armed") -> None:
     """cProfile + wire counters for one armed run (separate from the timed runs)."""
     counters = {"round_trips": 0, "payloads": 0, "recv_blocks": 0, "recv_s": 0.0,
                 "wait_stop": 0, "wait_stop_s": 0.0, "g_reads": 0}
@@ -642,7 +669,8 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
     try:
         t0 = time.perf_counter()
         prof.enable()
-        run = run_kswgdb(image, watch, iters, timeout, "armed")
+        run = run_kswgdb(image, watch, iters, timeout, mode,
+                         release_by_check=mode == "checkrel")
         prof.disable()
         wall = time.perf_counter() - t0
     finally:
@@ -655,7 +683,7 @@ def profile_armed(image, watch: str, iters: int, timeout: float) -> None:
         stop_poll.set()
         poller.join(5)
     n = max(run.calls, 1)
-    print(f"\nprofile of one armed run: {run.calls} armed calls, wall {wall:.2f}s "
+    print(f"\nprofile of one {mode} run: {run.calls} armed calls, wall {wall:.2f}s "
           f"(wedged={run.wedged}), kswgdb CPU {run.cpu_self:.2f}s, QEMU CPU {run.cpu_qemu:.2f}s")
     print("per armed call: "
           f"wall {wall / n * 1e6:.0f} us, kswgdb CPU {run.cpu_self / n * 1e6:.0f} us "
@@ -746,7 +774,7 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
     print("(us/call net: (median start->last s3_victim return - median guest alone) / calls, "
           "over all reps, wedged ones included; ~: from start->verdict instead. "
           "CPU columns: whole run incl. boot; QEMU net of the guest alone)")
-    for mode in ("floor", "armed", "readrel", "readrel-x", "stepped", "unarmed"):
+    for mode in ("floor", "armed", "checkrel", "readrel", "readrel-x", "stepped", "unarmed"):
         rs = runs.get(mode, [])
         trips = _median([r.extra["round_trips"] / r.calls for r in rs
                          if r.calls and "round_trips" in r.extra])
@@ -778,6 +806,7 @@ def report(runs: dict[str, list[Run]], iters: int) -> None:
           f"{ratio('armed', 'floor')}")
     print(f"ratio kswgdb armed / gdb baseline, per call net: {ratio('armed', 'gdb')}"
           "   aim <= 0.3")
+    print(f"ratio kswgdb checkrel / kswgdb armed, per call net: {ratio('checkrel', 'armed')}")
     print(f"ratio kswgdb readrel / gdb baseline, per call net: {ratio('readrel', 'gdb')}"
           "   aim <= 0.3")
     print(f"ratio kswgdb readrel / kswgdb armed, per call net: {ratio('readrel', 'armed')}")
@@ -803,6 +832,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile one armed kswgdb run (after the timed reps)")
     ap.add_argument("--profile-only", action="store_true")
+    ap.add_argument("--profile-mode", choices=("armed", "checkrel"), default="armed",
+                    help="the mode --profile runs (checkrel: release by check)")
     ap.add_argument("--cpus", type=int, default=None,
                     help="override the image's vCPU count (readrel-x needs 1)")
     ap.add_argument("--victim", default=None,
@@ -830,7 +861,7 @@ def main() -> int:
           f"watch {watch!r} (probe {spec.probe_addr:#x}, slot {spec.base}{spec.offset:+#x}, "
           f"CFA {spec.cfa_base}{spec.cfa_offset:+#x}); unarmed adds ' dp=5'")
     if args.profile_only:
-        profile_armed(image, watch, args.iters, args.timeout)
+        profile_armed(image, watch, args.iters, args.timeout, args.profile_mode)
         return 0
     if "gdb" in modes and shutil.which("gdb") is None:
         ap.error("gdb not found")
@@ -852,6 +883,9 @@ def main() -> int:
                         r = run_floor(image, spec, args.iters, args.timeout)
                     elif mode == "armed":
                         r = run_kswgdb(image, watch, args.iters, args.timeout, "armed")
+                    elif mode == "checkrel":
+                        r = run_kswgdb(image, watch, args.iters, args.timeout, "checkrel",
+                                       release_by_check=True)
                     elif mode == "readrel":
                         r = run_kswgdb(image, watch, args.iters, args.timeout, "readrel",
                                        release_by_read=True)
@@ -886,7 +920,7 @@ def main() -> int:
     report(runs, args.iters)
     print(f"total bench time {time.monotonic() - t_all:.0f}s; {machine_facts().split(', ')[-1]}")
     if args.profile:
-        profile_armed(image, watch, args.iters, args.timeout)
+        profile_armed(image, watch, args.iters, args.timeout, args.profile_mode)
     return 0
 
 

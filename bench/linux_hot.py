@@ -12,6 +12,9 @@ are compared):
   alone   no debugger (Machine(paused=False)), the QEMU on PATH (7.2)
   kswgdb  `WatchSession` watching the function's canary at the ``fo`` that
           `kswgdb disasm` suggests, ``--engine gdbstub`` (the QEMU on PATH)
+  kswgdb-bp / kswgdb-chk  kswgdb with ``RunOptions.release_by_check`` off / on:
+          release-point breakpoints, or the canary check's read of an access
+          watchpoint (`kswgdb.watch.checkrelease`), whatever the default
   alone10 no debugger, QEMU 10 (`kswgdb.qemu.fetch`): the plugin's baseline;
           like the plugin engine it runs without a gdbstub and so without the
           ``-icount shift=auto`` that only the gdbstub engine gets on QEMU 10
@@ -113,17 +116,22 @@ from kswgdb.symbols.program import Program  # noqa: E402
 
 LINUX_TOML = IMAGES_DIR / "linux.toml"
 READY, DONE = "KSWGDB-INIT ready", "KSWGDB-INIT done"
-MODES = ("alone", "kswgdb", "gdb", "alone10", "plugin", "plugin0", "nostore")
+MODES = ("alone", "kswgdb", "kswgdb-bp", "kswgdb-chk", "gdb", "alone10", "plugin", "plugin0",
+         "nostore")
+#: gdbstub-engine modes with one option forced, and the option.
+GDBSTUB_MODES = {"kswgdb": {}, "kswgdb-bp": {"release_by_check": False},
+                 "kswgdb-chk": {"release_by_check": True}}
 #: What each watched mode is measured against (the guest alone on the same QEMU).
-BASELINE = {"kswgdb": "alone", "gdb": "alone", "plugin": "alone10", "plugin0": "alone10",
-            "nostore": "alone10"}
+BASELINE = {"kswgdb": "alone", "kswgdb-bp": "alone", "kswgdb-chk": "alone", "gdb": "alone",
+            "plugin": "alone10", "plugin0": "alone10", "nostore": "alone10"}
 #: The plugin modes, and the plugin arguments each adds (`kswplugin.c`'s ``stores=0``:
 #: probes and releases as in ``plugin``, no store instrumented; catches nothing).
 PLUGIN_MODES = {"plugin": (), "plugin0": (), "nostore": ("stores=0",)}
 #: The plugin's watch that is probed at every call and never armed.
 UNARMED_DEPTH = " dp=5"
 #: Each engine's column in the summary lines, and its QEMU.
-ENGINES = {"kswgdb": "gdbstub engine", "plugin": "plugin engine"}
+ENGINES = {"kswgdb": "gdbstub engine", "kswgdb-bp": "gdbstub engine, release breakpoints",
+           "kswgdb-chk": "gdbstub engine, release by check", "plugin": "plugin engine"}
 #: The rows with a per-armed-call figure (``stores`` prices one store callback).
 HOT_ROWS = ("openat", "statx")
 W1 = "cat /proc/self/stat >/dev/null; ls / >/dev/null; uname -a >/dev/null"
@@ -228,6 +236,7 @@ def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None =
     _LAST_MACHINE.clear()
     options = RunOptions(image=image.path, watches=[watch], accel="tcg", timeout=timeout,
                          cmdline=cmdline(row), qemu_args=list(clock) if qemu10 else [],
+                         **GDBSTUB_MODES.get(run.mode, {}),
                          engine="gdbstub" if qemu10 is None else "plugin")
     with binary.using(qemu10) if qemu10 else contextlib.nullcontext():
         session = WatchSession(options, rig_options={"plugin_extra": (
@@ -240,7 +249,8 @@ def run_kswgdb(image, row: Row, watch: str, timeout: float, qemu10: str | None =
         report.packets
     run.extra = {"returns": s["returns"], "stale": s["stale"], "not_armed": s["not_armed"],
                  "unexpected_stops": report.unexpected_stops, "steps": report.steps,
-                 "emulated": report.emulated, "refusals": report.emulation_refusals}
+                 "emulated": report.emulated, "refusals": report.emulation_refusals,
+                 "check_releases": s.get("check_releases"), "slot_reads": s.get("slot_reads")}
     if profile:
         run.extra["callbacks_us"] = sum(profile.get(k, 0) for k in
                                         ("probe_ns", "release_ns", "store_ns")) / 1e3
@@ -412,7 +422,8 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
                 per = (t[mode] - base) / armed[mode] * 1e6
             if cbase is not None and c[mode] is not None:
                 cper = (c[mode] - cbase) / armed[mode] * 1e6
-        pk = _median([r.packets / r.armed for r in ok if r.armed]) if mode == "kswgdb" else None
+        pk = _median([r.packets / r.armed for r in ok if r.armed]) \
+            if mode in GDBSTUB_MODES else None
         out[mode] = {"seconds": t[mode], "slowdown": slow, "armed": armed[mode], "us_per": per,
                      "cpu": c[mode], "cpu_us_per": cper,
                      "cpu_slowdown": c[mode] / cbase if c[mode] and cbase else None}
@@ -427,7 +438,7 @@ def report(row: Row, runs: dict[str, list[Run]], verbose: bool = False) -> dict:
                   f"(QEMU CPU {_fmt(k.get('cpu_slowdown'))}x; aim <= 1.2x)"
                   + (f"; gdb script {g['slowdown']:.2f}x" if g.get("slowdown") else ""))
         elif row.name in HOT_ROWS and k.get("us_per") is not None:
-            aim = "10 ms" if mode == "kswgdb" else "50 us"
+            aim = "10 ms" if mode in GDBSTUB_MODES else "50 us"
             ratio = (f"; ratio to the gdb script {k['us_per'] / g['us_per']:.3f} (gdb "
                      f"{g['us_per'] / 1e3:.1f} ms)" if g.get("us_per") else "")
             print(f"  per armed call, {engine}: {k['us_per']:.0f} us wall, "
@@ -577,10 +588,10 @@ def main() -> int:
                         if mode in ("alone", "alone10"):
                             r = run_alone(image, row, args.timeout,
                                           qemu10 if mode == "alone10" else None, clock)
-                        elif mode == "kswgdb" or mode in PLUGIN_MODES:
+                        elif mode in GDBSTUB_MODES or mode in PLUGIN_MODES:
                             r = run_kswgdb(image, row, watch + UNARMED_DEPTH * (
                                 mode == "plugin0"), args.timeout,
-                                qemu10 if mode != "kswgdb" else None, mode, clock)
+                                qemu10 if mode in PLUGIN_MODES else None, mode, clock)
                         else:
                             r = run_gdb(image, row, spec, args.timeout, workdir)
                     except Exception as exc:  # noqa: BLE001 - one bad run must not end it

@@ -233,7 +233,8 @@ class LiveSession:
         """Check ``text`` now (`BadInput` changes nothing) and arm it at the next stop."""
         self._require_guest("add a watch")
         resolved = self.check_watch(text)
-        self.submit(AddWatch(resolved, resolved.to_arm_spec(self.options.release_by_read)))
+        self.submit(AddWatch(resolved, resolved.to_arm_spec(self.options.release_by_read,
+                                                            self.options.release_by_check)))
         return resolved
 
     def remove_watch(self, index: int) -> None:

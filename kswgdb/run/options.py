@@ -38,6 +38,7 @@ class RunOptions:
     emulate: bool = True               # leave breakpoints by host emulation, not steps
     backtrace: str = "auto"            # "gdb" | "fp" | "auto" (gdb when installed)
     release_by_read: bool = False      # TCG: see releases by read watchpoints (readrelease)
+    release_by_check: bool = True      # TCG: a canary's release seen by its check (checkrelease)
     hang_timeout: float = DEFAULT_HANG_TIMEOUT  # no console, stop or tick this long: a wedge
                                        # (0: never; see kswgdb.run.hang)
     gdb_listen: tuple[str, int] | None = None  # freeze: lend the frozen guest to gdb over TCP

@@ -141,7 +141,8 @@ def prepare(options: RunOptions, *, require_watch: bool = True) -> Plan:
         check_alignment(watch, accel.accel)
     if opts.log_path is not None:
         check_log_path(opts.log_path)
-    specs = [r.to_arm_spec(read_release=opts.release_by_read) for r in resolved]
+    specs = [r.to_arm_spec(read_release=opts.release_by_read,
+                           check_release=opts.release_by_check) for r in resolved]
     engine = choose(opts.engine, RunShape(
         specs, module_watches=len(module_watches), polls=len(poll_specs),
         gdb_listen=opts.gdb_listen is not None, backtrace=opts.backtrace,

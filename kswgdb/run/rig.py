@@ -315,6 +315,7 @@ class Rig:
             backtracer=self.unwinder,
             release_by_read=opts.release_by_read and plan.accel.accel == "tcg",
             keep_hits=opts.keep_hits,
+            release_by_check=opts.release_by_check and plan.accel.accel == "tcg",
         )
         self.engine.install()
         if plan.module_watches:

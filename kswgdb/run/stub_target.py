@@ -6,6 +6,10 @@ Three things make the per-call hot path cheap:
   the next read or resume (`RemoteClient.pipeline`); their replies are checked
   in order when they come back;
 - the registers of a stop are read once (``g``) and kept until the guest runs;
+  while watches are live, every vCPU's are read in that same round trip (the
+  lost-stop search needs the others' anyway), with the per-CPU words prefetched;
+- reads whose answer decides nothing before the resume (`read_with_resume`: the
+  slot of a call released by its canary check) go in the resume's own write;
 - stepping off a breakpoint is folded into `resume`: QEMU re-hits a breakpoint
   the vCPU is sitting on, so the stopped vCPU is single-stepped first (with
   ``vCont;s:N`` only that vCPU runs, measured on QEMU 7.2) and the rest of the
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 from kswgdb.emulate.x86 import Emulated, InstructionEmulator, coalesce
 from kswgdb.gdbstub import requests as rq
@@ -70,10 +75,13 @@ class StubTarget:
         self.refusals: dict[str, int] = {}
         self._watchpoints: dict[tuple[int, int], int] = {}
         self._read_watches: dict[tuple[int, int], int] = {}      # Z3, for release reads
+        self._access_watches: dict[tuple[int, int], int] = {}    # Z4, release by check
         self._per_cpu_reads: list[tuple[int, int]] = []
         self._gs_base: dict[int, int] = {}
         self._prefetched: dict[tuple[int, int], bytes] = {}
         self._queue: list[str] = []
+        # reads that go out with the next resume: (ranges, prefetched, callback)
+        self._with_resume: list[tuple[list[tuple[int, int]], dict, Callable]] = []
         self._breakpoints: set[int] = set()
         self._regs: dict[int, Registers] = {}
         self._stopped_thread: int | None = None
@@ -109,32 +117,52 @@ class StubTarget:
         self._per_cpu_reads.append((offset, length))
 
     def _read_registers(self, thread: int) -> dict[str, int]:
+        if self.client.layout is None:
+            self.packets_sent += 1 if thread == self.client.g_thread else 2   # [Hg,] g
+            return self.client.read_registers(thread, ENGINE_REGISTERS)
+        return self._read_register_sets([thread])[thread]
+
+    def _read_register_sets(self, threads: list[int]) -> dict[int, dict[str, int]]:
+        """``[Hg,] g`` and the per-CPU prefetches of each thread, in ONE round trip.
+
+        ``Hg`` is left on the last thread: put the stopped vCPU last.
+        """
         client = self.client
         layout = client.layout
-        gs = self._gs_base.get(thread)
-        if layout is None or not self._per_cpu_reads or gs is None:
-            self.packets_sent += 1 if thread == client.g_thread else 2   # [Hg,] g
-            values = client.read_registers(thread, ENGINE_REGISTERS)
-        else:
-            head = [] if thread == client.g_thread else [rq.set_thread("g", thread)]
-            ranges = [(gs + off, n) for off, n in self._per_cpu_reads]
-            sents = [rq.read_memory(a, n) for a, n in ranges]
-            replies = client.pipeline([*head, "g", *sents])
-            self.packets_sent += len(head) + 1 + len(sents)
-            if head:
-                rq.check_ok(replies[0], head[0])
-                client.g_thread = thread
-            g = replies[len(head)]
+        assert layout is not None
+        payloads: list[str] = []
+        plans = []
+        g_thread = client.g_thread
+        for thread in threads:
+            first = len(payloads)
+            if thread != g_thread:
+                payloads.append(rq.set_thread("g", thread))
+                g_thread = thread
+            payloads.append("g")
+            gs = self._gs_base.get(thread)
+            ranges = [(gs + off, n) for off, n in self._per_cpu_reads] if gs is not None else []
+            payloads += [rq.read_memory(a, n) for a, n in ranges]
+            plans.append((thread, first, gs, ranges))
+        replies = client.pipeline(payloads)
+        self.packets_sent += len(payloads)
+        out = {}
+        for thread, at, gs, ranges in plans:
+            if payloads[at] != "g":
+                rq.check_ok(replies[at], payloads[at])
+                at += 1
+            g = replies[at]
             if not g or g[0] == "E":
                 rq.raise_for_error(g, "g")
             values = layout.decode_g(g, ENGINE_REGISTERS)
-            if values.get("gs_base") == gs:
-                for rng, sent, reply in zip(ranges, sents, replies[len(head) + 1:], strict=True):
+            if ranges and values.get("gs_base") == gs:
+                for i, rng in enumerate(ranges, start=at + 1):
                     with contextlib.suppress(StubError):
-                        self._prefetched[rng] = rq.decode_memory(reply, sent, rng[1])
-        if values.get("gs_base"):
-            self._gs_base[thread] = values["gs_base"]
-        return values
+                        self._prefetched[rng] = rq.decode_memory(replies[i], payloads[i], rng[1])
+            if values.get("gs_base"):
+                self._gs_base[thread] = values["gs_base"]
+            out[thread] = values
+        client.g_thread = g_thread
+        return out
 
     def read(self, addr: int, length: int) -> bytes:
         return self.read_many([(addr, length)])[0]
@@ -175,7 +203,13 @@ class StubTarget:
             self._queue.append(rq.insert_watchpoint(addr, length, "read"))
             self._read_watches[(addr, length)] = self._read_watches.get((addr, length), 0) + 1
             return
-        sent = rq.insert_watchpoint(addr, length)
+        sent = rq.insert_watchpoint(addr, length, access)
+        if access == "access":
+            # Only the engine's release-by-check watches (TCG: never refused):
+            # queued, so Z4 goes out in the same write as the resume.
+            self._queue.append(sent)
+            self._access_watches[(addr, length)] = self._access_watches.get((addr, length), 0) + 1
+            return
         if self.queue_watchpoints:
             self._queue.append(sent)
         else:
@@ -185,11 +219,12 @@ class StubTarget:
         self._watchpoints[(addr, length)] = self._watchpoints.get((addr, length), 0) + 1
 
     def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
-        if access == "read":
-            self._queue.append(rq.remove_watchpoint(addr, length, "read"))
-            count = self._read_watches.pop((addr, length), 0) - 1
+        if access in ("read", "access"):
+            self._queue.append(rq.remove_watchpoint(addr, length, access))
+            held = self._read_watches if access == "read" else self._access_watches
+            count = held.pop((addr, length), 0) - 1
             if count > 0:
-                self._read_watches[(addr, length)] = count
+                held[(addr, length)] = count
             return
         self._queue.append(rq.remove_watchpoint(addr, length))
         count = self._watchpoints.get((addr, length), 0) - 1
@@ -200,37 +235,84 @@ class StubTarget:
 
     def remove_all(self) -> dict[str, int]:
         """Remove every breakpoint and watchpoint this target inserted, now (``z0``,
-        ``z2``, ``z3``, one per insertion): what leaving a guest we do not own needs."""
+        ``z2``, ``z3``, ``z4``, one per insertion): what leaving a guest we do not own needs."""
         payloads = [rq.remove_breakpoint(addr) for addr in sorted(self._breakpoints)]
         writes = [rq.remove_watchpoint(addr, n) for (addr, n), count in
                   self._watchpoints.items() for _ in range(count)]
         reads = [rq.remove_watchpoint(addr, n, "read") for (addr, n), count in
                  self._read_watches.items() for _ in range(count)]
+        reads += [rq.remove_watchpoint(addr, n, "access") for (addr, n), count in
+                  self._access_watches.items() for _ in range(count)]
         self._queue += payloads + writes + reads
         self._breakpoints.clear()
         self._watchpoints.clear()
         self._read_watches.clear()
+        self._access_watches.clear()
         self._flush()
         return {"breakpoints": len(payloads), "watchpoints": len(writes) + len(reads)}
+
+    def read_with_resume(self, ranges: list[tuple[int, int]],
+                         callback: Callable[[list[bytes] | None], None]) -> None:
+        """Read ``ranges`` in the next resume's own write (before its ``c``: QEMU
+        answers in order, so they see the stopped guest) and give them to
+        ``callback`` before the next stop is handed out; None if one is unreadable."""
+        prefetched = {r: self._prefetched[r] for r in ranges if r in self._prefetched}
+        self._with_resume.append((ranges, prefetched, callback))
+
+    def _reads_now(self) -> None:
+        """The reads for the resume, done on their own: the resume is not a plain ``c``."""
+        pending, self._with_resume = self._with_resume, []
+        for ranges, prefetched, callback in pending:
+            missing = [r for r in ranges if r not in prefetched]
+            try:
+                got = dict(zip(missing, self.read_many(missing), strict=True))
+            except StubError:
+                callback(None)
+                continue
+            callback([prefetched.get(r, got.get(r, b"")) for r in ranges])
 
     # ------------------------------------------------------------ running
     def resume(self) -> None:
         thread, pc = self._stopped_thread, self._stopped_pc
         if self._pending:
+            self._reads_now()
             self._forget_stop_state()
             return      # an event is already waiting: hand it out before running
         if thread is not None and pc is not None and pc in self._breakpoints:
             emulated = self._emulate_off(thread, pc)
+            if not emulated:
+                self._reads_now()
             self._forget_stop_state()
             if not emulated:
                 self._step_off(thread)
             if self._pending:
                 return
         self._forget_stop_state()
-        payloads, self._queue = self._queue + ["c"], []
-        self._check(self.client.pipeline(payloads), payloads[:-1])
+        pending, self._with_resume = self._with_resume, []
+        ranges = [r for wanted, prefetched, _ in pending for r in wanted if r not in prefetched]
+        reads = [rq.read_memory(a, n) for a, n in ranges]
+        payloads, self._queue = reads + self._queue + ["c"], []
+        replies = self.client.pipeline(payloads)
         self.packets_sent += len(payloads)
         self._stopped_thread = self._stopped_pc = None
+        self._check(replies[len(reads):], payloads[len(reads):-1])
+        self._give_reads(pending, ranges, reads, replies)
+
+    @staticmethod
+    def _give_reads(pending: list, ranges: list[tuple[int, int]], sents: list[str],
+                    replies: list[str]) -> None:
+        got: dict[tuple[int, int], bytes] = {}
+        bad = set()
+        for rng, sent, reply in zip(ranges, sents, replies, strict=False):
+            try:
+                got[rng] = rq.decode_memory(reply, sent, rng[1])
+            except StubError:
+                bad.add(rng)
+        for wanted, prefetched, callback in pending:
+            if any(r in bad for r in wanted):
+                callback(None)
+            else:
+                callback([prefetched.get(r, got.get(r, b"")) for r in wanted])
 
     def _emulate_off(self, thread: int, pc: int) -> bool:
         """Queue the effect of the instruction at ``pc`` instead of stepping it; False: step."""
@@ -267,12 +349,14 @@ class StubTarget:
             if not (sp - STACK_WRITE_BELOW <= addr and end <= sp + STACK_WRITE_ABOVE):
                 self._refused("write away from the stack")
                 return None
-            if any(w < end and addr < w + n for w, n in self._watchpoints):
+            if any(w < end and addr < w + n for w, n in [*self._watchpoints,
+                                                           *self._access_watches]):
                 self._refused("write on a watchpoint")
                 return None
             out.append(rq.write_memory(addr, data))
         for addr, size in result.reads:
-            if any(w < addr + size and addr < w + n for w, n in self._read_watches):
+            if any(w < addr + size and addr < w + n for w, n in [*self._read_watches,
+                                                                   *self._access_watches]):
                 self._refused("read on a read watchpoint")   # it must fire for real
                 return None
         layout = self.client.layout
@@ -331,7 +415,7 @@ class StubTarget:
         masked): the step's stop reports the stale hit and clears it. The
         engine gets the stop with the registers from before that step.
         """
-        if not (self._watchpoints or self._read_watches):
+        if not (self._watchpoints or self._read_watches or self._access_watches):
             return []
         assert self.lost_stops is not None
         if self._threads is None:
@@ -344,15 +428,30 @@ class StubTarget:
             regs = self.registers(thread)
             if self._reported.get(thread) == regs.values:
                 continue        # not run since its own stop was reported: nothing new
-            found = self.lost_stops.find(regs, list(self._watchpoints), list(self._read_watches))
+            access_watches = list(self._access_watches)
+            found = self.lost_stops.find(regs, [*self._watchpoints, *access_watches],
+                                         [*self._read_watches, *access_watches])
             if found is None:
                 continue
             addr, access = found
+            if any(a == addr for a, _ in access_watches):
+                access = "access"
             self._clear_stale_hit(thread)
             kind = "break" if regs.pc in self._breakpoints else "watch"
             lost.append(Stop(kind, thread=thread, pc=regs.pc, watch_addr=addr,
                              watch_access=access))
         return lost
+
+    def _read_all_vcpus(self, stopped: int) -> None:
+        """Every vCPU's registers in the stop's one round trip, when the lost-stop
+        search (`_collect_lost`) will want the others' anyway: watches are live."""
+        others = [t for t in self._threads or () if t != stopped]
+        if not others or self.client.layout is None or self.lost_stops is None or not (
+                self._watchpoints or self._read_watches or self._access_watches):
+            return
+        self._flush()
+        for thread, values in self._read_register_sets([*others, stopped]).items():
+            self._regs[thread] = Registers(values)
 
     def _step_alone(self, thread: int) -> StopReply:
         """One instruction of ``thread`` while the other vCPUs stay stopped; its stop reply."""
@@ -389,6 +488,7 @@ class StubTarget:
             return None
         thread = reply.thread if reply.thread and reply.thread > 0 else 1
         self._forget_stop_state()
+        self._read_all_vcpus(thread)
         regs = self.registers(thread)
         self._stopped_thread, self._stopped_pc = thread, regs.pc
         self._reported[thread] = regs.values
@@ -398,7 +498,7 @@ class StubTarget:
             # may be one of our breakpoints. Keep both facts: losing the
             # breakpoint would lose a probe or a return.
             kind = "break" if regs.pc in self._breakpoints and not after_step else "watch"
-            access = "read" if reply.watch == "rwatch" else "write"
+            access = {"rwatch": "read", "awatch": "access"}.get(reply.watch or "", "write")
             return Stop(kind, thread=thread, pc=regs.pc, watch_addr=reply.watch_addr,
                         watch_access=access)
         if after_step:

@@ -6,6 +6,7 @@ It drives any `target.Target` (a fake in unit tests, `kswgdb.run.stub_target` fo
 - `config`       the KStackWatch config string (`fn= fo= so= wl= dp= mw= ph=`)
 - `resolve`      a config against the kernel's symbols: `ResolvedWatch` -> `ArmSpec`
 - `readrelease`  which releases a read watchpoint can see (only with release_by_read)
+- `checkrelease` where a canary's own check read sees its release (release_by_check)
 - `checks`       stack reach and alignment checks of a resolved watch
 - `spec`         `ArmSpec`: everything the engine needs to arm one config
 - `scenarios`    the test kernel's scenario watches

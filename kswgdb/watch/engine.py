@@ -6,7 +6,10 @@ return to the caller. At the probe it identifies the task, computes the frame's
 CFA and the watched slot, checks a canary slot against the live guard, takes a
 slot from the pool and installs a write watchpoint plus a return breakpoint. At
 the return it gives both back. A watchpoint stop in between is a hit: it is
-recorded, logged, then handed to the caller for rendering.
+recorded, logged, then handed to the caller for rendering. With
+``release_by_check`` a canary watch is an access watchpoint instead, and the
+function's own stack-protector check reading the slot is the return
+(`kswgdb.watch.checkrelease`): one breakpoint stop per call, not two.
 
 The engine never talks to QEMU, gdb or the terminal itself: it is given a
 ``Target`` (the wire), a ``Symbolizer`` (the kernel's symbols) and callbacks, so
@@ -71,6 +74,8 @@ class WatchStats:
     rep_repeats: int = 0      # further traps of a `rep` store already reported as a hit
     read_releases: int = 0    # returns seen by a read watchpoint (release_by_read)
     foreign_reads: int = 0    # read-watch stops that were not this frame's release
+    check_releases: int = 0   # returns seen by the canary check's read (release_by_check)
+    slot_reads: int = 0       # access-watch stops that were a read, not the check's
     unchanged_hits: int = 0   # hits whose store wrote the value already there (in hits)
     filtered_reports: int = 0  # stub reports with no new store behind them (dropped)
 
@@ -107,6 +112,7 @@ class Engine:
         backtracer: Callable[[Stop, Registers], list[BacktraceFrame] | None] | None = None,
         release_by_read: bool = False,
         keep_hits: int | None = None,
+        release_by_check: bool = False,
     ) -> None:
         """``release_by_read``: see a config's release by a read watchpoint when it can.
 
@@ -116,6 +122,12 @@ class Engine:
         release-point breakpoint: QEMU 7.2 flushes its translation cache at every
         breakpoint stop and at no watchpoint stop. TCG only (read watchpoints are
         refused by KVM's debug registers).
+
+        ``release_by_check``: for a canary config whose every release point
+        follows a read of the slot by its stack-protector check
+        (``ArmSpec.check_ends``, `kswgdb.watch.checkrelease`), the watch is an
+        access watchpoint and the check's read is the release: no release-point
+        breakpoint, no translation-cache flush. TCG only.
         """
         self.target = target
         self.specs = specs
@@ -138,6 +150,7 @@ class Engine:
         self._probes: dict[int, list[int]] = {}
         self._exits: dict[int, list[tuple[int, str, int]]] = {}
         self.release_by_read = release_by_read
+        self.release_by_check = release_by_check
         for index, spec in enumerate(specs):
             self._probes.setdefault(spec.probe_addr, []).append(index)
             for addr, base, offset in self._exit_breakpoints(spec):
@@ -197,9 +210,12 @@ class Engine:
     def _reads_release(self, spec: ArmSpec) -> bool:
         return self.release_by_read and bool(spec.read_exits)
 
+    def _checks_release(self, spec: ArmSpec) -> bool:
+        return self.release_by_check and bool(spec.check_ends) and not self._reads_release(spec)
+
     def _exit_breakpoints(self, spec: ArmSpec) -> tuple[tuple[int, str, int], ...]:
-        """Release points that need a breakpoint: none when a read watch sees them."""
-        return () if self._reads_release(spec) else spec.exits
+        """Release points that need a breakpoint: none when a read or the check sees them."""
+        return () if self._reads_release(spec) or self._checks_release(spec) else spec.exits
 
     def remove_spec(self, index: int) -> None:
         """Stop watching config ``index`` now; the guest must be stopped.
@@ -293,6 +309,10 @@ class Engine:
             self._on_release_read(stop)
             if stop.kind != "break":
                 return verdict
+        elif stop.watch_addr is not None and stop.watch_access == "access":
+            verdict = self._on_access(stop)
+            if stop.kind != "break":
+                return verdict
         elif stop.watch_addr is not None:
             verdict = self._on_watch(stop)
             if stop.kind != "break":
@@ -321,13 +341,17 @@ class Engine:
 
     # ---------------------------------------------------------------- probe
     def _on_probe(self, stop: Stop) -> None:
-        """One pipelined batch of reads serves every config sharing this probe."""
+        """One pipelined batch of reads serves every config sharing this probe.
+
+        When every config here is released by its check, nothing decided before
+        the resume depends on what is read (the access watch goes in, armed or
+        not), so a target that can (`read_with_resume`) sends the reads in the
+        resume's own write and hands them back before the next stop.
+        """
         regs = self.target.registers(stop.thread)
         sp, fp = regs.sp, regs.fp
         reads: list[tuple[int, int]] = []
         current_at = guest.current_task_address(self.layout, regs)
-        if current_at is not None:
-            reads.append((current_at, 8))
         plans = []
         for index in self._probes[stop.pc]:
             spec = self.specs[index]
@@ -337,38 +361,103 @@ class Engine:
             reads += [(cfa - 8, 8), (slot, spec.length)]
             if spec.mode == "canary" and spec.guard is not None:
                 reads.append((guest.canary_address(spec.guard, regs), 8))
-            plans.append((index, cfa, slot, first))
+            plans.append((index, cfa, slot, first, len(reads)))
+        later = getattr(self.target, "read_with_resume", None)
+        if later is not None and all(self._sensor_fits(self.specs[index], slot, sp)
+                                     for index, _, slot, _, _ in plans):
+            # The current task first: prefetched along with the registers, it costs nothing.
+            task_word = self.target.read_many([(current_at, 8)])[0] if current_at else None
+            task = guest.current_task_from(self.layout, regs, task_word)
+            waiting = [(frame, first, end) for index, cfa, slot, first, end in plans
+                       if (frame := self._probe_one(index, task, sp, cfa, slot, None))]
+            if waiting:
+                later(reads, lambda data: self._arm_read(waiting, sp, data))
+            return
+        if current_at is not None:
+            reads.insert(0, (current_at, 8))
         data = self.target.read_many(reads)
         task = guest.current_task_from(self.layout, regs, data[0] if current_at else None)
-        for index, cfa, slot, first in plans:
-            self._probe_one(index, task, sp, cfa, slot, data[first:first + 3])
+        shift = 1 if current_at is not None else 0
+        for index, cfa, slot, first, end in plans:
+            self._probe_one(index, task, sp, cfa, slot, data[first + shift:end + shift])
+
+    def _sensor_fits(self, spec: ArmSpec, slot: int, sp: int) -> bool:
+        """Released by its check here: the slot is above SP (an interrupt frame never
+        lands on it) and under no other config's write watch (QEMU 7.2 aborts on
+        watchpoints of two kinds over one slot); otherwise its return breakpoint."""
+        if not self._checks_release(spec) or slot < sp:
+            return False
+        end = slot + spec.length
+        return not any(f.watch is not None and f.sensor is None
+                       and f.watch.addr < end and slot < f.watch.addr + f.watch.length
+                       for f in self.frames.all())
+
+    def _under_sensor(self, addr: int, length: int) -> bool:
+        """Does another frame's access watch (release by check) cover these bytes?"""
+        return any(f.sensor is not None and f.sensor[0] < addr + length
+                   and addr < f.sensor[0] + f.sensor[1] for f in self.frames.all())
+
+    def _arm_read(self, waiting: list[tuple[Frame, int, int]], sp: int,
+                  data: list[bytes] | None) -> None:
+        """The probe's reads, back from the resume's write: arm the frames that wait."""
+        for frame, first, end in waiting:
+            if not any(f is frame for f in self.frames.of_task(frame.task)):
+                continue                    # dropped meanwhile
+            if data is None:
+                self.stats[frame.spec_index].refused_check += 1   # unreadable: not armed
+                continue
+            frame.return_addr = int.from_bytes(data[first], "little")
+            assert frame.sensor is not None
+            self._arm(frame, sp, frame.sensor[0], data[first + 1:end])
 
     def _probe_one(
-        self, index: int, task: int, sp: int, cfa: int, slot: int, data: list[bytes],
-    ) -> None:
+        self, index: int, task: int, sp: int, cfa: int, slot: int, data: list[bytes] | None,
+    ) -> Frame | None:
+        """Count and track one call; arm it with ``data`` (return address, slot[, guard]).
+
+        ``data`` None: it is read with the resume; the frame to arm then is returned.
+        """
         spec, stats = self.specs[index], self.stats[index]
         for stale in self.frames.stale_below(task, cfa):
             self._drop_frame(stale, counted=True)
         if self.frames.find(task, index, cfa) is not None:
             stats.reentries += 1
-            return
-        return_addr = int.from_bytes(data[0], "little")
+            return None
+        return_addr = int.from_bytes(data[0], "little") if data is not None else 0
         stats.calls += 1
         depth = self.frames.depth_at(task, index, cfa)
         frame = Frame(spec_index=index, task=task, cfa=cfa, return_addr=return_addr, depth=depth)
         self.frames.push(frame)
         self._sync_exit_hook()
+        by_check = self._sensor_fits(spec, slot, sp)
         if self._reads_release(spec):
             self._watch_release_reads(frame, spec)
-        elif not spec.exits:
+        elif by_check:
+            # The slot's access watch is the frame's release sensor, armed or not:
+            # the check's read ends the frame (see `_on_access`).
+            self.target.set_watchpoint(slot, spec.length, "access")
+            frame.sensor = (slot, spec.length)
+        elif not spec.exits or self._checks_release(spec):
             frame.holds_return = True
             self._hold_return(return_addr)
         if depth != spec.depth:
             stats.skipped_depth += 1
-            return
-        old = data[1]
-        if spec.mode == "canary" and len(data) > 2:
-            expected = data[2]
+            return None
+        if data is None:
+            return frame
+        self._arm(frame, sp, slot, data[1:])
+        return None
+
+    def _arm(self, frame: Frame, sp: int, slot: int, data: list[bytes]) -> None:
+        """Check the slot (``data``: its bytes[, the guard's]) and watch it if it may be."""
+        index, cfa = frame.spec_index, frame.cfa
+        spec, stats = self.specs[index], self.stats[index]
+        old = data[0]
+        if spec.mode == "canary" and len(data) > 1:
+            expected = data[1]
+            if old != expected and frame.sensor is not None:
+                stats.refused_check += 1        # the check reads this slot only: no scan
+                return
             if old != expected:
                 found = self._scan_for_canary(spec, sp, cfa, expected)
                 if found is None:
@@ -389,18 +478,22 @@ class Engine:
         if spec.max_watch and stats.live >= spec.max_watch:
             stats.refused_max_watch += 1    # KStackWatch's mw: this config's own bound
             return
+        if frame.sensor is None and self._under_sensor(slot, spec.length):
+            stats.refused_check += 1        # QEMU 7.2 aborts on watches of two kinds there
+            return
         if not self.pool.take():
             stats.refused_pool += 1         # the run's pool (debug registers, --slots)
             return
         try:
-            self.target.set_watchpoint(slot, spec.length)
+            if frame.sensor is None:
+                self.target.set_watchpoint(slot, spec.length)
         except Exception:  # noqa: BLE001 - the stub refusing is counted, never fatal
             self.pool.give()
             stats.refused_stub += 1
             return
         frame.watch = ArmedWatch(
             addr=slot, length=spec.length, old_value=old, spec_index=index,
-            owner_task=task, depth=depth, armed_at=time.time(),
+            owner_task=frame.task, depth=frame.depth, armed_at=time.time(), armed_value=old,
         )
         stats.armed += 1
         stats.live += 1
@@ -483,11 +576,15 @@ class Engine:
         if counted:
             self.stats[frame.spec_index].stale += 1
         if frame.watch is not None:
-            self.target.clear_watchpoint(frame.watch.addr, frame.watch.length)
+            if frame.sensor is None:
+                self.target.clear_watchpoint(frame.watch.addr, frame.watch.length)
             self.pool.give()
             self.stats[frame.spec_index].live -= 1
             self._last_writer.pop(id(frame.watch), None)
             frame.watch = None
+        if frame.sensor is not None:
+            self.target.clear_watchpoint(*frame.sensor, "access")
+            frame.sensor = None
         for addr, length in frame.release_reads:
             self.target.clear_watchpoint(addr, length, "read")
         frame.release_reads = ()
@@ -539,6 +636,60 @@ class Engine:
         return (addr in self._probes or addr in self._exits or addr in self._hooks
                 or (self._exit_hook_in and addr == self.exit_hook_addr))
 
+    # ------------------------------------------------------ release by check
+    def _on_access(self, stop: Stop) -> str:
+        """An access-watch stop: the owner's canary check (its release), a read, or a write.
+
+        The stop names the slot, the slot names the frame: a stop whose PC ends
+        one of the function's slot-reading instructions is that frame's check,
+        run by its owner (no other task's code reads this stack), so the frame
+        ends here with no register or memory read. QEMU reports reads and writes
+        alike (``awatch``); any other stop is a read when the slot still holds
+        its value and no store is at the PC, otherwise the write path judges it.
+        """
+        addr = stop.watch_addr
+        assert addr is not None
+        frames = [f for f in self.frames.all()
+                  if f.sensor is not None and f.sensor[0] <= addr < f.sensor[0] + f.sensor[1]]
+        if not frames:
+            self.unexpected_stops += 1      # a late report of a watch already removed
+            return "continue"
+        writes = []
+        for frame in frames:
+            spec, stats = self.specs[frame.spec_index], self.stats[frame.spec_index]
+            if stop.pc in spec.check_ends:
+                for deeper in self.frames.stale_below(frame.task, frame.cfa):
+                    self._drop_frame(deeper, counted=True)
+                if self._check_fails(frame):
+                    # The canary holds what a caught hit wrote: the check fails and the
+                    # task dies in __stack_chk_fail, it does not return (as the
+                    # release-point breakpoint, which then never comes, would count).
+                    self._drop_frame(frame, counted=True)
+                    continue
+                stats.returns += 1
+                stats.check_releases += 1
+                self._drop_frame(frame, counted=False)
+            elif frame.watch is None or self._pure_read(stop, frame.watch):
+                stats.slot_reads += 1
+            else:
+                writes.append(frame)
+        return self._judge_writes(stop, writes) if writes else "continue"
+
+    @staticmethod
+    def _check_fails(frame: Frame) -> bool:
+        """Every write into an armed slot is a hit that records what it wrote, so the
+        slot's bytes are known without a read: not the armed canary, the check fails."""
+        watch = frame.watch
+        return watch is not None and watch.hits > 0 and watch.old_value != watch.armed_value
+
+    def _pure_read(self, stop: Stop, watch: ArmedWatch) -> bool:
+        """An access-watch stop that wrote nothing: the bytes are as armed and the
+        instruction stores nothing (a same-value store is still judged as a write)."""
+        if self._read(watch.addr, watch.length) != watch.old_value:
+            return False
+        is_store = getattr(self.sym, "is_store", None)
+        return is_store is None or not is_store(stop.pc)
+
     # ------------------------------------------------------------------ hit
     def _on_watch(self, stop: Stop) -> str:
         addr = stop.watch_addr
@@ -550,6 +701,10 @@ class Engine:
         if not owners:
             self.unexpected_stops += 1
             return "continue"
+        return self._judge_writes(stop, owners)
+
+    def _judge_writes(self, stop: Stop, owners: list[Frame]) -> str:
+        """A write into the watches of ``owners``: a hit, a duplicate report or the owner's own."""
         regs = self.target.registers(stop.thread)
         writer_task = guest.current_task(self.layout, regs, self._read)
         verdict = "continue"
@@ -571,6 +726,10 @@ class Engine:
                 # pushes into the old frame (KStackWatch's exit-trampoline false
                 # positive). Not a corruption; the return stop follows.
                 self.stats[frame.spec_index].dead_frame_writes += 1
+                if frame.sensor is not None:
+                    # Released by check, and its check was never seen: the frame is
+                    # gone, drop its watch before an interrupt frame lands on it.
+                    self._drop_frame(frame, counted=True)
                 continue
             if self._record_hit(stop, regs, frame, watch, writer_task, new, unchanged):
                 verdict = "freeze"
@@ -704,6 +863,7 @@ class Engine:
                 "dead_frame_writes": stats.dead_frame_writes,
                 "rep_repeats": stats.rep_repeats,
                 "read_releases": stats.read_releases, "foreign_reads": stats.foreign_reads,
+                "check_releases": stats.check_releases, "slot_reads": stats.slot_reads,
                 "unchanged_hits": stats.unchanged_hits,
                 "filtered_reports": stats.filtered_reports,
             })

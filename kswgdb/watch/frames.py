@@ -31,6 +31,7 @@ class ArmedWatch:
     depth: int
     armed_at: float
     hits: int = 0
+    armed_value: bytes = b""    # the bytes when armed (old_value follows each hit)
 
 
 @dataclass
@@ -46,6 +47,9 @@ class Frame:
     holds_return: bool = False      # disarmed by a return-address breakpoint
     # (addr, length) of read watchpoints whose hit is this frame's release
     release_reads: tuple[tuple[int, int], ...] = ()
+    # (addr, length) of the access watchpoint whose read by the canary check is this
+    # frame's release (release_by_check); when armed, it is also ``watch``
+    sensor: tuple[int, int] | None = None
 
 
 @dataclass

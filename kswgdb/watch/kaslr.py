@@ -181,7 +181,7 @@ def slide_spec(spec: ArmSpec, slide: int) -> ArmSpec:
         guard = GuardSource("global", addr=guard.addr + slide, offset=guard.offset)
     return replace(spec, func_addr=spec.func_addr + slide, probe_addr=spec.probe_addr + slide,
                    exits=tuple((addr + slide, base, off) for addr, base, off in spec.exits),
-                   guard=guard)
+                   check_ends=tuple(addr + slide for addr in spec.check_ends), guard=guard)
 
 
 

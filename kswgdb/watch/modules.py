@@ -188,7 +188,8 @@ def shift_spec(spec: ArmSpec, delta: int) -> ArmSpec:
     """The same watch with every code address moved by ``delta``."""
     return dataclasses.replace(
         spec, func_addr=spec.func_addr + delta, probe_addr=spec.probe_addr + delta,
-        exits=tuple((a + delta, base, off) for a, base, off in spec.exits))
+        exits=tuple((a + delta, base, off) for a, base, off in spec.exits),
+        check_ends=tuple(a + delta for a in spec.check_ends))
 
 
 class ModuleArmer:

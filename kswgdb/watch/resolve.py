@@ -27,6 +27,7 @@ from kswgdb.symbols.locals import FrameVar
 from kswgdb.symbols.program import Program
 from kswgdb.symbols.prologue import CanarySlot, FrameSlot, FunctionAnalysis
 from kswgdb.symbols.watched import sp_range, watched_var
+from kswgdb.watch.checkrelease import check_ends
 from kswgdb.watch.config import WatchConfig
 from kswgdb.watch.readrelease import read_exits
 from kswgdb.watch.spec import ArmSpec, GuardSource
@@ -72,6 +73,8 @@ class ResolvedWatch:
     # frame's aligned anchor instead (`kswgdb.symbols.frame.ALIGNED`)
     frame_cfa: tuple[str, int] | None = None
     analysis: FunctionAnalysis | None = None
+    #: Functions that never return (``__stack_chk_fail``): where a check's fail path ends.
+    noreturn: frozenset[int] = frozenset()
 
     @property
     def mode(self) -> str:
@@ -87,11 +90,13 @@ class ResolvedWatch:
         sign = "-" if self.config.sp_offset < 0 else "+"
         return f"sp{sign}{abs(self.config.sp_offset):#x} of {name}"
 
-    def to_arm_spec(self, read_release: bool = False) -> ArmSpec:
+    def to_arm_spec(self, read_release: bool = False, check_release: bool = False) -> ArmSpec:
         """The engine's view: numbers only (`kswgdb.watch.spec.ArmSpec`).
 
         ``read_release``: also plan read-watchpoint releases (the off-by-default
-        experiment, `kswgdb.watch.readrelease`): analysed only then."""
+        experiment, `kswgdb.watch.readrelease`): analysed only then.
+        ``check_release``: a canary watch's release seen by its own check's read
+        (`kswgdb.watch.checkrelease`): analysed only then."""
         if self.frame_cfa is None:
             raise BadInput(f"cannot follow {self.function.name}'s stack pointer to "
                            f"fo={self.config.offset:#x}: pick an fo in the straight-line prologue")
@@ -113,7 +118,18 @@ class ResolvedWatch:
             what=self.what(), depth=cfg.depth, max_watch=cfg.max_watch, panic=cfg.panic_hit,
             guard=guard, canary_found_by="prologue" if self.canary is not None else "",
             exits=exits, read_exits=self.read_release_plan(exits) if read_release else (),
+            check_ends=self.check_release_plan(exits) if check_release else (),
         )
+
+    def check_release_plan(self, exits: tuple[tuple[int, str, int], ...]) -> tuple[int, ...]:
+        """Where the canary check reads the slot, if it sees every release
+        (`kswgdb.watch.checkrelease`); ``()`` for other modes or when not proven."""
+        if self.mode != "canary" or self.cfa_offset is None or self.analysis is None \
+                or is_aligned(self.cfa_offset):
+            return ()
+        return check_ends(self.analysis.code, self.analysis.frame, self.arm_addr,
+                          tuple(addr for addr, _, _ in exits), self.cfa_offset,
+                          self.slot.length, self.noreturn)
 
     def read_release_plan(self, exits: tuple[tuple[int, str, int], ...]) -> tuple:
         """Read watchpoints that see every release point (`kswgdb.watch.readrelease`)."""
@@ -195,7 +211,8 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
     returns = tuple(i.addr for i in code.instructions if i.flow == "ret")
     frame_cfa = analysis.frame.frame_rule(after_state) if after_state is not None else None
     resolved = ResolvedWatch(cfg, func, probe_addr, insn, insn.end, sp_delta, slot, cfa, canary,
-                             var, suggested, returns, tuple(warnings), frame_cfa, analysis)
+                             var, suggested, returns, tuple(warnings), frame_cfa, analysis,
+                             _noreturn(program))
     below_sp = cfa is not None and after_state is not None and after_state.sp is not None \
         and cfa + slot.length <= -after_state.sp
     if not below_sp and not resolved.release_points():
@@ -203,6 +220,11 @@ def resolve_watch(cfg: WatchConfig, symbols: Program | SymbolTable,
                        f"{_no_release_reason(cfg, analysis, cfa)}; a watch left armed past "
                        "the epilogue reports every later use of the stack")
     return resolved
+
+
+def _noreturn(program: Program) -> frozenset[int]:
+    """The stack-protector's fail function(s): a canary check's fail path ends there."""
+    return frozenset(s.addr for s in program.symtab.lookup_all("__stack_chk_fail"))
 
 
 def _canary_slot(cfg: WatchConfig, analysis: FunctionAnalysis, state: FrameState | None,

@@ -62,6 +62,9 @@ class ArmSpec:
     # (read CFA offset, read length, SP - CFA after the read), one per distinct
     # read; empty when some release point has no such read.
     read_exits: tuple[tuple[int, int, int], ...] = ()
+    # A canary watch whose release the stack-protector check sees (kswgdb.watch.checkrelease):
+    # the PCs just after each instruction that reads the slot; empty when not proven.
+    check_ends: tuple[int, ...] = ()
 
     def cfa(self, sp: int, fp: int) -> int:
         """The frame's CFA for a call whose registers at the probe are sp and fp."""

@@ -60,8 +60,13 @@ def test_clean_workload_leaves_every_breakpoint_by_emulation(img):
     stats = report.summary[0]
     assert report.hits == [] and "result=clean" in (report.verdict or "")
     assert stats["armed"] == stats["returns"] == 300
-    # a probe and a release point per call, none of them left by a real step
-    assert report.emulated >= 2 * stats["armed"] and report.steps == 0
+    # a probe per call, and a release point unless the canary check's read released it
+    # (kswgdb.watch.checkrelease): none of them left by a real step; the only steps
+    # are the lost-stop collection's, one per stop QEMU lost on the other vCPU
+    assert stats["check_releases"] == 300       # s3_victim: released by its canary check
+    release_bps = stats["returns"] - stats["check_releases"]
+    assert report.emulated >= stats["armed"] + release_bps, (report.emulated, stats)
+    assert report.steps == report.lost_stops, (report.steps, report.lost_stops)
     assert report.emulation_refusals == {}
     # the g read of each stop is counted: at least g + resume per stop
     assert report.packets >= 4 * stats["armed"]

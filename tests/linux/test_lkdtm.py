@@ -164,6 +164,8 @@ def test_hot_path_canary_watch_has_no_false_positive(image, tmp_path: Path) -> N
     assert row["hits"] == 0 and report.hits == []
     assert row["not_armed"] == 0
     assert row["returns"] + row["stale"] == row["armed"]
+    # released by its canary check's read under KASLR (kswgdb.watch.checkrelease)
+    assert row["check_releases"] == row["returns"], row
 
 
 def test_nokaslr_kernel_is_found_at_slide_zero(image, tmp_path: Path) -> None:

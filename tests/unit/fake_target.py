@@ -36,10 +36,12 @@ class FakeTarget:
         self.breakpoints: set[int] = set()
         self.watchpoints: set[tuple[int, int]] = set()
         self.read_watchpoints: list[tuple[int, int]] = []   # Z3: may be inserted twice
+        self.access_watchpoints: set[tuple[int, int]] = set()   # Z4: reads and writes
         self.script: list[Event] = []
         self.regs: dict[int, dict[str, int]] = {}
         self.stopped_thread = 1
         self.resumes = 0
+        self.with_resume: list = []
         self.max_watchpoints_seen = 0
         self.write(GUARD_ADDR, GUARD)
 
@@ -66,12 +68,19 @@ class FakeTarget:
         if access == "read":
             self.read_watchpoints.append((addr, length))
             return
+        if access == "access":
+            assert (addr, length) not in self.access_watchpoints, "access watch inserted twice"
+            self.access_watchpoints.add((addr, length))
+            return
         self.watchpoints.add((addr, length))
         self.max_watchpoints_seen = max(self.max_watchpoints_seen, len(self.watchpoints))
 
     def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
         if access == "read":
             self.read_watchpoints.remove((addr, length))
+            return
+        if access == "access":
+            self.access_watchpoints.remove((addr, length))
             return
         self.watchpoints.remove((addr, length))
 
@@ -81,6 +90,13 @@ class FakeTarget:
 
     def resume(self) -> None:
         self.resumes += 1
+        pending, self.with_resume = self.with_resume, []
+        for ranges, callback in pending:
+            callback(self.read_many(ranges))
+
+    def read_with_resume(self, ranges, callback) -> None:
+        """Reads sent with the resume (`StubTarget.read_with_resume`): answered then."""
+        self.with_resume.append((ranges, callback))
 
     def interrupt(self) -> None:
         pass
@@ -110,6 +126,13 @@ class FakeTarget:
                 if addr <= ev.addr < addr + length or ev.addr <= addr < ev.addr + len(ev.data):
                     self.regs[thread] = {**regs, "rip": ev.pc}
                     return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr)
+        if ev.kind in ("read", "write"):
+            size = ev.length if ev.kind == "read" else len(ev.data)
+            for addr, length in self.access_watchpoints:
+                if addr < ev.addr + size and ev.addr < addr + length:
+                    self.regs[thread] = {**regs, "rip": ev.pc}
+                    return Stop("watch", thread=thread, pc=ev.pc, watch_addr=addr,
+                                watch_access="access")
         if ev.kind == "read":
             for addr, length in self.read_watchpoints:
                 if addr < ev.addr + ev.length and ev.addr < addr + length:

@@ -149,9 +149,10 @@ def test_test_kernel_needs_no_search(kernel: Program) -> None:
 def test_specs_move_with_the_slide() -> None:
     spec = ArmSpec(text="fn=victim fo=0x10", func="victim", func_addr=VICTIM, func_size=0x100,
                    probe_addr=VICTIM + 0x14, cfa_offset=0x30, mode="canary",
-                   exits=((VICTIM + 0x80, "rsp", 0x10),),
+                   exits=((VICTIM + 0x80, "rsp", 0x10),), check_ends=(VICTIM + 0x77,),
                    guard=GuardSource("gs", offset=0x28))
     moved = slide_spec(spec, 0x200_0000)
+    assert moved.check_ends == (VICTIM + 0x77 + 0x200_0000,)     # the canary check's reads
     assert (moved.func_addr, moved.probe_addr) == (VICTIM + 0x200_0000, VICTIM + 0x14 + 0x200_0000)
     assert moved.exits == ((VICTIM + 0x80 + 0x200_0000, "rsp", 0x10),)
     assert moved.guard == spec.guard              # %gs:0x28 does not move

@@ -77,10 +77,11 @@ def test_relocatable_object_sections_get_distinct_bases_and_lines(tmp_path: Path
 
 def test_shift_spec_moves_every_code_address():
     spec = canary_spec()
-    spec = spec.__class__(**{**spec.__dict__, "exits": ((PROBE + 0x20, "rsp", 8),)})
+    spec = spec.__class__(**{**spec.__dict__, "exits": ((PROBE + 0x20, "rsp", 8),),
+                             "check_ends": (PROBE + 0x18,)})
     moved = shift_spec(spec, 0x1000)
     assert (moved.func_addr, moved.probe_addr) == (spec.func_addr + 0x1000, PROBE + 0x1000)
-    assert moved.exits == ((PROBE + 0x1020, "rsp", 8),)
+    assert moved.exits == ((PROBE + 0x1020, "rsp", 8),) and moved.check_ends == (PROBE + 0x1018,)
     assert (moved.offset, moved.base, moved.cfa_offset) == (spec.offset, spec.base, spec.cfa_offset)
 
 

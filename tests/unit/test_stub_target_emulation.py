@@ -84,3 +84,41 @@ def test_without_emulation_every_breakpoint_is_stepped():
         client.interrupt()
         client.wait_stop(5)
     assert stub.steps == [1] and target.emulated == 0 and target.steps == 1
+
+
+def test_an_access_watch_goes_out_with_the_resume_and_its_stop_says_access():
+    """Release by check (kswgdb.watch.checkrelease): ``Z4`` queued into the resume's
+    write, an ``awatch`` stop handed to the engine as an access, ``z4`` on removal."""
+    after = ScriptedStop(f"T05thread:01;awatch:{RBP - 8:x};", registers={"rip": CODE + 4})
+    stub = fake(STORE, after)
+    with connected(stub) as client:
+        target = stopped_on_breakpoint(client)
+        target.set_watchpoint(RBP - 8, 8, "access")
+        assert (4, RBP - 8, 8) not in stub.breakpoints        # queued, not sent alone
+        target.resume()                                       # the store is on the watch:
+        stop = target.wait_stop(5)                            # stepped for real, not emulated
+        assert stop is not None and stop.watch_access == "access" and stop.watch_addr == RBP - 8
+        assert (4, RBP - 8, 8) in stub.breakpoints
+        assert target.refusals == {"write on a watchpoint": 1}
+        target.clear_watchpoint(RBP - 8, 8, "access")
+        target.flush()
+        assert (4, RBP - 8, 8) not in stub.breakpoints
+
+
+def test_reads_asked_with_the_resume_share_its_write():
+    stub = fake(STORE)
+    with connected(stub) as client:
+        target = stopped_on_breakpoint(client)
+        got = []
+        target.set_watchpoint(RBP - 0x10, 8, "access")
+        target.read_with_resume([(RBP - 8, 8), (CODE, 2)], got.append)
+        sent = []
+        orig = client.pipeline
+        client.pipeline = lambda payloads, timeout=None: sent.append(payloads) or orig(payloads)
+        target.resume()
+        client.interrupt()
+        client.wait_stop(5)
+    assert got == [[bytes(8), STORE[:2]]]
+    # (the emulator's own first read of the code went before, with the queued Z4)
+    assert sent[-1][:2] == [f"m{RBP - 8:x},8", f"m{CODE:x},2"] and sent[-1][-1] == "c"
+    assert (4, RBP - 0x10, 8) in stub.breakpoints
