@@ -100,6 +100,7 @@ class _Link:
         self.on_event = on_event
         self.error: BaseException | None = None
         self.closed = threading.Event()
+        self.last_line = time.monotonic()   # QEMU's exit may wait on our reading
         self.thread = threading.Thread(target=self._read, name="kswgdb-plugin", daemon=True)
         self.thread.start()
 
@@ -110,11 +111,13 @@ class _Link:
                 chunk = self.conn.recv(65536)
                 if not chunk:
                     break
+                self.last_line = time.monotonic()
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     if line:
                         self.on_event(protocol.parse_line(line))
+                    self.last_line = time.monotonic()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.error = exc
         finally:
@@ -198,6 +201,7 @@ class PluginEngine:
         except TimeoutError as exc:
             raise PluginRunError("the plugin did not connect to kswgdb") from exc
         self.link = _Link(conn, self._on_event)
+        machine.exit_nudge.heard_from = lambda: self.link.last_line
 
     def start(self, specs: list[ArmSpec], layout: GuestLayout, symbolizer: Any,
               log: EventLog | None, on_hit: Callable[[Hit], None] | None) -> PluginEngine:

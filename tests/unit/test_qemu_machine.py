@@ -128,3 +128,38 @@ def test_a_qemu_stuck_after_its_shutdown_is_woken_and_keeps_its_status() -> None
     assert m.exit_nudge.nudged
     assert (ended.kind, ended.status, ended.code) == ("debug-exit", 45, 22)
     assert not m.shutting_down
+
+
+class _Proc:
+    """A process that never exits and records being woken."""
+
+    def __init__(self) -> None:
+        self.terminated = 0
+
+    def poll(self) -> None:
+        return None
+
+    def terminate(self) -> None:
+        self.terminated += 1
+
+
+def test_a_qemu_still_sending_to_kswgdb_after_shutdown_is_not_woken() -> None:
+    """The grace runs from the later of SHUTDOWN and the engine's last line from QEMU:
+    a QEMU whose exit waits on kswgdb reading a backlog of hit lines is not stuck."""
+    from kswgdb.qemu.exitnudge import ExitNudge
+
+    now = [100.0]
+    nudge = ExitNudge(grace=1.0, clock=lambda: now[0])
+    heard = [100.0]
+    nudge.heard_from = lambda: heard[0]
+    proc = _Proc()
+    for _ in range(30):                   # 3 s after SHUTDOWN, lines still coming
+        nudge.check(proc, shutdown_seen=True)  # type: ignore[arg-type]
+        now[0] += 0.1
+        heard[0] = now[0] - 0.05
+    assert proc.terminated == 0 and not nudge.nudged
+    for _ in range(11):                   # then silence: woken once, 1 s after the last line
+        nudge.check(proc, shutdown_seen=True)  # type: ignore[arg-type]
+        now[0] += 0.1
+    nudge.check(proc, shutdown_seen=True)  # type: ignore[arg-type]
+    assert proc.terminated == 1 and nudge.nudged
