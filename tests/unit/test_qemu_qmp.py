@@ -65,7 +65,10 @@ class FakeQemu(threading.Thread):
                     return
                 if "id" in msg:
                     reply["id"] = msg["id"]
-                self.send(reply)
+                try:
+                    self.send(reply)
+                except OSError:         # the client hung up first (e.g. a given-up wait)
+                    return
 
 
 def _event(name: str, **data: Any) -> dict[str, Any]:
