@@ -31,8 +31,9 @@ sometimes a ``pop`` or two: 2-5 instructions) the slot is no longer watched, so
 a write into it *from another CPU* in that window is missed. The owner itself
 cannot write there unnoticed (the slot is above its SP until the release, so no
 interrupt frame lands on it), and a corruption that happened before the check
-is still caught, as a hit, or, if it came in the window, by the check itself
-(the kernel's own ``__stack_chk_fail``).
+is still caught as a hit. A write in the window lands on a value nothing reads
+any more (the check has run): the function is unharmed, only the stray writer
+goes unseen.
 """
 
 from __future__ import annotations
