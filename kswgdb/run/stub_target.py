@@ -197,18 +197,18 @@ class StubTarget:
         self._queue.append(rq.remove_breakpoint(addr))
         self._breakpoints.discard(addr)
 
+    def _release_watches(self, access: str) -> dict[tuple[int, int], int]:
+        """The engine's own release watches of one kind: Z3 (release reads), Z4 (by check)."""
+        return self._read_watches if access == "read" else self._access_watches
+
     def set_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
-        if access == "read":
-            # Only the engine's release reads (TCG: never refused): queued.
-            self._queue.append(rq.insert_watchpoint(addr, length, "read"))
-            self._read_watches[(addr, length)] = self._read_watches.get((addr, length), 0) + 1
-            return
         sent = rq.insert_watchpoint(addr, length, access)
-        if access == "access":
-            # Only the engine's release-by-check watches (TCG: never refused):
-            # queued, so Z4 goes out in the same write as the resume.
+        if access in ("read", "access"):
+            # Only the engine's release watches (TCG: never refused): queued, so
+            # they go out in the same write as the resume.
             self._queue.append(sent)
-            self._access_watches[(addr, length)] = self._access_watches.get((addr, length), 0) + 1
+            held = self._release_watches(access)
+            held[(addr, length)] = held.get((addr, length), 0) + 1
             return
         if self.queue_watchpoints:
             self._queue.append(sent)
@@ -221,7 +221,7 @@ class StubTarget:
     def clear_watchpoint(self, addr: int, length: int, access: str = "write") -> None:
         if access in ("read", "access"):
             self._queue.append(rq.remove_watchpoint(addr, length, access))
-            held = self._read_watches if access == "read" else self._access_watches
+            held = self._release_watches(access)
             count = held.pop((addr, length), 0) - 1
             if count > 0:
                 held[(addr, length)] = count
