@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kswgdb.campaign.cores import read_chunk
 from kswgdb.campaign.shipping import (
     CHUNK,
     CHUNK_TIMEOUT,
@@ -87,6 +88,4 @@ def read_cached(sha256: str, name: str, offset: int, size: int = CHUNK) -> bytes
     that lacks it); only a file of the cache (a plain name under a sha256)."""
     if len(sha256) != 64 or Path(name).name != name or name.startswith("."):
         raise ShipError(f"not a cached file: {sha256[:12]}/{name}")
-    with open(images_dir() / sha256 / name, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(size)
+    return read_chunk(str(images_dir() / sha256), name, offset, size)
